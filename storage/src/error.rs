@@ -1,0 +1,38 @@
+//! `StoreError`: the one error type of the storage boundary.
+//!
+//! Callers match on the variants that they can act on (`NotFound`, `AlreadyExists`,
+//! `OffsetNotIncreasing`, `LogFailed`); everything else is an internal failure to log.
+
+use crate::LogOffset;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A file is damaged beyond what tail recovery can repair (bad header, bad record in the
+    /// middle of a range that was valid before).
+    #[error("corrupt shape log: {0}")]
+    Corrupt(String),
+    /// `append_change` got an offset not strictly above the last one, or with `tx == 0`.
+    #[error("change offset {offset} is not greater than the last offset {last}")]
+    OffsetNotIncreasing { offset: LogOffset, last: LogOffset },
+    /// `append_change` got an offset that cannot be stored (`<tx>_inf`).
+    #[error("offset {0} cannot be stored as a change offset")]
+    InvalidOffset(LogOffset),
+    #[error("shape log {0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid shape id {0:?}")]
+    InvalidId(String),
+    #[error("shape log {0} not found")]
+    NotFound(String),
+    /// A snapshot row or finish after `finish_snapshot`.
+    #[error("the snapshot is already finished")]
+    SnapshotFinished,
+    /// One entry does not fit in a record (length is a u32).
+    #[error("entry of {0} bytes is too large")]
+    EntryTooLarge(usize),
+    /// An earlier write or fsync of this log failed. After a failed fsync the state of the
+    /// page cache is unknown, so the log refuses further writes; the caller drops the shape.
+    #[error("an earlier write to this log failed; the log is read-only")]
+    LogFailed,
+}

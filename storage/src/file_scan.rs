@@ -1,0 +1,101 @@
+//! File plumbing shared by the two log files: creating and opening a log file with its
+//! header, the recovery scan that finds the last valid record, tail truncation, positional
+//! range reads, and directory fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::record::{
+    decode_log_header, encode_log_header, parse_frame_header, FRAME_HEADER_LEN, LOG_HEADER_LEN,
+};
+use crate::StoreError;
+
+/// Creates a log file with its header, durably (the directory entry is synced by the caller).
+pub(crate) fn create_log_file(path: &Path, magic: [u8; 4], threshold: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all_at(&encode_log_header(magic, threshold), 0)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Opens a log file and validates its header; returns the file and its chunk threshold.
+pub(crate) fn open_log_file(path: &Path, magic: [u8; 4]) -> Result<(File, u64), StoreError> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut header = [0u8; LOG_HEADER_LEN];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| StoreError::Corrupt(format!("{}: header: {e}", path.display())))?;
+    let threshold = decode_log_header(magic, &header)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok((file, threshold))
+}
+
+/// Reads records from `LOG_HEADER_LEN` on, calling `visit(body, end_pos)` for every record
+/// whose frame and checksum validate; stops at the first record that does not validate or
+/// that `visit` rejects (returns false). Returns the end position of the last accepted record.
+pub(crate) fn scan_records(
+    file: &File,
+    mut visit: impl FnMut(&[u8], u64) -> bool,
+) -> io::Result<u64> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(LOG_HEADER_LEN as u64))?;
+    let mut pos = LOG_HEADER_LEN as u64;
+    let mut body = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        if !read_full(&mut reader, &mut header)? {
+            return Ok(pos);
+        }
+        let Ok((len, crc)) = parse_frame_header(header) else {
+            return Ok(pos);
+        };
+        body.resize(len as usize, 0);
+        if !read_full(&mut reader, &mut body)? || crc32fast::hash(&body) != crc {
+            return Ok(pos);
+        }
+        let end = pos + (FRAME_HEADER_LEN + body.len()) as u64;
+        if !visit(&body, end) {
+            return Ok(pos);
+        }
+        pos = end;
+    }
+}
+
+/// `read_exact` that reports a short read (end of file) as `false` instead of an error.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Cuts the file at `valid_end` if anything follows it, durably.
+pub(crate) fn truncate_tail(file: &File, valid_end: u64) -> io::Result<()> {
+    if file.metadata()?.len() > valid_end {
+        file.set_len(valid_end)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads `[from, to)` with one positional read; entries are then sliced out zero-copy.
+pub(crate) fn read_range(file: &File, from: u64, to: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(to.saturating_sub(from))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, from)?;
+    Ok(Bytes::from(buf))
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}

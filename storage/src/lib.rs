@@ -1,0 +1,145 @@
+//! shapesync-storage: the append-only shape log store.
+//!
+//! Every shape has one log with two parts: the **snapshot** part (the initial rows, cut into
+//! chunks `0_0`, `0_1`, … and closed by the `snapshot-end` control message) and the **change**
+//! part (replicated changes at offsets `<tx>_<op>`, made visible only once durable). Readers
+//! follow the seek algorithm of protocol.md §3.2 and get whole chunks back as zero-copy
+//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (version 1).
+//!
+//! Layout (small files, one concept each):
+//! - `offset`: [`LogOffset`], its text form and ordering (pure).
+//! - `record`: the on-disk codec: file headers, framed records, checksums (pure).
+//! - `chunking`: the `(len + 1) >= threshold` chunking rule (pure).
+//! - `seek`: the sparse change index and the seek plan shared by both stores (pure).
+//! - `error`: [`StoreError`].
+//! - `memory_store`: [`MemoryStore`], the in-memory implementation (tests, ephemeral use).
+//! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove.
+//! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
+//!   `file_changes` (`changes.log`), with `file_scan` for crash recovery and positional reads.
+//!
+//! The traits [`ShapeLogStore`] and [`ShapeLog`] are the seam the server is written against;
+//! one contract test suite (`tests/integration/contract.rs`) runs over both implementations.
+
+mod chunking;
+mod error;
+mod file_changes;
+mod file_log;
+mod file_scan;
+mod file_snapshot;
+mod file_store;
+mod memory_store;
+pub mod offset;
+mod record;
+mod seek;
+
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use file_store::FileStore;
+pub use memory_store::MemoryStore;
+pub use offset::{LogOffset, ParseOffsetError};
+
+/// Store-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Chunk size threshold in bytes of JSON (sum of `len + 1` per entry), protocol.md §3.3.
+    /// Stored in each log file header at creation: changing it affects only new logs.
+    pub chunk_bytes_threshold: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_bytes_threshold: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// The answer to [`ShapeLog::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// The entries after the requested offset up to and including `end`; each entry is one
+    /// stored JSON payload.
+    Chunk {
+        entries: Vec<bytes::Bytes>,
+        end: LogOffset,
+    },
+    /// The requested snapshot chunk is not sealed yet; the caller waits and retries.
+    NotReady,
+}
+
+/// Progress of the snapshot part of a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotState {
+    /// Number of sealed (readable) snapshot chunks.
+    pub sealed_chunks: u64,
+    /// Whether `finish_snapshot` completed (durably).
+    pub finished: bool,
+}
+
+/// One shape's log. One writer at a time (callers serialise writes); any number of readers.
+pub trait ShapeLog: Send + Sync {
+    /// Appends one snapshot row; seals the chunk when the row makes it reach the threshold.
+    /// Sealed chunks are readable but not durable until `finish_snapshot`.
+    fn append_snapshot_row(&self, json: &[u8]) -> Result<(), StoreError>;
+    /// Appends the `snapshot-end` message to the last chunk, seals it, fsyncs and marks the
+    /// snapshot finished (durably).
+    fn finish_snapshot(&self, snapshot_end_json: &[u8]) -> Result<(), StoreError>;
+    /// Buffers one change at `offset` (strictly increasing, `tx > 0`); invisible until `flush`.
+    fn append_change(&self, offset: LogOffset, json: &[u8]) -> Result<(), StoreError>;
+    /// Writes and fsyncs buffered changes, then makes them visible. Returns the latest
+    /// durable offset.
+    fn flush(&self) -> Result<LogOffset, StoreError>;
+    /// The seek algorithm of protocol.md §3.2.
+    fn read(&self, after: LogOffset) -> Result<ReadResult, StoreError>;
+    /// The last durable change offset, or `0_inf` when there is none.
+    fn latest_offset(&self) -> LogOffset;
+    fn snapshot_state(&self) -> SnapshotState;
+    /// Bytes on disk (or in memory) of this log, for metrics.
+    fn size_bytes(&self) -> u64;
+    /// Drop every change appended since the last successful `flush` (they were never visible):
+    /// the writer's state returns to the durable point, so the same offsets can be appended
+    /// again (used when the replication stream breaks mid-batch and is replayed).
+    fn discard_unflushed(&self);
+}
+
+/// One entry of [`ShapeLogStore::open_all`]: `(id, meta, log)`.
+pub type OpenedLog = (String, Vec<u8>, Arc<dyn ShapeLog>);
+
+/// A collection of shape logs keyed by shape id.
+pub trait ShapeLogStore: Send + Sync {
+    /// Creates an empty log for `id` (`[A-Za-z0-9_-]{1,100}`) with opaque `meta` bytes.
+    fn create(&self, id: &str, meta: &[u8]) -> Result<Arc<dyn ShapeLog>, StoreError>;
+    /// Opens every existing log (crash recovery): `(id, meta, log)` for each.
+    fn open_all(&self) -> Result<Vec<OpenedLog>, StoreError>;
+    /// Removes a shape's log and all its data.
+    fn remove(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Checks a shape id: `[A-Za-z0-9_-]{1,100}` (safe as a directory name).
+pub(crate) fn validate_id(id: &str) -> Result<(), StoreError> {
+    let ok = (1..=100).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidId(id.to_owned()))
+    }
+}
+
+/// Checks that `offset` may follow `last` in a change log.
+pub(crate) fn check_change_offset(
+    offset: LogOffset,
+    last: Option<LogOffset>,
+) -> Result<(), StoreError> {
+    let last = last.unwrap_or(LogOffset::LAST_BEFORE_REAL);
+    if offset.tx() == 0 || offset <= last {
+        return Err(StoreError::OffsetNotIncreasing { offset, last });
+    }
+    if offset.op().is_none() {
+        return Err(StoreError::InvalidOffset(offset));
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The seek algorithm (protocol.md §3.2), pure and shared by both stores.
+//!
+//! `ChangeIndex<P>` is the in-memory sparse index of a change log: the end offset and end
+//! position of every sealed chunk plus the durable end. `P` is a position: a byte position in
+//! `changes.log` for the file store, an entry index for the memory store. `plan` turns a
+//! requested offset into a decision (which snapshot chunk, which change range, or not ready);
+//! the store then reads that range and keeps the entries `> after`.
+
+use crate::{LogOffset, SnapshotState};
+
+/// A sealed change chunk: entries up to and including `end`, stored before position `end_pos`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SealedChunk<P> {
+    pub(crate) end: LogOffset,
+    pub(crate) end_pos: P,
+}
+
+/// Reader-visible index of the durable part of a change log.
+#[derive(Debug)]
+pub(crate) struct ChangeIndex<P> {
+    /// Position of the first entry.
+    base: P,
+    /// Sealed chunks, ascending by `end` (and by `end_pos`).
+    sealed: Vec<SealedChunk<P>>,
+    /// End of the durable entries (start of the open tail chunk is the last sealed `end_pos`).
+    durable_end: P,
+    /// Offset of the last durable entry, if any.
+    latest: Option<LogOffset>,
+}
+
+impl<P: Copy> ChangeIndex<P> {
+    pub(crate) fn new(base: P) -> Self {
+        ChangeIndex {
+            base,
+            sealed: Vec::new(),
+            durable_end: base,
+            latest: None,
+        }
+    }
+
+    /// Latest durable offset, or `0_inf` when no change is durable.
+    pub(crate) fn latest_offset(&self) -> LogOffset {
+        self.latest.unwrap_or(LogOffset::LAST_BEFORE_REAL)
+    }
+
+    pub(crate) fn durable_end(&self) -> P {
+        self.durable_end
+    }
+
+    /// Makes entries up to `durable_end` (last offset `latest`) and the given newly sealed
+    /// chunks visible. Called after the data is durable.
+    pub(crate) fn publish(
+        &mut self,
+        sealed: impl IntoIterator<Item = SealedChunk<P>>,
+        durable_end: P,
+        latest: LogOffset,
+    ) {
+        self.sealed.extend(sealed);
+        self.durable_end = durable_end;
+        self.latest = Some(latest);
+    }
+
+    /// The range to read for `after` (a change offset or `0_inf`) and the chunk end offset.
+    /// `None` when no durable entry is `> after` (the answer is empty, ending at latest).
+    fn locate(&self, after: LogOffset) -> Option<(P, P, LogOffset)> {
+        match self.latest {
+            Some(latest) if latest > after => {}
+            _ => return None,
+        }
+        // The first entry > after lives in the first chunk whose end is > after: entries of
+        // chunk i are <= end_i, entries of chunk i+1 are > end_i. Binary search.
+        let i = self.sealed.partition_point(|c| c.end <= after);
+        let start = if i == 0 {
+            self.base
+        } else {
+            self.sealed[i - 1].end_pos
+        };
+        Some(match self.sealed.get(i) {
+            Some(chunk) => (start, chunk.end_pos, chunk.end),
+            None => (start, self.durable_end, self.latest_offset()),
+        })
+    }
+}
+
+/// What a read must return.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Plan<P> {
+    /// Snapshot chunk `k`, ending at `0_k`.
+    Snapshot(u64),
+    /// The snapshot chunk asked for is not sealed yet.
+    NotReady,
+    /// Change entries in positions `from..to` that are `> after`, ending at `end`.
+    Changes { from: P, to: P, end: LogOffset },
+    /// Nothing after the requested offset: empty, ending at `end` (latest).
+    Empty { end: LogOffset },
+}
+
+/// protocol.md §3.2 over (snapshot part, change part).
+pub(crate) fn plan<P: Copy>(
+    after: LogOffset,
+    snapshot: &SnapshotState,
+    changes: &ChangeIndex<P>,
+) -> Plan<P> {
+    let next_chunk = if after.is_before_all() {
+        Some(0)
+    } else if after.is_snapshot() {
+        // 0_k -> k + 1; 0_inf -> None (changes). A k of u64::MAX cannot have a successor.
+        after.op().map(|k| k.saturating_add(1))
+    } else {
+        None
+    };
+    if let Some(k) = next_chunk {
+        if k < snapshot.sealed_chunks {
+            return Plan::Snapshot(k);
+        }
+        if !snapshot.finished {
+            return Plan::NotReady;
+        }
+    }
+    let after = if after.is_before_all() || after.is_snapshot() {
+        LogOffset::LAST_BEFORE_REAL
+    } else {
+        after
+    };
+    match changes.locate(after) {
+        Some((from, to, end)) => Plan::Changes { from, to, end },
+        None => Plan::Empty {
+            end: changes.latest_offset(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> ChangeIndex<usize> {
+        let mut ix = ChangeIndex::new(0);
+        let sealed = [
+            SealedChunk {
+                end: LogOffset::new(10, 2),
+                end_pos: 2,
+            },
+            SealedChunk {
+                end: LogOffset::new(20, 0),
+                end_pos: 4,
+            },
+        ];
+        ix.publish(sealed, 5, LogOffset::new(30, 0));
+        ix
+    }
+
+    const DONE: SnapshotState = SnapshotState {
+        sealed_chunks: 2,
+        finished: true,
+    };
+
+    #[test]
+    fn snapshot_part() {
+        let ix = index();
+        let open = SnapshotState {
+            sealed_chunks: 1,
+            finished: false,
+        };
+        assert_eq!(plan(LogOffset::BEFORE_ALL, &open, &ix), Plan::Snapshot(0));
+        assert_eq!(
+            plan(LogOffset::snapshot_chunk(0), &open, &ix),
+            Plan::NotReady
+        );
+        assert_eq!(
+            plan(LogOffset::snapshot_chunk(0), &DONE, &ix),
+            Plan::Snapshot(1)
+        );
+        let all = Plan::Changes {
+            from: 0,
+            to: 2,
+            end: LogOffset::new(10, 2),
+        };
+        assert_eq!(plan(LogOffset::snapshot_chunk(1), &DONE, &ix), all);
+        assert_eq!(plan(LogOffset::snapshot_chunk(u64::MAX), &DONE, &ix), all);
+    }
+
+    #[test]
+    fn change_part() {
+        let ix = index();
+        let p = |o| plan(o, &DONE, &ix);
+        let second = Plan::Changes {
+            from: 2,
+            to: 4,
+            end: LogOffset::new(20, 0),
+        };
+        assert_eq!(p(LogOffset::new(10, 2)), second);
+        assert_eq!(p(LogOffset::new(15, 7)), second);
+        let tail = Plan::Changes {
+            from: 4,
+            to: 5,
+            end: LogOffset::new(30, 0),
+        };
+        assert_eq!(p(LogOffset::new(20, 0)), tail);
+        let empty = Plan::Empty {
+            end: LogOffset::new(30, 0),
+        };
+        assert_eq!(p(LogOffset::new(30, 0)), empty);
+        assert_eq!(p(LogOffset::new(99, 0)), empty);
+    }
+}

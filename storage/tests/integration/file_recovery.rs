@@ -1,0 +1,267 @@
+//! File-store-only behaviour: reopen, crash recovery of torn or damaged tails, directories.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shapesync_storage::{
+    FileStore, LogOffset, MemoryStore, ReadResult, ShapeLog, ShapeLogStore, SnapshotState,
+    StoreError,
+};
+
+use crate::support::{cfg, entry, off, read, s};
+
+const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
+
+fn store(dir: &Path, threshold: u64) -> FileStore {
+    FileStore::open(dir, cfg(threshold)).unwrap()
+}
+
+fn reopen(dir: &Path) -> (String, Vec<u8>, Arc<dyn ShapeLog>) {
+    // A different threshold in the config must not change existing logs.
+    let mut all = store(dir, 1 << 20).open_all().unwrap();
+    assert_eq!(all.len(), 1);
+    all.remove(0)
+}
+
+fn shape_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join("s1").join(name)
+}
+
+/// Writes a snapshot of several chunks and changes over several chunks plus a tail.
+fn fill(log: &dyn ShapeLog, changes: usize) {
+    for i in 0..7 {
+        log.append_snapshot_row(&entry(i, 20 + i * 7)).unwrap();
+    }
+    log.finish_snapshot(END).unwrap();
+    for i in 0..changes {
+        let o = LogOffset::new(10 + i as u64 / 2, (i as u64 % 2) * 2);
+        log.append_change(o, &entry(100 + i, 30 + i % 25)).unwrap();
+        if i % 4 == 3 {
+            log.flush().unwrap();
+        }
+    }
+    log.flush().unwrap();
+}
+
+/// Every read a client could make, from -1 to past the end.
+type Reads = Vec<(String, Option<(Vec<String>, LogOffset)>)>;
+
+fn all_reads(log: &dyn ShapeLog) -> Reads {
+    let mut offsets = vec!["-1".to_owned(), "0_inf".to_owned(), "99_0".to_owned()];
+    offsets.extend((0..6).map(|k| format!("0_{k}")));
+    offsets.extend(
+        (10..22).flat_map(|tx| [format!("{tx}_0"), format!("{tx}_1"), format!("{tx}_inf")]),
+    );
+    offsets
+        .into_iter()
+        .map(|o| {
+            let r = match log.read(off(&o)).unwrap() {
+                ReadResult::NotReady => None,
+                chunk => Some(crate::support::chunk(chunk)),
+            };
+            (o, r)
+        })
+        .collect()
+}
+
+#[test]
+fn reopen_keeps_everything_and_chunk_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new(cfg(100));
+    let mem_log = mem.create("s1", b"meta").unwrap();
+    fill(&*mem_log, 21);
+    let before = {
+        let log = store(dir.path(), 100).create("s1", b"meta").unwrap();
+        fill(&*log, 21);
+        assert_eq!(all_reads(&*log), all_reads(&*mem_log));
+        all_reads(&*log)
+    };
+    let (id, meta, log) = reopen(dir.path());
+    assert_eq!((id.as_str(), meta.as_slice()), ("s1", &b"meta"[..]));
+    assert_eq!(
+        log.snapshot_state(),
+        SnapshotState {
+            sealed_chunks: 3,
+            finished: true
+        }
+    );
+    assert_eq!(all_reads(&*log), before);
+    assert_eq!(log.latest_offset(), off("20_0"));
+    // Appending after a restart continues the open tail chunk exactly as without restart.
+    for (i, o) in ["20_2", "21_0", "21_2", "22_0"].iter().enumerate() {
+        log.append_change(off(o), &entry(200 + i, 40)).unwrap();
+        mem_log.append_change(off(o), &entry(200 + i, 40)).unwrap();
+    }
+    log.flush().unwrap();
+    mem_log.flush().unwrap();
+    assert_eq!(all_reads(&*log), all_reads(&*mem_log));
+    let size = log.size_bytes();
+    drop(log);
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(all_reads(&*log), all_reads(&*mem_log));
+    assert_eq!(log.size_bytes(), size);
+}
+
+fn three_changes(dir: &Path) -> u64 {
+    let log = store(dir, 100).create("s1", b"m").unwrap();
+    log.finish_snapshot(END).unwrap();
+    log.append_change(off("1_0"), b"{\"n\":1}").unwrap();
+    log.append_change(off("2_0"), b"{\"n\":2}").unwrap();
+    log.flush().unwrap();
+    let len_before_last = fs::metadata(shape_file(dir, "changes.log")).unwrap().len();
+    log.append_change(off("3_0"), b"{\"n\":3}").unwrap();
+    log.flush().unwrap();
+    len_before_last
+}
+
+fn check_cut_after_two(dir: &Path, len_before_last: u64) {
+    let (_, _, log) = reopen(dir);
+    let two = vec!["{\"n\":1}".to_owned(), "{\"n\":2}".to_owned()];
+    assert_eq!(read(&*log, "0_inf"), (two, off("2_0")));
+    assert_eq!(log.latest_offset(), off("2_0"));
+    let len = fs::metadata(shape_file(dir, "changes.log")).unwrap().len();
+    assert_eq!(len, len_before_last, "torn record truncated away");
+    // The lost offset can be written again, and the log keeps working across restarts.
+    log.append_change(off("3_0"), b"{\"n\":33}").unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let (_, _, log) = reopen(dir);
+    assert_eq!(
+        read(&*log, "2_0"),
+        (vec!["{\"n\":33}".to_owned()], off("3_0"))
+    );
+}
+
+#[test]
+fn torn_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let len_before_last = three_changes(dir.path());
+    let path = shape_file(dir.path(), "changes.log");
+    let len = fs::metadata(&path).unwrap().len();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len_before_last + (len - len_before_last) / 2)
+        .unwrap();
+    drop(file);
+    check_cut_after_two(dir.path(), len_before_last);
+}
+
+#[test]
+fn checksum_mismatch_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let len_before_last = three_changes(dir.path());
+    let path = shape_file(dir.path(), "changes.log");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 2; // inside the last record's JSON payload
+    bytes[last] ^= 0x20;
+    fs::write(&path, bytes).unwrap();
+    check_cut_after_two(dir.path(), len_before_last);
+}
+
+#[test]
+fn unfinished_snapshot_reports_not_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+        for i in 0..5 {
+            log.append_snapshot_row(&entry(i, 29)).unwrap(); // 4 rows seal chunk 0
+        }
+        assert_eq!(log.snapshot_state().sealed_chunks, 1);
+    }
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(
+        log.snapshot_state(),
+        SnapshotState {
+            sealed_chunks: 1,
+            finished: false
+        }
+    );
+    let rows: Vec<String> = (0..4).map(|i| s(&entry(i, 29))).collect();
+    assert_eq!(read(&*log, "-1"), (rows, off("0_0")));
+    assert_eq!(log.read(off("0_0")).unwrap(), ReadResult::NotReady);
+}
+
+#[test]
+fn torn_finish_marker_means_not_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+        log.append_snapshot_row(&entry(0, 29)).unwrap();
+        log.finish_snapshot(END).unwrap();
+    }
+    let path = shape_file(dir.path(), "snapshot.log");
+    let len = fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(
+        log.snapshot_state(),
+        SnapshotState {
+            sealed_chunks: 1,
+            finished: false
+        }
+    );
+}
+
+#[test]
+fn damaged_header_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    store(dir.path(), 100).create("s1", b"m").unwrap();
+    let path = shape_file(dir.path(), "changes.log");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[7] ^= 1; // inside the threshold
+    fs::write(&path, bytes).unwrap();
+    let err = store(dir.path(), 100).open_all().map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn remove_deletes_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), 100);
+    st.create("s1", b"m").unwrap();
+    assert!(dir.path().join("s1").is_dir());
+    st.remove("s1").unwrap();
+    assert!(!dir.path().join("s1").exists());
+    assert!(st.open_all().unwrap().is_empty());
+}
+
+#[test]
+fn bad_id_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), 100);
+    for bad in ["../escape", "a/b", ""] {
+        assert!(matches!(st.create(bad, b""), Err(StoreError::InvalidId(_))));
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn interrupted_create_and_temp_files_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path(), 100);
+    st.create("good", b"m").unwrap();
+    // A crash during create: directory and logs exist, meta only as a temp file.
+    fs::create_dir(dir.path().join("half")).unwrap();
+    fs::write(dir.path().join("half/meta.tmp"), b"partial").unwrap();
+    // A damaged meta file is as good as none.
+    fs::create_dir(dir.path().join("badmeta")).unwrap();
+    fs::write(dir.path().join("badmeta/meta"), b"SSMTxx").unwrap();
+    fs::write(dir.path().join("good/meta.tmp"), b"leftover").unwrap();
+    fs::write(dir.path().join("stray.tmp"), b"x").unwrap();
+    fs::write(dir.path().join("README"), b"not ours").unwrap();
+    let all = st.open_all().unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert!(!dir.path().join("half").exists());
+    assert!(!dir.path().join("badmeta").exists());
+    assert!(!dir.path().join("good/meta.tmp").exists());
+    assert!(!dir.path().join("stray.tmp").exists());
+    assert!(dir.path().join("README").exists());
+}

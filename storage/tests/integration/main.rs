@@ -1,0 +1,6 @@
+//! All integration tests of shapesync-storage, compiled as one binary.
+
+mod contract;
+mod file_recovery;
+mod offsets;
+mod support;
