@@ -1,0 +1,133 @@
+//! The `shapesync` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use shapesync::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use shapesync::serve::response::CacheAges;
+use shapesync::server::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "shapesync",
+    version,
+    about = "Postgres shape sync engine (ElectricSQL HTTP protocol)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve shapes over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Source database URL (postgresql://user:pass@host:port/db). Without one, a throwaway
+    /// local Postgres with logical replication is started under <storage-dir>/postgres.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// HTTP listen address.
+    #[arg(long, env = "SHAPESYNC_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Where shape logs (and the embedded Postgres, if used) live.
+    #[arg(long, env = "SHAPESYNC_STORAGE_DIR", default_value = "./.shapesync")]
+    storage_dir: PathBuf,
+    /// Names the replication slot and publication: shapesync_slot_<id>, shapesync_pub_<id>.
+    #[arg(long, env = "SHAPESYNC_STREAM_ID", default_value = "default")]
+    stream_id: String,
+    /// How long a live request waits for new data, in milliseconds.
+    #[arg(long, env = "SHAPESYNC_LONG_POLL_TIMEOUT_MS", default_value_t = 20_000)]
+    long_poll_timeout_ms: u64,
+    /// Bytes of JSON per shape log chunk (a cacheable response).
+    #[arg(long, env = "SHAPESYNC_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
+    chunk_bytes: u64,
+    /// max-age of non-live responses, in seconds.
+    #[arg(long, env = "SHAPESYNC_CACHE_MAX_AGE", default_value_t = 60)]
+    cache_max_age: u32,
+    /// stale-while-revalidate of non-live responses, in seconds.
+    #[arg(long, env = "SHAPESYNC_CACHE_STALE_AGE", default_value_t = 300)]
+    cache_stale_age: u32,
+    /// Port of the embedded Postgres (only without --database-url).
+    #[arg(long, env = "SHAPESYNC_EMBEDDED_PG_PORT", default_value_t = 54329)]
+    embedded_pg_port: u16,
+    /// Log format.
+    #[arg(long, env = "SHAPESYNC_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    std::fs::create_dir_all(&args.storage_dir)
+        .with_context(|| format!("creating {}", args.storage_dir.display()))?;
+    let mut embedded = None;
+    let database_url = match args.database_url {
+        Some(url) => url,
+        None => {
+            let dir = args.storage_dir.join("postgres");
+            tracing::info!(dir = %dir.display(), port = args.embedded_pg_port, "no --database-url: starting a local Postgres");
+            let opts = EmbeddedOptions {
+                dir,
+                port: Some(args.embedded_pg_port),
+                fast_unsafe: false,
+                remove_on_exit: false,
+            };
+            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
+            let url = pg.url("postgres");
+            embedded = Some(pg);
+            url
+        }
+    };
+    let mut cfg = Config::new(database_url, args.storage_dir.join("data"));
+    cfg.listen = args.listen;
+    cfg.stream_id = args.stream_id;
+    cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
+    cfg.chunk_bytes = args.chunk_bytes;
+    cfg.cache_ages = CacheAges {
+        max_age: args.cache_max_age,
+        stale_age: args.cache_stale_age,
+    };
+    let server = Server::start(cfg).await?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.stop().await;
+    if let Some(pg) = embedded {
+        tokio::task::spawn_blocking(move || pg.stop()).await??;
+    }
+    Ok(())
+}

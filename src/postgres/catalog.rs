@@ -1,0 +1,304 @@
+//! Table metadata from the Postgres catalog: columns in the order pgoutput sends them (attnum
+//! order, without dropped and generated columns), types, type modifiers and the primary key, and
+//! the `electric-schema` header built from them (protocol.md §7).
+
+use serde::{Deserialize, Serialize};
+
+use crate::postgres::identifier::quote_ident;
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: u32,
+    /// `pg_type.typname`; for arrays the element type's name.
+    pub type_name: String,
+    /// Array dimensions (`attndims`, at least 1 for arrays); 0 for scalars.
+    pub dims: i32,
+    pub type_mod: i32,
+    pub not_null: bool,
+    /// Position in the primary key, 0-based.
+    pub pk_index: Option<usize>,
+}
+
+/// A table as a shape sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+    /// Indexes into `columns` of the key columns: the primary key in key order, or (no primary
+    /// key) every column sorted by name, as the reference does.
+    pub key: Vec<usize>,
+    pub has_pk: bool,
+}
+
+impl TableInfo {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// `"schema"."table"` for SQL.
+    pub fn quoted_name(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Errors looking up a table.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("Table {0} does not exist. If the table name contains capitals or special characters you must quote it.")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+const TABLE_SQL: &str =
+    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
+
+const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, a.attndims, \
+            t.typname::text, t.typcategory::text, coalesce(et.typname::text, ''), \
+            coalesce(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0) \
+     FROM pg_attribute a \
+     JOIN pg_type t ON t.oid = a.atttypid \
+     LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
+     LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+     ORDER BY a.attnum";
+
+/// Load a table's metadata. Identifiers are bound as parameters, never spliced into SQL.
+pub async fn load_table(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    name: &str,
+) -> Result<TableInfo, CatalogError> {
+    let rows = client.query(TABLE_SQL, &[&schema, &name]).await?;
+    let Some(row) = rows.first() else {
+        return Err(CatalogError::NotFound(format!(
+            "{}.{}",
+            quote_ident(schema),
+            quote_ident(name)
+        )));
+    };
+    let oid: u32 = row.get(0);
+    let rows = client.query(COLUMNS_SQL, &[&oid]).await?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let category: String = r.get(6);
+        let is_array = category == "A";
+        let elem: String = r.get(7);
+        // 1-based position in the key (int2vector subscripts start at 0, hence the lower bound).
+        let pk_pos: i32 = r.get(8);
+        let dims: i32 = r.get(4);
+        columns.push(ColumnInfo {
+            name: r.get(0),
+            type_oid: r.get(1),
+            type_mod: r.get(2),
+            not_null: r.get(3),
+            dims: if is_array { dims.max(1) } else { 0 },
+            type_name: if is_array { elem } else { r.get(5) },
+            pk_index: (pk_pos > 0).then(|| (pk_pos - 1) as usize),
+        });
+    }
+    Ok(TableInfo::new(
+        oid,
+        schema.to_string(),
+        name.to_string(),
+        columns,
+    ))
+}
+
+impl TableInfo {
+    pub fn new(oid: u32, schema: String, name: String, columns: Vec<ColumnInfo>) -> Self {
+        let mut pk: Vec<(usize, usize)> = columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.pk_index.map(|p| (p, i)))
+            .collect();
+        pk.sort_unstable();
+        let has_pk = !pk.is_empty();
+        let key = if has_pk {
+            pk.into_iter().map(|(_, i)| i).collect()
+        } else {
+            let mut all: Vec<usize> = (0..columns.len()).collect();
+            all.sort_by(|a, b| columns[*a].name.cmp(&columns[*b].name));
+            all
+        };
+        TableInfo {
+            oid,
+            schema,
+            name,
+            columns,
+            key,
+            has_pk,
+        }
+    }
+}
+
+/// The `electric-schema` header value for the selected columns (indexes into `table.columns`).
+pub fn schema_header(table: &TableInfo, selected: &[usize]) -> String {
+    let mut obj = serde_json::Map::new();
+    for &i in selected {
+        let c = &table.columns[i];
+        let mut info = serde_json::Map::new();
+        info.insert("type".into(), c.type_name.clone().into());
+        if c.dims > 0 {
+            info.insert("dims".into(), c.dims.into());
+        }
+        if let Some(p) = c.pk_index {
+            info.insert("pk_index".into(), p.into());
+        }
+        if c.not_null {
+            info.insert("not_null".into(), true.into());
+        }
+        type_mod_info(&c.type_name, c.type_mod, &mut info);
+        obj.insert(c.name.clone(), serde_json::Value::Object(info));
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+fn type_mod_info(
+    type_name: &str,
+    type_mod: i32,
+    info: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    if type_mod < 0 {
+        return;
+    }
+    match type_name {
+        "varchar" | "text" => {
+            info.insert("max_length".into(), (type_mod - 4).into());
+        }
+        "bpchar" => {
+            info.insert("length".into(), (type_mod - 4).into());
+        }
+        "bit" | "varbit" => {
+            info.insert("length".into(), type_mod.into());
+        }
+        "time" | "timetz" | "timestamp" | "timestamptz" => {
+            info.insert("precision".into(), type_mod.into());
+        }
+        "interval" => {
+            let precision = type_mod & 0xFFFF;
+            if precision != 0xFFFF {
+                info.insert("precision".into(), precision.into());
+            }
+            if let Some(fields) = interval_fields((type_mod >> 16) & 0x7FFF) {
+                info.insert("fields".into(), fields.into());
+            }
+        }
+        "numeric" => {
+            let m = type_mod - 4;
+            info.insert("precision".into(), ((m >> 16) & 0xFFFF).into());
+            // The scale is an 11-bit signed number in PG 15+.
+            let scale = ((m & 0x7FF) ^ 0x400) - 0x400;
+            info.insert("scale".into(), scale.into());
+        }
+        _ => {
+            info.insert("type_mod".into(), type_mod.into());
+        }
+    }
+}
+
+/// The `fields` restriction of an interval type modifier (`INTERVAL_RANGE` bits).
+fn interval_fields(range: i32) -> Option<&'static str> {
+    const MONTH: i32 = 1 << 1;
+    const YEAR: i32 = 1 << 2;
+    const DAY: i32 = 1 << 3;
+    const HOUR: i32 = 1 << 10;
+    const MINUTE: i32 = 1 << 11;
+    const SECOND: i32 = 1 << 12;
+    Some(match range {
+        YEAR => "YEAR",
+        MONTH => "MONTH",
+        DAY => "DAY",
+        HOUR => "HOUR",
+        MINUTE => "MINUTE",
+        SECOND => "SECOND",
+        r if r == YEAR | MONTH => "YEAR TO MONTH",
+        r if r == DAY | HOUR => "DAY TO HOUR",
+        r if r == DAY | HOUR | MINUTE => "DAY TO MINUTE",
+        r if r == DAY | HOUR | MINUTE | SECOND => "DAY TO SECOND",
+        r if r == HOUR | MINUTE => "HOUR TO MINUTE",
+        r if r == HOUR | MINUTE | SECOND => "HOUR TO SECOND",
+        r if r == MINUTE | SECOND => "MINUTE TO SECOND",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str, type_mod: i32, pk: Option<usize>, not_null: bool) -> ColumnInfo {
+        ColumnInfo {
+            name: name.into(),
+            type_oid: 0,
+            type_name: ty.into(),
+            dims: 0,
+            type_mod,
+            not_null,
+            pk_index: pk,
+        }
+    }
+
+    #[test]
+    fn schema_header_matches_reference_shape() {
+        let mut ints = col("ints2", "int8", -1, None, false);
+        ints.dims = 2;
+        let t = TableInfo::new(
+            1,
+            "public".into(),
+            "t".into(),
+            vec![
+                col("id", "int8", -1, Some(0), true),
+                ints,
+                col("name", "varchar", 127, None, true),
+                col("price", "numeric", ((10 << 16) | 2) + 4, None, false),
+                col("c", "bpchar", 9, None, false),
+            ],
+        );
+        let h: serde_json::Value =
+            serde_json::from_str(&schema_header(&t, &[0, 1, 2, 3, 4])).unwrap();
+        assert_eq!(
+            h["id"],
+            serde_json::json!({"type":"int8","pk_index":0,"not_null":true})
+        );
+        assert_eq!(h["ints2"], serde_json::json!({"type":"int8","dims":2}));
+        assert_eq!(
+            h["name"],
+            serde_json::json!({"type":"varchar","max_length":123,"not_null":true})
+        );
+        assert_eq!(
+            h["price"],
+            serde_json::json!({"type":"numeric","precision":10,"scale":2})
+        );
+        assert_eq!(h["c"], serde_json::json!({"type":"bpchar","length":5}));
+    }
+
+    #[test]
+    fn key_without_pk_is_all_columns_by_name() {
+        let t = TableInfo::new(
+            1,
+            "public".into(),
+            "t".into(),
+            vec![
+                col("b", "int4", -1, None, false),
+                col("a", "int4", -1, None, false),
+            ],
+        );
+        assert_eq!(t.key, vec![1, 0]);
+        assert!(!t.has_pk);
+    }
+
+    #[test]
+    fn interval_fields_decode() {
+        assert_eq!(
+            interval_fields((1 << 3) | (1 << 10) | (1 << 11) | (1 << 12)),
+            Some("DAY TO SECOND")
+        );
+        assert_eq!(interval_fields(0x7FFF), None);
+    }
+}

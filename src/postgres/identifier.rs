@@ -1,0 +1,184 @@
+//! Postgres identifier rules for user input (pure): the `table` and `columns` parameters, and
+//! quoting identifiers and literals when SQL is rendered from validated input.
+//!
+//! Unquoted parts are folded to lower case, quoted parts keep their case and use `""` for a
+//! quote; names are at most 63 bytes (NAMEDATALEN - 1).
+
+const MAX_IDENT: usize = 63;
+
+/// Split `s` into identifier parts on unquoted `sep`, applying the folding rules.
+fn split_idents(s: &str, sep: char) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        // One identifier.
+        let mut ident = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        ident.push('"');
+                    } else {
+                        closed = true;
+                        break;
+                    }
+                } else {
+                    ident.push(c);
+                }
+            }
+            if !closed {
+                return Err("Unterminated quoted identifier".to_string());
+            }
+            if ident.is_empty() {
+                return Err("Invalid zero-length delimited identifier".to_string());
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == sep {
+                    break;
+                }
+                if c == '"' {
+                    return Err(format!("Invalid identifier: unexpected quote in {s:?}"));
+                }
+                ident.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+            let trimmed = ident.trim();
+            if trimmed.is_empty() {
+                return Err("Invalid zero-length identifier".to_string());
+            }
+            ident = trimmed.to_string();
+        }
+        if ident.len() > MAX_IDENT {
+            return Err(format!(
+                "Identifier {ident:?} is longer than {MAX_IDENT} characters"
+            ));
+        }
+        parts.push(ident);
+        match chars.next() {
+            None => return Ok(parts),
+            Some(c) if c == sep => continue,
+            Some(c) => return Err(format!("Invalid identifier: unexpected {c:?} in {s:?}")),
+        }
+    }
+}
+
+/// Parse a `table` parameter into (schema, name); the schema defaults to `public`.
+pub fn parse_relation(s: &str) -> Result<(String, String), String> {
+    if s.is_empty() {
+        return Err("can't be blank".to_string());
+    }
+    let parts = split_idents(s, '.')?;
+    match parts.len() {
+        1 => Ok((
+            "public".to_string(),
+            parts.into_iter().next().unwrap_or_default(),
+        )),
+        2 => {
+            let mut it = parts.into_iter();
+            let schema = it.next().unwrap_or_default();
+            Ok((schema, it.next().unwrap_or_default()))
+        }
+        _ => Err(format!(
+            "Invalid table name {s:?}: expected at most one unquoted '.' (schema.table)"
+        )),
+    }
+}
+
+/// Parse a `columns` parameter: comma-separated, possibly quoted identifiers.
+pub fn parse_column_list(s: &str) -> Result<Vec<String>, String> {
+    if s.trim().is_empty() {
+        return Err("Invalid zero-length identifier".to_string());
+    }
+    split_idents(s, ',')
+}
+
+/// Quote an identifier for SQL: always double-quoted, `"` doubled.
+pub fn quote_ident(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quote a string literal for SQL with `standard_conforming_strings = on` (which every
+/// shapesync session sets): single-quoted, `'` doubled. NUL bytes cannot occur in Postgres
+/// text and are rejected by the caller's validation before rendering.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relations() {
+        assert_eq!(
+            parse_relation("items").unwrap(),
+            ("public".into(), "items".into())
+        );
+        assert_eq!(
+            parse_relation("Items").unwrap(),
+            ("public".into(), "items".into())
+        );
+        assert_eq!(
+            parse_relation("\"My Schema\".\"My Tbl\"").unwrap(),
+            ("My Schema".into(), "My Tbl".into())
+        );
+        assert_eq!(
+            parse_relation("s.\"a.b\"").unwrap(),
+            ("s".into(), "a.b".into())
+        );
+        assert_eq!(
+            parse_relation("\"a\"\"b\"").unwrap(),
+            ("public".into(), "a\"b".into())
+        );
+        assert!(parse_relation("a.b.c").is_err());
+        assert_eq!(
+            parse_relation("\"\"").unwrap_err(),
+            "Invalid zero-length delimited identifier"
+        );
+        assert_eq!(parse_relation("").unwrap_err(), "can't be blank");
+        assert!(parse_relation(&"x".repeat(64)).is_err());
+        assert!(parse_relation("\"abc").is_err());
+        assert!(parse_relation("a\"b").is_err());
+    }
+
+    #[test]
+    fn columns() {
+        assert_eq!(parse_column_list("id,Name").unwrap(), vec!["id", "name"]);
+        assert_eq!(
+            parse_column_list("\"has,comma\",\"has\"\"quote\"").unwrap(),
+            vec!["has,comma", "has\"quote"]
+        );
+        assert!(parse_column_list("").is_err());
+        assert!(parse_column_list("a,,b").is_err());
+        assert!(parse_column_list("a,\"\"").is_err());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "'a\\b'");
+    }
+}

@@ -1,0 +1,202 @@
+//! One replication session: make sure the slot exists, stream from it, decode each message and
+//! hand it to the [`Writer`], and acknowledge LSNs only once the writer has made them durable.
+//!
+//! Group commit: transactions are applied while events keep arriving; when the stream goes quiet
+//! (no event waiting) or 512 transactions are pending, the writer flushes every shape log touched
+//! since the last flush in one batch and the last commit's end LSN is acknowledged. Writer commands (new shapes, snapshot starts, removals)
+//! are handled only between transactions.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use futures::FutureExt;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+
+use super::pgoutput::{self, Message, Relation};
+use crate::postgres::connect::SourceDb;
+use crate::shape::writer::{ChangeKind, Command, Writer};
+
+/// Flush after at most this many transactions even if more are waiting.
+const MAX_TXNS_PER_FLUSH: usize = 512;
+
+/// Create the logical replication slot if it does not exist. Returns true if created now.
+pub async fn ensure_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<bool> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    client
+        .query_one(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
+            &[&slot],
+        )
+        .await
+        .with_context(|| format!("creating replication slot {slot}"))?;
+    Ok(true)
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    Shutdown,
+}
+
+/// Stream until shutdown (Ok) or an error (Err: the caller reconnects).
+pub async fn run(
+    db: &SourceDb,
+    slot: &str,
+    publication: &str,
+    writer: &mut Writer,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    shutdown: &mut watch::Receiver<bool>,
+    on_started: impl FnOnce(),
+) -> anyhow::Result<End> {
+    let cfg = db.replication_config(slot, publication);
+    let mut client = ReplicationClient::connect(cfg)
+        .await
+        .map_err(|e| anyhow!("replication connect: {e}"))?;
+    client
+        .wait_started()
+        .await
+        .map_err(|e| anyhow!("starting replication on slot {slot}: {e}"))?;
+    on_started();
+    let result = stream(&mut client, writer, commands, shutdown).await;
+    if matches!(result, Ok(End::Shutdown)) {
+        // Give the worker one status interval to report the final acknowledged position.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+    result
+}
+
+async fn stream(
+    client: &mut ReplicationClient,
+    writer: &mut Writer,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<End> {
+    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    let mut next: Option<ReplicationEvent> = None;
+    loop {
+        if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
+            // Group commit: keep going while events are waiting; flush as soon as the stream
+            // goes quiet (or the batch is full), before blocking on it.
+            next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH {
+                None
+            } else {
+                match client.recv().now_or_never() {
+                    None => None,
+                    Some(Ok(Some(ev))) => Some(ev),
+                    Some(Ok(None)) => return Err(anyhow!("replication stream ended")),
+                    Some(Err(e)) => return Err(anyhow!("replication stream: {e}")),
+                }
+            };
+            if next.is_none() {
+                if let Some(lsn) = writer.flush().await {
+                    client.update_applied_lsn(Lsn::from_u64(lsn));
+                }
+            }
+        }
+        let event = match next.take() {
+            Some(ev) => ev,
+            None if writer.in_transaction() => tokio::select! {
+                biased;
+                _ = shutdown.changed() => return finish(client, writer).await,
+                ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
+                    .ok_or_else(|| anyhow!("replication stream ended"))?,
+            },
+            None => tokio::select! {
+                biased;
+                _ = shutdown.changed() => return finish(client, writer).await,
+                Some(cmd) = commands.recv() => {
+                    writer.command(cmd);
+                    continue;
+                }
+                ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
+                    .ok_or_else(|| anyhow!("replication stream ended"))?,
+            },
+        };
+        match event {
+            ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.as_u64(), xid),
+            ReplicationEvent::XLogData { data, .. } => {
+                let msg = pgoutput::decode(&data).map_err(|e| anyhow!("pgoutput: {e}"))?;
+                apply(msg, &mut relations, writer)?;
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                tracing::trace!(end_lsn = end_lsn.as_u64(), "commit");
+                writer.commit(end_lsn.as_u64());
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                tracing::trace!(wal_end = wal_end.as_u64(), "keepalive");
+                if let Some(lsn) = writer.idle_ack(wal_end.as_u64()) {
+                    client.update_applied_lsn(Lsn::from_u64(lsn));
+                }
+            }
+            ReplicationEvent::Message { .. } => {}
+            ReplicationEvent::StoppedAt { .. } => return Ok(End::Shutdown),
+        }
+    }
+}
+
+/// Shutdown: make complete transactions durable and acknowledge them; an open transaction is
+/// dropped (the slot sends it again next time).
+async fn finish(client: &mut ReplicationClient, writer: &mut Writer) -> anyhow::Result<End> {
+    if writer.in_transaction() {
+        writer.reset_after_disconnect();
+    } else if let Some(lsn) = writer.flush().await {
+        client.update_applied_lsn(Lsn::from_u64(lsn));
+    }
+    Ok(End::Shutdown)
+}
+
+fn apply(
+    msg: Message,
+    relations: &mut HashMap<u32, Relation>,
+    writer: &mut Writer,
+) -> anyhow::Result<()> {
+    let rel = |oid: u32, relations: &HashMap<u32, Relation>| {
+        relations
+            .get(&oid)
+            .cloned()
+            .ok_or_else(|| anyhow!("change for relation {oid} before its Relation message"))
+    };
+    match msg {
+        Message::Relation(r) => {
+            tracing::debug!(oid = r.oid, name = %r.name, "relation");
+            writer.relation(&r);
+            relations.insert(r.oid, r);
+        }
+        Message::Insert { relation, new } => {
+            let r = rel(relation, relations)?;
+            writer.change(&r, ChangeKind::Insert, None, Some(&new));
+        }
+        Message::Update { relation, old, new } => {
+            let r = rel(relation, relations)?;
+            writer.change(&r, ChangeKind::Update, old.as_ref(), Some(&new));
+        }
+        Message::Delete { relation, old } => {
+            let r = rel(relation, relations)?;
+            writer.change(&r, ChangeKind::Delete, Some(&old), None);
+        }
+        Message::Truncate {
+            relations: oids, ..
+        } => writer.truncate(&oids),
+        // Begin/Commit arrive as their own events; types, origins and logical messages do not
+        // affect shapes.
+        Message::Begin(_)
+        | Message::Commit(_)
+        | Message::Type { .. }
+        | Message::Origin { .. }
+        | Message::Message { .. } => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Every error a client can get, mapped to its HTTP answer in one place (protocol.md §8).
+//! Internal details (database errors, file paths) are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::params::FieldErrors;
+use crate::stack::ShapeError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 `{"message":"Invalid request","errors":{…}}`
+    Invalid(FieldErrors),
+    /// 503 with `retry-after`.
+    Unavailable {
+        message: String,
+        retry_after: u32,
+        known: bool,
+    },
+    /// 500, details logged.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, msg: impl Into<String>) -> Self {
+        let mut m = FieldErrors::new();
+        m.insert(field, vec![msg.into()]);
+        ApiError::Invalid(m)
+    }
+}
+
+impl From<ShapeError> for ApiError {
+    fn from(e: ShapeError) -> Self {
+        match e {
+            ShapeError::Invalid(field, msg) => ApiError::field(field, msg),
+            ShapeError::NotReady(why) => {
+                tracing::debug!(reason = %why, "stack not ready");
+                ApiError::Unavailable {
+                    message: "Stack not ready, please retry".into(),
+                    retry_after: 5,
+                    known: false,
+                }
+            }
+            ShapeError::Database(why) => {
+                tracing::warn!(error = %why, "database unavailable");
+                ApiError::Unavailable {
+                    message: "Database is unreachable".into(),
+                    retry_after: 10,
+                    known: false,
+                }
+            }
+            ShapeError::Storage(why) => ApiError::Internal(why),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut res = (status, body.to_string()).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("surrogate-control", HeaderValue::from_static("no-store"));
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Invalid(errors) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"message": "Invalid request", "errors": errors}),
+            ),
+            ApiError::Unavailable {
+                message,
+                retry_after,
+                known,
+            } => {
+                let mut res = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"message": message}),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                if known {
+                    res.headers_mut().insert(
+                        "electric-internal-known-error",
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                res
+            }
+            ApiError::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": "Internal server error"}),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Response metadata rules (pure): cache directives, ETags, `If-None-Match`, and the
+//! `electric-cursor` algorithm (protocol.md §5).
+
+/// Cache lifetimes for non-live responses.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheAges {
+    pub max_age: u32,
+    pub stale_age: u32,
+}
+
+impl Default for CacheAges {
+    fn default() -> Self {
+        CacheAges {
+            max_age: 60,
+            stale_age: 300,
+        }
+    }
+}
+
+/// What kind of 200 response this is, for `cache-control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    Initial,
+    Live,
+    LiveSse { sse_timeout_secs: u32 },
+    Catchup,
+}
+
+pub fn cache_control(kind: CacheKind, ages: CacheAges) -> String {
+    match kind {
+        CacheKind::Initial => {
+            "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746".to_string()
+        }
+        CacheKind::Live => "public, max-age=5, stale-while-revalidate=5".to_string(),
+        CacheKind::LiveSse { sse_timeout_secs } => {
+            format!("public, max-age={}", sse_timeout_secs.saturating_sub(1))
+        }
+        CacheKind::Catchup => format!(
+            "public, max-age={}, stale-while-revalidate={}",
+            ages.max_age, ages.stale_age
+        ),
+    }
+}
+
+/// `"<handle>:<requested offset>:<chunk end>"`, plus a unique suffix for empty answers.
+pub fn etag(handle: &str, requested: &str, end: &str, unique: Option<u128>) -> String {
+    match unique {
+        Some(n) => format!("\"{handle}:{requested}:{end}:{n}\""),
+        None => format!("\"{handle}:{requested}:{end}\""),
+    }
+}
+
+/// Does an `If-None-Match` header name this ETag? (Values split on `,`, trimmed, quotes
+/// stripped; `W/` is not special, as in the reference.)
+pub fn if_none_match(header: &str, etag: &str) -> bool {
+    let want = etag.trim_matches('"');
+    header
+        .split(',')
+        .map(|v| v.trim().trim_matches('"'))
+        .any(|v| v == want)
+}
+
+/// Seconds since 2024-10-09T00:00:00Z, the cursor epoch.
+const CURSOR_EPOCH: u64 = 1_728_432_000;
+
+/// The next `electric-cursor`: the end of the current long-poll interval since the epoch, or,
+/// if that is not larger than the client's cursor, the client's plus a random 1..=3600.
+pub fn next_cursor(
+    now_unix_secs: u64,
+    interval_secs: u64,
+    client: Option<&str>,
+    jitter: u64,
+) -> u64 {
+    if interval_secs == 0 {
+        return 0;
+    }
+    let since = now_unix_secs.saturating_sub(CURSOR_EPOCH);
+    let cursor = since.div_ceil(interval_secs) * interval_secs;
+    let client: u64 = client.and_then(|c| c.parse().ok()).unwrap_or(0);
+    if cursor <= client {
+        client + jitter.clamp(1, 3600)
+    } else {
+        cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_matrix() {
+        let a = CacheAges::default();
+        assert_eq!(
+            cache_control(CacheKind::Initial, a),
+            "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+        );
+        assert_eq!(
+            cache_control(CacheKind::Live, a),
+            "public, max-age=5, stale-while-revalidate=5"
+        );
+        assert_eq!(
+            cache_control(
+                CacheKind::LiveSse {
+                    sse_timeout_secs: 60
+                },
+                a
+            ),
+            "public, max-age=59"
+        );
+        assert_eq!(
+            cache_control(
+                CacheKind::Catchup,
+                CacheAges {
+                    max_age: 1,
+                    stale_age: 3
+                }
+            ),
+            "public, max-age=1, stale-while-revalidate=3"
+        );
+    }
+
+    #[test]
+    fn etags_and_revalidation() {
+        let e = etag("h", "0_0", "12_4", None);
+        assert_eq!(e, "\"h:0_0:12_4\"");
+        assert!(if_none_match("\"x\", \"h:0_0:12_4\"", &e));
+        assert!(if_none_match("h:0_0:12_4", &e));
+        assert!(!if_none_match("\"h:0_0:12_5\"", &e));
+        assert_eq!(etag("h", "1_0", "1_0", Some(7)), "\"h:1_0:1_0:7\"");
+    }
+
+    #[test]
+    fn cursor_algorithm() {
+        let now = CURSOR_EPOCH + 45;
+        assert_eq!(next_cursor(now, 20, None, 5), 60);
+        assert_eq!(next_cursor(now, 20, Some("junk"), 5), 60);
+        assert_eq!(next_cursor(now, 20, Some("60"), 5), 65);
+        assert_eq!(next_cursor(now, 20, Some("100"), 0), 101);
+        assert_eq!(next_cursor(now, 0, None, 5), 0);
+        assert_eq!(next_cursor(CURSOR_EPOCH + 40, 20, None, 5), 40);
+    }
+}

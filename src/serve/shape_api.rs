@@ -1,0 +1,331 @@
+//! `GET /v1/shape`: find or create the shape, seek its log (protocol.md §3.2), hold live
+//! requests until durable data arrives or the long-poll times out, and answer with the exact
+//! headers of §5.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use shapesync_storage::{LogOffset, ReadResult};
+
+use super::error::ApiError;
+use super::params::{self, RequestOffset, ShapeRequest};
+use super::response::{cache_control, etag, if_none_match, next_cursor, CacheKind};
+use super::AppState;
+use crate::shape::definition::ShapeHandle;
+use crate::shape::message;
+use crate::shape::{Lifecycle, Progress, Shape};
+use crate::stack::Stack;
+
+/// How long a request waits for a snapshot chunk to be written before answering 503.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+
+pub async fn get_shape(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match serve(&app, &headers, query.as_deref().unwrap_or("")).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A response decided before it is written.
+enum Outcome {
+    Data {
+        shape: Arc<Shape>,
+        entries: Vec<bytes::Bytes>,
+        end: LogOffset,
+        up_to_date: Option<u64>,
+        has_data: bool,
+        unique_etag: bool,
+    },
+    MustRefetch(Arc<Shape>),
+}
+
+async fn serve(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
+    let req = params::parse(query).map_err(ApiError::Invalid)?;
+    let stack = app.stack();
+    let outcome = decide(app, &stack, &req).await?;
+    Ok(match outcome {
+        Outcome::MustRefetch(active) => must_refetch(&req, &active),
+        Outcome::Data {
+            shape,
+            entries,
+            end,
+            up_to_date,
+            has_data,
+            unique_etag,
+        } => respond(
+            app,
+            headers,
+            &req,
+            &shape,
+            entries,
+            end,
+            up_to_date,
+            has_data,
+            unique_etag,
+        ),
+    })
+}
+
+async fn decide(app: &AppState, stack: &Stack, req: &ShapeRequest) -> Result<Outcome, ApiError> {
+    let requested = match req.offset {
+        RequestOffset::Now => None,
+        RequestOffset::At(o) => Some(o),
+    };
+    let shape = match (&req.handle, requested) {
+        (Some(h), Some(_)) => {
+            let handle: ShapeHandle = h
+                .parse()
+                .map_err(|()| ApiError::field("handle", "has invalid format"))?;
+            match stack.registry.get(&handle) {
+                Some(s) if s.def == req.def && s.is_active() => s,
+                // Unknown, deleted, rotated, or another definition's: refetch the active one.
+                _ => return Ok(Outcome::MustRefetch(stack.get_or_create(&req.def).await?)),
+            }
+        }
+        _ => stack.get_or_create(&req.def).await?,
+    };
+    let Some(requested) = requested else {
+        // offset=now: the current end, immediately.
+        let latest = shape.log.latest_offset();
+        return Ok(Outcome::Data {
+            up_to_date: Some(stack.latest_lsn().max(latest.tx())),
+            shape,
+            entries: Vec::new(),
+            end: latest,
+            has_data: false,
+            unique_etag: true,
+        });
+    };
+
+    let mut progress = shape.subscribe();
+    let started = Instant::now();
+    let long_poll = app.long_poll;
+    let mut shutdown = stack.shutdown_signal();
+    loop {
+        let state = check_state(&progress.borrow_and_update());
+        match state {
+            Ok(()) => {}
+            Err(State2::Gone) => {
+                return Ok(Outcome::MustRefetch(stack.get_or_create(&req.def).await?))
+            }
+            Err(State2::Failed(msg)) => {
+                tracing::warn!(handle = %shape.handle, error = %msg, "serving a failed shape");
+                return Err(ApiError::Unavailable {
+                    message: "Failed to create the shape's snapshot, please retry".into(),
+                    retry_after: 10,
+                    known: true,
+                });
+            }
+        }
+        let read = {
+            let s = Arc::clone(&shape);
+            tokio::task::spawn_blocking(move || s.log.read(requested))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        let latest = shape.log.latest_offset();
+        let (wait_until, timeout_outcome) = match read {
+            ReadResult::NotReady => (started + SNAPSHOT_WAIT, None),
+            ReadResult::Chunk { entries, end } => {
+                let head = end >= latest.max(requested) && !requested.is_before_all();
+                let out_of_bounds = requested > latest
+                    && !requested.is_snapshot()
+                    && requested.tx() > stack.latest_lsn();
+                if !entries.is_empty() || (!req.live && !out_of_bounds) {
+                    let lsn = if req.live {
+                        end.tx()
+                    } else {
+                        stack.latest_lsn().max(end.tx())
+                    };
+                    return Ok(Outcome::Data {
+                        shape,
+                        entries,
+                        end,
+                        up_to_date: head.then_some(lsn),
+                        has_data: true,
+                        unique_etag: false,
+                    });
+                }
+                if out_of_bounds {
+                    if started.elapsed() >= long_poll / 2 {
+                        return Err(ApiError::field("offset", "out of bounds for this shape"));
+                    }
+                    (started + long_poll / 2, None)
+                } else {
+                    // Live and nothing new yet: wait; on timeout answer up-to-date at `end`.
+                    (started + long_poll, Some(end))
+                }
+            }
+        };
+        let woke = tokio::select! {
+            r = tokio::time::timeout_at(wait_until.into(), progress.changed()) => r.is_ok(),
+            _ = shutdown.changed() => false,
+        };
+        if !woke {
+            if let Some(end) = timeout_outcome {
+                return Ok(Outcome::Data {
+                    shape,
+                    entries: Vec::new(),
+                    end,
+                    up_to_date: Some(stack.latest_lsn().max(end.tx())),
+                    has_data: false,
+                    unique_etag: true,
+                });
+            }
+            if started.elapsed() >= SNAPSHOT_WAIT {
+                return Err(ApiError::Unavailable {
+                    message: "The shape's snapshot is taking too long, please retry".into(),
+                    retry_after: 5,
+                    known: true,
+                });
+            }
+        }
+    }
+}
+
+enum State2 {
+    Gone,
+    Failed(String),
+}
+
+fn check_state(p: &Progress) -> Result<(), State2> {
+    match &p.state {
+        Lifecycle::Active => Ok(()),
+        Lifecycle::Gone => Err(State2::Gone),
+        Lifecycle::Failed(m) => Err(State2::Failed(m.to_string())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    app: &AppState,
+    headers: &HeaderMap,
+    req: &ShapeRequest,
+    shape: &Shape,
+    entries: Vec<bytes::Bytes>,
+    end: LogOffset,
+    up_to_date: Option<u64>,
+    has_data: bool,
+    unique_etag: bool,
+) -> Response {
+    let end_text = end.to_string();
+    let unique = unique_etag.then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    });
+    let tag = etag(shape.handle.as_str(), &req.offset_text, &end_text, unique);
+    let kind = if req.offset == RequestOffset::At(LogOffset::BEFORE_ALL) {
+        CacheKind::Initial
+    } else if req.live {
+        CacheKind::Live
+    } else {
+        CacheKind::Catchup
+    };
+    let mut h = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    h.insert("electric-handle", hv(shape.handle.as_str()));
+    h.insert("electric-offset", hv(&end_text));
+    if req.live {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let cursor = next_cursor(
+            now,
+            app.long_poll.as_secs(),
+            req.cursor.as_deref(),
+            rand::random_range(1..=3600),
+        );
+        h.insert("electric-cursor", HeaderValue::from(cursor));
+    }
+    if up_to_date.is_some() {
+        h.insert("electric-up-to-date", HeaderValue::from_static(""));
+    }
+    h.insert(
+        "electric-has-data",
+        HeaderValue::from_static(if has_data { "true" } else { "false" }),
+    );
+    h.insert(header::ETAG, hv(&tag));
+    h.insert(
+        header::CACHE_CONTROL,
+        hv(&cache_control(kind, app.cache_ages)),
+    );
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if if_none_match(inm, &tag) {
+            return (StatusCode::NOT_MODIFIED, h).into_response();
+        }
+    }
+    if !req.live {
+        h.insert("electric-schema", hv(&shape.schema_header));
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 96);
+    body.push(b'[');
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    if let Some(lsn) = up_to_date {
+        if !entries.is_empty() {
+            body.push(b',');
+        }
+        body.extend_from_slice(&message::up_to_date(lsn));
+    }
+    body.push(b']');
+    (StatusCode::OK, h, Body::from(body)).into_response()
+}
+
+/// 409: the handle is stale; point the client at the active one.
+fn must_refetch(req: &ShapeRequest, active: &Shape) -> Response {
+    let mut location = String::from("/v1/shape?");
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &req.raw {
+        if !matches!(
+            k.as_str(),
+            "offset" | "handle" | "live" | "cursor" | "live_sse" | "experimental_live_sse"
+        ) {
+            ser.append_pair(k, v);
+        }
+    }
+    ser.append_pair("handle", active.handle.as_str());
+    ser.append_pair("offset", "-1");
+    location.push_str(&ser.finish());
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let mut h = HeaderMap::new();
+    h.insert("electric-handle", hv(active.handle.as_str()));
+    h.insert(header::LOCATION, hv(&location));
+    h.insert(header::ETAG, hv(&format!("\"{}::\"", active.handle)));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60, must-revalidate"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    (
+        StatusCode::CONFLICT,
+        h,
+        r#"[{"headers":{"control":"must-refetch"}}]"#,
+    )
+        .into_response()
+}

@@ -1,0 +1,262 @@
+//! Shape where clauses: parsed with Postgres' own grammar (`pg_query`, as `SELECT 1 WHERE …`),
+//! checked against the table's columns and types, compiled into a predicate over decoded rows,
+//! and rendered back to SQL for the snapshot query from the validated form only (user text never
+//! reaches SQL as written).
+//!
+//! Supported so far: comparisons (`= <> != < <= > >=`) between a column and a constant (either
+//! side, optionally cast), `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
+//! boolean columns and boolean constants, on integer, numeric, boolean, text-like and uuid
+//! columns, with Postgres' three-valued logic. Anything else is a clear 400. (The full engine —
+//! functions, arrays, LIKE, IN, parameters, an index — is a later step behind this same seam.)
+
+mod parse;
+mod value;
+
+pub use parse::parse_where;
+pub use value::{Family, Literal};
+
+use std::cmp::Ordering;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+
+    /// The operator with its operands swapped (`1 < x` is `x > 1`).
+    fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            other => other,
+        }
+    }
+
+    fn holds(self, ord: Ordering) -> bool {
+        match self {
+            CmpOp::Eq => ord == Ordering::Equal,
+            CmpOp::Ne => ord != Ordering::Equal,
+            CmpOp::Lt => ord == Ordering::Less,
+            CmpOp::Le => ord != Ordering::Greater,
+            CmpOp::Gt => ord == Ordering::Greater,
+            CmpOp::Ge => ord != Ordering::Less,
+        }
+    }
+}
+
+/// A validated, typed boolean expression over a table's columns (by position).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Const(Option<bool>),
+    BoolColumn(usize),
+    Compare {
+        column: usize,
+        family: Family,
+        op: CmpOp,
+        value: Literal,
+    },
+    IsNull {
+        expr: Box<Operand>,
+        negated: bool,
+    },
+    /// `IS [NOT] TRUE|FALSE|UNKNOWN`: `target` None means UNKNOWN.
+    BoolTest {
+        expr: Box<Expr>,
+        target: Option<bool>,
+        negated: bool,
+    },
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Not(Box<Expr>),
+}
+
+/// The operand of `IS NULL`: a column or a boolean expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Column(usize),
+    Expr(Expr),
+}
+
+/// Column values of one row in Postgres text form; `None` is SQL NULL.
+pub trait Row {
+    fn value(&self, column: usize) -> Option<&[u8]>;
+}
+
+/// A compiled where clause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhereClause {
+    expr: Expr,
+    sql: String,
+}
+
+impl WhereClause {
+    pub fn new(expr: Expr, column_names: &[String]) -> Self {
+        let mut sql = String::new();
+        render(&expr, column_names, &mut sql);
+        WhereClause { expr, sql }
+    }
+
+    /// The clause as SQL, rendered from the validated expression.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes.)
+    pub fn matches(&self, row: &dyn Row) -> bool {
+        eval(&self.expr, row) == Some(true)
+    }
+}
+
+/// Three-valued evaluation.
+pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
+    match expr {
+        Expr::Const(v) => *v,
+        Expr::BoolColumn(c) => row.value(*c).and_then(value::parse_bool),
+        Expr::Compare {
+            column,
+            family,
+            op,
+            value,
+        } => {
+            let v = row.value(*column)?;
+            value::compare(*family, v, value).map(|ord| op.holds(ord))
+        }
+        Expr::IsNull { expr, negated } => {
+            let is_null = match expr.as_ref() {
+                Operand::Column(c) => row.value(*c).is_none(),
+                Operand::Expr(e) => eval(e, row).is_none(),
+            };
+            Some(is_null != *negated)
+        }
+        Expr::BoolTest {
+            expr,
+            target,
+            negated,
+        } => {
+            let v = eval(expr, row);
+            Some((v == *target) != *negated)
+        }
+        Expr::And(items) => {
+            let mut unknown = false;
+            for e in items {
+                match eval(e, row) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            if unknown {
+                None
+            } else {
+                Some(true)
+            }
+        }
+        Expr::Or(items) => {
+            let mut unknown = false;
+            for e in items {
+                match eval(e, row) {
+                    Some(true) => return Some(true),
+                    None => unknown = true,
+                    Some(false) => {}
+                }
+            }
+            if unknown {
+                None
+            } else {
+                Some(false)
+            }
+        }
+        Expr::Not(e) => eval(e, row).map(|b| !b),
+    }
+}
+
+fn render(expr: &Expr, names: &[String], out: &mut String) {
+    use crate::postgres::identifier::quote_ident;
+    match expr {
+        Expr::Const(Some(true)) => out.push_str("true"),
+        Expr::Const(Some(false)) => out.push_str("false"),
+        Expr::Const(None) => out.push_str("NULL::boolean"),
+        Expr::BoolColumn(c) => out.push_str(&quote_ident(&names[*c])),
+        Expr::Compare {
+            column, op, value, ..
+        } => {
+            out.push_str(&quote_ident(&names[*column]));
+            out.push(' ');
+            out.push_str(op.sql());
+            out.push(' ');
+            out.push_str(&value.sql());
+        }
+        Expr::IsNull { expr, negated } => {
+            out.push('(');
+            match expr.as_ref() {
+                Operand::Column(c) => out.push_str(&quote_ident(&names[*c])),
+                Operand::Expr(e) => render(e, names, out),
+            }
+            out.push_str(if *negated {
+                ") IS NOT NULL"
+            } else {
+                ") IS NULL"
+            });
+        }
+        Expr::BoolTest {
+            expr,
+            target,
+            negated,
+        } => {
+            out.push('(');
+            render(expr, names, out);
+            out.push_str(") IS ");
+            if *negated {
+                out.push_str("NOT ");
+            }
+            out.push_str(match target {
+                Some(true) => "TRUE",
+                Some(false) => "FALSE",
+                None => "UNKNOWN",
+            });
+        }
+        Expr::And(items) | Expr::Or(items) => {
+            let sep = if matches!(expr, Expr::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            out.push('(');
+            for (i, e) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                render(e, names, out);
+            }
+            out.push(')');
+        }
+        Expr::Not(e) => {
+            out.push_str("(NOT ");
+            render(e, names, out);
+            out.push(')');
+        }
+    }
+}

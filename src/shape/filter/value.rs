@@ -1,0 +1,397 @@
+//! Typed constants and comparisons on Postgres text-form values (pure).
+//!
+//! Numbers are compared exactly as decimals (never through floats), `bpchar` ignores trailing
+//! spaces as Postgres does, uuids compare in canonical form.
+
+use std::cmp::Ordering;
+
+use crate::postgres::identifier::quote_literal;
+
+/// How values of a column type compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Integer,
+    Numeric,
+    Bool,
+    /// text, varchar, name; `bpchar` ignores trailing spaces.
+    Text {
+        bpchar: bool,
+    },
+    Uuid,
+}
+
+impl Family {
+    /// The family of a catalog type name (scalars only).
+    pub fn of_type(type_name: &str) -> Option<Family> {
+        Some(match type_name {
+            "int2" | "int4" | "int8" | "smallint" | "integer" | "bigint" | "int" => Family::Integer,
+            "numeric" | "decimal" => Family::Numeric,
+            "bool" | "boolean" => Family::Bool,
+            "text" | "varchar" | "name" => Family::Text { bpchar: false },
+            "bpchar" | "char" => Family::Text { bpchar: true },
+            "uuid" => Family::Uuid,
+            _ => return None,
+        })
+    }
+
+    fn is_number(self) -> bool {
+        matches!(self, Family::Integer | Family::Numeric)
+    }
+
+    fn sql_type(self) -> &'static str {
+        match self {
+            Family::Integer => "int8",
+            Family::Numeric => "numeric",
+            Family::Bool => "boolean",
+            Family::Text { bpchar: false } => "text",
+            Family::Text { bpchar: true } => "bpchar",
+            Family::Uuid => "uuid",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Integer => "integer",
+            Family::Numeric => "numeric",
+            Family::Bool => "boolean",
+            Family::Text { .. } => "text",
+            Family::Uuid => "uuid",
+        }
+    }
+}
+
+/// A constant as written in the clause, before it is typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawConst {
+    Integer(String),
+    Float(String),
+    Bool(bool),
+    /// A string literal: its type comes from context (Postgres' `unknown`).
+    Str(String),
+}
+
+/// A typed constant: its normalized text for comparisons, and the SQL it renders to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Literal {
+    norm: String,
+    sql: String,
+}
+
+impl Literal {
+    /// Type `raw` for a comparison with a column of `family`; `cast` is an explicit cast's family.
+    pub fn typed(raw: &RawConst, family: Family, cast: Option<Family>) -> Result<Literal, String> {
+        // A constant's own type: integer and decimal literals are int/numeric, `true` is
+        // boolean, and a string literal takes the type it is compared with (Postgres' unknown).
+        let natural = match raw {
+            RawConst::Integer(_) => Some(Family::Integer),
+            RawConst::Float(_) => Some(Family::Numeric),
+            RawConst::Bool(_) => Some(Family::Bool),
+            RawConst::Str(_) => None,
+        };
+        let target = cast.or(natural).unwrap_or(family);
+        let comparable = target == family
+            || (target.is_number() && family.is_number())
+            || matches!((target, family), (Family::Text { .. }, Family::Text { .. }));
+        if !comparable {
+            return Err(format!(
+                "cannot compare a {} column with a {} value",
+                family.name(),
+                target.name()
+            ));
+        }
+        let text = match (raw, target) {
+            (RawConst::Integer(s) | RawConst::Float(s), t) if t.is_number() => s.clone(),
+            (RawConst::Integer(s) | RawConst::Float(s), Family::Text { .. }) if cast.is_some() => {
+                s.clone()
+            }
+            (RawConst::Bool(b), Family::Bool) => if *b { "t" } else { "f" }.to_string(),
+            (RawConst::Str(s), _) => s.clone(),
+            (_, t) => {
+                return Err(format!(
+                    "cannot compare a {} column with this constant",
+                    t.name()
+                ))
+            }
+        };
+        if text.contains('\0') {
+            return Err("invalid NUL character in constant".to_string());
+        }
+        let norm = match target {
+            Family::Integer => {
+                let t = text.trim();
+                let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("invalid input syntax for type integer: {text:?}"));
+                }
+                t.to_string()
+            }
+            Family::Numeric => {
+                Decimal::parse(text.trim())
+                    .ok_or_else(|| format!("invalid input syntax for type numeric: {text:?}"))?;
+                text.trim().to_string()
+            }
+            Family::Bool => match parse_bool(text.as_bytes()) {
+                Some(true) => "t".to_string(),
+                Some(false) => "f".to_string(),
+                None => return Err(format!("invalid input syntax for type boolean: {text:?}")),
+            },
+            Family::Text { bpchar } => {
+                if bpchar || matches!(family, Family::Text { bpchar: true }) {
+                    text.trim_end_matches(' ').to_string()
+                } else {
+                    text.clone()
+                }
+            }
+            Family::Uuid => canonical_uuid(&text)
+                .ok_or_else(|| format!("invalid input syntax for type uuid: {text:?}"))?,
+        };
+        let sql = match target {
+            Family::Bool => if norm == "t" { "true" } else { "false" }.to_string(),
+            Family::Text { .. } if cast.is_none() => quote_literal(&text),
+            t => format!("CAST({} AS {})", quote_literal(&norm), t.sql_type()),
+        };
+        Ok(Literal { norm, sql })
+    }
+
+    pub fn sql(&self) -> String {
+        self.sql.clone()
+    }
+}
+
+/// Compare a column value (Postgres text output) with a typed constant; None if the value does
+/// not parse (which cannot happen for values Postgres produced).
+pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> {
+    let v = std::str::from_utf8(value).ok()?;
+    match family {
+        Family::Integer | Family::Numeric => {
+            Some(Decimal::parse(v)?.cmp_total(&Decimal::parse(&lit.norm)?))
+        }
+        Family::Bool => Some(parse_bool(value)?.cmp(&(lit.norm == "t"))),
+        Family::Text { bpchar } => {
+            let v = if bpchar { v.trim_end_matches(' ') } else { v };
+            Some(v.as_bytes().cmp(lit.norm.as_bytes()))
+        }
+        Family::Uuid => Some(canonical_uuid(v)?.cmp(&lit.norm)),
+    }
+}
+
+/// Postgres boolean input: t/true/yes/on/1 and f/false/no/off/0 (case-insensitive, unique
+/// prefixes of the words accepted, surrounding spaces ignored).
+pub fn parse_bool(v: &[u8]) -> Option<bool> {
+    let s = std::str::from_utf8(v).ok()?.trim().to_ascii_lowercase();
+    if s.is_empty() {
+        return None;
+    }
+    let prefix_of = |word: &str, min: usize| s.len() >= min && word.starts_with(s.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || s == "on" || s == "1" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || s == "0" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let h = hex.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// An exact decimal: sign, significant digits and the decimal exponent, or a special value.
+#[derive(Debug, PartialEq, Eq)]
+enum Decimal {
+    NegInf,
+    /// value = 0.d1d2d3… × 10^exp; `digits` has no leading or trailing zeros; zero is empty.
+    Finite {
+        neg: bool,
+        digits: Vec<u8>,
+        exp: i64,
+    },
+    PosInf,
+    NaN,
+}
+
+impl Decimal {
+    fn parse(s: &str) -> Option<Decimal> {
+        match s.to_ascii_lowercase().as_str() {
+            "nan" => return Some(Decimal::NaN),
+            "infinity" | "+infinity" | "inf" | "+inf" => return Some(Decimal::PosInf),
+            "-infinity" | "-inf" => return Some(Decimal::NegInf),
+            _ => {}
+        }
+        let (neg, rest) = match s.as_bytes().first()? {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (mantissa, exp10) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+            None => (rest, 0),
+        };
+        let (int, frac) = match mantissa.find('.') {
+            Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+            None => (mantissa, ""),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let all: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+        let lead = all.iter().take_while(|b| **b == b'0').count();
+        let digits: Vec<u8> = all[lead..].to_vec();
+        let trail = digits.iter().rev().take_while(|b| **b == b'0').count();
+        let digits = digits[..digits.len() - trail].to_vec();
+        let exp = int.len() as i64 - lead as i64 + exp10;
+        Some(Decimal::Finite {
+            neg: neg && !digits.is_empty(),
+            exp: if digits.is_empty() { 0 } else { exp },
+            digits,
+        })
+    }
+
+    /// Postgres numeric order: -Infinity < finite < Infinity < NaN (NaN equals NaN).
+    fn cmp_total(&self, other: &Decimal) -> Ordering {
+        let rank = |d: &Decimal| match d {
+            Decimal::NegInf => 0,
+            Decimal::Finite { .. } => 1,
+            Decimal::PosInf => 2,
+            Decimal::NaN => 3,
+        };
+        match (self, other) {
+            (
+                Decimal::Finite {
+                    neg: n1,
+                    digits: d1,
+                    exp: e1,
+                },
+                Decimal::Finite {
+                    neg: n2,
+                    digits: d2,
+                    exp: e2,
+                },
+            ) => {
+                let sign = |neg: bool, d: &Vec<u8>| {
+                    if d.is_empty() {
+                        0
+                    } else if neg {
+                        -1
+                    } else {
+                        1
+                    }
+                };
+                let (s1, s2) = (sign(*n1, d1), sign(*n2, d2));
+                if s1 != s2 || s1 == 0 {
+                    return s1.cmp(&s2);
+                }
+                let magnitude = e1.cmp(e2).then_with(|| d1.cmp(d2));
+                if s1 < 0 {
+                    magnitude.reverse()
+                } else {
+                    magnitude
+                }
+            }
+            _ => rank(self).cmp(&rank(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec_cmp(a: &str, b: &str) -> Ordering {
+        Decimal::parse(a)
+            .unwrap()
+            .cmp_total(&Decimal::parse(b).unwrap())
+    }
+
+    #[test]
+    fn decimals_compare_exactly() {
+        assert_eq!(dec_cmp("1.0", "1.00"), Ordering::Equal);
+        assert_eq!(dec_cmp("0.1", "0.10000000000000000001"), Ordering::Less);
+        assert_eq!(dec_cmp("-2", "-10"), Ordering::Greater);
+        assert_eq!(dec_cmp("100", "99.999"), Ordering::Greater);
+        assert_eq!(dec_cmp("0", "-0.0"), Ordering::Equal);
+        assert_eq!(dec_cmp("1e3", "1000"), Ordering::Equal);
+        assert_eq!(dec_cmp("NaN", "Infinity"), Ordering::Greater);
+        assert_eq!(dec_cmp("-Infinity", "-1e100"), Ordering::Less);
+        assert_eq!(dec_cmp("NaN", "NaN"), Ordering::Equal);
+        assert_eq!(
+            dec_cmp("9007199254740993", "9007199254740992"),
+            Ordering::Greater
+        );
+        assert!(Decimal::parse("1.2.3").is_none());
+        assert!(Decimal::parse(".").is_none());
+        assert!(Decimal::parse("").is_none());
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["t", "true", "TRUE", "yes", "y", "on", "1", " t "] {
+            assert_eq!(parse_bool(t.as_bytes()), Some(true), "{t}");
+        }
+        for f in ["f", "false", "no", "n", "off", "0"] {
+            assert_eq!(parse_bool(f.as_bytes()), Some(false), "{f}");
+        }
+        for bad in ["", "o", "maybe", "2"] {
+            assert_eq!(parse_bool(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn typed_literals() {
+        let l = Literal::typed(&RawConst::Str("5".into()), Family::Integer, None).unwrap();
+        assert_eq!(compare(Family::Integer, b"5", &l), Some(Ordering::Equal));
+        assert!(Literal::typed(&RawConst::Str("5.5".into()), Family::Integer, None).is_err());
+        let l = Literal::typed(&RawConst::Float("5.5".into()), Family::Integer, None).unwrap();
+        assert_eq!(compare(Family::Integer, b"5", &l), Some(Ordering::Less));
+        let l = Literal::typed(
+            &RawConst::Str("ab ".into()),
+            Family::Text { bpchar: true },
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            compare(Family::Text { bpchar: true }, b"ab   ", &l),
+            Some(Ordering::Equal)
+        );
+        let l = Literal::typed(
+            &RawConst::Str("it's".into()),
+            Family::Text { bpchar: false },
+            None,
+        )
+        .unwrap();
+        assert_eq!(l.sql(), "'it''s'");
+        let u = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11";
+        let l = Literal::typed(&RawConst::Str(u.into()), Family::Uuid, None).unwrap();
+        assert_eq!(
+            compare(Family::Uuid, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", &l),
+            Some(Ordering::Equal)
+        );
+        assert!(Literal::typed(
+            &RawConst::Integer("1".into()),
+            Family::Text { bpchar: false },
+            None
+        )
+        .is_err());
+        assert!(Literal::typed(&RawConst::Bool(true), Family::Integer, None).is_err());
+    }
+}

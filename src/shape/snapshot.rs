@@ -1,0 +1,263 @@
+//! A shape's initial snapshot: in a REPEATABLE READ, READ ONLY transaction whose first statement
+//! records `pg_current_snapshot()`, the matching rows are streamed with `COPY … TO STDOUT` (text
+//! format: each value is its type's output function, the same text pgoutput sends, bpchar padding
+//! included), turned into insert messages and appended to the log chunk by chunk; the snapshot
+//! ends with a `snapshot-end` control message. The visibility info goes to the writer first, so
+//! that streamed transactions already in the snapshot are dropped.
+//!
+//! The COPY statement is rendered only from validated parts: quoted catalog identifiers and the
+//! where clause as re-rendered by [`crate::shape::filter`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures::StreamExt;
+
+use super::definition::LogMode;
+use super::message::{self, Cell};
+use super::visibility::SnapshotInfo;
+use super::Shape;
+use crate::postgres::identifier::quote_ident;
+
+/// Rows are handed to the storage thread in batches of about this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The COPY statement for a shape's rows.
+pub fn copy_sql(shape: &Shape) -> String {
+    let cols: Vec<String> = (0..shape.table.columns.len())
+        .map(|i| quote_ident(&shape.table.columns[i].name))
+        .collect();
+    let mut sql = format!(
+        "COPY (SELECT {} FROM {}",
+        cols.join(", "),
+        shape.table.quoted_name()
+    );
+    if let Some(f) = &shape.filter {
+        sql.push_str(" WHERE ");
+        sql.push_str(f.sql());
+    }
+    sql.push_str(") TO STDOUT");
+    sql
+}
+
+/// Run the snapshot. `started` receives the snapshot's visibility before any row is read.
+pub async fn run(
+    client: &tokio_postgres::Client,
+    shape: &Arc<Shape>,
+    started: impl FnOnce(SnapshotInfo),
+) -> anyhow::Result<u64> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let row = client
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await?;
+    let snap: String = row.get(0);
+    let info: SnapshotInfo = snap.parse().map_err(anyhow::Error::msg)?;
+    started(info.clone());
+
+    let mut rows = 0u64;
+    if shape.def.log == LogMode::Full {
+        let stream = client.copy_out(copy_sql(shape).as_str()).await?;
+        futures::pin_mut!(stream);
+        let mut parser = CopyParser::default();
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batch_bytes = 0;
+        let ncols = shape.table.columns.len();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("reading the snapshot")?;
+            parser.feed(&chunk, ncols, |cells| {
+                let mut out = Vec::with_capacity(128);
+                shape.encoder.snapshot_row(&mut out, cells);
+                batch_bytes += out.len();
+                batch.push(out);
+            })?;
+            if batch_bytes >= BATCH_BYTES {
+                rows += batch.len() as u64;
+                append(shape, std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+        }
+        parser.finish()?;
+        rows += batch.len() as u64;
+        append(shape, batch).await?;
+    }
+    client.batch_execute("COMMIT").await?;
+    let end = message::snapshot_end(info.xmin, info.xmax, &info.xip);
+    let s = Arc::clone(shape);
+    tokio::task::spawn_blocking(move || s.log.finish_snapshot(&end))
+        .await?
+        .context("finishing the snapshot")?;
+    shape.publish_log_state();
+    Ok(rows)
+}
+
+async fn append(shape: &Arc<Shape>, batch: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let s = Arc::clone(shape);
+    tokio::task::spawn_blocking(move || {
+        for row in &batch {
+            s.log.append_snapshot_row(row)?;
+        }
+        Ok::<_, shapesync_storage::StoreError>(())
+    })
+    .await?
+    .context("writing the snapshot")?;
+    shape.publish_log_state();
+    Ok(())
+}
+
+/// Incremental parser of COPY text format: rows end with `\n`, fields are separated by tabs,
+/// `\N` is NULL, and backslash escapes (`\n`, `\t`, `\\`, octal, `\xHH`, …) are decoded.
+#[derive(Default)]
+pub struct CopyParser {
+    carry: Vec<u8>,
+}
+
+impl CopyParser {
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        ncols: usize,
+        mut row: impl FnMut(&[Cell<'_>]),
+    ) -> anyhow::Result<()> {
+        let mut start = 0;
+        let buf: std::borrow::Cow<'_, [u8]> = if self.carry.is_empty() {
+            std::borrow::Cow::Borrowed(data)
+        } else {
+            let mut v = std::mem::take(&mut self.carry);
+            v.extend_from_slice(data);
+            std::borrow::Cow::Owned(v)
+        };
+        let mut decoded: Vec<Vec<u8>> = Vec::with_capacity(ncols);
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            decoded.clear();
+            let mut nulls = Vec::with_capacity(ncols);
+            for field in line.split(|&b| b == b'\t') {
+                if field == b"\\N" {
+                    nulls.push(true);
+                    decoded.push(Vec::new());
+                } else {
+                    nulls.push(false);
+                    decoded.push(unescape(field));
+                }
+            }
+            if decoded.len() != ncols {
+                anyhow::bail!("COPY row has {} fields, expected {ncols}", decoded.len());
+            }
+            let cells: Vec<Cell<'_>> = decoded
+                .iter()
+                .zip(&nulls)
+                .map(|(v, &null)| if null { Cell::Null } else { Cell::Text(v) })
+                .collect();
+            row(&cells);
+        }
+        self.carry = buf[start..].to_vec();
+        Ok(())
+    }
+
+    pub fn finish(&self) -> anyhow::Result<()> {
+        if self.carry.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("COPY data ended in the middle of a row")
+        }
+    }
+}
+
+fn unescape(field: &[u8]) -> Vec<u8> {
+    if !field.contains(&b'\\') {
+        return field.to_vec();
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 >= field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let e = field[i + 1];
+        i += 2;
+        match e {
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                let mut n = 1;
+                while n < 3 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
+                    v = v * 8 + u32::from(field[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
+                    v = v * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    n += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(chunks: &[&[u8]], ncols: usize) -> Vec<Vec<Option<Vec<u8>>>> {
+        let mut p = CopyParser::default();
+        let mut rows = Vec::new();
+        for c in chunks {
+            p.feed(c, ncols, |cells| {
+                rows.push(
+                    cells
+                        .iter()
+                        .map(|c| c.bytes().map(<[u8]>::to_vec))
+                        .collect(),
+                )
+            })
+            .unwrap();
+        }
+        p.finish().unwrap();
+        rows
+    }
+
+    #[test]
+    fn copy_text_format() {
+        let rows = parse(&[b"1\ta\\tb\\\\c\t\\N\n2\t\\nx", b"\\101\\x41\tz\n"], 3);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0][1].as_deref(), Some(&b"a\tb\\c"[..]));
+        assert_eq!(rows[0][2], None);
+        assert_eq!(rows[1][1].as_deref(), Some(&b"\nxAA"[..]));
+        assert_eq!(rows[1][2].as_deref(), Some(&b"z"[..]));
+    }
+
+    #[test]
+    fn empty_string_is_not_null() {
+        let rows = parse(&[b"1\t\n"], 2);
+        assert_eq!(rows[0][1].as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn wrong_field_count_is_an_error() {
+        let mut p = CopyParser::default();
+        assert!(p.feed(b"1\t2\n", 3, |_| {}).is_err());
+    }
+}

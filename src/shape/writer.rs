@@ -1,0 +1,606 @@
+//! The shape log writer: takes the decoded replication stream of one source database, routes each
+//! change to the shapes of its table, converts it per shape (where clause moves in and out,
+//! column projection, replica mode, primary-key changes), appends it to the shape logs, and makes
+//! batches of transactions durable together before their LSN may be acknowledged.
+//!
+//! Invariants:
+//! - A change's offset is `<commit LSN>_<op>` with `op` = 2 × its position in the transaction
+//!   (+1 for the insert half of a primary-key change), so a transaction replayed after a restart
+//!   produces the same offsets; anything at or before a shape's last offset is a replay and is
+//!   skipped. Nothing is duplicated, nothing is lost.
+//! - The acknowledged LSN never passes data that is not durable in every shape log, and never
+//!   passes changes held in memory for a shape whose snapshot has not started yet.
+//! - A shape's changes are held back until its snapshot's visibility is known, then each
+//!   transaction already contained in the snapshot is dropped (see [`super::visibility`]).
+//! - The `last` header goes on a shape's last change of each transaction: the latest change per
+//!   shape is held until the next one or the commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shapesync_storage::LogOffset;
+use tokio::sync::oneshot;
+
+use super::definition::ShapeHandle;
+use super::message::{close, Cell, ChangeHeaders, Op};
+use super::registry::Registry;
+use super::visibility::{SnapshotInfo, Verdict};
+use super::{Lifecycle, Shape};
+use crate::replication::pgoutput::{OldTuple, Relation, TupleData, Value};
+
+/// Requests to the writer from the rest of the stack. They are handled between transactions.
+pub enum Command {
+    /// Start routing changes to a new shape (held in memory until `SnapshotStarted`); `done`
+    /// fires once every transaction the writer handles from now on reaches the shape.
+    Add {
+        shape: Arc<Shape>,
+        done: oneshot::Sender<()>,
+    },
+    SnapshotStarted {
+        handle: ShapeHandle,
+        info: SnapshotInfo,
+    },
+    Remove {
+        handle: ShapeHandle,
+    },
+}
+
+/// The kind of a row change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+enum Phase {
+    /// Snapshot visibility unknown yet: records kept in memory with their transaction ids.
+    Buffering(Vec<(u32, LogOffset, Vec<u8>)>),
+    Filtering(SnapshotInfo),
+    Live,
+}
+
+struct Sink {
+    shape: Arc<Shape>,
+    phase: Phase,
+    /// Latest offset appended (durable or not); anything at or before it is a replay.
+    last: LogOffset,
+    /// The shape's latest change in the open transaction, not yet closed.
+    held: Option<(LogOffset, Vec<u8>)>,
+    /// Commit LSN of the transaction this sink last saw, and whether it skips it.
+    txn_lsn: u64,
+    txn_skip: bool,
+    dirty: bool,
+}
+
+struct Txn {
+    lsn: u64,
+    xid: u32,
+    next_op: u64,
+}
+
+pub struct Writer {
+    registry: Arc<Registry>,
+    sinks: Vec<Option<Sink>>,
+    free: Vec<usize>,
+    by_handle: HashMap<ShapeHandle, usize>,
+    by_table: HashMap<u32, Vec<usize>>,
+    txn: Option<Txn>,
+    touched: Vec<usize>,
+    dirty: Vec<usize>,
+    /// Commit LSN and end LSN of the latest transaction handled.
+    last_commit: Option<(u64, u64)>,
+    txns_since_flush: usize,
+    /// Latest commit LSN made durable, shared with the HTTP side (`global_last_seen_lsn`).
+    global_lsn: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub fn new(registry: Arc<Registry>, global_lsn: Arc<AtomicU64>) -> Self {
+        Writer {
+            registry,
+            sinks: Vec::new(),
+            free: Vec::new(),
+            by_handle: HashMap::new(),
+            by_table: HashMap::new(),
+            txn: None,
+            touched: Vec::new(),
+            dirty: Vec::new(),
+            last_commit: None,
+            txns_since_flush: 0,
+            global_lsn,
+        }
+    }
+
+    /// Route to a shape restored from disk (its snapshot is complete).
+    pub fn restore(&mut self, shape: Arc<Shape>, snapshot: Option<SnapshotInfo>) {
+        let last = shape.log.latest_offset();
+        // Once a real change is stored, every later transaction committed after the snapshot.
+        let phase = match snapshot {
+            Some(info) if last.is_snapshot() => Phase::Filtering(info),
+            _ => Phase::Live,
+        };
+        self.add_sink(shape, phase, last);
+    }
+
+    fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) {
+        let oid = shape.table.oid;
+        let handle = shape.handle.clone();
+        let sink = Sink {
+            shape,
+            phase,
+            last,
+            held: None,
+            txn_lsn: 0,
+            txn_skip: false,
+            dirty: false,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.sinks[i] = Some(sink);
+                i
+            }
+            None => {
+                self.sinks.push(Some(sink));
+                self.sinks.len() - 1
+            }
+        };
+        self.by_handle.insert(handle, idx);
+        self.by_table.entry(oid).or_default().push(idx);
+    }
+
+    fn drop_sink(&mut self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
+        let idx = self.by_handle.remove(handle)?;
+        let sink = self.sinks[idx].take()?;
+        if let Some(v) = self.by_table.get_mut(&sink.shape.table.oid) {
+            v.retain(|&i| i != idx);
+        }
+        self.touched.retain(|&i| i != idx);
+        self.dirty.retain(|&i| i != idx);
+        self.free.push(idx);
+        Some(sink.shape)
+    }
+
+    /// Take a shape out of service (its log can no longer be trusted or its table changed).
+    fn invalidate(&mut self, handle: &ShapeHandle, why: &str) {
+        tracing::info!(handle = %handle, reason = why, "shape invalidated");
+        self.drop_sink(handle);
+        self.registry.remove(handle, Lifecycle::Gone);
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    pub fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add { shape, done } => {
+                let last = shape.log.latest_offset();
+                self.add_sink(shape, Phase::Buffering(Vec::new()), last);
+                let _ = done.send(());
+            }
+            Command::SnapshotStarted { handle, info } => self.snapshot_started(&handle, info),
+            Command::Remove { handle } => {
+                self.drop_sink(&handle);
+            }
+        }
+    }
+
+    fn snapshot_started(&mut self, handle: &ShapeHandle, info: SnapshotInfo) {
+        let Some(&idx) = self.by_handle.get(handle) else {
+            return;
+        };
+        let Some(sink) = self.sinks[idx].as_mut() else {
+            return;
+        };
+        let Phase::Buffering(buffer) = std::mem::replace(&mut sink.phase, Phase::Live) else {
+            return;
+        };
+        let mut phase = Phase::Filtering(info.clone());
+        let mut result = Ok(());
+        for (xid, offset, json) in buffer {
+            let take = match &phase {
+                Phase::Filtering(info) => match info.verdict(xid) {
+                    Verdict::Skip => false,
+                    Verdict::Apply => true,
+                    Verdict::ApplyAndStopFiltering => {
+                        phase = Phase::Live;
+                        true
+                    }
+                },
+                _ => true,
+            };
+            if take && result.is_ok() {
+                result = sink.shape.log.append_change(offset, &json);
+                sink.dirty = true;
+            }
+        }
+        sink.phase = phase;
+        if sink.dirty && !self.dirty.contains(&idx) {
+            self.dirty.push(idx);
+        }
+        if let Err(e) = result {
+            self.invalidate(handle, &format!("append failed: {e}"));
+        }
+    }
+
+    pub fn begin(&mut self, lsn: u64, xid: u32) {
+        self.txn = Some(Txn {
+            lsn,
+            xid,
+            next_op: 0,
+        });
+    }
+
+    /// A Relation message: shapes whose table no longer has the columns they were built on are
+    /// invalidated (their clients refetch under the new schema).
+    pub fn relation(&mut self, rel: &Relation) {
+        let Some(idxs) = self.by_table.get(&rel.oid) else {
+            return;
+        };
+        let stale: Vec<ShapeHandle> = idxs
+            .iter()
+            .filter_map(|&i| self.sinks[i].as_ref())
+            .filter(|s| {
+                let t = &s.shape.table;
+                t.name != rel.name
+                    || t.schema != relation_schema(rel)
+                    || t.columns.len() != rel.columns.len()
+                    || t.columns
+                        .iter()
+                        .zip(&rel.columns)
+                        .any(|(c, r)| c.name != r.name || c.type_oid != r.type_oid)
+            })
+            .map(|s| s.shape.handle.clone())
+            .collect();
+        for h in stale {
+            self.invalidate(&h, "table schema changed");
+        }
+    }
+
+    /// TRUNCATE: the shapes on those tables are invalidated (clients refetch).
+    pub fn truncate(&mut self, oids: &[u32]) {
+        let mut handles = Vec::new();
+        for oid in oids {
+            if let Some(idxs) = self.by_table.get(oid) {
+                handles.extend(
+                    idxs.iter()
+                        .filter_map(|&i| self.sinks[i].as_ref())
+                        .map(|s| s.shape.handle.clone()),
+                );
+            }
+        }
+        for h in handles {
+            self.invalidate(&h, "table truncated");
+        }
+    }
+
+    /// A row change inside the open transaction.
+    pub fn change(
+        &mut self,
+        rel: &Relation,
+        kind: ChangeKind,
+        old: Option<&OldTuple>,
+        new: Option<&TupleData>,
+    ) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        let op = txn.next_op;
+        txn.next_op += 2;
+        let (lsn, xid) = (txn.lsn, txn.xid);
+        let Some(idxs) = self.by_table.get(&rel.oid) else {
+            return;
+        };
+        if idxs.is_empty() {
+            return;
+        }
+        let old_full = match old {
+            Some(OldTuple::Full(t)) => Some(cells(t, None)),
+            _ => None,
+        };
+        let new_cells = new.map(|t| cells(t, old_full.as_deref()));
+        // A key-only old tuple (replica identity not FULL) cannot be filtered: use it for keys.
+        let old_key = match old {
+            Some(OldTuple::Key(t)) => Some(cells(t, None)),
+            _ => None,
+        };
+        let old_cells = old_full.as_deref().or(old_key.as_deref());
+        let idxs = idxs.clone();
+        let mut failed = Vec::new();
+        for idx in idxs {
+            let Some(sink) = self.sinks[idx].as_mut() else {
+                continue;
+            };
+            if sink.txn_lsn != lsn {
+                sink.txn_lsn = lsn;
+                sink.txn_skip = match &sink.phase {
+                    Phase::Filtering(info) => match info.verdict(xid) {
+                        Verdict::Skip => true,
+                        Verdict::Apply => false,
+                        Verdict::ApplyAndStopFiltering => {
+                            sink.phase = Phase::Live;
+                            false
+                        }
+                    },
+                    _ => false,
+                };
+            }
+            if sink.txn_skip {
+                continue;
+            }
+            let shape = Arc::clone(&sink.shape);
+            let records = convert(
+                &shape,
+                kind,
+                old_cells,
+                old_full.is_some(),
+                new_cells.as_deref(),
+                lsn,
+                op,
+                xid,
+            );
+            if records.is_empty() {
+                continue;
+            }
+            if !self.touched.contains(&idx) {
+                self.touched.push(idx);
+            }
+            for (offset, json) in records {
+                if let Err(e) = hold(sink, offset, json, xid) {
+                    failed.push((shape.handle.clone(), e.to_string()));
+                    break;
+                }
+            }
+            if sink.dirty && !self.dirty.contains(&idx) {
+                self.dirty.push(idx);
+            }
+        }
+        for (h, e) in failed {
+            self.invalidate(&h, &format!("append failed: {e}"));
+        }
+    }
+
+    /// End of the open transaction: close each touched shape's last change.
+    pub fn commit(&mut self, end_lsn: u64) {
+        let Some(txn) = self.txn.take() else { return };
+        let mut failed = Vec::new();
+        for idx in std::mem::take(&mut self.touched) {
+            let Some(sink) = self.sinks[idx].as_mut() else {
+                continue;
+            };
+            if let Some((offset, mut json)) = sink.held.take() {
+                close(&mut json, true);
+                if let Err(e) = emit(sink, offset, json, txn.xid) {
+                    failed.push((sink.shape.handle.clone(), e.to_string()));
+                }
+                if sink.dirty && !self.dirty.contains(&idx) {
+                    self.dirty.push(idx);
+                }
+            }
+        }
+        for (h, e) in failed {
+            self.invalidate(&h, &format!("append failed: {e}"));
+        }
+        self.last_commit = Some((txn.lsn, end_lsn));
+        self.txns_since_flush += 1;
+    }
+
+    /// Transactions handled since the last flush.
+    pub fn unflushed_transactions(&self) -> usize {
+        self.txns_since_flush
+    }
+
+    fn buffering(&self) -> bool {
+        self.sinks
+            .iter()
+            .flatten()
+            .any(|s| matches!(s.phase, Phase::Buffering(_)))
+    }
+
+    /// Make every appended change durable (one batch for all shapes), wake readers, and return
+    /// the LSN that may now be acknowledged, if any.
+    pub async fn flush(&mut self) -> Option<u64> {
+        let dirty: Vec<(usize, Arc<Shape>)> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|i| {
+                let sink = self.sinks[i].as_mut()?;
+                sink.dirty = false;
+                Some((i, Arc::clone(&sink.shape)))
+            })
+            .collect();
+        if !dirty.is_empty() {
+            let shapes: Vec<Arc<Shape>> = dirty.iter().map(|(_, s)| Arc::clone(s)).collect();
+            let results = tokio::task::spawn_blocking(move || {
+                shapes
+                    .iter()
+                    .map(|s| s.log.flush().map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_else(|e| vec![Err(format!("flush task failed: {e}")); dirty.len()]);
+            for ((_, shape), result) in dirty.iter().zip(results) {
+                match result {
+                    Ok(_) => shape.publish_log_state(),
+                    Err(e) => self.invalidate(&shape.handle, &format!("flush failed: {e}")),
+                }
+            }
+        }
+        self.txns_since_flush = 0;
+        let (lsn, end) = self.last_commit?;
+        self.global_lsn.fetch_max(lsn, Ordering::AcqRel);
+        if self.buffering() {
+            return None;
+        }
+        Some(end)
+    }
+
+    /// A keepalive with nothing pending: the server's position may be acknowledged so an idle
+    /// database does not keep WAL for us.
+    pub fn idle_ack(&self, wal_end: u64) -> Option<u64> {
+        let idle = self.txn.is_none() && self.dirty.is_empty() && self.txns_since_flush == 0;
+        (idle && !self.buffering()).then_some(wal_end)
+    }
+
+    /// The replication connection broke: forget the open transaction (it will be replayed) and
+    /// drop every appended but unflushed change (the slot re-sends them).
+    pub fn reset_after_disconnect(&mut self) {
+        self.txn = None;
+        self.touched.clear();
+        self.txns_since_flush = 0;
+        for sink in self.sinks.iter_mut().flatten() {
+            sink.held = None;
+            sink.txn_lsn = 0;
+            sink.shape.log.discard_unflushed();
+            sink.last = sink.shape.log.latest_offset();
+            sink.dirty = false;
+            if let Phase::Buffering(buf) = &mut sink.phase {
+                buf.clear();
+            }
+        }
+        self.dirty.clear();
+    }
+}
+
+fn relation_schema(rel: &Relation) -> &str {
+    if rel.namespace.is_empty() {
+        "pg_catalog"
+    } else {
+        &rel.namespace
+    }
+}
+
+/// Cells of a streamed tuple; unchanged TOAST values are taken from the full old row.
+fn cells<'a>(t: &'a TupleData, old: Option<&[Cell<'a>]>) -> Vec<Cell<'a>> {
+    t.0.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Null => Cell::Null,
+            Value::Text(b) | Value::Binary(b) => Cell::Text(&b[..]),
+            Value::UnchangedToast => match old.and_then(|o| o.get(i)) {
+                Some(c @ Cell::Text(_)) => *c,
+                _ => Cell::Unknown,
+            },
+        })
+        .collect()
+}
+
+struct CellRow<'a, 'b>(&'b [Cell<'a>]);
+
+impl super::filter::Row for CellRow<'_, '_> {
+    fn value(&self, column: usize) -> Option<&[u8]> {
+        self.0.get(column).and_then(|c| c.bytes())
+    }
+}
+
+fn matches(shape: &Shape, row: &[Cell<'_>]) -> bool {
+    match &shape.filter {
+        None => true,
+        Some(f) => f.matches(&CellRow(row)),
+    }
+}
+
+/// Convert one change into the shape's open messages (0, 1 or 2 of them).
+#[allow(clippy::too_many_arguments)]
+fn convert(
+    shape: &Shape,
+    kind: ChangeKind,
+    old: Option<&[Cell<'_>]>,
+    old_is_full: bool,
+    new: Option<&[Cell<'_>]>,
+    lsn: u64,
+    op: u64,
+    xid: u32,
+) -> Vec<(LogOffset, Vec<u8>)> {
+    let e = &shape.encoder;
+    let h = |op_position: u64| ChangeHeaders {
+        lsn,
+        op_position,
+        xid,
+        key_change: None,
+    };
+    let one = |op_kind: Op, o: Option<&[Cell<'_>]>, n: Option<&[Cell<'_>]>| {
+        let mut out = Vec::with_capacity(256);
+        e.change(&mut out, op_kind, o, n, &h(op));
+        vec![(LogOffset::new(lsn, op), out)]
+    };
+    match kind {
+        ChangeKind::Insert => match new {
+            Some(n) if matches(shape, n) => one(Op::Insert, None, Some(n)),
+            _ => Vec::new(),
+        },
+        ChangeKind::Delete => match old {
+            Some(o) if !old_is_full || matches(shape, o) => one(Op::Delete, Some(o), None),
+            _ => Vec::new(),
+        },
+        ChangeKind::Update => {
+            let Some(n) = new else { return Vec::new() };
+            let new_in = matches(shape, n);
+            let old_in = match old {
+                Some(o) if old_is_full => matches(shape, o),
+                _ => new_in,
+            };
+            match (old_in, new_in, old) {
+                (true, true, Some(o)) if old_is_full && !e.same_key(o, n) => {
+                    let (old_key, new_key) = (e.key(o), e.key(n));
+                    let mut del = Vec::with_capacity(256);
+                    let mut hd = h(op);
+                    hd.key_change = Some(("key_change_to", &new_key));
+                    e.change(&mut del, Op::Delete, Some(o), None, &hd);
+                    let mut ins = Vec::with_capacity(256);
+                    let mut hi = h(op + 1);
+                    hi.key_change = Some(("key_change_from", &old_key));
+                    e.change(&mut ins, Op::Insert, None, Some(n), &hi);
+                    vec![
+                        (LogOffset::new(lsn, op), del),
+                        (LogOffset::new(lsn, op + 1), ins),
+                    ]
+                }
+                (true, true, Some(o)) if old_is_full => {
+                    if e.selected_changed(o, n) {
+                        one(Op::Update, Some(o), Some(n))
+                    } else {
+                        Vec::new()
+                    }
+                }
+                (true, true, _) => one(Op::Update, None, Some(n)),
+                (true, false, Some(o)) => one(Op::Delete, Some(o), None),
+                (false, true, _) => one(Op::Insert, None, Some(n)),
+                _ => Vec::new(),
+            }
+        }
+    }
+}
+
+/// Hold `json` as the shape's latest change, emitting the previously held one (not last).
+fn hold(
+    sink: &mut Sink,
+    offset: LogOffset,
+    json: Vec<u8>,
+    xid: u32,
+) -> Result<(), shapesync_storage::StoreError> {
+    if let Some((prev_offset, mut prev)) = sink.held.replace((offset, json)) {
+        close(&mut prev, false);
+        emit(sink, prev_offset, prev, xid)?;
+    }
+    Ok(())
+}
+
+fn emit(
+    sink: &mut Sink,
+    offset: LogOffset,
+    json: Vec<u8>,
+    xid: u32,
+) -> Result<(), shapesync_storage::StoreError> {
+    if offset <= sink.last {
+        return Ok(()); // replayed after a restart: already in the log
+    }
+    match &mut sink.phase {
+        Phase::Buffering(buf) => buf.push((xid, offset, json)),
+        _ => {
+            sink.shape.log.append_change(offset, &json)?;
+            sink.dirty = true;
+        }
+    }
+    sink.last = offset;
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! A stack: everything shapesync keeps for one source database — its slot and publication, the
+//! replication task with its shape log writer, the shape registry and the shape logs on disk.
+//! One process can run several stacks (one per tenant), each fully independent.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::postgres::catalog::{self, CatalogError};
+use crate::postgres::connect::SourceDb;
+use crate::postgres::publication::Publication;
+use crate::replication::stream;
+use crate::shape::definition::{ShapeDefinition, ShapeHandle};
+use crate::shape::registry::Registry;
+use crate::shape::visibility::SnapshotInfo;
+use crate::shape::writer::{Command, Writer};
+use crate::shape::{self, Lifecycle, Shape, ShapeMeta};
+
+/// How a stack is set up.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub id: String,
+    pub db: SourceDb,
+    /// Names the slot (`shapesync_slot_<id>`) and publication (`shapesync_pub_<id>`).
+    pub stream_id: String,
+    pub storage_dir: PathBuf,
+    pub chunk_bytes: u64,
+    /// Initial snapshots that may run at once.
+    pub max_snapshots: usize,
+}
+
+/// Is the stack serving?
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Starting,
+    Active,
+    /// Replication is down (reconnecting); the text says why.
+    Down(String),
+}
+
+/// Why a shape could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError {
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    #[error("the stack is not ready: {0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Database(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+pub struct Stack {
+    pub id: String,
+    db: SourceDb,
+    pub registry: Arc<Registry>,
+    publication: Publication,
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Sender<Status>,
+    /// Latest commit LSN made durable (`global_last_seen_lsn`).
+    pub global_lsn: Arc<AtomicU64>,
+    /// Connection for catalog lookups and publication changes; reconnected when it breaks.
+    admin: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    snapshots: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stack({}, {})", self.id, self.db.redacted())
+    }
+}
+
+pub fn slot_name(stream_id: &str) -> String {
+    format!("shapesync_slot_{stream_id}")
+}
+
+pub fn publication_name(stream_id: &str) -> String {
+    format!("shapesync_pub_{stream_id}")
+}
+
+impl Stack {
+    /// Open the stack's shape logs, restore its shapes, and start replication in the background.
+    pub async fn start(cfg: StackConfig) -> anyhow::Result<Arc<Stack>> {
+        if cfg.stream_id.is_empty()
+            || cfg.stream_id.len() > 40
+            || !cfg
+                .stream_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            anyhow::bail!(
+                "stream id must be 1-40 characters of [a-z0-9_]: {:?}",
+                cfg.stream_id
+            );
+        }
+        let dir = cfg.storage_dir.join("shapes");
+        let store_cfg = StoreConfig {
+            chunk_bytes_threshold: cfg.chunk_bytes,
+        };
+        let store: Arc<dyn ShapeLogStore> =
+            Arc::new(tokio::task::spawn_blocking(move || FileStore::open(dir, store_cfg)).await??);
+        let registry = Arc::new(Registry::new(Arc::clone(&store)));
+        let global_lsn = Arc::new(AtomicU64::new(0));
+        let mut writer = Writer::new(Arc::clone(&registry), Arc::clone(&global_lsn));
+        let restored = restore_shapes(&store, &registry, &mut writer).await?;
+        tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
+
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (status, _) = watch::channel(Status::Starting);
+        let (shutdown, _) = watch::channel(false);
+        let stack = Arc::new(Stack {
+            id: cfg.id.clone(),
+            db: cfg.db.clone(),
+            registry,
+            publication: Publication::new(publication_name(&cfg.stream_id)),
+            commands,
+            status,
+            global_lsn,
+            admin: tokio::sync::Mutex::new(None),
+            snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
+            shutdown,
+            task: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
+        *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(stack)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe_status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Resolves when the stack starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stop replication after making complete transactions durable and acknowledged.
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    async fn admin(&self) -> Result<Arc<tokio_postgres::Client>, ShapeError> {
+        let mut admin = self.admin.lock().await;
+        if let Some(c) = admin.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        let client = Arc::new(
+            self.db
+                .connect()
+                .await
+                .map_err(|e| ShapeError::Database(format!("{e:#}")))?,
+        );
+        *admin = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// The live shape for `def`, created (with its snapshot started) if there is none.
+    pub async fn get_or_create(&self, def: &ShapeDefinition) -> Result<Arc<Shape>, ShapeError> {
+        for _ in 0..3 {
+            if let Some(s) = self.registry.live(def) {
+                return Ok(s);
+            }
+            let cell = self.registry.cell(def);
+            let shape = cell.get_or_try_init(|| self.create(def)).await?;
+            if shape.is_active() {
+                return Ok(Arc::clone(shape));
+            }
+            // It was invalidated meanwhile: its cell is gone from the registry; try again.
+        }
+        Err(ShapeError::NotReady(
+            "the shape keeps being invalidated".into(),
+        ))
+    }
+
+    async fn create(&self, def: &ShapeDefinition) -> Result<Arc<Shape>, ShapeError> {
+        if self.status() != Status::Active {
+            return Err(ShapeError::NotReady(format!("{:?}", self.status())));
+        }
+        let admin = self.admin().await?;
+        let table = match catalog::load_table(&admin, &def.schema, &def.table).await {
+            Ok(t) => t,
+            Err(e @ CatalogError::NotFound(_)) => {
+                return Err(ShapeError::Invalid("table", e.to_string()))
+            }
+            Err(CatalogError::Db(e)) => return Err(ShapeError::Database(e.to_string())),
+        };
+        let compiled = shape::compile(def, &table).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
+        self.publication
+            .ensure_table(&admin, &table)
+            .await
+            .map_err(|e| {
+                ShapeError::Database(format!("publishing {}: {e}", table.quoted_name()))
+            })?;
+        let handle = ShapeHandle::mint(def);
+        let meta = ShapeMeta {
+            version: 1,
+            handle: handle.clone(),
+            def: def.clone(),
+            table,
+        };
+        let bytes = serde_json::to_vec(&meta).map_err(|e| ShapeError::Storage(e.to_string()))?;
+        let store = Arc::clone(self.registry.store());
+        let id = handle.to_string();
+        let log = tokio::task::spawn_blocking(move || store.create(&id, &bytes))
+            .await
+            .map_err(|e| ShapeError::Storage(e.to_string()))?
+            .map_err(|e| ShapeError::Storage(e.to_string()))?;
+        let shape = Shape::new(meta, compiled, log);
+        // Route changes to the shape before its snapshot starts (see shape::visibility).
+        let (done, added) = oneshot::channel();
+        self.commands
+            .send(Command::Add {
+                shape: Arc::clone(&shape),
+                done,
+            })
+            .map_err(|_| ShapeError::NotReady("replication stopped".into()))?;
+        added
+            .await
+            .map_err(|_| ShapeError::NotReady("replication stopped".into()))?;
+        self.registry.insert(&shape);
+        self.spawn_snapshot(Arc::clone(&shape));
+        tracing::info!(stack = %self.id, handle = %shape.handle, table = %shape.table.quoted_name(), "shape created");
+        Ok(shape)
+    }
+
+    fn spawn_snapshot(&self, shape: Arc<Shape>) {
+        let db = self.db.clone();
+        let commands = self.commands.clone();
+        let registry = Arc::clone(&self.registry);
+        let permits = Arc::clone(&self.snapshots);
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = std::time::Instant::now();
+            let handle = shape.handle.clone();
+            let result = async {
+                let client = db.connect().await?;
+                shape::snapshot::run(&client, &shape, |info| {
+                    let _ = commands.send(Command::SnapshotStarted {
+                        handle: handle.clone(),
+                        info,
+                    });
+                })
+                .await
+            }
+            .await;
+            match result {
+                Ok(rows) => {
+                    tracing::info!(handle = %handle, rows, ms = started.elapsed().as_millis() as u64, "snapshot done")
+                }
+                Err(e) => {
+                    tracing::error!(handle = %handle, error = %format!("{e:#}"), "snapshot failed");
+                    let _ = commands.send(Command::Remove {
+                        handle: handle.clone(),
+                    });
+                    registry.remove(&handle, Lifecycle::Failed(format!("{e:#}").into()));
+                }
+            }
+        });
+    }
+
+    /// Take a shape out of service (clients get 409 and refetch).
+    pub fn invalidate(&self, handle: &ShapeHandle) {
+        let _ = self.commands.send(Command::Remove {
+            handle: handle.clone(),
+        });
+        self.registry.remove(handle, Lifecycle::Gone);
+    }
+
+    pub fn latest_lsn(&self) -> u64 {
+        self.global_lsn.load(Ordering::Acquire)
+    }
+}
+
+/// Restore the shapes found on disk; shapes whose snapshot never finished are deleted.
+async fn restore_shapes(
+    store: &Arc<dyn ShapeLogStore>,
+    registry: &Registry,
+    writer: &mut Writer,
+) -> anyhow::Result<usize> {
+    let s = Arc::clone(store);
+    let opened = tokio::task::spawn_blocking(move || s.open_all()).await??;
+    let mut restored = 0;
+    for (id, meta, log) in opened {
+        let meta: Option<ShapeMeta> = serde_json::from_slice(&meta).ok();
+        let usable = meta
+            .filter(|_| log.snapshot_state().finished)
+            .and_then(|m| {
+                let compiled = shape::compile(&m.def, &m.table).ok()?;
+                Some(Shape::new(m, compiled, Arc::clone(&log)))
+            });
+        let Some(shape) = usable else {
+            tracing::info!(handle = %id, "dropping a shape whose snapshot did not finish");
+            let s = Arc::clone(store);
+            tokio::task::spawn_blocking(move || s.remove(&id)).await??;
+            continue;
+        };
+        shape.handle.observe();
+        let snapshot = snapshot_info(&shape);
+        registry.insert(&shape);
+        writer.restore(shape, snapshot);
+        restored += 1;
+    }
+    Ok(restored)
+}
+
+/// The visibility recorded in a finished snapshot's `snapshot-end` message.
+fn snapshot_info(shape: &Shape) -> Option<SnapshotInfo> {
+    let chunks = shape.log.snapshot_state().sealed_chunks;
+    let after = match chunks {
+        0 => return None,
+        1 => shapesync_storage::LogOffset::BEFORE_ALL,
+        n => shapesync_storage::LogOffset::snapshot_chunk(n - 2),
+    };
+    let ReadResult::Chunk { entries, .. } = shape.log.read(after).ok()? else {
+        return None;
+    };
+    let end: serde_json::Value = serde_json::from_slice(entries.last()?).ok()?;
+    let h = end.get("headers")?;
+    let num = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+    Some(SnapshotInfo {
+        xmin: num(h.get("xmin")?)?,
+        xmax: num(h.get("xmax")?)?,
+        xip: h
+            .get("xip_list")?
+            .as_array()?
+            .iter()
+            .filter_map(num)
+            .collect(),
+    })
+}
+
+/// The replication task: connect, stream, and on failure reconnect with backoff.
+async fn replicate(
+    stack: Arc<Stack>,
+    cfg: StackConfig,
+    mut writer: Writer,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let slot = slot_name(&cfg.stream_id);
+    let mut shutdown = stack.shutdown.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let attempt = async {
+            let admin = stack.admin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let new_publication = stack.publication.create_if_missing(&admin).await?;
+            if new_publication {
+                // A slot older than its publication cannot decode the WAL before it.
+                let _ = admin
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND NOT active",
+                        &[&slot],
+                    )
+                    .await;
+            }
+            let new_slot = stream::ensure_slot(&admin, &slot).await?;
+            if new_slot && !stack.registry.is_empty() {
+                tracing::warn!(stack = %stack.id, "replication slot was recreated: dropping every shape (changes may have been missed)");
+                for h in stack.registry.handles() {
+                    stack.invalidate(&h);
+                }
+            }
+            let status = &stack.status;
+            stream::run(
+                &cfg.db,
+                &slot,
+                stack.publication.name(),
+                &mut writer,
+                &mut commands,
+                &mut shutdown,
+                || {
+                    status.send_replace(Status::Active);
+                },
+            )
+            .await
+        }
+        .await;
+        match attempt {
+            Ok(stream::End::Shutdown) => break,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(stack = %stack.id, error = %msg, retry_in_ms = backoff.as_millis() as u64, "replication down");
+                stack.status.send_replace(Status::Down(msg));
+                writer.reset_after_disconnect();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    stack.status.send_replace(Status::Down("stopped".into()));
+}
