@@ -1,0 +1,256 @@
+//! End to end over HTTP against a real Postgres: the two-request initial sync, live changes,
+//! where clauses, columns, errors, ETags, long-poll timeout and 409s.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{connect, fresh_db, pg_rows, Follower, TestServer};
+
+async fn setup(tag: &str) -> (tokio_postgres::Client, TestServer) {
+    let url = fresh_db(tag).await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE items (id int8 PRIMARY KEY, name text, n int4, flag bool);
+         INSERT INTO items VALUES (1, 'one', 10, true), (2, 'two', 20, false), (3, NULL, NULL, NULL);",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start_with(&url, |c| c.long_poll = Duration::from_secs(2)).await;
+    (db, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_takes_two_requests_then_live_changes_arrive() {
+    let (db, server) = setup("initial").await;
+    let c = server.client();
+
+    let r = c.get("table=items&offset=-1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("electric-offset"), Some("0_0"));
+    assert!(!r.up_to_date(), "offset=-1 is never up to date");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746")
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r.header("electric-has-data"), Some("true"));
+    let schema: serde_json::Value =
+        serde_json::from_str(r.header("electric-schema").unwrap()).unwrap();
+    assert_eq!(
+        schema["id"],
+        json!({"type":"int8","pk_index":0,"not_null":true})
+    );
+    assert_eq!(schema["name"], json!({"type":"text"}));
+    let handle = r.header("electric-handle").unwrap().to_string();
+    assert_eq!(
+        r.header("etag"),
+        Some(format!("\"{handle}:-1:0_0\"").as_str())
+    );
+    let msgs = r.messages();
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(
+        msgs[0],
+        json!({"key":"\"public\".\"items\"/\"1\"","value":{"id":"1","name":"one","n":"10","flag":"t"},
+               "headers":{"operation":"insert","relation":["public","items"]}})
+    );
+    assert_eq!(
+        msgs[2]["value"],
+        json!({"id":"3","name":null,"n":null,"flag":null})
+    );
+    assert_eq!(msgs[3]["headers"]["control"], "snapshot-end");
+    assert!(msgs[3]["headers"]["xmin"].is_string());
+
+    let r = c
+        .get(&format!("table=items&offset=0_0&handle={handle}"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.up_to_date());
+    assert_eq!(r.header("electric-offset"), Some("0_inf"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=60, stale-while-revalidate=300")
+    );
+    let msgs = r.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["headers"]["control"], "up-to-date");
+    assert!(msgs[0]["headers"]["global_last_seen_lsn"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+
+    // A parked live request is woken by a commit.
+    let live = {
+        let c = server.client();
+        let q = format!("table=items&offset=0_inf&handle={handle}&live=true&cursor=");
+        tokio::spawn(async move { c.get(&q).await })
+    };
+    db.batch_execute("BEGIN; INSERT INTO items VALUES (4, 'four', 40, true); UPDATE items SET name = 'uno' WHERE id = 1; COMMIT;")
+        .await
+        .unwrap();
+    let r = live.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.up_to_date());
+    assert!(r.header("electric-cursor").unwrap().parse::<u64>().is_ok());
+    assert!(
+        r.header("electric-schema").is_none(),
+        "no schema on live responses"
+    );
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=5, stale-while-revalidate=5")
+    );
+    let msgs = r.messages();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    let lsn = msgs[0]["headers"]["lsn"].as_str().unwrap().to_string();
+    assert_eq!(msgs[0]["headers"]["operation"], "insert");
+    assert_eq!(msgs[0]["headers"]["op_position"], 0);
+    assert!(msgs[0]["headers"].get("last").is_none());
+    assert_eq!(msgs[1]["headers"]["operation"], "update");
+    assert_eq!(msgs[1]["value"], json!({"id":"1","name":"uno"}));
+    assert_eq!(msgs[1]["headers"]["op_position"], 2);
+    assert_eq!(msgs[1]["headers"]["last"], true);
+    assert_eq!(msgs[1]["headers"]["lsn"], lsn.as_str());
+    assert!(msgs[1]["headers"]["txids"][0].is_u64());
+    assert_eq!(
+        r.header("electric-offset"),
+        Some(format!("{lsn}_2").as_str())
+    );
+    assert_eq!(msgs[2]["headers"]["global_last_seen_lsn"], lsn.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_matches_postgres_through_inserts_updates_deletes_and_pk_changes() {
+    let (db, server) = setup("follow").await;
+    let mut f = Follower::new(server.client(), "table=items");
+    f.sync().await;
+    db.batch_execute(
+        "INSERT INTO items SELECT g, 'n' || g, g, g % 2 = 0 FROM generate_series(10, 60) g;
+         UPDATE items SET n = n + 1 WHERE id % 3 = 0;
+         DELETE FROM items WHERE id % 5 = 0;
+         UPDATE items SET id = 1000 WHERE id = 11;
+         UPDATE items SET name = name WHERE id = 12;
+         BEGIN; UPDATE items SET flag = NOT flag WHERE id < 20; DELETE FROM items WHERE id = 13; COMMIT;",
+    )
+    .await
+    .unwrap();
+    let expected = pg_rows(&db, "SELECT * FROM items ORDER BY id").await;
+    f.until_matches(&expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_clause_moves_rows_in_and_out() {
+    let (db, server) = setup("where").await;
+    let mut f = Follower::new(
+        server.client(),
+        "table=items&where=flag%20%3D%20true&columns=id,name,flag",
+    );
+    f.sync().await;
+    assert_eq!(f.rows.len(), 1);
+    db.batch_execute(
+        "UPDATE items SET flag = true WHERE id = 2;      -- moves in
+         UPDATE items SET flag = false WHERE id = 1;     -- moves out
+         UPDATE items SET n = 99 WHERE id = 2;           -- not a selected column: dropped
+         INSERT INTO items VALUES (5, 'five', 5, true), (6, 'six', 6, false);",
+    )
+    .await
+    .unwrap();
+    let expected = pg_rows(
+        &db,
+        "SELECT id, name, flag FROM items WHERE flag = true ORDER BY id",
+    )
+    .await;
+    f.until_matches(&expected).await;
+    assert!(
+        f.rows.values().all(|r| !r.contains_key("n")),
+        "columns projection applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_follow_the_protocol() {
+    let (_db, server) = setup("errors").await;
+    let c = server.client();
+    let r = c.get("table=nope&offset=-1").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"message":"Invalid request","errors":{"table":["Table \"public\".\"nope\" does not exist. If the table name contains capitals or special characters you must quote it."]}})
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = c.get("table=items&offset=bad").await;
+    assert_eq!(
+        r.json(),
+        json!({"message":"Invalid request","errors":{"offset":["has invalid format"]}})
+    );
+    let r = c.get("table=items&offset=0_0").await;
+    assert_eq!(
+        r.json()["errors"]["handle"][0],
+        "can't be blank when offset != -1"
+    );
+    let r = c.get("table=items&offset=0_0&handle=../../etc").await;
+    assert_eq!(r.status, 400);
+    let r = c.get("table=items&offset=-1&where=1%20x%201").await;
+    assert_eq!(
+        r.json(),
+        json!({"message":"Invalid request","errors":{"where":["At location 17: syntax error at or near \"x\""]}})
+    );
+    let r = c.get("table=items&offset=-1&columns=name").await;
+    assert_eq!(
+        r.json()["errors"]["columns"][0],
+        "The list of columns must include all primary key columns, missing: id"
+    );
+    // A well-formed but unknown handle: 409 pointing at the live shape.
+    let r = c.get("table=items&offset=0_0&handle=1-1").await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json(), json!([{"headers":{"control":"must-refetch"}}]));
+    let live = r.header("electric-handle").unwrap().to_string();
+    assert!(r
+        .header("location")
+        .unwrap()
+        .contains(&format!("handle={live}")));
+    let r = c.get("table=items&offset=-1").await;
+    assert_eq!(
+        r.header("electric-handle"),
+        Some(live.as_str()),
+        "same definition, same handle"
+    );
+    // Health and unknown paths.
+    let r = c.raw("/v1/health").await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"status":"active"}"#));
+    let r = c.raw("/nope").await;
+    assert_eq!((r.status, r.body.as_str()), (404, "Not found"));
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_revalidate_and_live_timeouts_answer_up_to_date() {
+    let (_db, server) = setup("etag").await;
+    let c = server.client();
+    let r = c.get("table=items&offset=-1").await;
+    let handle = r.header("electric-handle").unwrap().to_string();
+    let tag = r.header("etag").unwrap().to_string();
+    let r = c
+        .get_with("table=items&offset=-1", &[("if-none-match", &tag)])
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("electric-handle"), Some(handle.as_str()));
+    let started = std::time::Instant::now();
+    let q = format!("table=items&offset=0_inf&handle={handle}&live=true&cursor=");
+    let r = c.get(&q).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "long-poll held"
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("electric-has-data"), Some("false"));
+    assert!(r.up_to_date());
+    assert_eq!(r.header("electric-offset"), Some("0_inf"));
+    assert_eq!(r.messages()[0]["headers"]["control"], "up-to-date");
+}

@@ -1,0 +1,7 @@
+//! All integration tests, compiled as one binary so they share one Postgres cluster.
+
+mod client_e2e;
+mod http_sync;
+mod pgoutput_live;
+mod resume;
+mod support;
