@@ -2,6 +2,7 @@
 
 mod client_e2e;
 mod http_sync;
+mod openapi;
 mod pgoutput_live;
 mod resume;
 mod support;

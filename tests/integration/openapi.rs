@@ -1,0 +1,164 @@
+//! `openapi/shapesync.yaml` against the running server: every status the server answers is
+//! documented for its path and method, and so is every response header it sends (other than
+//! the transport and CORS headers common to all responses, listed in the spec's description).
+
+use serde_json::Value;
+
+use crate::support::{connect, fresh_db, Reply, TestServer};
+
+/// Headers every response carries, documented once in the spec's description.
+const COMMON: &[&str] = &[
+    "electric-server",
+    "x-request-id",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-expose-headers",
+    "content-type",
+    "content-length",
+    "date",
+    "transfer-encoding",
+    "connection",
+];
+
+fn spec() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/shapesync.yaml");
+    let text = std::fs::read_to_string(path).expect("openapi/shapesync.yaml");
+    serde_norway::from_str(&text).expect("valid YAML")
+}
+
+fn check(spec: &Value, path: &str, method: &str, r: &Reply) {
+    let op = &spec["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not documented");
+    let resp = &op["responses"][r.status.to_string()];
+    assert!(
+        resp.is_object(),
+        "{method} {path} answered {} which is not documented",
+        r.status
+    );
+    for name in r.headers.keys() {
+        let name = name.as_str();
+        if COMMON.contains(&name) {
+            continue;
+        }
+        assert!(
+            resp["headers"][name].is_object(),
+            "{method} {path} {} sends header {name:?}, not documented",
+            r.status
+        );
+    }
+    if r.status == 400 {
+        let body = r.json();
+        assert_eq!(body["message"], "Invalid request");
+        assert!(body["errors"].is_object());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_documents_what_the_server_serves() {
+    let spec = spec();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let url = fresh_db("openapi").await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE o (id int PRIMARY KEY, v text); INSERT INTO o VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let server = TestServer::start_with(&url, |c| {
+        c.long_poll = std::time::Duration::from_millis(300)
+    })
+    .await;
+    let c = server.client();
+
+    let initial = c.get("table=o&offset=-1").await;
+    check(&spec, "/v1/shape", "get", &initial);
+    let handle = initial.header("electric-handle").unwrap().to_string();
+    let tag = initial.header("etag").unwrap().to_string();
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &c.get_with("table=o&offset=-1", &[("if-none-match", &tag)])
+            .await,
+    );
+    let catchup = c.get(&format!("table=o&offset=0_0&handle={handle}")).await;
+    check(&spec, "/v1/shape", "get", &catchup);
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &c.get(&format!("table=o&offset=0_inf&handle={handle}&live=true"))
+            .await,
+    );
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &c.get("table=o&offset=now").await,
+    );
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &c.get("table=o&offset=0_0&handle=1-1").await,
+    );
+    check(&spec, "/v1/shape", "get", &c.get("table=o&offset=x").await);
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &c.get("table=o&offset=-1&where=nope").await,
+    );
+
+    let http = reqwest::Client::new();
+    let del = http
+        .delete(format!("{}/v1/shape?table=o", server.base))
+        .send()
+        .await
+        .unwrap();
+    let del = Reply {
+        status: del.status().as_u16(),
+        headers: del.headers().clone(),
+        body: del.text().await.unwrap(),
+    };
+    check(&spec, "/v1/shape", "delete", &del);
+    let opt = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/shape", server.base),
+        )
+        .header("access-control-request-headers", "if-none-match")
+        .send()
+        .await
+        .unwrap();
+    let mut headers = opt.headers().clone();
+    headers.remove("access-control-allow-headers");
+    let opt = Reply {
+        status: opt.status().as_u16(),
+        headers,
+        body: String::new(),
+    };
+    check(&spec, "/v1/shape", "options", &opt);
+    check(&spec, "/v1/health", "get", &c.raw("/v1/health").await);
+    check(&spec, "/", "get", &c.raw("/").await);
+
+    // Every query parameter the spec documents is one the server reads, and the required ones
+    // are enforced.
+    let params: Vec<&str> = spec["paths"]["/v1/shape"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "table", "offset", "handle", "live", "cursor", "where", "columns", "replica", "log",
+    ] {
+        assert!(params.contains(&p), "parameter {p} not documented");
+    }
+    assert_eq!(
+        c.get("offset=-1").await.json()["errors"]["table"][0],
+        "can't be blank"
+    );
+    assert_eq!(
+        c.get("table=o").await.json()["errors"]["offset"][0],
+        "can't be blank"
+    );
+}
