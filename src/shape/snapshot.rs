@@ -131,28 +131,43 @@ impl CopyParser {
             v.extend_from_slice(data);
             std::borrow::Cow::Owned(v)
         };
-        let mut decoded: Vec<Vec<u8>> = Vec::with_capacity(ncols);
+        // Fields are borrowed from the buffer; only fields with escapes are decoded, into
+        // `scratch` (reused across rows).
+        let mut scratch: Vec<Vec<u8>> = Vec::new();
+        let mut spans: Vec<Option<Result<(usize, usize), usize>>> = Vec::with_capacity(ncols);
         while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line_start = start;
             let line = &buf[start..start + nl];
             start += nl + 1;
-            decoded.clear();
-            let mut nulls = Vec::with_capacity(ncols);
+            spans.clear();
+            let mut used = 0;
+            let mut at = 0;
             for field in line.split(|&b| b == b'\t') {
-                if field == b"\\N" {
-                    nulls.push(true);
-                    decoded.push(Vec::new());
+                let span = if field == b"\\N" {
+                    None
+                } else if field.contains(&b'\\') {
+                    if scratch.len() <= used {
+                        scratch.push(Vec::new());
+                    }
+                    unescape_into(field, &mut scratch[used]);
+                    used += 1;
+                    Some(Err(used - 1))
                 } else {
-                    nulls.push(false);
-                    decoded.push(unescape(field));
-                }
+                    Some(Ok((line_start + at, line_start + at + field.len())))
+                };
+                spans.push(span);
+                at += field.len() + 1;
             }
-            if decoded.len() != ncols {
-                anyhow::bail!("COPY row has {} fields, expected {ncols}", decoded.len());
+            if spans.len() != ncols {
+                anyhow::bail!("COPY row has {} fields, expected {ncols}", spans.len());
             }
-            let cells: Vec<Cell<'_>> = decoded
+            let cells: Vec<Cell<'_>> = spans
                 .iter()
-                .zip(&nulls)
-                .map(|(v, &null)| if null { Cell::Null } else { Cell::Text(v) })
+                .map(|s| match s {
+                    None => Cell::Null,
+                    Some(Ok((a, b))) => Cell::Text(&buf[*a..*b]),
+                    Some(Err(i)) => Cell::Text(&scratch[*i]),
+                })
                 .collect();
             row(&cells);
         }
@@ -169,11 +184,8 @@ impl CopyParser {
     }
 }
 
-fn unescape(field: &[u8]) -> Vec<u8> {
-    if !field.contains(&b'\\') {
-        return field.to_vec();
-    }
-    let mut out = Vec::with_capacity(field.len());
+fn unescape_into(field: &[u8], out: &mut Vec<u8>) {
+    out.clear();
     let mut i = 0;
     while i < field.len() {
         let b = field[i];
@@ -214,7 +226,6 @@ fn unescape(field: &[u8]) -> Vec<u8> {
             other => out.push(other),
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -254,3 +254,49 @@ async fn etags_revalidate_and_live_timeouts_answer_up_to_date() {
     assert_eq!(r.header("electric-offset"), Some("0_inf"));
     assert_eq!(r.messages()[0]["headers"]["control"], "up-to-date");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_print_the_same_in_the_snapshot_and_the_stream() {
+    let url = fresh_db("values").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        r#"CREATE SCHEMA "My Schema";
+           CREATE TABLE "My Schema"."Mixed Items" (
+             id int PRIMARY KEY, ts timestamptz, d date, iv interval, b bytea, f float8,
+             num numeric(10,2), flag bool, j jsonb, arr int[], c char(4), "weird, name" text);
+           INSERT INTO "My Schema"."Mixed Items" VALUES
+             (1, '2026-01-02 03:04:05.5+02', '2026-03-04', '1 day 2 hours', '\x0102', 0.1,
+              12.5, true, '{"a": [1, 2]}', '{1,NULL,3}', 'ab', 'x');"#,
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start(&url).await;
+    let table = "table=%22My%20Schema%22.%22Mixed%20Items%22";
+    let mut f = Follower::new(server.client(), table);
+    f.sync().await;
+    let snap = f.rows.values().next().unwrap().clone();
+    let expected = json!({"id":"1","ts":"2026-01-02 01:04:05.5+00","d":"2026-03-04","iv":"P1DT2H",
+        "b":"\\x0102","f":"0.1","num":"12.50","flag":"t","j":"{\"a\": [1, 2]}","arr":"{1,NULL,3}",
+        "c":"ab  ","weird, name":"x"});
+    assert_eq!(serde_json::Value::Object(snap), expected);
+    assert!(f
+        .rows
+        .keys()
+        .next()
+        .unwrap()
+        .starts_with("\"My Schema\".\"Mixed Items\"/\"1\""));
+    // The same values through the replication stream.
+    db.batch_execute(
+        r#"DELETE FROM "My Schema"."Mixed Items";
+           INSERT INTO "My Schema"."Mixed Items" VALUES
+             (1, '2026-01-02 03:04:05.5+02', '2026-03-04', '1 day 2 hours', '\x0102', 0.1,
+              12.5, true, '{"a": [1, 2]}', '{1,NULL,3}', 'ab', 'x');"#,
+    )
+    .await
+    .unwrap();
+    let before = f.changes_seen;
+    f.until("the delete and re-insert", |f| f.changes_seen >= before + 2)
+        .await;
+    let streamed = f.rows.values().next().unwrap().clone();
+    assert_eq!(serde_json::Value::Object(streamed), expected);
+}
