@@ -14,7 +14,7 @@ PGPORT="${SHAPESYNC_DEMO_PG_PORT:-54329}"
 BASE="http://127.0.0.1:$PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 
-./target/release/shapesync serve --storage-dir "$DIR" --listen "127.0.0.1:$PORT" \
+./target/release/shapesync serve --insecure --storage-dir "$DIR" --listen "127.0.0.1:$PORT" \
   --embedded-pg-port "$PGPORT" &
 PID=$!
 trap 'kill -INT $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT INT TERM

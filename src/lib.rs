@@ -17,11 +17,13 @@
 //!
 //! See ARCHITECTURE.md for the data flow and its invariants.
 
+pub mod metrics;
 pub mod postgres;
 pub mod replication;
 pub mod serve;
 pub mod server;
 pub mod shape;
 pub mod stack;
+pub mod tenant;
 
 pub use shapesync_storage as storage;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shapesync::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use shapesync::serve::access::{AccessConfig, RateLimit};
 use shapesync::serve::response::CacheAges;
 use shapesync::server::{Config, Server};
 
@@ -66,6 +67,24 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SHAPESYNC_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Secret every shape request must carry as `secret=` (or `api_secret=`).
+    #[arg(long, env = "SHAPESYNC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Key for the admin API and /metrics (`X-API-Key` or `Authorization: Bearer`).
+    #[arg(long, env = "SHAPESYNC_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Serve without a secret and with an open admin API (local development only).
+    #[arg(long, env = "SHAPESYNC_INSECURE")]
+    insecure: bool,
+    /// Proxies whose X-Forwarded-For is trusted (comma-separated addresses or CIDRs).
+    #[arg(long, env = "SHAPESYNC_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<shapesync::serve::access::IpNet>,
+    /// Admin API requests per second per key or client IP (burst twice that).
+    #[arg(long, env = "SHAPESYNC_ADMIN_RATE", default_value_t = 10)]
+    admin_rate: u32,
+    /// New shapes per second per client IP (burst twice that).
+    #[arg(long, env = "SHAPESYNC_SHAPE_CREATE_RATE", default_value_t = 100)]
+    shape_create_rate: u32,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -109,6 +128,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let mut cfg = Config::new(database_url, args.storage_dir.join("data"));
+    cfg.access = AccessConfig {
+        secret: args.secret,
+        admin_key: args.admin_key,
+        insecure: args.insecure,
+        trusted_proxies: args.trusted_proxies,
+        admin_rate: RateLimit {
+            per_second: args.admin_rate,
+            burst: args.admin_rate.saturating_mul(2),
+        },
+        create_rate: RateLimit {
+            per_second: args.shape_create_rate,
+            burst: args.shape_create_rate.saturating_mul(2),
+        },
+    };
     cfg.listen = args.listen;
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);

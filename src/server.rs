@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::postgres::connect::SourceDb;
+use crate::serve::access::{Access, AccessConfig};
 use crate::serve::response::CacheAges;
 use crate::serve::{router, AppState};
-use crate::stack::{Stack, StackConfig};
+use crate::stack::{self, Stack};
+use crate::tenant::{DatabaseId, TenantBase, TenantRecord, Tenants, DEFAULT_TENANT};
 
 /// Everything a server needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
-    pub database_url: String,
+    /// The default tenant's database (more can be added through the admin API).
+    pub database_url: Option<String>,
     pub listen: SocketAddr,
     pub storage_dir: PathBuf,
     pub stream_id: String,
@@ -24,13 +26,34 @@ pub struct Config {
     pub chunk_bytes: u64,
     pub cache_ages: CacheAges,
     pub max_snapshots: usize,
+    pub access: AccessConfig,
+}
+
+impl std::fmt::Debug for Config {
+    // The database URL holds credentials: only its redacted form is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "database",
+                &self.database_url.as_deref().map(|u| {
+                    crate::postgres::connect::SourceDb::parse(u)
+                        .map(|d| d.redacted())
+                        .unwrap_or_default()
+                }),
+            )
+            .field("listen", &self.listen)
+            .field("storage_dir", &self.storage_dir)
+            .field("stream_id", &self.stream_id)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
     /// Defaults for everything but the database and storage directory.
     pub fn new(database_url: impl Into<String>, storage_dir: impl Into<PathBuf>) -> Self {
         Config {
-            database_url: database_url.into(),
+            database_url: Some(database_url.into()),
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             storage_dir: storage_dir.into(),
             stream_id: "default".into(),
@@ -38,34 +61,79 @@ impl Config {
             chunk_bytes: 10 * 1024 * 1024,
             cache_ages: CacheAges::default(),
             max_snapshots: 20,
+            access: AccessConfig::insecure(),
         }
     }
 }
 
 pub struct Server {
     pub addr: SocketAddr,
-    pub stack: Arc<Stack>,
+    pub tenants: Arc<Tenants>,
+    /// The default tenant's stack, if there is one.
+    pub stack: Option<Arc<Stack>>,
     stop_http: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
-        let db = SourceDb::parse(&cfg.database_url)?;
-        tracing::info!(database = %db.redacted(), storage = %cfg.storage_dir.display(), "starting");
-        let stack = Stack::start(StackConfig {
-            id: "default".into(),
-            db,
-            stream_id: cfg.stream_id.clone(),
-            storage_dir: cfg.storage_dir.clone(),
-            chunk_bytes: cfg.chunk_bytes,
-            max_snapshots: cfg.max_snapshots,
-        })
+        if !stack::valid_stream_id(&cfg.stream_id) {
+            anyhow::bail!(
+                "stream id must be 1-40 characters of [a-z0-9_]: {:?}",
+                cfg.stream_id
+            );
+        }
+        let access = &cfg.access;
+        if !access.insecure && (access.secret.is_none() || access.admin_key.is_none()) {
+            anyhow::bail!(
+                "set both a shape API secret (--secret) and an admin key (--admin-key), \
+                 or run with --insecure to serve without them"
+            );
+        }
+        if access.insecure {
+            tracing::warn!("running in insecure mode: no secret is required for shapes and the admin API is open");
+        }
+        tracing::info!(storage = %cfg.storage_dir.display(), "starting");
+        let default = cfg.database_url.as_ref().map(|url| TenantRecord {
+            id: DEFAULT_TENANT
+                .parse::<DatabaseId>()
+                .unwrap_or_else(|_| DatabaseId::generate()),
+            database_url: url.clone(),
+            use_ipv6: false,
+            secret: None,
+        });
+        let tenants = Tenants::start(
+            TenantBase {
+                storage_dir: cfg.storage_dir.clone(),
+                stream_id: cfg.stream_id.clone(),
+                chunk_bytes: cfg.chunk_bytes,
+                max_snapshots: cfg.max_snapshots,
+            },
+            default,
+        )
         .await?;
+        let stack = tenants
+            .resolve(Some(DEFAULT_TENANT))
+            .ok()
+            .map(|t| Arc::clone(&t.stack));
         let state = Arc::new(AppState {
-            stack: Arc::clone(&stack),
+            tenants: Arc::clone(&tenants),
+            access: Access::new(cfg.access.clone()),
+            metrics: crate::metrics::HttpMetrics::default(),
             long_poll: cfg.long_poll,
             cache_ages: cfg.cache_ages,
+        });
+        // Forget idle rate-limit keys now and then, for as long as the server lives.
+        let housekeeping = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match housekeeping.upgrade() {
+                    Some(state) => state.access.housekeeping(),
+                    None => break,
+                }
+            }
         });
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
@@ -75,6 +143,7 @@ impl Server {
             let shutdown = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -85,21 +154,24 @@ impl Server {
         tracing::info!(%addr, "listening");
         Ok(Server {
             addr,
+            tenants,
             stack,
             stop_http,
             http,
         })
     }
 
-    /// Wait until replication is streaming (health `active`), up to `limit`.
+    /// Wait until every tenant's replication is streaming (health `active`), up to `limit`.
     pub async fn wait_active(&self, limit: Duration) -> anyhow::Result<()> {
-        let mut status = self.stack.subscribe_status();
-        tokio::time::timeout(
-            limit,
-            status.wait_for(|s| *s == crate::stack::Status::Active),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("not active after {limit:?}: {:?}", self.stack.status()))??;
+        for t in self.tenants.all() {
+            let mut status = t.stack.subscribe_status();
+            tokio::time::timeout(
+                limit,
+                status.wait_for(|s| *s == crate::stack::Status::Active),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("not active after {limit:?}: {:?}", t.stack.status()))??;
+        }
         Ok(())
     }
 
@@ -107,7 +179,7 @@ impl Server {
     /// acknowledged, the replication connection closes.
     pub async fn stop(self) {
         let _ = self.stop_http.send(true);
-        self.stack.stop().await;
+        self.tenants.stop_all().await;
         let _ = self.http.await;
     }
 }

@@ -23,10 +23,13 @@ use crate::shape::{self, Lifecycle, Shape, ShapeMeta};
 /// How a stack is set up.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// The tenant's database id.
     pub id: String,
     pub db: SourceDb,
-    /// Names the slot (`shapesync_slot_<id>`) and publication (`shapesync_pub_<id>`).
-    pub stream_id: String,
+    /// Replication slot and publication names (see [`slot_name`], [`publication_name`]).
+    pub slot: String,
+    pub publication: String,
+    /// Where this stack's shape logs live (`<dir>/shapes`).
     pub storage_dir: PathBuf,
     pub chunk_bytes: u64,
     /// Initial snapshots that may run at once.
@@ -58,6 +61,8 @@ pub enum ShapeError {
 pub struct Stack {
     pub id: String,
     db: SourceDb,
+    slot: String,
+    pub stats: Arc<ReplicationStats>,
     pub registry: Arc<Registry>,
     publication: Publication,
     commands: mpsc::UnboundedSender<Command>,
@@ -77,29 +82,110 @@ impl std::fmt::Debug for Stack {
     }
 }
 
-pub fn slot_name(stream_id: &str) -> String {
-    format!("shapesync_slot_{stream_id}")
+/// Replication progress, for health and metrics.
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    /// Latest LSN acknowledged to the server.
+    pub acked_lsn: AtomicU64,
+    /// Latest WAL position the server reported (keepalives).
+    pub server_wal_end: AtomicU64,
+    /// Unix µs when the last acknowledgement caught up with the server's position.
+    pub caught_up_at_micros: AtomicU64,
+    /// Flush (fsync batch) latency.
+    pub fsync: Arc<crate::metrics::Histogram>,
 }
 
-pub fn publication_name(stream_id: &str) -> String {
-    format!("shapesync_pub_{stream_id}")
+impl ReplicationStats {
+    pub fn new() -> Self {
+        ReplicationStats {
+            fsync: Arc::new(crate::metrics::Histogram::new(
+                crate::metrics::LATENCY_BUCKETS,
+            )),
+            ..Default::default()
+        }
+    }
+
+    /// Bytes of WAL the server has that are not acknowledged yet.
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.acked_lsn.load(Ordering::Relaxed))
+    }
+
+    /// Seconds since the acknowledged position last caught up with the server (0 when caught up).
+    pub fn lag_seconds(&self) -> f64 {
+        if self.lag_bytes() == 0 {
+            return 0.0;
+        }
+        let since = self.caught_up_at_micros.load(Ordering::Relaxed);
+        if since == 0 {
+            return 0.0;
+        }
+        (now_micros().saturating_sub(since)) as f64 / 1e6
+    }
+
+    pub fn acked(&self, lsn: u64) {
+        self.acked_lsn.fetch_max(lsn, Ordering::AcqRel);
+        if lsn >= self.server_wal_end.load(Ordering::Relaxed) {
+            self.caught_up_at_micros
+                .store(now_micros(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn server_at(&self, wal_end: u64) {
+        self.server_wal_end.fetch_max(wal_end, Ordering::AcqRel);
+        if self.caught_up_at_micros.load(Ordering::Relaxed) == 0 {
+            self.caught_up_at_micros
+                .store(now_micros(), Ordering::Relaxed);
+        }
+    }
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The slot of a tenant: `shapesync_slot_<stream id>` for the default tenant, with a hash of
+/// the database id appended for the others (slot names are `[a-z0-9_]`, unique per cluster).
+pub fn slot_name(stream_id: &str, tenant: Option<&str>) -> String {
+    match tenant {
+        None => format!("shapesync_slot_{stream_id}"),
+        Some(t) => format!("shapesync_slot_{stream_id}_{:016x}", fnv64(t)),
+    }
+}
+
+/// The publication of a tenant, named like its slot.
+pub fn publication_name(stream_id: &str, tenant: Option<&str>) -> String {
+    match tenant {
+        None => format!("shapesync_pub_{stream_id}"),
+        Some(t) => format!("shapesync_pub_{stream_id}_{:016x}", fnv64(t)),
+    }
+}
+
+fn fnv64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Check a stream id: 1-40 characters of `[a-z0-9_]`.
+pub fn valid_stream_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 impl Stack {
     /// Open the stack's shape logs, restore its shapes, and start replication in the background.
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Arc<Stack>> {
-        if cfg.stream_id.is_empty()
-            || cfg.stream_id.len() > 40
-            || !cfg
-                .stream_id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            anyhow::bail!(
-                "stream id must be 1-40 characters of [a-z0-9_]: {:?}",
-                cfg.stream_id
-            );
-        }
         let dir = cfg.storage_dir.join("shapes");
         let store_cfg = StoreConfig {
             chunk_bytes_threshold: cfg.chunk_bytes,
@@ -108,7 +194,12 @@ impl Stack {
             Arc::new(tokio::task::spawn_blocking(move || FileStore::open(dir, store_cfg)).await??);
         let registry = Arc::new(Registry::new(Arc::clone(&store)));
         let global_lsn = Arc::new(AtomicU64::new(0));
-        let mut writer = Writer::new(Arc::clone(&registry), Arc::clone(&global_lsn));
+        let stats = Arc::new(ReplicationStats::new());
+        let mut writer = Writer::new(
+            Arc::clone(&registry),
+            Arc::clone(&global_lsn),
+            Arc::clone(&stats.fsync),
+        );
         let restored = restore_shapes(&store, &registry, &mut writer).await?;
         tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
 
@@ -119,7 +210,9 @@ impl Stack {
             id: cfg.id.clone(),
             db: cfg.db.clone(),
             registry,
-            publication: Publication::new(publication_name(&cfg.stream_id)),
+            publication: Publication::new(cfg.publication.clone()),
+            slot: cfg.slot.clone(),
+            stats,
             commands,
             status,
             global_lsn,
@@ -139,6 +232,11 @@ impl Stack {
 
     pub fn subscribe_status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
+    }
+
+    /// Has the stack been stopped (or removed)?
+    pub fn is_stopped(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Resolves when the stack starts shutting down.
@@ -282,6 +380,55 @@ impl Stack {
         self.registry.remove(handle, Lifecycle::Gone);
     }
 
+    pub fn db(&self) -> &SourceDb {
+        &self.db
+    }
+
+    /// Total bytes of the stack's shape logs.
+    pub fn storage_bytes(&self) -> u64 {
+        self.registry
+            .shapes()
+            .iter()
+            .map(|s| s.log.size_bytes())
+            .sum()
+    }
+
+    /// Remove the stack for good: stop replication, take every shape out of service (parked
+    /// requests answer 409), drop the slot and publication so Postgres keeps no WAL for us, and
+    /// delete the shape logs. The caller deletes the storage directory.
+    pub async fn destroy(&self) -> anyhow::Result<()> {
+        self.stop().await;
+        for h in self.registry.handles() {
+            self.registry.remove(&h, Lifecycle::Gone);
+        }
+        let client = self.db.connect().await?;
+        // The walsender may take a moment to release the slot after the stream closes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "slot still active; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                crate::postgres::identifier::quote_ident(self.publication.name())
+            ))
+            .await?;
+        Ok(())
+    }
+
     pub fn latest_lsn(&self) -> u64 {
         self.global_lsn.load(Ordering::Acquire)
     }
@@ -352,7 +499,7 @@ async fn replicate(
     mut writer: Writer,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let slot = slot_name(&cfg.stream_id);
+    let slot = cfg.slot.clone();
     let mut shutdown = stack.shutdown.subscribe();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -384,6 +531,7 @@ async fn replicate(
                 &cfg.db,
                 &slot,
                 stack.publication.name(),
+                &stack.stats,
                 &mut writer,
                 &mut commands,
                 &mut shutdown,

@@ -18,6 +18,8 @@ pub const DISPLAY_OPTIONS: &str = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c extra
 pub struct SourceDb {
     config: tokio_postgres::Config,
     host: String,
+    /// Address the replication connection dials (the host, or its IPv6 address when preferred).
+    dial: String,
     port: u16,
     user: String,
     password: String,
@@ -63,12 +65,28 @@ impl SourceDb {
         config.connect_timeout(Duration::from_secs(10));
         Ok(SourceDb {
             config,
+            dial: host.clone(),
             host,
             port,
             user,
             password,
             dbname,
         })
+    }
+
+    /// With `yes`, connect over IPv6: a host name is resolved and its first IPv6 address used
+    /// (`database_use_ipv6` of the admin API). Literal addresses and sockets are kept.
+    pub async fn prefer_ipv6(mut self, yes: bool) -> Self {
+        if !yes || self.host.starts_with('/') || self.host.parse::<std::net::IpAddr>().is_ok() {
+            return self;
+        }
+        if let Ok(mut addrs) = tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+            if let Some(v6) = addrs.find(|a| a.is_ipv6()) {
+                self.config.hostaddr(v6.ip());
+                self.dial = v6.ip().to_string();
+            }
+        }
+        self
     }
 
     /// `user@host:port/db`, for logs: never includes the password.
@@ -102,7 +120,7 @@ impl SourceDb {
         publication: &str,
     ) -> pgwire_replication::ReplicationConfig {
         pgwire_replication::ReplicationConfig::new(
-            self.host.clone(),
+            self.dial.clone(),
             self.user.clone(),
             self.password.clone(),
             self.dbname.clone(),

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::pgoutput::{self, Message, Relation};
 use crate::postgres::connect::SourceDb;
 use crate::shape::writer::{ChangeKind, Command, Writer};
+use crate::stack::ReplicationStats;
 
 /// Flush after at most this many transactions even if more are waiting.
 const MAX_TXNS_PER_FLUSH: usize = 512;
@@ -50,10 +51,12 @@ pub enum End {
 }
 
 /// Stream until shutdown (Ok) or an error (Err: the caller reconnects).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     db: &SourceDb,
     slot: &str,
     publication: &str,
+    stats: &ReplicationStats,
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &mut watch::Receiver<bool>,
@@ -68,7 +71,11 @@ pub async fn run(
         .await
         .map_err(|e| anyhow!("starting replication on slot {slot}: {e}"))?;
     on_started();
-    let result = stream(&mut client, writer, commands, shutdown).await;
+    let mut ack = |client: &ReplicationClient, lsn: u64| {
+        client.update_applied_lsn(Lsn::from_u64(lsn));
+        stats.acked(lsn);
+    };
+    let result = stream(&mut client, writer, commands, shutdown, stats, &mut ack).await;
     if matches!(result, Ok(End::Shutdown)) {
         // Give the worker one status interval to report the final acknowledged position.
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -83,6 +90,8 @@ async fn stream(
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &mut watch::Receiver<bool>,
+    stats: &ReplicationStats,
+    ack: &mut impl FnMut(&ReplicationClient, u64),
 ) -> anyhow::Result<End> {
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut next: Option<ReplicationEvent> = None;
@@ -102,7 +111,7 @@ async fn stream(
             };
             if next.is_none() {
                 if let Some(lsn) = writer.flush().await {
-                    client.update_applied_lsn(Lsn::from_u64(lsn));
+                    ack(client, lsn);
                 }
             }
         }
@@ -110,13 +119,13 @@ async fn stream(
             Some(ev) => ev,
             None if writer.in_transaction() => tokio::select! {
                 biased;
-                _ = shutdown.changed() => return finish(client, writer).await,
+                _ = shutdown.changed() => return finish(client, writer, ack).await,
                 ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
             None => tokio::select! {
                 biased;
-                _ = shutdown.changed() => return finish(client, writer).await,
+                _ = shutdown.changed() => return finish(client, writer, ack).await,
                 Some(cmd) = commands.recv() => {
                     writer.command(cmd);
                     continue;
@@ -133,12 +142,14 @@ async fn stream(
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 tracing::trace!(end_lsn = end_lsn.as_u64(), "commit");
+                stats.server_at(end_lsn.as_u64());
                 writer.commit(end_lsn.as_u64());
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 tracing::trace!(wal_end = wal_end.as_u64(), "keepalive");
+                stats.server_at(wal_end.as_u64());
                 if let Some(lsn) = writer.idle_ack(wal_end.as_u64()) {
-                    client.update_applied_lsn(Lsn::from_u64(lsn));
+                    ack(client, lsn);
                 }
             }
             ReplicationEvent::Message { .. } => {}
@@ -149,11 +160,15 @@ async fn stream(
 
 /// Shutdown: make complete transactions durable and acknowledge them; an open transaction is
 /// dropped (the slot sends it again next time).
-async fn finish(client: &mut ReplicationClient, writer: &mut Writer) -> anyhow::Result<End> {
+async fn finish(
+    client: &mut ReplicationClient,
+    writer: &mut Writer,
+    ack: &mut impl FnMut(&ReplicationClient, u64),
+) -> anyhow::Result<End> {
     if writer.in_transaction() {
         writer.reset_after_disconnect();
     } else if let Some(lsn) = writer.flush().await {
-        client.update_applied_lsn(Lsn::from_u64(lsn));
+        ack(client, lsn);
     }
     Ok(End::Shutdown)
 }

@@ -19,9 +19,33 @@ pub enum ApiError {
     },
     /// 500, details logged.
     Internal(String),
+    /// 401 `{"message":"Unauthorized - Invalid API secret"}` (shape API).
+    Unauthorized,
+    /// Admin key problems: 401 `auth_required` / 403 `auth_invalid`.
+    Auth {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+    },
+    /// 429 `rate_limited` with `retry-after`.
+    RateLimited { retry_after: u32 },
+    /// 400/404 with `{"message": …}` (tenant resolution).
+    Message { status: u16, message: String },
+    /// Admin API answers: a JSON string body (the seed's convention).
+    AdminText { status: u16, text: String },
+    /// Admin API field errors: `{"field": ["message"]}`.
+    AdminFields(FieldErrors),
 }
 
 impl ApiError {
+    pub fn auth(status: u16, code: &'static str, message: &'static str) -> Self {
+        ApiError::Auth {
+            status,
+            code,
+            message,
+        }
+    }
+
     pub fn field(field: &'static str, msg: impl Into<String>) -> Self {
         let mut m = FieldErrors::new();
         m.insert(field, vec![msg.into()]);
@@ -91,6 +115,38 @@ impl IntoResponse for ApiError {
                     );
                 }
                 res
+            }
+            ApiError::Unauthorized => json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"message": "Unauthorized - Invalid API secret"}),
+            ),
+            ApiError::Auth {
+                status,
+                code,
+                message,
+            } => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+                serde_json::json!({"error": {"code": code, "message": message}}),
+            ),
+            ApiError::RateLimited { retry_after } => {
+                let mut res = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    serde_json::json!({"error": {"code": "rate_limited", "message": "Too many requests, please retry later"}}),
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                res
+            }
+            ApiError::Message { status, message } => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                serde_json::json!({"message": message}),
+            ),
+            ApiError::AdminText { status, text } => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                serde_json::Value::String(text),
+            ),
+            ApiError::AdminFields(errors) => {
+                json(StatusCode::BAD_REQUEST, serde_json::json!(errors))
             }
             ApiError::Internal(why) => {
                 tracing::error!(error = %why, "internal error");

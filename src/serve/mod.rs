@@ -2,36 +2,36 @@
 //! are thin: parsing and response rules are pure functions in `params` and `response`; errors map
 //! to HTTP in `error`. No global timeout layer (it would cut off long-polls).
 
+pub mod access;
+pub mod admin_api;
 pub mod error;
 pub mod params;
 pub mod response;
 pub mod shape_api;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::stack::{Stack, Status};
+use crate::metrics::{HttpMetrics, TenantSample};
+use crate::tenant::{status_word, Tenants};
+use access::Access;
 use response::CacheAges;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
-    /// The source database served (the multi-tenant registry replaces this with a map).
-    pub stack: Arc<Stack>,
+    pub tenants: Arc<Tenants>,
+    pub access: Access,
+    pub metrics: HttpMetrics,
     pub long_poll: Duration,
     pub cache_ages: CacheAges,
-}
-
-impl AppState {
-    pub fn stack(&self) -> Arc<Stack> {
-        Arc::clone(&self.stack)
-    }
 }
 
 pub const SERVER: &str = concat!("shapesync/", env!("CARGO_PKG_VERSION"));
@@ -53,9 +53,79 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .options(options_shape),
         )
         .route("/v1/health", get(health))
+        .route(
+            "/v1/admin/database",
+            get(admin_api::list).post(admin_api::add),
+        )
+        .route(
+            "/v1/admin/database/{database_id}",
+            get(admin_api::show).delete(admin_api::remove),
+        )
+        .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not found") })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .layer(middleware::from_fn(common_headers))
         .with_state(state)
+}
+
+/// Count in-flight requests and record each one's latency by route and status.
+async fn observe(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let route = if path == "/v1/shape" {
+        "shape"
+    } else if path == "/v1/health" {
+        "health"
+    } else if path.starts_with("/v1/admin/") {
+        "admin"
+    } else if path == "/metrics" {
+        "metrics"
+    } else {
+        "other"
+    };
+    let _active = app.metrics.active();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    app.metrics
+        .record(route, res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// Prometheus metrics; behind the admin key unless insecure.
+async fn metrics(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let ip = app.access.client_ip(peer, &headers);
+    if let Err(e) = app.access.check_admin(&headers, ip) {
+        return e.into_response();
+    }
+    let samples: Vec<TenantSample> = app
+        .tenants
+        .all()
+        .iter()
+        .map(|t| {
+            let st = &t.stack.stats;
+            TenantSample {
+                database_id: t.record.id.to_string(),
+                status: status_word(&t.stack.status()),
+                shapes: t.stack.registry.len() as u64,
+                storage_bytes: t.stack.storage_bytes(),
+                acked_lsn: st.acked_lsn.load(std::sync::atomic::Ordering::Relaxed),
+                server_wal_end: st.server_wal_end.load(std::sync::atomic::Ordering::Relaxed),
+                lag_seconds: st.lag_seconds(),
+                fsync: Arc::clone(&st.fsync),
+            }
+        })
+        .collect();
+    let mut res = crate::metrics::render(&app.metrics, &samples).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn error_json(status: StatusCode, body: &'static str) -> Response {
@@ -69,13 +139,50 @@ fn error_json(status: StatusCode, body: &'static str) -> Response {
     res
 }
 
-async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let (status, text) = match app.stack.status() {
-        Status::Active => (StatusCode::OK, "active"),
-        Status::Starting => (StatusCode::ACCEPTED, "starting"),
-        Status::Down(_) => (StatusCode::ACCEPTED, "waiting"),
+/// `GET /v1/health[?database_id=…]`: one tenant's state, or every tenant's (active only when all
+/// are).
+async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    let id = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "database_id")
+        .map(|(_, v)| v.into_owned());
+    let words: Vec<(String, &'static str)> = match &id {
+        Some(id) => match app.tenants.resolve(Some(id)) {
+            Ok(t) => vec![(t.record.id.to_string(), status_word(&t.stack.status()))],
+            Err(e) => {
+                return error::ApiError::Message {
+                    status: 404,
+                    message: e.to_string(),
+                }
+                .into_response()
+            }
+        },
+        None => app
+            .tenants
+            .all()
+            .iter()
+            .map(|t| (t.record.id.to_string(), status_word(&t.stack.status())))
+            .collect(),
     };
-    let mut res = (status, format!(r#"{{"status":"{text}"}}"#)).into_response();
+    let overall = if words.iter().all(|(_, w)| *w == "active") {
+        "active"
+    } else if words.iter().any(|(_, w)| *w == "waiting") {
+        "waiting"
+    } else {
+        "starting"
+    };
+    let status = if overall == "active" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut body = serde_json::json!({"status": overall});
+    if words.len() > 1 {
+        body["databases"] = words
+            .iter()
+            .map(|(id, w)| (id.clone(), serde_json::Value::from(*w)))
+            .collect();
+    }
+    let mut res = (status, body.to_string()).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use shapesync_storage::{LogOffset, ReadResult};
@@ -19,19 +21,35 @@ use crate::shape::definition::ShapeHandle;
 use crate::shape::message;
 use crate::shape::{Lifecycle, Progress, Shape};
 use crate::stack::Stack;
+use crate::tenant::ResolveError;
 
 /// How long a request waits for a snapshot chunk to be written before answering 503.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn get_shape(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match serve(&app, &headers, query.as_deref().unwrap_or("")).await {
+    match serve(&app, &headers, peer, query.as_deref().unwrap_or("")).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// The tenant (`database_id`) and secret (`secret`, or the deprecated `api_secret`) of a query.
+fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
+    let (mut id, mut secret, mut api_secret) = (None, None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "database_id" => id = Some(v.into_owned()),
+            "secret" => secret = Some(v.into_owned()),
+            "api_secret" => api_secret = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (id, secret.or(api_secret))
 }
 
 /// A response decided before it is written.
@@ -44,15 +62,35 @@ enum Outcome {
         has_data: bool,
         unique_etag: bool,
     },
-    MustRefetch(Arc<Shape>),
+    /// The handle is stale: refetch the active shape (None: the database itself is gone).
+    MustRefetch(Option<Arc<Shape>>),
 }
 
-async fn serve(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
+async fn serve(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let (database_id, secret) = tenant_and_secret(query);
+    let tenant = app
+        .tenants
+        .resolve(database_id.as_deref())
+        .map_err(|e| ApiError::Message {
+            status: if e == ResolveError::NotProvided {
+                400
+            } else {
+                404
+            },
+            message: e.to_string(),
+        })?;
+    app.access
+        .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
     let req = params::parse(query).map_err(ApiError::Invalid)?;
-    let stack = app.stack();
-    let outcome = decide(app, &stack, &req).await?;
+    let ip = app.access.client_ip(peer, headers);
+    let outcome = decide(app, &tenant.stack, &req, ip).await?;
     Ok(match outcome {
-        Outcome::MustRefetch(active) => must_refetch(&req, &active),
+        Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
         Outcome::Data {
             shape,
             entries,
@@ -74,7 +112,26 @@ async fn serve(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respo
     })
 }
 
-async fn decide(app: &AppState, stack: &Stack, req: &ShapeRequest) -> Result<Outcome, ApiError> {
+/// The live shape for the request's definition; creating one is rate limited per client.
+async fn live_shape(
+    app: &AppState,
+    stack: &Stack,
+    req: &ShapeRequest,
+    ip: IpAddr,
+) -> Result<Arc<Shape>, ApiError> {
+    if let Some(s) = stack.registry.live(&req.def) {
+        return Ok(s);
+    }
+    app.access.check_create(ip)?;
+    Ok(stack.get_or_create(&req.def).await?)
+}
+
+async fn decide(
+    app: &AppState,
+    stack: &Stack,
+    req: &ShapeRequest,
+    ip: IpAddr,
+) -> Result<Outcome, ApiError> {
     let requested = match req.offset {
         RequestOffset::Now => None,
         RequestOffset::At(o) => Some(o),
@@ -87,10 +144,14 @@ async fn decide(app: &AppState, stack: &Stack, req: &ShapeRequest) -> Result<Out
             match stack.registry.get(&handle) {
                 Some(s) if s.def == req.def && s.is_active() => s,
                 // Unknown, deleted, rotated, or another definition's: refetch the active one.
-                _ => return Ok(Outcome::MustRefetch(stack.get_or_create(&req.def).await?)),
+                _ => {
+                    return Ok(Outcome::MustRefetch(Some(
+                        live_shape(app, stack, req, ip).await?,
+                    )))
+                }
             }
         }
-        _ => stack.get_or_create(&req.def).await?,
+        _ => live_shape(app, stack, req, ip).await?,
     };
     let Some(requested) = requested else {
         // offset=now: the current end, immediately.
@@ -113,8 +174,11 @@ async fn decide(app: &AppState, stack: &Stack, req: &ShapeRequest) -> Result<Out
         let state = check_state(&progress.borrow_and_update());
         match state {
             Ok(()) => {}
+            Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),
             Err(State2::Gone) => {
-                return Ok(Outcome::MustRefetch(stack.get_or_create(&req.def).await?))
+                return Ok(Outcome::MustRefetch(Some(
+                    live_shape(app, stack, req, ip).await?,
+                )))
             }
             Err(State2::Failed(msg)) => {
                 tracing::warn!(handle = %shape.handle, error = %msg, "serving a failed shape");
@@ -166,6 +230,7 @@ async fn decide(app: &AppState, stack: &Stack, req: &ShapeRequest) -> Result<Out
                 }
             }
         };
+        let _parked = req.live.then(|| app.metrics.parked());
         let woke = tokio::select! {
             r = tokio::time::timeout_at(wait_until.into(), progress.changed()) => r.is_ok(),
             _ = shutdown.changed() => false,
@@ -294,8 +359,25 @@ fn respond(
     (StatusCode::OK, h, Body::from(body)).into_response()
 }
 
-/// 409: the handle is stale; point the client at the active one.
-fn must_refetch(req: &ShapeRequest, active: &Shape) -> Response {
+/// 409: the handle is stale; point the client at the active one (if the database still exists).
+fn must_refetch(req: &ShapeRequest, active: Option<&Shape>) -> Response {
+    let Some(active) = active else {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=1, must-revalidate"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        return (
+            StatusCode::CONFLICT,
+            h,
+            r#"[{"headers":{"control":"must-refetch"}}]"#,
+        )
+            .into_response();
+    };
     let mut location = String::from("/v1/shape?");
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for (k, v) in &req.raw {

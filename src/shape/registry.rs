@@ -82,6 +82,13 @@ impl Registry {
         self.by_handle.is_empty()
     }
 
+    pub fn shapes(&self) -> Vec<Arc<Shape>> {
+        self.by_handle
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect()
+    }
+
     pub fn handles(&self) -> Vec<ShapeHandle> {
         self.by_handle.iter().map(|s| s.key().clone()).collect()
     }

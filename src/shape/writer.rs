@@ -94,10 +94,16 @@ pub struct Writer {
     txns_since_flush: usize,
     /// Latest commit LSN made durable, shared with the HTTP side (`global_last_seen_lsn`).
     global_lsn: Arc<AtomicU64>,
+    /// Flush batch latency.
+    fsync: Arc<crate::metrics::Histogram>,
 }
 
 impl Writer {
-    pub fn new(registry: Arc<Registry>, global_lsn: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        global_lsn: Arc<AtomicU64>,
+        fsync: Arc<crate::metrics::Histogram>,
+    ) -> Self {
         Writer {
             registry,
             sinks: Vec::new(),
@@ -110,6 +116,7 @@ impl Writer {
             last_commit: None,
             txns_since_flush: 0,
             global_lsn,
+            fsync,
         }
     }
 
@@ -410,6 +417,7 @@ impl Writer {
             .collect();
         if !dirty.is_empty() {
             let shapes: Vec<Arc<Shape>> = dirty.iter().map(|(_, s)| Arc::clone(s)).collect();
+            let started = std::time::Instant::now();
             let results = tokio::task::spawn_blocking(move || {
                 shapes
                     .iter()
@@ -418,6 +426,7 @@ impl Writer {
             })
             .await
             .unwrap_or_else(|e| vec![Err(format!("flush task failed: {e}")); dirty.len()]);
+            self.fsync.observe_duration(started.elapsed());
             for ((_, shape), result) in dirty.iter().zip(results) {
                 match result {
                     Ok(_) => shape.publish_log_state(),

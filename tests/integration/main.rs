@@ -6,3 +6,4 @@ mod openapi;
 mod pgoutput_live;
 mod resume;
 mod support;
+mod tenants;
