@@ -73,6 +73,8 @@ pub struct Stack {
     admin: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
     snapshots: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    /// Set when the tenant is removed.
+    removed: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -219,6 +221,7 @@ impl Stack {
             admin: tokio::sync::Mutex::new(None),
             snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
             shutdown,
+            removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
@@ -236,7 +239,7 @@ impl Stack {
 
     /// Has the stack been stopped (or removed)?
     pub fn is_stopped(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.shutdown.borrow() || self.removed.load(Ordering::Acquire)
     }
 
     /// Resolves when the stack starts shutting down.
@@ -287,7 +290,7 @@ impl Stack {
     }
 
     async fn create(&self, def: &ShapeDefinition) -> Result<Arc<Shape>, ShapeError> {
-        if self.status() != Status::Active {
+        if self.status() != Status::Active || self.is_stopped() {
             return Err(ShapeError::NotReady(format!("{:?}", self.status())));
         }
         let admin = self.admin().await?;
@@ -397,10 +400,12 @@ impl Stack {
     /// requests answer 409), drop the slot and publication so Postgres keeps no WAL for us, and
     /// delete the shape logs. The caller deletes the storage directory.
     pub async fn destroy(&self) -> anyhow::Result<()> {
-        self.stop().await;
+        // Marked removed first, so woken waiters answer 409 rather than recreating shapes.
+        self.removed.store(true, Ordering::Release);
         for h in self.registry.handles() {
             self.registry.remove(&h, Lifecycle::Gone);
         }
+        self.stop().await;
         let client = self.db.connect().await?;
         // The walsender may take a moment to release the slot after the stream closes.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -236,6 +236,9 @@ async fn decide(
             _ = shutdown.changed() => false,
         };
         if !woke {
+            if stack.is_stopped() && !shape.is_active() {
+                return Ok(Outcome::MustRefetch(None));
+            }
             if let Some(end) = timeout_outcome {
                 return Ok(Outcome::Data {
                     shape,

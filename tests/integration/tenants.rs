@@ -208,6 +208,28 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
     // Removing B drops its slot and publication; A keeps syncing; B's clients get 404.
     let b_slots = format!("shapesync_slot_{stream}_%");
     assert_eq!(slot_count(&db_a, &b_slots).await, 1);
+    let parked = {
+        let c = server.client();
+        let q = format!(
+            "table=items&database_id=tenant-b&offset={}&handle={}&live=true",
+            fb.offset,
+            fb.handle.clone().unwrap()
+        );
+        tokio::spawn(async move { c.get(&q).await })
+    };
+    eventually(
+        "the live request to park",
+        Duration::from_secs(10),
+        || async {
+            server
+                .client()
+                .raw("/metrics")
+                .await
+                .body
+                .contains("shapesync_http_requests_parked 1")
+        },
+    )
+    .await;
     let r = admin(
         &server,
         reqwest::Method::DELETE,
@@ -217,6 +239,11 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
     )
     .await;
     assert_eq!((r.status, r.json()), (200, json!("tenant-b")));
+    let r = parked.await.unwrap();
+    assert_eq!(
+        r.status, 409,
+        "a live waiter of a removed database must refetch"
+    );
     assert_eq!(slot_count(&db_a, &b_slots).await, 0, "the slot is dropped");
     let pubs: i64 = db_b
         .query_one(
@@ -491,4 +518,39 @@ async fn metrics_show_replication_shapes_and_requests() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(acked > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_down_answers_503_while_the_others_serve() {
+    let (url, db) = db_with_items("up", &[(1, "x")]).await;
+    let server = TestServer::start(&url).await;
+    let closed = shapesync::postgres::embedded::free_port().unwrap();
+    let down = json!({"database_url": format!("postgresql://postgres@127.0.0.1:{closed}/nowhere"), "database_id": "down"});
+    let r = admin(
+        &server,
+        reqwest::Method::POST,
+        "/v1/admin/database",
+        None,
+        Some(down),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = server.client();
+    let h = c.raw("/v1/health?database_id=down").await;
+    assert_eq!(h.status, 202);
+    assert_ne!(h.json()["status"], "active");
+    let r = c.get("table=items&offset=-1&database_id=down").await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let mut f = Follower::new(server.client(), "table=items&database_id=default");
+    f.sync().await;
+    db.execute("INSERT INTO items VALUES (2, 'y')", &[])
+        .await
+        .unwrap();
+    f.until("the other tenant keeps syncing", |f| f.rows.len() == 2)
+        .await;
+    let all = c.raw("/v1/health").await;
+    assert_eq!(all.json()["databases"]["down"], "waiting");
+    assert_eq!(all.json()["databases"]["default"], "active");
 }
