@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use shapesync::serve::access::{AccessConfig, RateLimit};
+
 use crate::support::{connect, fresh_db, Reply, TestServer};
 
 /// Headers every response carries, documented once in the spec's description.
@@ -46,7 +48,7 @@ fn check(spec: &Value, path: &str, method: &str, r: &Reply) {
             r.status
         );
     }
-    if r.status == 400 {
+    if r.status == 400 && path == "/v1/shape" {
         let body = r.json();
         assert_eq!(body["message"], "Invalid request");
         assert!(body["errors"].is_object());
@@ -161,4 +163,209 @@ async fn the_spec_documents_what_the_server_serves() {
         c.get("table=o").await.json()["errors"]["offset"][0],
         "can't be blank"
     );
+}
+
+async fn call(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
+    use reqwest::Method;
+    let spec = spec();
+    let url = fresh_db("openapi_admin").await;
+    let other = fresh_db("openapi_other").await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE o (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let server = TestServer::start_with(&url, |c| {
+        c.access = AccessConfig {
+            secret: Some("s".into()),
+            admin_key: Some("k".into()),
+            insecure: false,
+            trusted_proxies: vec![],
+            admin_rate: RateLimit {
+                per_second: 1,
+                burst: 8,
+            },
+            create_rate: RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+        };
+    })
+    .await;
+    let k = Some("k");
+    let add = call(
+        &server,
+        Method::POST,
+        "/v1/admin/database",
+        k,
+        Some(serde_json::json!({"database_url": other, "database_id": "o2"})),
+    )
+    .await;
+    check(&spec, "/v1/admin/database", "post", &add);
+    assert_eq!(add.status, 200);
+    check(
+        &spec,
+        "/v1/admin/database",
+        "post",
+        &call(
+            &server,
+            Method::POST,
+            "/v1/admin/database",
+            k,
+            Some(serde_json::json!({})),
+        )
+        .await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database",
+        "get",
+        &call(&server, Method::GET, "/v1/admin/database", k, None).await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database",
+        "get",
+        &call(&server, Method::GET, "/v1/admin/database", None, None).await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database",
+        "get",
+        &call(
+            &server,
+            Method::GET,
+            "/v1/admin/database",
+            Some("bad"),
+            None,
+        )
+        .await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database/{database_id}",
+        "get",
+        &call(&server, Method::GET, "/v1/admin/database/o2", k, None).await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database/{database_id}",
+        "get",
+        &call(&server, Method::GET, "/v1/admin/database/zz", k, None).await,
+    );
+    check(
+        &spec,
+        "/metrics",
+        "get",
+        &call(&server, Method::GET, "/metrics", k, None).await,
+    );
+    check(
+        &spec,
+        "/metrics",
+        "get",
+        &call(&server, Method::GET, "/metrics", None, None).await,
+    );
+    check(
+        &spec,
+        "/v1/health",
+        "get",
+        &call(
+            &server,
+            Method::GET,
+            "/v1/health?database_id=zz",
+            None,
+            None,
+        )
+        .await,
+    );
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &call(
+            &server,
+            Method::GET,
+            "/v1/shape?table=o&offset=-1&database_id=default",
+            None,
+            None,
+        )
+        .await,
+    );
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &call(
+            &server,
+            Method::GET,
+            "/v1/shape?table=o&offset=-1&database_id=zz&secret=s",
+            None,
+            None,
+        )
+        .await,
+    );
+    check(
+        &spec,
+        "/v1/shape",
+        "get",
+        &call(
+            &server,
+            Method::GET,
+            "/v1/shape?table=o&offset=-1&database_id=default&secret=s",
+            None,
+            None,
+        )
+        .await,
+    );
+    let limited = call(
+        &server,
+        Method::GET,
+        "/v1/shape?table=o&offset=-1&database_id=default&secret=s&columns=id",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(limited.status, 429);
+    check(&spec, "/v1/shape", "get", &limited);
+    check(
+        &spec,
+        "/v1/admin/database/{database_id}",
+        "delete",
+        &call(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
+    );
+    check(
+        &spec,
+        "/v1/admin/database/{database_id}",
+        "delete",
+        &call(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = call(&server, Method::GET, "/v1/admin/database", k, None).await;
+        statuses.push(r.status);
+        check(&spec, "/v1/admin/database", "get", &r);
+    }
+    assert!(statuses.contains(&429));
 }
