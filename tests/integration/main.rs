@@ -1,6 +1,7 @@
 //! All integration tests, compiled as one binary so they share one Postgres cluster.
 
 mod client_e2e;
+mod deployment;
 mod http_sync;
 mod openapi;
 mod pgoutput_live;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Checks the deployment configs: deploy/nginx.conf must pass `nginx -t` (installs nginx from
+# apt if it is missing, without starting it). The compose file itself is checked by the
+# integration tests (tests/integration/deployment.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null 2>&1; then
+  echo "check-deploy: installing nginx"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  # Keep the package from starting a system nginx (policy-rc.d 101 = "not allowed").
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+  [ "$created_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/cache" "$tmp/logs"
+# The compose service name does not resolve here: point the upstream at loopback, and keep
+# every path inside the temporary prefix.
+sed -e 's/server shapesync:3000;/server 127.0.0.1:3000;/' \
+    -e "s#/var/cache/nginx/shapesync#$tmp/cache#" \
+    deploy/nginx.conf > "$tmp/nginx.conf"
+sed -i "1i pid $tmp/nginx.pid;\nerror_log $tmp/logs/error.log;" "$tmp/nginx.conf"
+sed -i "s#^http {#http {\n    access_log $tmp/logs/access.log;\n    client_body_temp_path $tmp/body;\n    proxy_temp_path $tmp/proxy;\n    fastcgi_temp_path $tmp/fastcgi;\n    uwsgi_temp_path $tmp/uwsgi;\n    scgi_temp_path $tmp/scgi;#" "$tmp/nginx.conf"
+nginx -t -q -p "$tmp" -c "$tmp/nginx.conf"
+echo "check-deploy: nginx config ok"
