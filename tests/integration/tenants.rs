@@ -461,6 +461,74 @@ async fn secrets_admin_keys_and_rate_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_can_have_its_own_secret() {
+    let (url_a, _a) = db_with_items("secret_a", &[(1, "a")]).await;
+    let (url_b, _b) = db_with_items("secret_b", &[(1, "b")]).await;
+    let server = TestServer::start_with(&url_a, |c| {
+        c.access.insecure = false;
+        c.access.secret = Some("global".into());
+        c.access.admin_key = Some("adm".into());
+    })
+    .await;
+    let body = json!({"database_url": url_b, "database_id": "b", "secret": "only-b"});
+    let r = admin(
+        &server,
+        reqwest::Method::POST,
+        "/v1/admin/database",
+        Some("adm"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = server.client();
+    eventually("b to stream", Duration::from_secs(30), || async {
+        c.raw("/v1/health?database_id=b").await.status == 200
+    })
+    .await;
+    assert_eq!(
+        c.get("table=items&offset=-1&database_id=b&secret=global")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        c.get("table=items&offset=-1&database_id=b&secret=only-b")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        c.get("table=items&offset=-1&database_id=default&secret=only-b")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        c.get("table=items&offset=-1&database_id=default&secret=global")
+            .await
+            .status,
+        200
+    );
+    let listed = admin(
+        &server,
+        reqwest::Method::GET,
+        "/v1/admin/database",
+        Some("adm"),
+        None,
+    )
+    .await;
+    assert!(
+        !listed.body.contains("only-b"),
+        "secrets are never returned"
+    );
+    let stored = std::fs::read_to_string(server.storage_dir().join("tenants.json")).unwrap();
+    assert!(
+        stored.contains("only-b"),
+        "kept (0600) so the tenant survives a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_to_start_open_without_asking() {
     let url = fresh_db("open").await;
     let dir = tempfile::tempdir().unwrap();
