@@ -52,6 +52,9 @@ struct ServeArgs {
     /// How long a live request waits for new data, in milliseconds.
     #[arg(long, env = "SHAPESYNC_LONG_POLL_TIMEOUT_MS", default_value_t = 20_000)]
     long_poll_timeout_ms: u64,
+    /// How long an SSE live stream stays open, in milliseconds.
+    #[arg(long, env = "SHAPESYNC_SSE_TIMEOUT_MS", default_value_t = 60_000)]
+    sse_timeout_ms: u64,
     /// Bytes of JSON per shape log chunk (a cacheable response).
     #[arg(long, env = "SHAPESYNC_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     chunk_bytes: u64,
@@ -146,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;
+    cfg.sse_timeout = Duration::from_millis(args.sse_timeout_ms);
     cfg.cache_ages = CacheAges {
         max_age: args.cache_max_age,
         stale_age: args.cache_stale_age,

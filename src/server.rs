@@ -23,6 +23,7 @@ pub struct Config {
     pub storage_dir: PathBuf,
     pub stream_id: String,
     pub long_poll: Duration,
+    pub sse_timeout: Duration,
     pub chunk_bytes: u64,
     pub cache_ages: CacheAges,
     pub max_snapshots: usize,
@@ -58,6 +59,7 @@ impl Config {
             storage_dir: storage_dir.into(),
             stream_id: "default".into(),
             long_poll: Duration::from_secs(20),
+            sse_timeout: Duration::from_secs(60),
             chunk_bytes: 10 * 1024 * 1024,
             cache_ages: CacheAges::default(),
             max_snapshots: 20,
@@ -121,6 +123,7 @@ impl Server {
             access: Access::new(cfg.access.clone()),
             metrics: crate::metrics::HttpMetrics::default(),
             long_poll: cfg.long_poll,
+            sse_timeout: cfg.sse_timeout,
             cache_ages: cfg.cache_ages,
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod params;
 pub mod response;
 pub mod shape_api;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub access: Access,
     pub metrics: HttpMetrics,
     pub long_poll: Duration,
+    /// How long an SSE live stream stays open.
+    pub sse_timeout: Duration,
     pub cache_ages: CacheAges,
 }
 

@@ -64,6 +64,8 @@ enum Outcome {
     },
     /// The handle is stale: refetch the active shape (None: the database itself is gone).
     MustRefetch(Option<Arc<Shape>>),
+    /// Live over Server-Sent Events from this offset.
+    Sse(Arc<Shape>, LogOffset),
 }
 
 async fn serve(
@@ -91,6 +93,9 @@ async fn serve(
     let outcome = decide(app, &tenant.stack, &req, ip).await?;
     Ok(match outcome {
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
+        Outcome::Sse(shape, from) => {
+            super::sse::respond(app, Arc::clone(&tenant.stack), shape, &req, from)
+        }
         Outcome::Data {
             shape,
             entries,
@@ -166,6 +171,9 @@ async fn decide(
         });
     };
 
+    if req.live_sse {
+        return Ok(Outcome::Sse(shape, requested));
+    }
     let mut progress = shape.subscribe();
     let started = Instant::now();
     let long_poll = app.long_poll;

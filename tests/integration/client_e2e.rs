@@ -1,7 +1,7 @@
 //! The official `@electric-sql/client` (npm, pinned in tests/client/package.json) against the
 //! real server: initial rows, then 1,000 random inserts, updates (including primary-key
 //! changes) and deletes made through a normal Postgres connection; the client's materialized
-//! rows must equal what Postgres returns. Long-poll mode; once more with a where clause.
+//! rows must equal what Postgres returns. Long-poll mode, with a where clause, and SSE mode.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,7 +25,7 @@ fn npm_install() {
     });
 }
 
-async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>) {
+async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>, sse: bool) {
     npm_install();
     let url = fresh_db(tag).await;
     let server = TestServer::start(&url).await;
@@ -36,6 +36,9 @@ async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>) {
         .env("DATABASE_URL", &url)
         .env("E2E_MUTATIONS", mutations.to_string())
         .env("E2E_TIMEOUT_MS", "240000");
+    if sse {
+        cmd.env("E2E_LIVE_SSE", "1");
+    }
     if let Some(w) = where_clause {
         cmd.env("E2E_WHERE", w);
     }
@@ -51,10 +54,15 @@ async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_long_poll_1000_mutations() {
-    run_client("client", 1000, None).await;
+    run_client("client", 1000, None, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_with_where_clause() {
-    run_client("clientw", 300, Some("flag = true")).await;
+    run_client("clientw", 300, Some("flag = true"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_in_sse_mode() {
+    run_client("clientsse", 500, None, true).await;
 }

@@ -6,5 +6,6 @@ mod http_sync;
 mod openapi;
 mod pgoutput_live;
 mod resume;
+mod sse;
 mod support;
 mod tenants;
