@@ -55,6 +55,19 @@ struct ServeArgs {
     /// How long an SSE live stream stays open, in milliseconds.
     #[arg(long, env = "SHAPESYNC_SSE_TIMEOUT_MS", default_value_t = 60_000)]
     sse_timeout_ms: u64,
+    /// Allow DELETE /v1/shape (invalidates a shape; its clients refetch).
+    #[arg(long, env = "SHAPESYNC_ENABLE_SHAPE_DELETION")]
+    enable_shape_deletion: bool,
+    /// Concurrent initial (offset=-1) shape requests admitted; more answer 503.
+    #[arg(long, env = "SHAPESYNC_MAX_INITIAL_REQUESTS", default_value_t = 300)]
+    max_initial_requests: usize,
+    /// Concurrent other shape requests (catch-up and live) admitted; more answer 503.
+    #[arg(
+        long,
+        env = "SHAPESYNC_MAX_EXISTING_REQUESTS",
+        default_value_t = 10_000
+    )]
+    max_existing_requests: usize,
     /// Bytes of JSON per shape log chunk (a cacheable response).
     #[arg(long, env = "SHAPESYNC_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     chunk_bytes: u64,
@@ -150,6 +163,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;
     cfg.sse_timeout = Duration::from_millis(args.sse_timeout_ms);
+    cfg.shape_deletion = args.enable_shape_deletion;
+    cfg.max_initial_requests = args.max_initial_requests;
+    cfg.max_existing_requests = args.max_existing_requests;
     cfg.cache_ages = CacheAges {
         max_age: args.cache_max_age,
         stale_age: args.cache_stale_age,

@@ -24,6 +24,11 @@ pub struct Config {
     pub stream_id: String,
     pub long_poll: Duration,
     pub sse_timeout: Duration,
+    /// Enable `DELETE /v1/shape`.
+    pub shape_deletion: bool,
+    /// Concurrent initial (`offset=-1`) and other shape requests admitted.
+    pub max_initial_requests: usize,
+    pub max_existing_requests: usize,
     pub chunk_bytes: u64,
     pub cache_ages: CacheAges,
     pub max_snapshots: usize,
@@ -60,6 +65,9 @@ impl Config {
             stream_id: "default".into(),
             long_poll: Duration::from_secs(20),
             sse_timeout: Duration::from_secs(60),
+            shape_deletion: false,
+            max_initial_requests: 300,
+            max_existing_requests: 10_000,
             chunk_bytes: 10 * 1024 * 1024,
             cache_ages: CacheAges::default(),
             max_snapshots: 20,
@@ -124,6 +132,11 @@ impl Server {
             metrics: crate::metrics::HttpMetrics::default(),
             long_poll: cfg.long_poll,
             sse_timeout: cfg.sse_timeout,
+            shape_deletion: cfg.shape_deletion,
+            admission: crate::serve::admission::Admission::new(
+                cfg.max_initial_requests,
+                cfg.max_existing_requests,
+            ),
             cache_ages: cfg.cache_ages,
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.

@@ -29,6 +29,8 @@ pub enum ApiError {
     },
     /// 429 `rate_limited` with `retry-after`.
     RateLimited { retry_after: u32 },
+    /// 503 admission control: `{"code":"concurrent_request_limit_exceeded","message":…}`.
+    Overloaded { message: String, retry_after: u32 },
     /// 400/404 with `{"message": …}` (tenant resolution).
     Message { status: u16, message: String },
     /// Admin API answers: a JSON string body (the seed's convention).
@@ -135,6 +137,22 @@ impl IntoResponse for ApiError {
                 );
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                res
+            }
+            ApiError::Overloaded {
+                message,
+                retry_after,
+            } => {
+                let mut res = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"code": "concurrent_request_limit_exceeded", "message": message}),
+                );
+                let h = res.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                h.insert(
+                    "electric-internal-known-error",
+                    HeaderValue::from_static("true"),
+                );
                 res
             }
             ApiError::Message { status, message } => json(

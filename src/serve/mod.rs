@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin_api;
+pub mod admission;
 pub mod error;
 pub mod params;
 pub mod response;
@@ -34,6 +35,9 @@ pub struct AppState {
     pub long_poll: Duration,
     /// How long an SSE live stream stays open.
     pub sse_timeout: Duration,
+    /// `DELETE /v1/shape` enabled.
+    pub shape_deletion: bool,
+    pub admission: admission::Admission,
     pub cache_ages: CacheAges,
 }
 
@@ -47,12 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/shape",
             get(shape_api::get_shape)
-                .delete(|| async {
-                    error_json(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        r#"{"message":"DELETE not allowed"}"#,
-                    )
-                })
+                .delete(shape_api::delete_shape)
                 .options(options_shape),
         )
         .route("/v1/health", get(health))
@@ -125,17 +124,6 @@ async fn metrics(
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-fn error_json(status: StatusCode, body: &'static str) -> Response {
-    let mut res = (status, body).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
     );
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -99,6 +99,22 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
         return Err(error("live_sse", "can't be true unless live is also true"));
     }
 
+    let def = definition(params)?;
+    Ok(ShapeRequest {
+        def,
+        offset,
+        offset_text,
+        handle,
+        live,
+        live_sse,
+        cursor: last(params, "cursor").map(str::to_string),
+        raw,
+    })
+}
+
+/// The shape definition parts of the parameters (`table`, `columns`, `where`, `replica`, `log`,
+/// `params[n]`), validated.
+fn definition(params: &[(String, String)]) -> Result<ShapeDefinition, FieldErrors> {
     let table = last(params, "table").unwrap_or("");
     let (schema, table) = parse_relation(table).map_err(|m| error("table", m))?;
     let columns = match last(params, "columns") {
@@ -119,27 +135,44 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
         Some("changes_only") => LogMode::ChangesOnly,
         Some(_) => return Err(error("log", "is invalid")),
     };
-    let has_params = params.iter().any(|(k, _)| k.starts_with("params["));
-    if has_params {
+    if params.iter().any(|(k, _)| k.starts_with("params[")) {
         validate_params(params)?;
     }
-    Ok(ShapeRequest {
-        def: ShapeDefinition {
-            schema,
-            table,
-            where_clause,
-            columns,
-            replica,
-            log,
-        },
-        offset,
-        offset_text,
-        handle,
-        live,
-        live_sse,
-        cursor: last(params, "cursor").map(str::to_string),
-        raw,
+    Ok(ShapeDefinition {
+        schema,
+        table,
+        where_clause,
+        columns,
+        replica,
+        log,
     })
+}
+
+/// A `DELETE /v1/shape` request: a definition, a handle, or both (`offset`, `live` ignored).
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    pub def: Option<ShapeDefinition>,
+    pub handle: Option<String>,
+}
+
+pub fn parse_delete(query: &str) -> Result<DeleteRequest, FieldErrors> {
+    let raw: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let handle = last(&raw, "handle")
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
+    let def = match last(&raw, "table") {
+        None | Some("") => None,
+        Some(_) => Some(definition(&raw)?),
+    };
+    if def.is_none() && handle.is_none() {
+        return Err(error(
+            "handle",
+            "can't be blank when shape definition is missing",
+        ));
+    }
+    Ok(DeleteRequest { def, handle })
 }
 
 /// `params[n]` keys must be integers numbered 1..N.

@@ -32,9 +32,66 @@ pub async fn get_shape(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match serve(&app, &headers, peer, query.as_deref().unwrap_or("")).await {
+    let query = query.as_deref().unwrap_or("");
+    let initial = form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "offset" && v == "-1");
+    let _admitted = match app.admission.enter(initial) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match serve(&app, &headers, peer, query).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /v1/shape` (when enabled): invalidate a shape by definition, handle, or both.
+pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    if !app.shape_deletion {
+        return ApiError::Message {
+            status: 405,
+            message: "DELETE not allowed".into(),
+        }
+        .into_response();
+    }
+    let query = query.as_deref().unwrap_or("");
+    let result = async {
+        let (database_id, secret) = tenant_and_secret(query);
+        let tenant = app.tenants.resolve(database_id.as_deref()).map_err(|e| ApiError::Message {
+            status: if e == ResolveError::NotProvided { 400 } else { 404 },
+            message: e.to_string(),
+        })?;
+        app.access.check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
+        let req = params::parse_delete(query).map_err(ApiError::Invalid)?;
+        let registry = &tenant.stack.registry;
+        let by_handle = req.handle.as_deref().and_then(|h| h.parse::<ShapeHandle>().ok()).and_then(|h| registry.get(&h));
+        let shape = match (&req.def, &req.handle) {
+            (Some(def), Some(_)) => match by_handle {
+                Some(s) if s.def == *def => s,
+                Some(_) => {
+                    return Err(ApiError::Message {
+                        status: 400,
+                        message: "The specified shape definition and handle do not match. Please ensure the shape definition is correct or omit the shape handle from the request to obtain a new one.".into(),
+                    })
+                }
+                None => return Err(not_found()),
+            },
+            (Some(def), None) => registry.live(def).ok_or_else(not_found)?,
+            (None, _) => by_handle.ok_or_else(not_found)?,
+        };
+        tenant.stack.invalidate(&shape.handle);
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("electric-has-data", HeaderValue::from_static("true"));
+        Ok::<_, ApiError>((StatusCode::ACCEPTED, h).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+fn not_found() -> ApiError {
+    ApiError::Message {
+        status: 404,
+        message: "No existing shape found".into(),
     }
 }
 

@@ -300,3 +300,107 @@ async fn values_print_the_same_in_the_snapshot_and_the_stream() {
     let streamed = f.rows.values().next().unwrap().clone();
     assert_eq!(serde_json::Value::Object(streamed), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_invalidates_shapes_and_clients_refetch() {
+    let url = fresh_db("delete").await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE d (id int PRIMARY KEY); INSERT INTO d VALUES (1)")
+        .await
+        .unwrap();
+    let server = TestServer::start_with(&url, |c| c.shape_deletion = true).await;
+    let http = reqwest::Client::new();
+    let delete = |q: String| {
+        let http = http.clone();
+        let base = server.base.clone();
+        async move {
+            let r = http
+                .delete(format!("{base}/v1/shape?{q}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let mut f = Follower::new(server.client(), "table=d");
+    f.sync().await;
+    let old = f.handle.clone().unwrap();
+    assert_eq!(delete("table=d".into()).await.0, 202);
+    assert_eq!(
+        delete("table=d".into()).await,
+        (404, r#"{"message":"No existing shape found"}"#.into())
+    );
+    let r = server
+        .client()
+        .get(&format!("table=d&offset={}&handle={old}", f.offset))
+        .await;
+    assert_eq!(r.status, 409);
+    let new = r.header("electric-handle").unwrap().to_string();
+    assert_ne!(new, old, "handles are never reused");
+    assert_eq!(delete(format!("table=d&handle={old}")).await.0, 404);
+    assert_eq!(
+        delete(format!("table=d&where=id%3D1&handle={new}")).await.0,
+        400,
+        "mismatch"
+    );
+    assert_eq!(
+        delete(format!("handle={new}")).await.0,
+        202,
+        "by handle alone"
+    );
+    let (status, body) = delete("offset=-1".into()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("can't be blank when shape definition is missing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_sheds_load_with_503() {
+    let url = fresh_db("admission").await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let server = TestServer::start_with(&url, |c| c.max_existing_requests = 1).await;
+    let mut f = Follower::new(server.client(), "table=a");
+    f.sync().await;
+    let q = format!(
+        "table=a&offset={}&handle={}&live=true",
+        f.offset,
+        f.handle.clone().unwrap()
+    );
+    let parked = {
+        let c = server.client();
+        let q = q.clone();
+        tokio::spawn(async move { c.get(&q).await })
+    };
+    crate::support::eventually(
+        "the live request to park",
+        Duration::from_secs(10),
+        || async {
+            server
+                .client()
+                .raw("/metrics")
+                .await
+                .body
+                .contains("shapesync_http_requests_parked 1")
+        },
+    )
+    .await;
+    let r = server.client().get(&q).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "concurrent_request_limit_exceeded");
+    assert_eq!(
+        r.json()["message"],
+        "Concurrent existing request limit exceeded (limit: 1), please retry"
+    );
+    assert!(r.header("retry-after").unwrap().parse::<u32>().unwrap() >= 6);
+    assert_eq!(r.header("electric-internal-known-error"), Some("true"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    db.batch_execute("INSERT INTO a VALUES (1)").await.unwrap();
+    assert_eq!(parked.await.unwrap().status, 200);
+    assert_eq!(
+        server.client().get("table=a&offset=-1").await.status,
+        200,
+        "initial requests have their own limit"
+    );
+}

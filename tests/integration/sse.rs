@@ -69,7 +69,7 @@ async fn sse_streams_changes_with_up_to_date_after_each_batch() {
     );
     // The stream closes by itself after the SSE timeout.
     let rest = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(_) = res.chunk().await.unwrap() {}
+        while res.chunk().await.unwrap().is_some() {}
     })
     .await;
     assert!(rest.is_ok(), "the SSE stream ends after its timeout");
