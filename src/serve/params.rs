@@ -135,9 +135,11 @@ fn definition(params: &[(String, String)]) -> Result<ShapeDefinition, FieldError
         Some("changes_only") => LogMode::ChangesOnly,
         Some(_) => return Err(error("log", "is invalid")),
     };
-    if params.iter().any(|(k, _)| k.starts_with("params[")) {
-        validate_params(params)?;
-    }
+    let values = if params.iter().any(|(k, _)| k.starts_with("params[")) {
+        validate_params(params)?
+    } else {
+        Vec::new()
+    };
     Ok(ShapeDefinition {
         schema,
         table,
@@ -145,6 +147,7 @@ fn definition(params: &[(String, String)]) -> Result<ShapeDefinition, FieldError
         columns,
         replica,
         log,
+        params: values,
     })
 }
 
@@ -176,24 +179,27 @@ pub fn parse_delete(query: &str) -> Result<DeleteRequest, FieldErrors> {
 }
 
 /// `params[n]` keys must be integers numbered 1..N.
-fn validate_params(params: &[(String, String)]) -> Result<(), FieldErrors> {
-    let mut nums = Vec::new();
-    for (k, _) in params.iter().filter(|(k, _)| k.starts_with("params[")) {
+/// The values of `params[1]`, `params[2]`, … in order.
+fn validate_params(params: &[(String, String)]) -> Result<Vec<String>, FieldErrors> {
+    let mut nums: Vec<(usize, String)> = Vec::new();
+    for (k, v) in params.iter().filter(|(k, _)| k.starts_with("params[")) {
         let inner = k.strip_prefix("params[").and_then(|r| r.strip_suffix(']'));
         match inner.and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => nums.push(n),
+            Some(n) => {
+                nums.retain(|(m, _)| *m != n);
+                nums.push((n, v.clone()));
+            }
             None => return Err(error("params", "Parameters can only use numbers as keys")),
         }
     }
-    nums.sort_unstable();
-    nums.dedup();
-    if nums.iter().enumerate().any(|(i, n)| *n != i + 1) {
+    nums.sort_unstable_by_key(|(n, _)| *n);
+    if nums.iter().enumerate().any(|(i, (n, _))| *n != i + 1) {
         return Err(error(
             "params",
             "Parameters must be numbered sequentially, starting from 1",
         ));
     }
-    Ok(())
+    Ok(nums.into_iter().map(|(_, v)| v).collect())
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub struct ShapeDefinition {
     pub columns: Option<Vec<String>>,
     pub replica: Replica,
     pub log: LogMode,
+    /// Values of `$1`, `$2`, … in the where clause (`params[n]`), part of the identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 impl ShapeDefinition {
@@ -131,6 +134,7 @@ mod tests {
             columns: None,
             replica: Replica::Default,
             log: LogMode::Full,
+            params: Vec::new(),
         }
     }
 

@@ -128,7 +128,7 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
     };
     let filter = match &def.where_clause {
         None => None,
-        Some(w) => Some(filter::parse_where(w, table).map_err(|e| ("where", e))?),
+        Some(w) => Some(filter::parse_where(w, table, &def.params).map_err(|e| ("where", e))?),
     };
     Ok(Compiled { selected, filter })
 }

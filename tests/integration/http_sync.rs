@@ -404,3 +404,53 @@ async fn admission_control_sheds_load_with_503() {
         "initial requests have their own limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_parameters_are_typed_by_context_and_part_of_the_identity() {
+    let (db, server) = setup("params").await;
+    let c = server.client();
+    let a = c.get("table=items&offset=-1&where=id%20%3D%20%241%20OR%20name%20%3D%20%242&params[1]=1&params[2]=two").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ids: Vec<String> = a
+        .messages()
+        .iter()
+        .filter_map(|m| m["value"]["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ids, ["1", "2"]);
+    let b = c.get("table=items&offset=-1&where=id%20%3D%20%241%20OR%20name%20%3D%20%242&params[1]=3&params[2]=x").await;
+    assert_ne!(
+        a.header("electric-handle"),
+        b.header("electric-handle"),
+        "params are part of the identity"
+    );
+    let bad = c
+        .get("table=items&offset=-1&where=id%20%3D%20%241&params[1]=abc")
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["errors"]["where"][0]
+        .as_str()
+        .unwrap()
+        .contains("invalid input syntax for type integer"));
+    let missing = c
+        .get("table=items&offset=-1&where=id%20%3D%20%242&params[1]=1")
+        .await;
+    assert_eq!(missing.status, 400);
+    let gap = c
+        .get("table=items&offset=-1&where=id%20%3D%20%241&params[2]=1")
+        .await;
+    assert_eq!(
+        gap.json()["errors"]["params"][0],
+        "Parameters must be numbered sequentially, starting from 1"
+    );
+    // Live changes are filtered with the parameters too.
+    let mut f = Follower::new(
+        server.client(),
+        "table=items&where=n%20%3E%3D%20%241&params[1]=20",
+    );
+    f.sync().await;
+    assert_eq!(f.rows.len(), 1);
+    db.batch_execute("INSERT INTO items VALUES (7, 'seven', 70, true), (8, 'eight', 8, true)")
+        .await
+        .unwrap();
+    f.until("the matching insert", |f| f.rows.len() == 2).await;
+}

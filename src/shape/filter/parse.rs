@@ -15,8 +15,13 @@ use crate::postgres::catalog::TableInfo;
 
 const PREFIX: &str = "SELECT 1 WHERE ";
 
-/// Parse and type-check `clause` against `table`.
-pub fn parse_where(clause: &str, table: &TableInfo) -> Result<WhereClause, String> {
+/// Parse and type-check `clause` against `table`; `$n` takes `params[n - 1]`, typed by its
+/// context like a string literal.
+pub fn parse_where(
+    clause: &str,
+    table: &TableInfo,
+    params: &[String],
+) -> Result<WhereClause, String> {
     let wrapped = format!("{PREFIX}{clause}");
     let parsed = match pg_query::parse(&wrapped, pg_query::ParserOptions::DEFAULT) {
         Ok(p) => p,
@@ -49,7 +54,7 @@ pub fn parse_where(clause: &str, table: &TableInfo) -> Result<WhereClause, Strin
     let Some(node) = select.where_clause.as_deref() else {
         return Err("the where clause is empty".to_string());
     };
-    let cx = Typer { table };
+    let cx = Typer { table, params };
     let expr = cx.boolean(node)?;
     let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
     Ok(WhereClause::new(expr, &names))
@@ -72,6 +77,7 @@ fn syntax_error_location(wrapped: &str) -> Option<usize> {
 
 struct Typer<'a> {
     table: &'a TableInfo,
+    params: &'a [String],
 }
 
 fn loc(l: i32) -> String {
@@ -151,10 +157,13 @@ impl Typer<'_> {
                 "{}function calls are not supported in where clauses yet",
                 loc(f.location)
             )),
-            Some(N::ParamRef(p)) => Err(format!(
-                "{}parameters ($n) are not supported yet",
-                loc(p.location)
-            )),
+            Some(N::ParamRef(p)) => match self.param(p)? {
+                RawConst::Str(s) => match super::value::parse_bool(s.as_bytes()) {
+                    Some(b) => Ok(Expr::Const(Some(b))),
+                    None => Err(format!("invalid input syntax for type boolean: {s:?}")),
+                },
+                _ => Err("WHERE clause must return a boolean".to_string()),
+            },
             _ => Err("unsupported expression in where clause".to_string()),
         }
     }
@@ -253,9 +262,24 @@ impl Typer<'_> {
         Ok(Some((idx, family)))
     }
 
+    /// The value of `$n`.
+    fn param(&self, p: &pg_query::protobuf::ParamRef) -> Result<RawConst, String> {
+        let n = usize::try_from(p.number).unwrap_or(0);
+        match n.checked_sub(1).and_then(|i| self.params.get(i)) {
+            Some(v) => Ok(RawConst::Str(v.clone())),
+            None => Err(format!(
+                "{}parameter ${} has no value (params[{}])",
+                loc(p.location),
+                p.number,
+                p.number
+            )),
+        }
+    }
+
     /// A constant, possibly under one cast: the raw value and the cast's family.
     fn constant(&self, node: &Node) -> Result<(RawConst, Option<Family>), String> {
         match node.node.as_ref() {
+            Some(N::ParamRef(p)) => Ok((self.param(p)?, None)),
             Some(N::AConst(c)) => {
                 let raw = match &c.val {
                     None => RawConst::Str(NULL_MARK.to_string()),
@@ -385,41 +409,46 @@ mod tests {
     #[test]
     fn syntax_errors_match_the_reference() {
         assert_eq!(
-            parse_where("1 x 1", &table()).unwrap_err(),
+            parse_where("1 x 1", &table(), &[]).unwrap_err(),
             "At location 17: syntax error at or near \"x\""
         );
-        assert!(parse_where("id = 1; DROP TABLE items", &table()).is_err());
+        assert!(parse_where("id = 1; DROP TABLE items", &table(), &[]).is_err());
     }
 
     #[test]
     fn evaluates_with_three_valued_logic() {
         let t = table();
-        let w = parse_where("id = 5 AND (name = 'a' OR flag)", &t).unwrap();
+        let w = parse_where("id = 5 AND (name = 'a' OR flag)", &t, &[]).unwrap();
         assert!(w.matches(&row("5", Some("a"), None)));
         assert!(w.matches(&row("5", Some("b"), Some("t"))));
         assert!(!w.matches(&row("5", None, None)));
         assert!(!w.matches(&row("6", Some("a"), Some("t"))));
-        let w = parse_where("NOT (name = 'a')", &t).unwrap();
+        let w = parse_where("NOT (name = 'a')", &t, &[]).unwrap();
         assert!(
             !w.matches(&row("1", None, None)),
             "NOT NULL is NULL, not true"
         );
-        let w = parse_where("name IS NULL", &t).unwrap();
+        let w = parse_where("name IS NULL", &t, &[]).unwrap();
         assert!(w.matches(&row("1", None, None)));
-        let w = parse_where("(name = 'a') IS NOT TRUE", &t).unwrap();
+        let w = parse_where("(name = 'a') IS NOT TRUE", &t, &[]).unwrap();
         assert!(w.matches(&row("1", None, None)));
-        let w = parse_where("price >= 1.5 and 2 > price and \"Mixed Case\" = '7'", &t).unwrap();
+        let w = parse_where(
+            "price >= 1.5 and 2 > price and \"Mixed Case\" = '7'",
+            &t,
+            &[],
+        )
+        .unwrap();
         assert!(w.matches(&row("1", None, None)));
-        let w = parse_where("id > -3", &t).unwrap();
+        let w = parse_where("id > -3", &t, &[]).unwrap();
         assert!(w.matches(&row("-2", None, None)));
-        let w = parse_where("id = NULL", &t).unwrap();
+        let w = parse_where("id = NULL", &t, &[]).unwrap();
         assert!(!w.matches(&row("1", None, None)));
     }
 
     #[test]
     fn renders_safe_sql() {
         let t = table();
-        let w = parse_where("name = 'x'' OR 1=1 --' AND id <> '3'::int", &t).unwrap();
+        let w = parse_where("name = 'x'' OR 1=1 --' AND id <> '3'::int", &t, &[]).unwrap();
         assert_eq!(
             w.sql(),
             "(\"name\" = 'x'' OR 1=1 --' AND \"id\" <> CAST('3' AS int8))"
@@ -437,15 +466,31 @@ mod tests {
             "name = 1",
             "now() > 1",
             "id IN (SELECT 1)",
-            "id = $1",
+            "id = $2",
             "id = id",
             "1 = 1",
             "SELECT 1",
         ] {
-            assert!(parse_where(bad, &t).is_err(), "{bad}");
+            assert!(parse_where(bad, &t, &[]).is_err(), "{bad}");
         }
+        let w = parse_where("id = $1 AND name = $2", &t, &["5".into(), "it's".into()]).unwrap();
+        assert!(w.matches(&R(vec![
+            Some("5"),
+            Some("it's"),
+            None,
+            Some("1"),
+            Some("1")
+        ])));
+        assert!(
+            w.sql().contains("'it''s'"),
+            "params are rendered as escaped literals"
+        );
+        assert!(
+            parse_where("id = $1", &t, &["x".into()]).is_err(),
+            "typed by context"
+        );
         assert_eq!(
-            parse_where("nope = 1", &t).unwrap_err(),
+            parse_where("nope = 1", &t, &[]).unwrap_err(),
             "At location 0: unknown reference nope"
         );
     }
