@@ -49,6 +49,33 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Follow `table`'s shape from `-1` until up to date: (offset, handle, rows received). Rows
+/// are counted like the anchor counts bytes, without building a JSON tree.
+async fn sync(http: &reqwest::Client, base: &str, table: &str) -> (String, String, u64) {
+    let (mut offset, mut handle, mut got) = ("-1".to_string(), String::new(), 0u64);
+    loop {
+        let mut q = format!("{base}?table={table}&offset={offset}");
+        if !handle.is_empty() {
+            q.push_str(&format!("&handle={handle}"));
+        }
+        let res = http.get(&q).send().await.expect("get");
+        let done = res.headers().contains_key("electric-up-to-date");
+        handle = res.headers()["electric-handle"]
+            .to_str()
+            .expect("h")
+            .to_string();
+        offset = res.headers()["electric-offset"]
+            .to_str()
+            .expect("o")
+            .to_string();
+        let body = res.bytes().await.expect("body");
+        got += body.windows(7).filter(|w| w == b"{\"key\":").count() as u64;
+        if done {
+            return (offset, handle, got);
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists targets; nothing to list here.
@@ -113,29 +140,7 @@ async fn run() {
 
     // P4: initial sync until up to date.
     let t = Instant::now();
-    let (mut offset, mut handle, mut got) = ("-1".to_string(), String::new(), 0u64);
-    loop {
-        let mut q = format!("{base}?table=bench&offset={offset}");
-        if !handle.is_empty() {
-            q.push_str(&format!("&handle={handle}"));
-        }
-        let res = http.get(&q).send().await.expect("get");
-        let done = res.headers().contains_key("electric-up-to-date");
-        handle = res.headers()["electric-handle"]
-            .to_str()
-            .expect("h")
-            .to_string();
-        offset = res.headers()["electric-offset"]
-            .to_str()
-            .expect("o")
-            .to_string();
-        let body = res.bytes().await.expect("body");
-        // Count rows like the anchor counts bytes: without building a JSON tree.
-        got += body.windows(7).filter(|w| w == b"{\"key\":").count() as u64;
-        if done {
-            break;
-        }
-    }
+    let (_, _, got) = sync(&http, &base, "bench").await;
     assert_eq!(got, rows, "every row arrived");
     let ours_rps = rows as f64 / t.elapsed().as_secs_f64();
     results.push(Row {
@@ -186,27 +191,7 @@ async fn run() {
         .expect("drop slot");
     db.batch_execute("DELETE FROM lat").await.expect("cleanup");
 
-    let (mut offset, mut handle) = ("-1".to_string(), String::new());
-    loop {
-        let mut q = format!("{base}?table=lat&offset={offset}");
-        if !handle.is_empty() {
-            q.push_str(&format!("&handle={handle}"));
-        }
-        let res = http.get(&q).send().await.expect("get");
-        let done = res.headers().contains_key("electric-up-to-date");
-        handle = res.headers()["electric-handle"]
-            .to_str()
-            .expect("h")
-            .to_string();
-        offset = res.headers()["electric-offset"]
-            .to_str()
-            .expect("o")
-            .to_string();
-        let _ = res.bytes().await;
-        if done {
-            break;
-        }
-    }
+    let (mut offset, handle, _) = sync(&http, &base, "lat").await;
     let mut ours_lat = Vec::new();
     for i in 0..samples {
         let q = format!("{base}?table=lat&offset={offset}&handle={handle}&live=true");

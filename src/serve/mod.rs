@@ -41,6 +41,22 @@ pub struct AppState {
     pub cache_ages: CacheAges,
 }
 
+impl AppState {
+    /// The `electric-cursor` of a live response (protocol.md §5.3), now.
+    pub fn next_cursor(&self, client_cursor: Option<&str>) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        response::next_cursor(
+            now,
+            self.long_poll.as_secs(),
+            client_cursor,
+            rand::random_range(1..=3600),
+        )
+    }
+}
+
 pub const SERVER: &str = concat!("shapesync/", env!("CARGO_PKG_VERSION"));
 
 const EXPOSE: &str = "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,electric-up-to-date,electric-internal-known-error,retry-after";

@@ -15,7 +15,7 @@ use shapesync_storage::{LogOffset, ReadResult};
 
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
-use super::response::{cache_control, etag, if_none_match, next_cursor, CacheKind};
+use super::response::{cache_control, etag, if_none_match, CacheKind};
 use super::AppState;
 use crate::shape::definition::ShapeHandle;
 use crate::shape::message;
@@ -370,16 +370,7 @@ fn respond(
     h.insert("electric-handle", hv(shape.handle.as_str()));
     h.insert("electric-offset", hv(&end_text));
     if req.live {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let cursor = next_cursor(
-            now,
-            app.long_poll.as_secs(),
-            req.cursor.as_deref(),
-            rand::random_range(1..=3600),
-        );
+        let cursor = app.next_cursor(req.cursor.as_deref());
         h.insert("electric-cursor", HeaderValue::from(cursor));
     }
     if up_to_date.is_some() {

@@ -16,7 +16,7 @@ use shapesync_storage::{LogOffset, ReadResult};
 use tokio::sync::mpsc;
 
 use super::params::ShapeRequest;
-use super::response::{cache_control, next_cursor, CacheKind};
+use super::response::{cache_control, CacheKind};
 use super::AppState;
 use crate::shape::{message, Lifecycle, Shape};
 use crate::stack::Stack;
@@ -48,16 +48,7 @@ pub fn respond(
     });
     let mut h = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let cursor = next_cursor(
-        now,
-        app.long_poll.as_secs(),
-        req.cursor.as_deref(),
-        rand::random_range(1..=3600),
-    );
+    let cursor = app.next_cursor(req.cursor.as_deref());
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{connect, eventually, fresh_db, TestServer};
+use crate::support::{connect, eventually, fresh_db, wait_parked, TestServer};
 
 /// Shape requests the origin has answered with `status`, from its own metrics.
 async fn origin_requests(server: &TestServer, status: u16) -> u64 {
@@ -129,19 +129,7 @@ async fn chunks_are_cache_hits_and_live_requests_collapse() {
     for _ in 0..n {
         clients.push(tokio::spawn(get(live.clone())));
     }
-    eventually(
-        "the collapsed request to park at the origin",
-        Duration::from_secs(10),
-        || async {
-            server
-                .client()
-                .raw("/metrics")
-                .await
-                .body
-                .contains("shapesync_http_requests_parked 1")
-        },
-    )
-    .await;
+    wait_parked(&server, 1).await;
     db.execute("INSERT INTO c VALUES (2, 'b')", &[])
         .await
         .unwrap();

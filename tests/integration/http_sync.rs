@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{connect, fresh_db, pg_rows, Follower, TestServer};
+use crate::support::{connect, fresh_db, pg_rows, wait_parked, Follower, TestServer};
 
 async fn setup(tag: &str) -> (tokio_postgres::Client, TestServer) {
     let url = fresh_db(tag).await;
@@ -373,19 +373,7 @@ async fn admission_control_sheds_load_with_503() {
         let q = q.clone();
         tokio::spawn(async move { c.get(&q).await })
     };
-    crate::support::eventually(
-        "the live request to park",
-        Duration::from_secs(10),
-        || async {
-            server
-                .client()
-                .raw("/metrics")
-                .await
-                .body
-                .contains("shapesync_http_requests_parked 1")
-        },
-    )
-    .await;
+    wait_parked(&server, 1).await;
     let r = server.client().get(&q).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["code"], "concurrent_request_limit_exceeded");

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use shapesync::serve::access::{AccessConfig, RateLimit};
 
-use crate::support::{connect, fresh_db, Reply, TestServer};
+use crate::support::{connect, fresh_db, request, Reply, TestServer};
 
 /// Headers every response carries, documented once in the spec's description.
 const COMMON: &[&str] = &[
@@ -165,28 +165,6 @@ async fn the_spec_documents_what_the_server_serves() {
     );
 }
 
-async fn call(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> Reply {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
-    if let Some(k) = key {
-        req = req.header("x-api-key", k);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    Reply {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body: res.text().await.unwrap(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
     use reqwest::Method;
@@ -215,7 +193,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
     })
     .await;
     let k = Some("k");
-    let add = call(
+    let add = request(
         &server,
         Method::POST,
         "/v1/admin/database",
@@ -229,7 +207,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/admin/database",
         "post",
-        &call(
+        &request(
             &server,
             Method::POST,
             "/v1/admin/database",
@@ -242,19 +220,19 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/admin/database",
         "get",
-        &call(&server, Method::GET, "/v1/admin/database", k, None).await,
+        &request(&server, Method::GET, "/v1/admin/database", k, None).await,
     );
     check(
         &spec,
         "/v1/admin/database",
         "get",
-        &call(&server, Method::GET, "/v1/admin/database", None, None).await,
+        &request(&server, Method::GET, "/v1/admin/database", None, None).await,
     );
     check(
         &spec,
         "/v1/admin/database",
         "get",
-        &call(
+        &request(
             &server,
             Method::GET,
             "/v1/admin/database",
@@ -267,31 +245,31 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/admin/database/{database_id}",
         "get",
-        &call(&server, Method::GET, "/v1/admin/database/o2", k, None).await,
+        &request(&server, Method::GET, "/v1/admin/database/o2", k, None).await,
     );
     check(
         &spec,
         "/v1/admin/database/{database_id}",
         "get",
-        &call(&server, Method::GET, "/v1/admin/database/zz", k, None).await,
+        &request(&server, Method::GET, "/v1/admin/database/zz", k, None).await,
     );
     check(
         &spec,
         "/metrics",
         "get",
-        &call(&server, Method::GET, "/metrics", k, None).await,
+        &request(&server, Method::GET, "/metrics", k, None).await,
     );
     check(
         &spec,
         "/metrics",
         "get",
-        &call(&server, Method::GET, "/metrics", None, None).await,
+        &request(&server, Method::GET, "/metrics", None, None).await,
     );
     check(
         &spec,
         "/v1/health",
         "get",
-        &call(
+        &request(
             &server,
             Method::GET,
             "/v1/health?database_id=zz",
@@ -304,7 +282,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/shape",
         "get",
-        &call(
+        &request(
             &server,
             Method::GET,
             "/v1/shape?table=o&offset=-1&database_id=default",
@@ -317,7 +295,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/shape",
         "get",
-        &call(
+        &request(
             &server,
             Method::GET,
             "/v1/shape?table=o&offset=-1&database_id=zz&secret=s",
@@ -330,7 +308,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/shape",
         "get",
-        &call(
+        &request(
             &server,
             Method::GET,
             "/v1/shape?table=o&offset=-1&database_id=default&secret=s",
@@ -339,7 +317,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         )
         .await,
     );
-    let limited = call(
+    let limited = request(
         &server,
         Method::GET,
         "/v1/shape?table=o&offset=-1&database_id=default&secret=s&columns=id",
@@ -353,17 +331,17 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         &spec,
         "/v1/admin/database/{database_id}",
         "delete",
-        &call(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
+        &request(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
     );
     check(
         &spec,
         "/v1/admin/database/{database_id}",
         "delete",
-        &call(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
+        &request(&server, Method::DELETE, "/v1/admin/database/o2", k, None).await,
     );
     let mut statuses = Vec::new();
     for _ in 0..10 {
-        let r = call(&server, Method::GET, "/v1/admin/database", k, None).await;
+        let r = request(&server, Method::GET, "/v1/admin/database", k, None).await;
         statuses.push(r.status);
         check(&spec, "/v1/admin/database", "get", &r);
     }

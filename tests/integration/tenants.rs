@@ -3,32 +3,10 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shapesync::serve::access::{AccessConfig, RateLimit};
 
-use crate::support::{connect, eventually, fresh_db, Follower, Reply, TestServer};
-
-async fn admin(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    key: Option<&str>,
-    body: Option<Value>,
-) -> Reply {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
-    if let Some(k) = key {
-        req = req.header("x-api-key", k);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("admin request");
-    Reply {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body: res.text().await.expect("body"),
-    }
-}
+use crate::support::{connect, eventually, fresh_db, request, wait_parked, Follower, TestServer};
 
 /// A database with an `items` table holding `rows`.
 async fn db_with_items(tag: &str, rows: &[(i32, &str)]) -> (String, tokio_postgres::Client) {
@@ -67,7 +45,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
     let server = TestServer::start(&url_a).await;
     let stream = server.cfg.stream_id.clone();
 
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -76,7 +54,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
     )
     .await;
     assert_eq!((r.status, r.json()), (200, json!("tenant-b")));
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -88,7 +66,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         (r.status, r.json()),
         (400, json!("Database tenant-b already exists."))
     );
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -105,7 +83,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         "{}",
         r.body
     );
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -117,7 +95,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         (r.status, r.json()),
         (400, json!({"database_url": ["can't be blank"]}))
     );
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -127,7 +105,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
     .await;
     assert_eq!(r.status, 400);
 
-    let list = admin(
+    let list = request(
         &server,
         reqwest::Method::GET,
         "/v1/admin/database",
@@ -150,7 +128,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["default", "tenant-b"]);
-    let one = admin(
+    let one = request(
         &server,
         reqwest::Method::GET,
         "/v1/admin/database/tenant-b",
@@ -217,20 +195,8 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         );
         tokio::spawn(async move { c.get(&q).await })
     };
-    eventually(
-        "the live request to park",
-        Duration::from_secs(10),
-        || async {
-            server
-                .client()
-                .raw("/metrics")
-                .await
-                .body
-                .contains("shapesync_http_requests_parked 1")
-        },
-    )
-    .await;
-    let r = admin(
+    wait_parked(&server, 1).await;
+    let r = request(
         &server,
         reqwest::Method::DELETE,
         "/v1/admin/database/tenant-b",
@@ -262,7 +228,7 @@ async fn two_databases_sync_in_isolation_and_removal_frees_the_slot() {
         ))
         .await;
     assert_eq!(r.status, 404);
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::DELETE,
         "/v1/admin/database/tenant-b",
@@ -286,7 +252,7 @@ async fn tenants_and_their_shapes_survive_a_restart() {
     let (url_a, _db_a) = db_with_items("restart_a", &[(1, "a1")]).await;
     let (url_b, db_b) = db_with_items("restart_b", &[(1, "b1")]).await;
     let mut server = TestServer::start(&url_a).await;
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -410,7 +376,7 @@ async fn secrets_admin_keys_and_rate_limits() {
     }
 
     // The admin API: 401 without a key, 403 with a wrong one, then the rate limit.
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::GET,
         "/v1/admin/database",
@@ -422,7 +388,7 @@ async fn secrets_admin_keys_and_rate_limits() {
         (r.status, r.json()["error"]["code"].clone()),
         (401, json!("auth_required"))
     );
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::GET,
         "/v1/admin/database",
@@ -444,7 +410,7 @@ async fn secrets_admin_keys_and_rate_limits() {
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(
-            admin(
+            request(
                 &server,
                 reqwest::Method::GET,
                 "/v1/admin/database",
@@ -456,7 +422,7 @@ async fn secrets_admin_keys_and_rate_limits() {
         );
     }
     assert!(statuses.contains(&429), "admin rate limit: {statuses:?}");
-    let metrics = admin(&server, reqwest::Method::GET, "/metrics", None, None).await;
+    let metrics = request(&server, reqwest::Method::GET, "/metrics", None, None).await;
     assert_eq!(metrics.status, 401, "metrics need the admin key");
 }
 
@@ -471,7 +437,7 @@ async fn a_database_can_have_its_own_secret() {
     })
     .await;
     let body = json!({"database_url": url_b, "database_id": "b", "secret": "only-b"});
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",
@@ -509,7 +475,7 @@ async fn a_database_can_have_its_own_secret() {
             .status,
         200
     );
-    let listed = admin(
+    let listed = request(
         &server,
         reqwest::Method::GET,
         "/v1/admin/database",
@@ -594,7 +560,7 @@ async fn a_database_that_is_down_answers_503_while_the_others_serve() {
     let server = TestServer::start(&url).await;
     let closed = shapesync::postgres::embedded::free_port().unwrap();
     let down = json!({"database_url": format!("postgresql://postgres@127.0.0.1:{closed}/nowhere"), "database_id": "down"});
-    let r = admin(
+    let r = request(
         &server,
         reqwest::Method::POST,
         "/v1/admin/database",

@@ -417,3 +417,35 @@ where
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// One HTTP request to the server, with an optional admin key and JSON body.
+pub async fn request(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", server.base));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.expect("body"),
+    }
+}
+
+/// Wait until the server reports `n` parked live requests (its own metrics).
+pub async fn wait_parked(server: &TestServer, n: usize) {
+    let needle = format!("shapesync_http_requests_parked {n}\n");
+    eventually("live requests to park", Duration::from_secs(10), || async {
+        server.client().raw("/metrics").await.body.contains(&needle)
+    })
+    .await;
+}
