@@ -29,6 +29,10 @@ pub enum ApiError {
     },
     /// 429 `rate_limited` with `retry-after`.
     RateLimited { retry_after: u32 },
+    /// 400 `{"message":"Invalid request","errors":{"subset":{field:[msg]}}}`
+    InvalidSubset(&'static str, String),
+    /// 400/413 problems with a POST body: `{"error": …}`.
+    Body { status: u16, error: String },
     /// 503 admission control: `{"code":"concurrent_request_limit_exceeded","message":…}`.
     Overloaded { message: String, retry_after: u32 },
     /// 400/404 with `{"message": …}` (tenant resolution).
@@ -118,6 +122,14 @@ impl IntoResponse for ApiError {
                 }
                 res
             }
+            ApiError::InvalidSubset(field, msg) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"message": "Invalid request", "errors": {"subset": {field: [msg]}}}),
+            ),
+            ApiError::Body { status, error } => json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                serde_json::json!({"error": error}),
+            ),
             ApiError::Unauthorized => json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"message": "Unauthorized - Invalid API secret"}),

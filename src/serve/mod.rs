@@ -10,6 +10,7 @@ pub mod params;
 pub mod response;
 pub mod shape_api;
 pub mod sse;
+pub mod subset_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/shape",
             get(shape_api::get_shape)
+                .post(shape_api::post_shape)
                 .delete(shape_api::delete_shape)
                 .options(options_shape),
         )

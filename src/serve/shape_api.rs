@@ -16,6 +16,7 @@ use shapesync_storage::{LogOffset, ReadResult};
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
 use super::response::{cache_control, etag, if_none_match, CacheKind};
+use super::subset_api::SubsetParts;
 use super::AppState;
 use crate::shape::definition::ShapeHandle;
 use crate::shape::message;
@@ -38,7 +39,57 @@ pub async fn get_shape(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    match serve(&app, &headers, peer, query).await {
+    let subset = match SubsetParts::from_query(query) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    match serve(&app, &headers, peer, query, subset).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /v1/shape`: the shape in the query string, a subset snapshot in the JSON body.
+pub async fn post_shape(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    const MAX_BODY: usize = 1 << 20;
+    let query = query.as_deref().unwrap_or("");
+    let parts = async {
+        if body.len() > MAX_BODY {
+            return Err(ApiError::Body {
+                status: 413,
+                error: "Request body too large".into(),
+            });
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return SubsetParts::from_query(query).map(Option::unwrap_or_default);
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Body {
+                status: 400,
+                error: format!("Invalid JSON in request body: {e}"),
+            })?;
+        let obj = value.as_object().ok_or(ApiError::Body {
+            status: 400,
+            error: "Request body must be a JSON object".into(),
+        })?;
+        SubsetParts::from_object(obj)
+    }
+    .await;
+    let parts = match parts {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let _admitted = match app.admission.enter(false) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match serve(&app, &headers, peer, query, Some(parts)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -123,6 +174,8 @@ enum Outcome {
     MustRefetch(Option<Arc<Shape>>),
     /// Live over Server-Sent Events from this offset.
     Sse(Arc<Shape>, LogOffset),
+    /// A subset snapshot of the shape.
+    Subset(Arc<Shape>, SubsetParts),
 }
 
 async fn serve(
@@ -130,6 +183,7 @@ async fn serve(
     headers: &HeaderMap,
     peer: SocketAddr,
     query: &str,
+    subset: Option<SubsetParts>,
 ) -> Result<Response, ApiError> {
     let (database_id, secret) = tenant_and_secret(query);
     let tenant = app
@@ -147,9 +201,18 @@ async fn serve(
         .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
     let req = params::parse(query).map_err(ApiError::Invalid)?;
     let ip = app.access.client_ip(peer, headers);
-    let outcome = decide(app, &tenant.stack, &req, ip).await?;
+    if req.live_sse && subset.is_some() {
+        return Err(ApiError::InvalidSubset(
+            "live_sse",
+            "subset snapshots cannot be live".into(),
+        ));
+    }
+    let outcome = decide(app, &tenant.stack, &req, ip, subset).await?;
     Ok(match outcome {
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
+        Outcome::Subset(shape, parts) => {
+            super::subset_api::respond(app, &tenant.stack, shape, parts).await?
+        }
         Outcome::Sse(shape, from) => {
             super::sse::respond(app, Arc::clone(&tenant.stack), shape, &req, from)
         }
@@ -193,6 +256,7 @@ async fn decide(
     stack: &Stack,
     req: &ShapeRequest,
     ip: IpAddr,
+    subset: Option<SubsetParts>,
 ) -> Result<Outcome, ApiError> {
     let requested = match req.offset {
         RequestOffset::Now => None,
@@ -228,6 +292,9 @@ async fn decide(
         });
     };
 
+    if let Some(parts) = subset {
+        return Ok(Outcome::Subset(shape, parts));
+    }
     if req.live_sse {
         return Ok(Outcome::Sse(shape, requested));
     }

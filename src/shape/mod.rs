@@ -8,6 +8,7 @@ pub mod filter;
 pub mod message;
 pub mod registry;
 pub mod snapshot;
+pub mod subset;
 pub mod visibility;
 pub mod writer;
 

@@ -66,3 +66,25 @@ async fn official_client_with_where_clause() {
 async fn official_client_in_sse_mode() {
     run_client("clientsse", 500, None, true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_subset_snapshots_in_changes_only_mode() {
+    npm_install();
+    let url = fresh_db("clientsubset").await;
+    let server = TestServer::start(&url).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/subset.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .env("SHAPESYNC_URL", &server.base)
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "subset e2e failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -442,3 +442,120 @@ async fn where_parameters_are_typed_by_context_and_part_of_the_identity() {
         .unwrap();
     f.until("the matching insert", |f| f.rows.len() == 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subset_snapshots_by_get_and_post() {
+    let (db, server) = setup("subset").await;
+    db.batch_execute(
+        "INSERT INTO items SELECT g, 'n' || g, g, g % 2 = 0 FROM generate_series(10, 30) g",
+    )
+    .await
+    .unwrap();
+    let c = server.client();
+    let base = "table=items&log=changes_only";
+    let first = c.get(&format!("{base}&offset=-1")).await;
+    let handle = first.header("electric-handle").unwrap().to_string();
+    let msgs = first.messages();
+    assert_eq!(msgs.len(), 1, "changes_only: only snapshot-end");
+    assert_eq!(msgs[0]["headers"]["control"], "snapshot-end");
+
+    // GET with subset__* parameters.
+    let q = format!(
+        "{base}&offset=0_0&handle={handle}&subset__where=n%20%3E%3D%20%241&subset__params=%7B%221%22%3A%2220%22%7D&subset__order_by=n%20DESC&subset__limit=3"
+    );
+    let r = c.get(&q).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("electric-snapshot"), Some("true"));
+    assert_eq!(r.header("electric-handle"), Some(handle.as_str()));
+    assert!(r.header("electric-schema").is_some() && r.header("electric-offset").is_some());
+    assert!(r.header("etag").is_none());
+    let body = r.json();
+    let meta = &body["metadata"];
+    for k in ["xmin", "xmax", "database_lsn"] {
+        assert!(
+            meta[k].as_str().unwrap().parse::<u64>().is_ok(),
+            "{k}: {meta}"
+        );
+    }
+    assert!(meta["xip_list"].is_array());
+    let mark = meta["snapshot_mark"].as_u64().unwrap();
+    let ns: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"]["n"].as_str().unwrap())
+        .collect();
+    assert_eq!(ns, ["30", "29", "28"]);
+    assert!(body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["headers"]["snapshot_mark"] == mark));
+
+    // POST with the subset in the body (nested form), offset and no limit.
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/shape?{base}&offset=0_0&handle={handle}", server.base))
+        .json(&json!({"subset": {"where": "flag = $1", "params": {"1": "true"}, "order_by": "id", "offset": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["electric-snapshot"], "true");
+    let body: serde_json::Value = res.json().await.unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["18", "20", "22", "24", "26", "28", "30"],
+        "flagged rows (1, 10, 12, ...) after skipping 5, in id order"
+    );
+
+    // Errors.
+    let r = c
+        .get(&format!(
+            "{base}&offset=0_0&handle={handle}&subset__limit=2"
+        ))
+        .await;
+    assert_eq!(
+        r.json(),
+        json!({"message":"Invalid request","errors":{"subset":{"order_by":["order_by is required when limit or offset is present"]}}})
+    );
+    let r = c
+        .get(&format!(
+            "{base}&offset=0_0&handle={handle}&subset__where=nope%20%3D%201"
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["errors"]["subset"]["where"][0]
+        .as_str()
+        .unwrap()
+        .contains("unknown reference nope"));
+    let r = c
+        .get(&format!(
+            "{base}&offset=0_0&handle={handle}&subset__order_by=id%3B%20drop%20table%20items"
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/shape?{base}&offset=0_0&handle={handle}",
+            server.base
+        ))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    // A stale handle still gets 409.
+    let r = c
+        .get(&format!(
+            "{base}&offset=0_0&handle=1-1&subset__where=id%20%3D%201"
+        ))
+        .await;
+    assert_eq!(r.status, 409);
+}

@@ -48,7 +48,7 @@ fn check(spec: &Value, path: &str, method: &str, r: &Reply) {
             r.status
         );
     }
-    if r.status == 400 && path == "/v1/shape" {
+    if r.status == 400 && path == "/v1/shape" && method == "get" {
         let body = r.json();
         assert_eq!(body["message"], "Invalid request");
         assert!(body["errors"].is_object());
@@ -109,6 +109,32 @@ async fn the_spec_documents_what_the_server_serves() {
         "get",
         &c.get("table=o&offset=-1&where=nope").await,
     );
+    let subset = c
+        .get(&format!(
+            "table=o&offset=0_0&handle={handle}&subset__where=id%20%3D%201"
+        ))
+        .await;
+    assert_eq!(subset.status, 200);
+    check(&spec, "/v1/shape", "get", &subset);
+    let post = request(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/shape?table=o&offset=0_0&handle={handle}"),
+        None,
+        Some(serde_json::json!({"where": "id = 1", "order_by": "id", "limit": 1})),
+    )
+    .await;
+    assert_eq!(post.status, 200, "{}", post.body);
+    check(&spec, "/v1/shape", "post", &post);
+    let bad = request(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/shape?table=o&offset=0_0&handle={handle}"),
+        None,
+        Some(serde_json::json!([1])),
+    )
+    .await;
+    check(&spec, "/v1/shape", "post", &bad);
 
     let http = reqwest::Client::new();
     let del = http
