@@ -88,3 +88,35 @@ async fn official_client_subset_snapshots_in_changes_only_mode() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+async fn run_types(tag: &str, sse: bool) {
+    npm_install();
+    let url = fresh_db(tag).await;
+    let server = TestServer::start_with(&url, |c| c.shape_deletion = true).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/types.mjs");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script)
+        .env("SHAPESYNC_URL", &server.base)
+        .env("DATABASE_URL", &url);
+    if sse {
+        cmd.env("E2E_LIVE_SSE", "1");
+    }
+    let out = cmd.output().await.expect("running node");
+    assert!(
+        out.status.success(),
+        "types e2e failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_every_type_special_columns_delete_and_truncate_long_poll() {
+    run_types("typeslp", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_every_type_special_columns_delete_and_truncate_sse() {
+    run_types("typessse", true).await;
+}
