@@ -2,7 +2,8 @@
 // The official client's subset snapshots against shapesync: a `log: 'changes_only'` shape starts
 // empty; `requestSnapshot` (GET, then POST) loads a slice of rows; later changes to those rows and
 // new inserts arrive live; the materialized rows must equal what Postgres says the shape should
-// hold. Exit 0 = pass, 1 = fail. Env: SHAPESYNC_URL, DATABASE_URL, E2E_TIMEOUT_MS (default 60000).
+// hold. Exit 0 = pass, 1 = fail. Env: SHAPESYNC_URL, DATABASE_URL, E2E_LIVE_SSE=1 for SSE,
+// E2E_TIMEOUT_MS (default 60000).
 import process from "node:process";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
@@ -35,6 +36,7 @@ const stream = new ShapeStream({
   url,
   params: { table },
   log: "changes_only",
+  liveSse: process.env.E2E_LIVE_SSE === "1",
   signal: abort.signal,
   onError: (e) => {
     errors.push(e);

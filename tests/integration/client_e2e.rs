@@ -67,19 +67,19 @@ async fn official_client_in_sse_mode() {
     run_client("clientsse", 500, None, true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_client_subset_snapshots_in_changes_only_mode() {
+async fn run_subset(tag: &str, sse: bool) {
     npm_install();
-    let url = fresh_db("clientsubset").await;
+    let url = fresh_db(tag).await;
     let server = TestServer::start(&url).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/subset.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script)
         .env("SHAPESYNC_URL", &server.base)
-        .env("DATABASE_URL", &url)
-        .output()
-        .await
-        .expect("running node");
+        .env("DATABASE_URL", &url);
+    if sse {
+        cmd.env("E2E_LIVE_SSE", "1");
+    }
+    let out = cmd.output().await.expect("running node");
     assert!(
         out.status.success(),
         "subset e2e failed ({}):\n{}\n{}",
@@ -87,6 +87,16 @@ async fn official_client_subset_snapshots_in_changes_only_mode() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_subset_snapshots_in_changes_only_mode() {
+    run_subset("clientsubset", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_subset_snapshots_in_changes_only_mode_sse() {
+    run_subset("clientsubsetsse", true).await;
 }
 
 async fn run_types(tag: &str, sse: bool) {

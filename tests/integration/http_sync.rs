@@ -559,3 +559,56 @@ async fn subset_snapshots_by_get_and_post() {
         .await;
     assert_eq!(r.status, 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_rotate_the_shape_and_head_is_served() {
+    let (db, server) = setup("schema").await;
+    let c = server.client();
+    let mut f = Follower::new(server.client(), "table=items");
+    f.sync().await;
+    let old = f.handle.clone().unwrap();
+    // HEAD: the headers of the GET, no body.
+    let head = reqwest::Client::new()
+        .head(format!("{}/v1/shape?table=items&offset=-1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(head.headers()["electric-handle"].to_str().unwrap(), old);
+    assert!(head.headers().contains_key("electric-schema"));
+    assert!(head.text().await.unwrap().is_empty());
+
+    db.batch_execute("ALTER TABLE items ADD COLUMN extra text DEFAULT 'x'; INSERT INTO items VALUES (50, 'fifty', 5, true, 'e')")
+        .await
+        .unwrap();
+    // The next change carries the new relation: the shape is invalidated and clients refetch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let new_handle = loop {
+        let r = c
+            .get(&format!(
+                "table=items&offset={}&handle={old}&live=true",
+                f.offset
+            ))
+            .await;
+        if r.status == 409 {
+            break r.header("electric-handle").unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 409 after the schema change"
+        );
+        if let Some(o) = r.header("electric-offset") {
+            f.offset = o.to_string();
+        }
+    };
+    assert_ne!(new_handle, old);
+    let r = c.get("table=items&offset=-1").await;
+    assert_eq!(r.header("electric-handle"), Some(new_handle.as_str()));
+    let schema: serde_json::Value =
+        serde_json::from_str(r.header("electric-schema").unwrap()).unwrap();
+    assert_eq!(
+        schema["extra"]["type"], "text",
+        "the new shape has the new column"
+    );
+    assert!(r.body.contains("\"extra\":\"e\""));
+}
