@@ -22,7 +22,7 @@ use crate::shape::definition::ShapeHandle;
 use crate::shape::message;
 use crate::shape::{Lifecycle, Progress, Shape};
 use crate::stack::Stack;
-use crate::tenant::ResolveError;
+use crate::tenant::{ResolveError, Tenant};
 
 /// How long a request waits for a snapshot chunk to be written before answering 503.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
@@ -106,12 +106,7 @@ pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): Raw
     }
     let query = query.as_deref().unwrap_or("");
     let result = async {
-        let (database_id, secret) = tenant_and_secret(query);
-        let tenant = app.tenants.resolve(database_id.as_deref()).map_err(|e| ApiError::Message {
-            status: if e == ResolveError::NotProvided { 400 } else { 404 },
-            message: e.to_string(),
-        })?;
-        app.access.check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
+        let tenant = authorized_tenant(&app, query)?;
         let req = params::parse_delete(query).map_err(ApiError::Invalid)?;
         let registry = &tenant.stack.registry;
         let by_handle = req.handle.as_deref().and_then(|h| h.parse::<ShapeHandle>().ok()).and_then(|h| registry.get(&h));
@@ -144,6 +139,25 @@ fn not_found() -> ApiError {
         status: 404,
         message: "No existing shape found".into(),
     }
+}
+
+/// The tenant a shape request names (`database_id`), once its secret checks out.
+fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiError> {
+    let (database_id, secret) = tenant_and_secret(query);
+    let tenant = app
+        .tenants
+        .resolve(database_id.as_deref())
+        .map_err(|e| ApiError::Message {
+            status: if e == ResolveError::NotProvided {
+                400
+            } else {
+                404
+            },
+            message: e.to_string(),
+        })?;
+    app.access
+        .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
+    Ok(tenant)
 }
 
 /// The tenant (`database_id`) and secret (`secret`, or the deprecated `api_secret`) of a query.
@@ -185,20 +199,7 @@ async fn serve(
     query: &str,
     subset: Option<SubsetParts>,
 ) -> Result<Response, ApiError> {
-    let (database_id, secret) = tenant_and_secret(query);
-    let tenant = app
-        .tenants
-        .resolve(database_id.as_deref())
-        .map_err(|e| ApiError::Message {
-            status: if e == ResolveError::NotProvided {
-                400
-            } else {
-                404
-            },
-            message: e.to_string(),
-        })?;
-    app.access
-        .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
+    let tenant = authorized_tenant(app, query)?;
     let req = params::parse(query).map_err(ApiError::Invalid)?;
     let ip = app.access.client_ip(peer, headers);
     if req.live_sse && subset.is_some() {
@@ -487,49 +488,42 @@ fn respond(
 
 /// 409: the handle is stale; point the client at the active one (if the database still exists).
 fn must_refetch(req: &ShapeRequest, active: Option<&Shape>) -> Response {
-    let Some(active) = active else {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=1, must-revalidate"),
-        );
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        return (
-            StatusCode::CONFLICT,
-            h,
-            r#"[{"headers":{"control":"must-refetch"}}]"#,
-        )
-            .into_response();
-    };
-    let mut location = String::from("/v1/shape?");
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in &req.raw {
-        if !matches!(
-            k.as_str(),
-            "offset" | "handle" | "live" | "cursor" | "live_sse" | "experimental_live_sse"
-        ) {
-            ser.append_pair(k, v);
-        }
-    }
-    ser.append_pair("handle", active.handle.as_str());
-    ser.append_pair("offset", "-1");
-    location.push_str(&ser.finish());
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let mut h = HeaderMap::new();
-    h.insert("electric-handle", hv(active.handle.as_str()));
-    h.insert(header::LOCATION, hv(&location));
-    h.insert(header::ETAG, hv(&format!("\"{}::\"", active.handle)));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60, must-revalidate"),
-    );
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    match active {
+        // The database is gone: no replacement to point at.
+        None => {
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=1, must-revalidate"),
+            );
+        }
+        Some(active) => {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &req.raw {
+                if !matches!(
+                    k.as_str(),
+                    "offset" | "handle" | "live" | "cursor" | "live_sse" | "experimental_live_sse"
+                ) {
+                    ser.append_pair(k, v);
+                }
+            }
+            ser.append_pair("handle", active.handle.as_str());
+            ser.append_pair("offset", "-1");
+            let location = format!("/v1/shape?{}", ser.finish());
+            h.insert("electric-handle", hv(active.handle.as_str()));
+            h.insert(header::LOCATION, hv(&location));
+            h.insert(header::ETAG, hv(&format!("\"{}::\"", active.handle)));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60, must-revalidate"),
+            );
+        }
+    }
     (
         StatusCode::CONFLICT,
         h,

@@ -1,7 +1,8 @@
 //! The official `@electric-sql/client` (npm, pinned in tests/client/package.json) against the
-//! real server: initial rows, then 1,000 random inserts, updates (including primary-key
-//! changes) and deletes made through a normal Postgres connection; the client's materialized
-//! rows must equal what Postgres returns. Long-poll mode, with a where clause, and SSE mode.
+//! real server, through the scripts in tests/client: random inserts, updates (including
+//! primary-key changes) and deletes whose materialized rows must equal Postgres (long-poll, with a
+//! where clause, SSE); subset snapshots in changes_only mode; every column type, special column
+//! names, replica=full, delete/refetch and truncate — in long-poll and SSE modes.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,31 +26,52 @@ fn npm_install() {
     });
 }
 
-async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>, sse: bool) {
+/// Run `tests/client/<script>` against a fresh database and server; it must exit 0.
+async fn run_node(
+    script: &str,
+    tag: &str,
+    env: &[(&str, String)],
+    tweak: impl FnOnce(&mut shapesync::server::Config),
+) {
     npm_install();
     let url = fresh_db(tag).await;
-    let server = TestServer::start(&url).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/e2e.mjs");
+    let server = TestServer::start_with(&url, tweak).await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/client")
+        .join(script);
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
+    cmd.arg(path)
         .env("SHAPESYNC_URL", &server.base)
-        .env("DATABASE_URL", &url)
-        .env("E2E_MUTATIONS", mutations.to_string())
-        .env("E2E_TIMEOUT_MS", "240000");
-    if sse {
-        cmd.env("E2E_LIVE_SSE", "1");
-    }
-    if let Some(w) = where_clause {
-        cmd.env("E2E_WHERE", w);
+        .env("DATABASE_URL", &url);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let out = cmd.output().await.expect("running node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "client e2e failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        "{script} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn sse_env(sse: bool) -> Vec<(&'static str, String)> {
+    if sse {
+        vec![("E2E_LIVE_SSE", "1".to_string())]
+    } else {
+        Vec::new()
+    }
+}
+
+async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>, sse: bool) {
+    let mut env = sse_env(sse);
+    env.push(("E2E_MUTATIONS", mutations.to_string()));
+    env.push(("E2E_TIMEOUT_MS", "240000".to_string()));
+    if let Some(w) = where_clause {
+        env.push(("E2E_WHERE", w.to_string()));
+    }
+    run_node("e2e.mjs", tag, &env, |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,66 +89,28 @@ async fn official_client_in_sse_mode() {
     run_client("clientsse", 500, None, true).await;
 }
 
-async fn run_subset(tag: &str, sse: bool) {
-    npm_install();
-    let url = fresh_db(tag).await;
-    let server = TestServer::start(&url).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/subset.mjs");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
-        .env("SHAPESYNC_URL", &server.base)
-        .env("DATABASE_URL", &url);
-    if sse {
-        cmd.env("E2E_LIVE_SSE", "1");
-    }
-    let out = cmd.output().await.expect("running node");
-    assert!(
-        out.status.success(),
-        "subset e2e failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_subset_snapshots_in_changes_only_mode() {
-    run_subset("clientsubset", false).await;
+    run_node("subset.mjs", "clientsubset", &sse_env(false), |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_subset_snapshots_in_changes_only_mode_sse() {
-    run_subset("clientsubsetsse", true).await;
-}
-
-async fn run_types(tag: &str, sse: bool) {
-    npm_install();
-    let url = fresh_db(tag).await;
-    let server = TestServer::start_with(&url, |c| c.shape_deletion = true).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/types.mjs");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
-        .env("SHAPESYNC_URL", &server.base)
-        .env("DATABASE_URL", &url);
-    if sse {
-        cmd.env("E2E_LIVE_SSE", "1");
-    }
-    let out = cmd.output().await.expect("running node");
-    assert!(
-        out.status.success(),
-        "types e2e failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_node("subset.mjs", "clientsubsetsse", &sse_env(true), |_| {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_every_type_special_columns_delete_and_truncate_long_poll() {
-    run_types("typeslp", false).await;
+    run_node("types.mjs", "typeslp", &sse_env(false), |c| {
+        c.shape_deletion = true
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_every_type_special_columns_delete_and_truncate_sse() {
-    run_types("typessse", true).await;
+    run_node("types.mjs", "typessse", &sse_env(true), |c| {
+        c.shape_deletion = true
+    })
+    .await;
 }
