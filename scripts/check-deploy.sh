@@ -5,20 +5,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+conf=${1:-deploy/nginx.conf}   # optional argument: another config to check (same rewrites)
+[ -f "$conf" ] || { echo "check-deploy: $conf not found" >&2; exit 1; }
+
 if ! command -v nginx >/dev/null 2>&1; then
   echo "check-deploy: installing nginx"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
-  # Keep the package from starting a system nginx (policy-rc.d 101 = "not allowed").
-  created_policy=0
+  # Keep the package from starting a system nginx (policy-rc.d 101 = "not allowed"); the
+  # policy file is removed again even if the install fails.
+  policy_created=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy_created=1
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod +x /usr/sbin/policy-rc.d
-    created_policy=1
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
-  [ "$created_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx >/dev/null
+  if [ "$policy_created" = 1 ]; then
+    $SUDO rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+  command -v nginx >/dev/null 2>&1 || { echo "check-deploy: nginx still missing" >&2; exit 1; }
 fi
 
 tmp=$(mktemp -d)
@@ -26,9 +35,9 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/cache" "$tmp/logs"
 # The compose service name does not resolve here: point the upstream at loopback, and keep
 # every path inside the temporary prefix.
-sed -e 's/server shapesync:3000;/server 127.0.0.1:3000;/' \
+sed -e 's/shapesync:3000/127.0.0.1:3000/g' \
     -e "s#/var/cache/nginx/shapesync#$tmp/cache#" \
-    deploy/nginx.conf > "$tmp/nginx.conf"
+    "$conf" > "$tmp/nginx.conf"
 sed -i "1i pid $tmp/nginx.pid;\nerror_log $tmp/logs/error.log;" "$tmp/nginx.conf"
 sed -i "s#^http {#http {\n    access_log $tmp/logs/access.log;\n    client_body_temp_path $tmp/body;\n    proxy_temp_path $tmp/proxy;\n    fastcgi_temp_path $tmp/fastcgi;\n    uwsgi_temp_path $tmp/uwsgi;\n    scgi_temp_path $tmp/scgi;#" "$tmp/nginx.conf"
 nginx -t -q -p "$tmp" -c "$tmp/nginx.conf"

@@ -1,9 +1,11 @@
-//! Prometheus metrics (text exposition format 0.0.4) of one server instance, kept in its own
-//! state rather than a global recorder (several servers can run in one process): request
-//! counters and latency histograms by route and status, in-flight and parked request gauges,
-//! and per-tenant replication figures gathered at scrape time.
+//! Prometheus metrics of one server instance, rendered as text exposition format 0.0.4. Nothing
+//! here is global: several servers run in one test process, so each keeps its own
+//! [`HttpMetrics`] (request counts and latency histograms by route and status, in-flight and
+//! parked-request gauges) and hands per-tenant figures ([`TenantSample`]) to [`render`] at scrape
+//! time. Recording is lock-free (atomics; a `DashMap` shard lock only the first time a
+//! route/status pair is seen), and rendering is a pure function of what it is given.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +18,28 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
-/// A fixed-bucket histogram, lock-free.
+/// A fixed-bucket histogram of seconds, lock-free: one atomic per bucket, the sum in
+/// nanoseconds (integer adds stay exact and need no compare-and-swap loop) and the count.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
-    /// Per-bucket (non-cumulative) counts; the last slot is `+Inf`.
-    counts: Vec<AtomicU64>,
+    /// Per-bucket (not cumulative) counts; one more slot than `bounds`, for `+Inf`.
+    buckets: Vec<AtomicU64>,
     sum_nanos: AtomicU64,
     count: AtomicU64,
+}
+
+/// A histogram read at one moment: cumulative bucket counts (the last is `+Inf`) and the sum.
+struct HistogramSnapshot {
+    cumulative: Vec<u64>,
+    sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    /// `_count`, taken from the buckets so that it always equals the `+Inf` bucket.
+    fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
 }
 
 impl Default for Histogram {
@@ -33,66 +49,76 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    /// `buckets` are upper bounds in seconds, finite and ascending; `+Inf` is implicit.
+    pub fn new(buckets: &'static [f64]) -> Self {
+        debug_assert!(
+            buckets.iter().all(|b| b.is_finite()) && buckets.windows(2).all(|w| w[0] < w[1]),
+            "histogram bounds must be finite and strictly ascending"
+        );
         Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds: buckets,
+            buckets: (0..=buckets.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
     }
 
+    /// Negative values count in the first bucket and add nothing to the sum; NaN counts in `+Inf`.
     pub fn observe(&self, seconds: f64) {
+        let nanos = (seconds * 1e9).round() as u64; // saturating cast: NaN and negatives give 0
+        self.add(seconds, nanos);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.add(d.as_secs_f64(), nanos);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, seconds: f64, nanos: u64) {
         let i = self
             .bounds
             .iter()
             .position(|b| seconds <= *b)
             .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// `name_bucket{labels,le=…}`, `name_sum{labels}`, `name_count{labels}`.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = match self.bounds.get(i) {
-                Some(b) => format!("{b}"),
-                None => "+Inf".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
+    fn snapshot(&self) -> HistogramSnapshot {
+        let cumulative = self
+            .buckets
+            .iter()
+            .scan(0u64, |acc, b| {
+                *acc += b.load(Ordering::Relaxed);
+                Some(*acc)
+            })
+            .collect();
+        let sum_seconds = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        HistogramSnapshot {
+            cumulative,
+            sum_seconds,
         }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = |l: &str| {
-            if l.is_empty() {
-                String::new()
-            } else {
-                format!("{{{l}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
     }
 }
 
-/// Decrements its gauge when dropped.
+/// Counts one in-flight (or parked) request while alive; dropping it decrements the gauge. It
+/// owns an `Arc` of the gauge, so it is `'static + Send` and can live in a handler's future.
 #[derive(Debug)]
+#[must_use = "the gauge is decremented as soon as the guard is dropped"]
 pub struct ActiveGuard(Arc<AtomicI64>);
+
+impl ActiveGuard {
+    fn enter(gauge: &Arc<AtomicI64>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(Arc::clone(gauge))
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -100,28 +126,35 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// HTTP metrics of one server.
+/// HTTP metrics of one server instance.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: DashMap<(&'static str, u16), Arc<Histogram>>,
+    /// Latency per (route, status); its count doubles as the request counter, so the two agree.
+    requests: DashMap<(&'static str, u16), Histogram>,
+    /// Gauges behind an `Arc` so that guards can outlive a borrow of `self`.
     active: Arc<AtomicI64>,
     parked: Arc<AtomicI64>,
 }
 
 impl HttpMetrics {
+    /// Record a finished request; `route` is a small fixed label ("shape", "health", ...).
     pub fn record(&self, route: &'static str, status: u16, d: Duration) {
-        let h = self.requests.entry((route, status)).or_default().clone();
-        h.observe_duration(d);
+        let key = (route, status);
+        if let Some(h) = self.requests.get(&key) {
+            h.observe_duration(d);
+            return;
+        }
+        self.requests.entry(key).or_default().observe_duration(d);
     }
 
+    /// Counts an in-flight request until the guard drops.
     pub fn active(&self) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(Arc::clone(&self.active))
+        ActiveGuard::enter(&self.active)
     }
 
+    /// Counts a parked long-poll request (waiting for data) until the guard drops.
     pub fn parked(&self) -> ActiveGuard {
-        self.parked.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(Arc::clone(&self.parked))
+        ActiveGuard::enter(&self.parked)
     }
 
     pub fn active_count(&self) -> i64 {
@@ -131,165 +164,254 @@ impl HttpMetrics {
     pub fn parked_count(&self) -> i64 {
         self.parked.load(Ordering::Relaxed)
     }
+
+    /// Every (route, status) series, sorted, each read once.
+    fn snapshot(&self) -> Vec<((&'static str, u16), HistogramSnapshot)> {
+        let mut all: Vec<_> = self
+            .requests
+            .iter()
+            .map(|e| (*e.key(), e.value().snapshot()))
+            .collect();
+        all.sort_by_key(|(k, _)| *k);
+        all
+    }
 }
 
 /// One tenant's figures, gathered by the caller at scrape time.
 #[derive(Debug, Clone)]
 pub struct TenantSample {
     pub database_id: String,
+    /// "active" | "starting" | "waiting".
     pub status: &'static str,
     pub shapes: u64,
     pub storage_bytes: u64,
     pub acked_lsn: u64,
+    /// Latest WAL position the server reported to us.
     pub server_wal_end: u64,
     pub lag_seconds: f64,
+    /// Flush (fsync batch) latency of that tenant.
     pub fsync: Arc<Histogram>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl TenantSample {
+    /// WAL the server has that we have not acknowledged (never negative).
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end.saturating_sub(self.acked_lsn)
+    }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// A sample value: integers print exactly (an LSN does not fit an f64's mantissa), floats in
+/// Prometheus spelling (`+Inf`, `-Inf`, `NaN`).
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Uint(v) => write!(f, "{v}"),
+            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
+            Value::Float(v) if v == f64::INFINITY => f.write_str("+Inf"),
+            Value::Float(v) if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            Value::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Escape a label value: backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `a="x",b="y"` with escaped values (no braces).
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{k}=\"{}\"", escape(v));
+    }
+    out
+}
+
+/// The `# HELP` and `# TYPE` lines of one family (help texts are constants without `\` or newline).
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Everything, as Prometheus text.
-pub fn render(http: &HttpMetrics, tenants: &[TenantSample]) -> String {
-    let mut out = String::with_capacity(4096);
-    let mut requests: Vec<((&'static str, u16), Arc<Histogram>)> = http
-        .requests
-        .iter()
-        .map(|e| (*e.key(), Arc::clone(e.value())))
-        .collect();
-    requests.sort_by_key(|(k, _)| *k);
+/// One sample line; `labels` is already escaped and may be empty.
+fn sample(out: &mut String, name: &str, labels: &str, value: Value) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
 
-    family(
-        &mut out,
-        "shapesync_http_requests_total",
-        "counter",
-        "HTTP requests by route and status.",
-    );
-    for ((route, status), h) in &requests {
-        let _ = writeln!(
+/// `name_bucket{labels,le=...}` for every bound and `+Inf`, then `name_sum` and `name_count`.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot, bounds: &[f64]) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let bucket = format!("{name}_bucket");
+    for (i, n) in h.cumulative.iter().enumerate() {
+        let le = bounds
+            .get(i)
+            .map_or(Value::Float(f64::INFINITY), |b| Value::Float(*b));
+        sample(
             out,
-            "shapesync_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {}",
-            h.count()
+            &bucket,
+            &format!("{labels}{sep}le=\"{le}\""),
+            Value::Uint(*n),
         );
     }
-    family(
-        &mut out,
-        "shapesync_http_request_duration_seconds",
-        "histogram",
-        "HTTP request latency by route and status.",
-    );
-    for ((route, status), h) in &requests {
-        h.render(
-            &mut out,
-            "shapesync_http_request_duration_seconds",
-            &format!("route=\"{route}\",status=\"{status}\""),
-        );
-    }
-    family(
-        &mut out,
-        "shapesync_http_requests_active",
-        "gauge",
-        "Requests being served.",
-    );
-    let _ = writeln!(
+    sample(
         out,
-        "shapesync_http_requests_active {}",
-        http.active_count()
+        &format!("{name}_sum"),
+        labels,
+        Value::Float(h.sum_seconds),
     );
-    family(
-        &mut out,
-        "shapesync_http_requests_parked",
-        "gauge",
-        "Live requests waiting for new data.",
-    );
-    let _ = writeln!(
+    sample(
         out,
-        "shapesync_http_requests_parked {}",
-        http.parked_count()
+        &format!("{name}_count"),
+        labels,
+        Value::Uint(h.count()),
     );
+}
 
-    type Gauge = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&TenantSample) -> f64,
+fn render_http(out: &mut String, http: &HttpMetrics) {
+    let series = http.snapshot();
+    let label =
+        |(route, status): (&str, u16)| labels(&[("route", route), ("status", &status.to_string())]);
+    let name = "shapesync_http_requests_total";
+    header(
+        out,
+        name,
+        "counter",
+        "HTTP requests finished, by route and status.",
     );
-    let per_tenant: [Gauge; 6] = [
-        (
-            "shapesync_replication_lag_bytes",
-            "gauge",
-            "WAL the server has that is not acknowledged yet.",
-            |t| t.server_wal_end.saturating_sub(t.acked_lsn) as f64,
-        ),
-        (
-            "shapesync_replication_lag_seconds",
-            "gauge",
-            "Seconds since the acknowledged position last caught up with the server.",
-            |t| t.lag_seconds,
-        ),
-        (
-            "shapesync_replication_acked_lsn",
-            "gauge",
-            "Latest LSN acknowledged to the replication slot.",
-            |t| t.acked_lsn as f64,
-        ),
-        ("shapesync_shapes", "gauge", "Live shapes.", |t| {
-            t.shapes as f64
-        }),
-        (
-            "shapesync_storage_bytes",
-            "gauge",
-            "Bytes of shape logs.",
-            |t| t.storage_bytes as f64,
-        ),
-        (
-            "shapesync_database_up",
-            "gauge",
-            "1 when the database's replication is streaming.",
-            |t| if t.status == "active" { 1.0 } else { 0.0 },
-        ),
-    ];
-    for (name, kind, help, value) in per_tenant {
-        family(&mut out, name, kind, help);
-        for t in tenants {
-            let id = escape(&t.database_id);
-            let labels = if name == "shapesync_database_up" {
-                format!("database_id=\"{id}\",status=\"{}\"", t.status)
-            } else {
-                format!("database_id=\"{id}\"")
-            };
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(t));
+    for (key, h) in &series {
+        sample(out, name, &label(*key), Value::Uint(h.count()));
+    }
+    let name = "shapesync_http_request_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "HTTP request latency, by route and status.",
+    );
+    for (key, h) in &series {
+        histogram(out, name, &label(*key), h, LATENCY_BUCKETS);
+    }
+    let name = "shapesync_http_requests_active";
+    header(out, name, "gauge", "Requests being served.");
+    sample(out, name, "", Value::Int(http.active_count()));
+    let name = "shapesync_http_requests_parked";
+    header(
+        out,
+        name,
+        "gauge",
+        "Long-poll requests parked, waiting for new data.",
+    );
+    sample(out, name, "", Value::Int(http.parked_count()));
+}
+
+/// A per-tenant gauge family: name, help, value.
+type TenantGauge = (&'static str, &'static str, fn(&TenantSample) -> Value);
+
+const TENANT_GAUGES: &[TenantGauge] = &[
+    (
+        "shapesync_replication_lag_bytes",
+        "WAL the server has that is not acknowledged yet.",
+        |t| Value::Uint(t.lag_bytes()),
+    ),
+    (
+        "shapesync_replication_lag_seconds",
+        "Seconds since the acknowledged position last caught up with the server.",
+        |t| Value::Float(t.lag_seconds),
+    ),
+    (
+        "shapesync_replication_acked_lsn",
+        "Latest LSN acknowledged to the replication slot.",
+        |t| Value::Uint(t.acked_lsn),
+    ),
+    ("shapesync_shapes", "Live shapes.", |t| {
+        Value::Uint(t.shapes)
+    }),
+    ("shapesync_storage_bytes", "Bytes of shape logs.", |t| {
+        Value::Uint(t.storage_bytes)
+    }),
+];
+
+fn render_tenants(out: &mut String, tenants: &[TenantSample]) {
+    let mut tenants: Vec<&TenantSample> = tenants.iter().collect();
+    tenants.sort_by(|a, b| a.database_id.cmp(&b.database_id));
+    for (name, help, value) in TENANT_GAUGES {
+        header(out, name, "gauge", help);
+        for t in &tenants {
+            sample(
+                out,
+                name,
+                &labels(&[("database_id", &t.database_id)]),
+                value(t),
+            );
         }
     }
-    family(
-        &mut out,
-        "shapesync_fsync_duration_seconds",
-        "histogram",
-        "Latency of a flush batch (fsync of every touched shape log).",
+    let name = "shapesync_database_up";
+    header(
+        out,
+        name,
+        "gauge",
+        "1 when the database's replication is active, else 0.",
     );
-    for t in tenants {
-        t.fsync.render(
-            &mut out,
-            "shapesync_fsync_duration_seconds",
-            &format!("database_id=\"{}\"", escape(&t.database_id)),
+    for t in &tenants {
+        let up = Value::Uint(u64::from(t.status == "active"));
+        sample(
+            out,
+            name,
+            &labels(&[("database_id", &t.database_id), ("status", t.status)]),
+            up,
         );
     }
+    let name = "shapesync_fsync_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Latency of a flush batch (fsync of the touched shape logs).",
+    );
+    for t in &tenants {
+        let l = labels(&[("database_id", &t.database_id)]);
+        histogram(out, name, &l, &t.fsync.snapshot(), t.fsync.bounds);
+    }
+}
+
+/// Everything, as Prometheus text (format 0.0.4): HTTP families first, then per-tenant ones
+/// (tenants sorted by id). Every family prints its `# HELP` and `# TYPE` even without samples.
+pub fn render(http: &HttpMetrics, tenants: &[TenantSample]) -> String {
+    let mut out = String::with_capacity(4096);
+    render_http(&mut out, http);
+    render_tenants(&mut out, tenants);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
-    fn sample(id: &str) -> TenantSample {
+    fn tenant(id: &str, acked_lsn: u64, server_wal_end: u64) -> TenantSample {
         let fsync = Arc::new(Histogram::default());
         fsync.observe(0.002);
         TenantSample {
@@ -297,61 +419,279 @@ mod tests {
             status: "active",
             shapes: 3,
             storage_bytes: 10,
-            acked_lsn: 100,
-            server_wal_end: 90,
-            lag_seconds: 0.0,
+            acked_lsn,
+            server_wal_end,
+            lag_seconds: 0.25,
             fsync,
         }
     }
 
-    #[test]
-    fn histograms_are_cumulative() {
-        let h = Histogram::new(&[0.1, 1.0]);
-        h.observe(0.05);
-        h.observe(0.5);
-        h.observe(5.0);
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.1\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 2\n"));
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("x_count{a=\"b\"} 3\n"));
-        assert!(out.contains("x_sum{a=\"b\"} 5.55"));
+    /// The value of the line that starts with `prefix` (a name with its labels, then a space).
+    fn value_of(text: &str, prefix: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+            .map(str::to_string)
     }
 
     #[test]
-    fn renders_well_formed_families() {
+    fn histogram_buckets_are_cumulative_and_inf_equals_count() {
+        static BOUNDS: &[f64] = &[0.1, 1.0];
+        let h = Histogram::new(BOUNDS);
+        h.observe(0.05);
+        h.observe(0.1); // on a bound: counts in that bucket (le is inclusive)
+        h.observe(0.5);
+        h.observe(5.0);
+        h.observe_duration(Duration::from_millis(400));
+        let mut out = String::new();
+        histogram(&mut out, "x", "a=\"b\"", &h.snapshot(), BOUNDS);
+        assert_eq!(
+            value_of(&out, "x_bucket{a=\"b\",le=\"0.1\"}").as_deref(),
+            Some("2"),
+            "{out}"
+        );
+        assert_eq!(
+            value_of(&out, "x_bucket{a=\"b\",le=\"1\"}").as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            value_of(&out, "x_bucket{a=\"b\",le=\"+Inf\"}").as_deref(),
+            Some("5")
+        );
+        assert_eq!(value_of(&out, "x_count{a=\"b\"}").as_deref(), Some("5"));
+        let sum: f64 = value_of(&out, "x_sum{a=\"b\"}").unwrap().parse().unwrap();
+        assert!((sum - 6.05).abs() < 1e-9, "sum {sum}");
+        assert_eq!(h.count(), 5);
+    }
+
+    #[test]
+    fn odd_observations_do_not_corrupt_the_sum() {
+        let h = Histogram::default();
+        h.observe(-1.0);
+        h.observe(f64::NAN);
+        let s = h.snapshot();
+        assert_eq!(s.cumulative[0], 1, "negative in the first bucket");
+        assert_eq!(s.count(), 2, "NaN in +Inf");
+        assert_eq!(s.sum_seconds, 0.0);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+        assert_eq!(labels(&[("k", "v\""), ("l", "w")]), r#"k="v\"",l="w""#);
+        let text = render(&HttpMetrics::default(), &[tenant("a\\\"\nb", 1, 1)]);
+        assert!(
+            text.contains(r#"shapesync_shapes{database_id="a\\\"\nb"} 3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn records_requests_by_route_and_status() {
         let http = HttpMetrics::default();
         http.record("shape", 200, Duration::from_millis(3));
         http.record("shape", 200, Duration::from_millis(4));
+        http.record("health", 503, Duration::from_millis(1));
+        let text = render(&http, &[]);
+        assert!(text.contains("shapesync_http_requests_total{route=\"shape\",status=\"200\"} 2\n"));
+        assert!(text.contains("shapesync_http_requests_total{route=\"health\",status=\"503\"} 1\n"));
+        let inf = "shapesync_http_request_duration_seconds_bucket{route=\"shape\",status=\"200\",le=\"+Inf\"}";
+        assert_eq!(value_of(&text, inf).as_deref(), Some("2"));
+        let first = "shapesync_http_request_duration_seconds_bucket{route=\"shape\",status=\"200\",le=\"0.0025\"}";
+        assert_eq!(value_of(&text, first).as_deref(), Some("0"));
+        let health = text.find("route=\"health\"").unwrap();
+        assert!(
+            health < text.find("route=\"shape\"").unwrap(),
+            "series sorted"
+        );
+    }
+
+    #[test]
+    fn guards_count_while_alive() {
+        fn is_static_send<T: Send + 'static>(_: &T) {}
+        let http = HttpMetrics::default();
         {
-            let _a = http.active();
+            let a = http.active();
+            let _b = http.active();
             let _p = http.parked();
-            assert_eq!((http.active_count(), http.parked_count()), (1, 1));
+            is_static_send(&a);
+            assert_eq!((http.active_count(), http.parked_count()), (2, 1));
+            let text = render(&http, &[]);
+            assert!(text.contains("shapesync_http_requests_active 2\n"));
+            assert!(text.contains("shapesync_http_requests_parked 1\n"));
+            drop(a);
+            assert_eq!(http.active_count(), 1);
         }
         assert_eq!((http.active_count(), http.parked_count()), (0, 0));
-        let text = render(&http, &[sample("a\"b"), sample("c")]);
-        assert!(text.contains("shapesync_http_requests_total{route=\"shape\",status=\"200\"} 2\n"));
-        assert!(
-            text.contains("shapesync_replication_lag_bytes{database_id=\"c\"} 0\n"),
-            "saturating"
+    }
+
+    #[test]
+    fn lag_bytes_saturate_and_up_follows_status() {
+        let mut waiting = tenant("w", 100, 90);
+        waiting.status = "waiting";
+        let text = render(&HttpMetrics::default(), &[tenant("a", 90, 100), waiting]);
+        let lag = |id: &str| {
+            value_of(
+                &text,
+                &format!("shapesync_replication_lag_bytes{{database_id=\"{id}\"}}"),
+            )
+        };
+        assert_eq!(lag("a").as_deref(), Some("10"));
+        assert_eq!(
+            lag("w").as_deref(),
+            Some("0"),
+            "ahead of the server: 0, not a wrap"
         );
-        assert!(text.contains("database_id=\"a\\\"b\""), "escaped label");
-        let mut helps = std::collections::HashMap::new();
+        assert!(text.contains("shapesync_database_up{database_id=\"a\",status=\"active\"} 1\n"));
+        assert!(text.contains("shapesync_database_up{database_id=\"w\",status=\"waiting\"} 0\n"));
+        assert!(text.contains("shapesync_replication_lag_seconds{database_id=\"a\"} 0.25\n"));
+        assert!(text.contains("shapesync_fsync_duration_seconds_count{database_id=\"a\"} 1\n"));
+    }
+
+    #[test]
+    fn lsns_print_exactly_and_floats_in_prometheus_spelling() {
+        let mut t = tenant("a", u64::MAX - 1, u64::MAX);
+        t.lag_seconds = f64::INFINITY;
+        let text = render(&HttpMetrics::default(), &[t]);
+        let acked = value_of(&text, "shapesync_replication_acked_lsn{database_id=\"a\"}");
+        assert_eq!(acked, Some((u64::MAX - 1).to_string()));
+        assert!(text.contains("shapesync_replication_lag_seconds{database_id=\"a\"} +Inf\n"));
+    }
+
+    type Labels = Vec<(String, String)>;
+
+    fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    }
+
+    /// A sample line split into name, label pairs (unescaped) and value; `None` if malformed.
+    fn parse_sample(line: &str) -> Option<(String, Labels, f64)> {
+        let name_end = line.find(['{', ' '])?;
+        let (name, mut rest) = line.split_at(name_end);
+        if !valid_name(name) {
+            return None;
+        }
+        let mut pairs = Vec::new();
+        if let Some(body) = rest.strip_prefix('{') {
+            rest = body;
+            while !rest.starts_with('}') {
+                let (key, after) = rest.split_once("=\"")?;
+                if !valid_name(key) {
+                    return None;
+                }
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (i, '"') => break i,
+                        (_, '\\') => match chars.next()?.1 {
+                            'n' => value.push('\n'),
+                            c @ ('\\' | '"') => value.push(c),
+                            _ => return None,
+                        },
+                        (_, c) => value.push(c),
+                    }
+                };
+                pairs.push((key.to_string(), value));
+                rest = &after[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+            rest = &rest[1..];
+        }
+        let value = rest.strip_prefix(' ')?;
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().ok()?,
+        };
+        Some((name.to_string(), pairs, value))
+    }
+
+    /// Checks the whole exposition and returns each family's type.
+    fn check_exposition(text: &str) -> HashMap<String, String> {
+        let mut helps: HashMap<String, usize> = HashMap::new();
+        let mut types: HashMap<String, String> = HashMap::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
-                *helps
-                    .entry(rest.split(' ').next().unwrap().to_string())
-                    .or_insert(0) += 1;
-                continue;
+                let name = rest.split(' ').next().unwrap().to_string();
+                *helps.entry(name).or_default() += 1;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert_eq!(helps.get(name), Some(&1), "HELP before TYPE of {name}");
+                let old = types.insert(name.to_string(), kind.to_string());
+                assert!(old.is_none(), "second TYPE for {name}");
+            } else {
+                let (name, _, _) =
+                    parse_sample(line).unwrap_or_else(|| panic!("bad line {line:?}"));
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s)
+                            .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name.as_str());
+                assert!(types.contains_key(family), "sample before its TYPE: {line}");
             }
-            if line.starts_with('#') {
-                continue;
-            }
-            let (_, value) = line.rsplit_once(' ').expect("name value");
-            assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
         }
-        assert!(helps.values().all(|n| *n == 1));
-        assert_eq!(helps.len(), 11);
+        assert!(helps.values().all(|n| *n == 1), "{helps:?}");
+        assert_eq!(helps.len(), types.len());
+        types
+    }
+
+    #[test]
+    fn exposition_is_well_formed() {
+        let http = HttpMetrics::default();
+        http.record("shape", 200, Duration::from_millis(3));
+        http.record("admin", 401, Duration::from_secs(100));
+        let odd = "we\"ird\\id\nx";
+        let text = render(&http, &[tenant(odd, 5, 9), tenant("b", 1, 1)]);
+        let types = check_exposition(&text);
+        assert_eq!(types.len(), 11);
+        assert_eq!(types["shapesync_http_requests_total"], "counter");
+        assert_eq!(types["shapesync_fsync_duration_seconds"], "histogram");
+        let ids: Vec<String> = text
+            .lines()
+            .filter_map(parse_sample)
+            .filter(|(n, _, _)| n == "shapesync_shapes")
+            .map(|(_, l, _)| l[0].1.clone())
+            .collect();
+        assert_eq!(ids, ["b", odd], "sorted by id, escaping round-trips");
+    }
+
+    #[test]
+    fn empty_families_still_print_help_and_type() {
+        let text = render(&HttpMetrics::default(), &[]);
+        let types = check_exposition(&text);
+        assert_eq!(types.len(), 11);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "shapesync_http_requests_active 0",
+                "shapesync_http_requests_parked 0"
+            ]
+        );
+        assert_eq!(text, render(&HttpMetrics::default(), &[]), "stable");
+    }
+
+    #[test]
+    fn the_parser_rejects_malformed_lines() {
+        for bad in [
+            "x{a=\"b\"} nope",
+            "x{a=\"b} 1",
+            "1x 2",
+            "x{a=\"\\q\"} 1",
+            "x",
+        ] {
+            assert!(parse_sample(bad).is_none(), "{bad}");
+        }
+        let (_, l, v) = parse_sample("x{a=\"q\\\"\",b=\"\"} -Inf").unwrap();
+        assert_eq!(
+            (l[0].1.as_str(), l[1].1.as_str(), v),
+            ("q\"", "", f64::NEG_INFINITY)
+        );
     }
 }
