@@ -20,6 +20,7 @@
 pub mod metrics;
 pub mod postgres;
 pub mod replication;
+pub mod schema_watch;
 pub mod serve;
 pub mod server;
 pub mod shape;

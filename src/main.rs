@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Bytes of JSON per shape log chunk (a cacheable response).
     #[arg(long, env = "SHAPESYNC_CHUNK_BYTES", default_value_t = 10 * 1024 * 1024)]
     chunk_bytes: u64,
+    /// How often tables with shapes are checked for drops, renames and column changes, in ms.
+    #[arg(long, env = "SHAPESYNC_SCHEMA_CHECK_MS", default_value_t = 5_000)]
+    schema_check_ms: u64,
     /// max-age of non-live responses, in seconds.
     #[arg(long, env = "SHAPESYNC_CACHE_MAX_AGE", default_value_t = 60)]
     cache_max_age: u32,
@@ -162,6 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;
+    cfg.schema_check = Duration::from_millis(args.schema_check_ms.max(100));
     cfg.sse_timeout = Duration::from_millis(args.sse_timeout_ms);
     cfg.shape_deletion = args.enable_shape_deletion;
     cfg.max_initial_requests = args.max_initial_requests;

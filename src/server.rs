@@ -32,6 +32,8 @@ pub struct Config {
     pub chunk_bytes: u64,
     pub cache_ages: CacheAges,
     pub max_snapshots: usize,
+    /// How often tables with shapes are checked for drops, renames and column changes.
+    pub schema_check: Duration,
     pub access: AccessConfig,
 }
 
@@ -71,6 +73,7 @@ impl Config {
             chunk_bytes: 10 * 1024 * 1024,
             cache_ages: CacheAges::default(),
             max_snapshots: 20,
+            schema_check: Duration::from_secs(5),
             access: AccessConfig::insecure(),
         }
     }
@@ -118,6 +121,7 @@ impl Server {
                 stream_id: cfg.stream_id.clone(),
                 chunk_bytes: cfg.chunk_bytes,
                 max_snapshots: cfg.max_snapshots,
+                schema_check: cfg.schema_check,
             },
             default,
         )

@@ -34,6 +34,8 @@ pub struct StackConfig {
     pub chunk_bytes: u64,
     /// Initial snapshots that may run at once.
     pub max_snapshots: usize,
+    /// How often tables with shapes are checked for drops, renames and column changes.
+    pub schema_check: Duration,
 }
 
 /// Is the stack serving?
@@ -224,6 +226,10 @@ impl Stack {
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
         });
+        tokio::spawn(crate::schema_watch::run(
+            Arc::downgrade(&stack),
+            cfg.schema_check,
+        ));
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
         *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(stack)
@@ -256,7 +262,7 @@ impl Stack {
         }
     }
 
-    async fn admin(&self) -> Result<Arc<tokio_postgres::Client>, ShapeError> {
+    pub(crate) async fn admin(&self) -> Result<Arc<tokio_postgres::Client>, ShapeError> {
         let mut admin = self.admin.lock().await;
         if let Some(c) = admin.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));

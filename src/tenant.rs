@@ -114,6 +114,7 @@ pub struct TenantBase {
     pub stream_id: String,
     pub chunk_bytes: u64,
     pub max_snapshots: usize,
+    pub schema_check: std::time::Duration,
 }
 
 pub struct Tenant {
@@ -216,6 +217,7 @@ impl Tenants {
             storage_dir,
             chunk_bytes: self.base.chunk_bytes,
             max_snapshots: self.base.max_snapshots,
+            schema_check: self.base.schema_check,
         })
         .await?;
         Ok(Arc::new(Tenant { record: rec, stack }))

@@ -83,6 +83,32 @@ pub async fn load_table(
         )));
     };
     let oid: u32 = row.get(0);
+    load_columns(client, oid, schema.to_string(), name.to_string()).await
+}
+
+const TABLE_BY_OID_SQL: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1 AND c.relkind IN ('r', 'p')";
+
+/// The table with this oid as it is now, or `None` if it was dropped.
+pub async fn load_table_by_oid(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Option<TableInfo>, CatalogError> {
+    let rows = client.query(TABLE_BY_OID_SQL, &[&oid]).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        load_columns(client, oid, row.get(0), row.get(1)).await?,
+    ))
+}
+
+async fn load_columns(
+    client: &tokio_postgres::Client,
+    oid: u32,
+    schema: String,
+    name: String,
+) -> Result<TableInfo, CatalogError> {
     let rows = client.query(COLUMNS_SQL, &[&oid]).await?;
     let mut columns = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -102,12 +128,7 @@ pub async fn load_table(
             pk_index: (pk_pos > 0).then(|| (pk_pos - 1) as usize),
         });
     }
-    Ok(TableInfo::new(
-        oid,
-        schema.to_string(),
-        name.to_string(),
-        columns,
-    ))
+    Ok(TableInfo::new(oid, schema, name, columns))
 }
 
 impl TableInfo {

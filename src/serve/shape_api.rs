@@ -252,6 +252,22 @@ async fn live_shape(
     Ok(stack.get_or_create(&req.def).await?)
 }
 
+/// 409 pointing at the shape that replaces a stale one. When no replacement can be made (the
+/// table was dropped or no longer fits the definition), the 409 names none: the client's refetch
+/// then gets the 400 saying why.
+async fn replacement(
+    app: &AppState,
+    stack: &Stack,
+    req: &ShapeRequest,
+    ip: IpAddr,
+) -> Result<Outcome, ApiError> {
+    match live_shape(app, stack, req, ip).await {
+        Ok(shape) => Ok(Outcome::MustRefetch(Some(shape))),
+        Err(ApiError::Invalid(_)) => Ok(Outcome::MustRefetch(None)),
+        Err(e) => Err(e),
+    }
+}
+
 async fn decide(
     app: &AppState,
     stack: &Stack,
@@ -270,7 +286,9 @@ async fn decide(
                 .map_err(|()| ApiError::field("handle", "has invalid format"))?;
             match stack.registry.get(&handle) {
                 Some(s) if s.def == req.def && s.is_active() => s,
-                // Unknown, deleted, rotated, or another definition's: refetch the active one.
+                // Deleted or rotated (perhaps its table was dropped): refetch the replacement.
+                Some(s) if s.def == req.def => return replacement(app, stack, req, ip).await,
+                // Unknown, or another definition's: refetch the active one.
                 _ => {
                     return Ok(Outcome::MustRefetch(Some(
                         live_shape(app, stack, req, ip).await?,
@@ -308,11 +326,7 @@ async fn decide(
         match state {
             Ok(()) => {}
             Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),
-            Err(State2::Gone) => {
-                return Ok(Outcome::MustRefetch(Some(
-                    live_shape(app, stack, req, ip).await?,
-                )))
-            }
+            Err(State2::Gone) => return replacement(app, stack, req, ip).await,
             Err(State2::Failed(msg)) => {
                 tracing::warn!(handle = %shape.handle, error = %msg, "serving a failed shape");
                 return Err(ApiError::Unavailable {

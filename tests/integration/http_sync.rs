@@ -612,3 +612,75 @@ async fn schema_changes_rotate_the_shape_and_head_is_served() {
     );
     assert!(r.body.contains("\"extra\":\"e\""));
 }
+
+/// A parked live request on a table that is dropped or renamed, with no change streaming after
+/// it, still learns of it (the periodic schema check) and gets 409; the refetch reports the
+/// missing table, or (rename) the new name serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_and_renamed_tables_invalidate_their_shapes() {
+    let url = fresh_db("dropped").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE gone (id int PRIMARY KEY, v text); INSERT INTO gone VALUES (1, 'a');
+         CREATE TABLE old_name (id int PRIMARY KEY, v text); INSERT INTO old_name VALUES (1, 'b');",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start_with(&url, |c| {
+        c.long_poll = Duration::from_secs(20);
+        c.schema_check = Duration::from_millis(200);
+    })
+    .await;
+    let c = server.client();
+    let mut gone = Follower::new(server.client(), "table=gone");
+    gone.sync().await;
+    let mut renamed = Follower::new(server.client(), "table=old_name");
+    renamed.sync().await;
+
+    let live = |f: &Follower| {
+        format!(
+            "{}&offset={}&handle={}&live=true",
+            f.shape_query,
+            f.offset,
+            f.handle.as_deref().unwrap()
+        )
+    };
+    let (gone_q, renamed_q) = (live(&gone), live(&renamed));
+    let parked_gone = tokio::spawn({
+        let c = server.client();
+        async move { c.get(&gone_q).await }
+    });
+    let parked_renamed = tokio::spawn({
+        let c = server.client();
+        async move { c.get(&renamed_q).await }
+    });
+    wait_parked(&server, 2).await;
+    let started = std::time::Instant::now();
+    db.batch_execute("DROP TABLE gone").await.unwrap();
+    db.batch_execute("ALTER TABLE old_name RENAME TO new_name")
+        .await
+        .unwrap();
+
+    let r = parked_gone.await.unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("must-refetch"));
+    assert!(
+        r.header("electric-handle").is_none(),
+        "no replacement shape exists for a dropped table"
+    );
+    let r = parked_renamed.await.unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered by the schema check, not the long-poll timeout"
+    );
+
+    let r = c.get("table=gone&offset=-1").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not exist"), "{}", r.body);
+    let r = c.get("table=old_name&offset=-1").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let mut f = Follower::new(server.client(), "table=new_name");
+    f.sync().await;
+    assert_eq!(f.values().len(), 1);
+}
