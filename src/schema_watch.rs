@@ -34,7 +34,7 @@ pub async fn run(stack: Weak<Stack>, every: Duration) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
+            _ = crate::stack::stopping(&mut shutdown) => return,
         }
         let Some(stack) = stack.upgrade() else { return };
         if stack.is_stopped() {
@@ -60,9 +60,8 @@ pub async fn check(stack: &Arc<Stack>) -> anyhow::Result<usize> {
             continue;
         }
         let oid = shape.table.oid;
-        if !current.contains_key(&oid) {
-            let now = load_table_by_oid(&client, oid).await?;
-            current.insert(oid, now);
+        if let std::collections::hash_map::Entry::Vacant(e) = current.entry(oid) {
+            e.insert(load_table_by_oid(&client, oid).await?);
         }
         if let Some(why) = table_change(&shape.table, current[&oid].as_ref()) {
             tracing::info!(stack = %stack.id, handle = %shape.handle, reason = why, "invalidating shape");

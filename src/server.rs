@@ -157,19 +157,10 @@ impl Server {
         });
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
-        let (stop_http, mut stop_rx) = watch::channel(false);
+        let (stop_http, stop_rx) = watch::channel(false);
         let app = router(state);
         let http = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "http server failed");
-            }
+            crate::serve::http1::serve(listener, app, stop_rx).await;
         });
         tracing::info!(%addr, "listening");
         Ok(Server {

@@ -445,6 +445,11 @@ impl Stack {
     }
 }
 
+/// Resolves once `shutdown` (a [`Stack::shutdown_signal`]) is set, at once if it already is.
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 /// Restore the shapes found on disk; shapes whose snapshot never finished are deleted.
 async fn restore_shapes(
     store: &Arc<dyn ShapeLogStore>,

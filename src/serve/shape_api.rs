@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use shapesync_storage::{LogOffset, ReadResult};
 
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
+use super::parking::{ParkTicket, Parkable, Parked, Replayed};
 use super::response::{cache_control, etag, if_none_match, CacheKind};
 use super::subset_api::SubsetParts;
 use super::AppState;
@@ -30,23 +31,46 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 pub async fn get_shape(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    parkable: Option<Extension<Parkable>>,
+    replayed: Option<Extension<Replayed>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.as_deref().unwrap_or("");
     let initial = form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "offset" && v == "-1");
-    let _admitted = match app.admission.enter(initial) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
+    // A replayed parked request keeps the admission slot it parked with.
+    let held = replayed.as_ref().and_then(|r| r.take_admitted());
+    let admitted = match held {
+        Some(a) => a,
+        None => match app.admission.enter(initial) {
+            Ok(a) => a,
+            Err(e) => return e.into_response(),
+        },
     };
     let subset = match SubsetParts::from_query(query) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    match serve(&app, &headers, peer, query, subset).await {
+    let wait = Waiting {
+        parkable: parkable.is_some(),
+        since: replayed.map(|r| r.since),
+    };
+    let res = match serve(&app, &headers, peer, query, subset, wait).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    // A parked request stays admitted: the slot goes with its ticket.
+    if let Some(parked) = res.extensions().get::<Parked>() {
+        parked.set_admitted(admitted);
     }
+    res
+}
+
+/// How a live request may wait: parked by its connection (see `parking`), and since when.
+#[derive(Clone, Copy)]
+struct Waiting {
+    parkable: bool,
+    since: Option<Instant>,
 }
 
 /// `POST /v1/shape`: the shape in the query string, a subset snapshot in the JSON body.
@@ -89,7 +113,11 @@ pub async fn post_shape(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    match serve(&app, &headers, peer, query, Some(parts)).await {
+    let wait = Waiting {
+        parkable: false,
+        since: None,
+    };
+    match serve(&app, &headers, peer, query, Some(parts), wait).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -190,6 +218,8 @@ enum Outcome {
     Sse(Arc<Shape>, LogOffset),
     /// A subset snapshot of the shape.
     Subset(Arc<Shape>, SubsetParts),
+    /// Nothing new yet: the connection parks the request (see `parking`).
+    Park(ParkTicket),
 }
 
 async fn serve(
@@ -198,8 +228,17 @@ async fn serve(
     peer: SocketAddr,
     query: &str,
     subset: Option<SubsetParts>,
+    wait: Waiting,
 ) -> Result<Response, ApiError> {
-    let tenant = authorized_tenant(app, query)?;
+    let tenant = match authorized_tenant(app, query) {
+        Ok(t) => t,
+        // A parked request whose database was removed while it waited: refetch (and learn).
+        Err(ApiError::Message { status: 404, .. }) if wait.since.is_some() => {
+            let req = params::parse(query).map_err(ApiError::Invalid)?;
+            return Ok(must_refetch(&req, None));
+        }
+        Err(e) => return Err(e),
+    };
     let req = params::parse(query).map_err(ApiError::Invalid)?;
     let ip = app.access.client_ip(peer, headers);
     if req.live_sse && subset.is_some() {
@@ -208,8 +247,13 @@ async fn serve(
             "subset snapshots cannot be live".into(),
         ));
     }
-    let outcome = decide(app, &tenant.stack, &req, ip, subset).await?;
+    let outcome = decide(app, &tenant.stack, &req, ip, subset, wait).await?;
     Ok(match outcome {
+        Outcome::Park(ticket) => {
+            let mut res = Response::new(Body::empty());
+            res.extensions_mut().insert(Parked::new(ticket));
+            res
+        }
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
         Outcome::Subset(shape, parts) => {
             super::subset_api::respond(app, &tenant.stack, shape, parts).await?
@@ -274,6 +318,7 @@ async fn decide(
     req: &ShapeRequest,
     ip: IpAddr,
     subset: Option<SubsetParts>,
+    wait: Waiting,
 ) -> Result<Outcome, ApiError> {
     let requested = match req.offset {
         RequestOffset::Now => None,
@@ -288,6 +333,8 @@ async fn decide(
                 Some(s) if s.def == req.def && s.is_active() => s,
                 // Deleted or rotated (perhaps its table was dropped): refetch the replacement.
                 Some(s) if s.def == req.def => return replacement(app, stack, req, ip).await,
+                // A parked request whose shape went away while it waited: the same.
+                None if wait.since.is_some() => return replacement(app, stack, req, ip).await,
                 // Unknown, or another definition's: refetch the active one.
                 _ => {
                     return Ok(Outcome::MustRefetch(Some(
@@ -318,12 +365,12 @@ async fn decide(
         return Ok(Outcome::Sse(shape, requested));
     }
     let mut progress = shape.subscribe();
-    let started = Instant::now();
+    let started = wait.since.unwrap_or_else(Instant::now);
     let long_poll = app.long_poll;
     let mut shutdown = stack.shutdown_signal();
     loop {
-        let state = check_state(&progress.borrow_and_update());
-        match state {
+        let observed = progress.borrow_and_update().clone();
+        match check_state(&observed) {
             Ok(()) => {}
             Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),
             Err(State2::Gone) => return replacement(app, stack, req, ip).await,
@@ -377,10 +424,19 @@ async fn decide(
                 }
             }
         };
+        if wait.parkable && timeout_outcome.is_some() && wait_until > Instant::now() {
+            return Ok(Outcome::Park(ParkTicket {
+                shape,
+                observed,
+                deadline: wait_until,
+                admitted: None,
+                gauge: app.metrics.parked(),
+            }));
+        }
         let _parked = req.live.then(|| app.metrics.parked());
         let woke = tokio::select! {
             r = tokio::time::timeout_at(wait_until.into(), progress.changed()) => r.is_ok(),
-            _ = shutdown.changed() => false,
+            _ = crate::stack::stopping(&mut shutdown) => false,
         };
         if !woke {
             if stack.is_stopped() && !shape.is_active() {

@@ -131,7 +131,7 @@ async fn stream_events(
                     return;
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = crate::stack::stopping(&mut shutdown) => return,
         }
     }
 }

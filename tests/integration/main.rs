@@ -3,6 +3,7 @@
 mod cdn;
 mod client_e2e;
 mod deployment;
+mod http1;
 mod http_sync;
 mod openapi;
 mod pgoutput_live;
