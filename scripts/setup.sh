@@ -21,3 +21,20 @@ if [ ! -d tests/client/node_modules/@electric-sql/client ]; then
   echo "setup: installing the client test packages (npm ci)"
   (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The object-store integration test runs a real S3-compatible server: moto's (PyPI), in a venv
+# under target/ so nothing is installed system-wide. python3-venv provides ensurepip.
+S3_VENV=target/s3-venv
+if [ ! -x "$S3_VENV/bin/moto_server" ]; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "setup: installing python3-venv"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  fi
+  echo "setup: installing moto[server] into $S3_VENV"
+  rm -rf "$S3_VENV"
+  python3 -m venv "$S3_VENV"
+  "$S3_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi

@@ -33,6 +33,12 @@ pub struct Config {
     pub cache_ages: CacheAges,
     pub max_snapshots: usize,
     pub access: AccessConfig,
+    /// Object-store tier for sealed chunks: `s3://bucket/prefix`, `file:///dir` or `memory://`.
+    pub object_store_url: Option<String>,
+    /// Archive shapes nobody requested for this long (see `shape::lifecycle`).
+    pub local_retention: Option<Duration>,
+    /// Shape cap per database; the least recently used shape is evicted beyond it.
+    pub max_shapes: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {
@@ -72,6 +78,9 @@ impl Config {
             cache_ages: CacheAges::default(),
             max_snapshots: 20,
             access: AccessConfig::insecure(),
+            object_store_url: None,
+            local_retention: None,
+            max_shapes: None,
         }
     }
 }
@@ -118,6 +127,16 @@ impl Server {
                 stream_id: cfg.stream_id.clone(),
                 chunk_bytes: cfg.chunk_bytes,
                 max_snapshots: cfg.max_snapshots,
+                lifecycle: crate::shape::lifecycle::LifecycleConfig {
+                    tier: match &cfg.object_store_url {
+                        Some(url) => {
+                            Some(shapesync_storage::object_tier::ObjectTier::from_url(url)?)
+                        }
+                        None => None,
+                    },
+                    local_retention: cfg.local_retention,
+                    max_shapes: cfg.max_shapes,
+                },
             },
             default,
         )

@@ -15,6 +15,7 @@ use crate::postgres::connect::SourceDb;
 use crate::postgres::publication::Publication;
 use crate::replication::stream;
 use crate::shape::definition::{ShapeDefinition, ShapeHandle};
+use crate::shape::lifecycle::{self, LifecycleConfig};
 use crate::shape::registry::Registry;
 use crate::shape::visibility::SnapshotInfo;
 use crate::shape::writer::{Command, Writer};
@@ -34,6 +35,8 @@ pub struct StackConfig {
     pub chunk_bytes: u64,
     /// Initial snapshots that may run at once.
     pub max_snapshots: usize,
+    /// Object-store tier, archiving and the shape cap.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// Is the stack serving?
@@ -76,6 +79,7 @@ pub struct Stack {
     /// Set when the tenant is removed.
     removed: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub lifecycle: LifecycleConfig,
 }
 
 impl std::fmt::Debug for Stack {
@@ -194,7 +198,11 @@ impl Stack {
         };
         let store: Arc<dyn ShapeLogStore> =
             Arc::new(tokio::task::spawn_blocking(move || FileStore::open(dir, store_cfg)).await??);
-        let registry = Arc::new(Registry::new(Arc::clone(&store)));
+        let (tier_cleanup, deletions) = mpsc::unbounded_channel();
+        let registry = Arc::new(match cfg.lifecycle.tier {
+            Some(_) => Registry::with_tier_cleanup(Arc::clone(&store), tier_cleanup),
+            None => Registry::new(Arc::clone(&store)),
+        });
         let global_lsn = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(ReplicationStats::new());
         let mut writer = Writer::new(
@@ -223,7 +231,13 @@ impl Stack {
             shutdown,
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
+            lifecycle: cfg.lifecycle.clone(),
         });
+        tokio::spawn(lifecycle::run(
+            Arc::downgrade(&stack),
+            cfg.lifecycle.clone(),
+            deletions,
+        ));
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
         *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(stack)
@@ -293,6 +307,7 @@ impl Stack {
         if self.status() != Status::Active || self.is_stopped() {
             return Err(ShapeError::NotReady(format!("{:?}", self.status())));
         }
+        self.make_room().await;
         let admin = self.admin().await?;
         let table = match catalog::load_table(&admin, &def.schema, &def.table).await {
             Ok(t) => t,
@@ -381,6 +396,30 @@ impl Stack {
             handle: handle.clone(),
         });
         self.registry.remove(handle, Lifecycle::Gone);
+    }
+
+    /// Take a shape out of local service whose sealed chunks were archived to the object
+    /// store: its handle keeps serving them from there.
+    pub fn archive(&self, handle: &ShapeHandle) {
+        let _ = self.commands.send(Command::Remove {
+            handle: handle.clone(),
+        });
+        self.registry.archive(handle);
+    }
+
+    /// At the shape cap, archive (or, without a tier, remove) the least recently used shapes
+    /// so one more fits. The cap is soft under concurrent creations.
+    async fn make_room(&self) {
+        let Some(max) = self.lifecycle.max_shapes else {
+            return;
+        };
+        while self.registry.len() >= max.max(1) {
+            let Some(victim) = self.registry.least_recently_used(None) else {
+                return;
+            };
+            tracing::info!(stack = %self.id, handle = %victim.handle, "evicting the least recently used shape");
+            lifecycle::archive(self, self.lifecycle.tier.as_ref(), &victim, None).await;
+        }
     }
 
     pub fn db(&self) -> &SourceDb {

@@ -114,6 +114,8 @@ pub struct TenantBase {
     pub stream_id: String,
     pub chunk_bytes: u64,
     pub max_snapshots: usize,
+    /// The tier is the whole bucket; each tenant gets its folder `<database id>/`.
+    pub lifecycle: crate::shape::lifecycle::LifecycleConfig,
 }
 
 pub struct Tenant {
@@ -216,6 +218,15 @@ impl Tenants {
             storage_dir,
             chunk_bytes: self.base.chunk_bytes,
             max_snapshots: self.base.max_snapshots,
+            lifecycle: crate::shape::lifecycle::LifecycleConfig {
+                tier: self
+                    .base
+                    .lifecycle
+                    .tier
+                    .as_ref()
+                    .map(|t| t.child(rec.id.as_str())),
+                ..self.base.lifecycle.clone()
+            },
         })
         .await?;
         Ok(Arc::new(Tenant { record: rec, stack }))

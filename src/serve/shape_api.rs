@@ -19,6 +19,7 @@ use super::response::{cache_control, etag, if_none_match, CacheKind};
 use super::subset_api::SubsetParts;
 use super::AppState;
 use crate::shape::definition::ShapeHandle;
+use crate::shape::lifecycle::{read_archived, ArchivedChunk};
 use crate::shape::message;
 use crate::shape::{Lifecycle, Progress, Shape};
 use crate::stack::Stack;
@@ -186,6 +187,8 @@ enum Outcome {
     },
     /// The handle is stale: refetch the active shape (None: the database itself is gone).
     MustRefetch(Option<Arc<Shape>>),
+    /// A sealed chunk of a shape not held locally, served from the object store.
+    Archived(ArchivedChunk),
     /// Live over Server-Sent Events from this offset.
     Sse(Arc<Shape>, LogOffset),
     /// A subset snapshot of the shape.
@@ -211,6 +214,17 @@ async fn serve(
     let outcome = decide(app, &tenant.stack, &req, ip, subset).await?;
     Ok(match outcome {
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
+        Outcome::Archived(found) => respond(
+            app,
+            headers,
+            &req,
+            (found.handle.as_str(), &found.schema_header),
+            found.chunk.entries,
+            found.chunk.end,
+            None,
+            true,
+            false,
+        ),
         Outcome::Subset(shape, parts) => {
             super::subset_api::respond(app, &tenant.stack, shape, parts).await?
         }
@@ -228,7 +242,7 @@ async fn serve(
             app,
             headers,
             &req,
-            &shape,
+            (shape.handle.as_str(), &shape.schema_header),
             entries,
             end,
             up_to_date,
@@ -264,12 +278,24 @@ async fn decide(
         RequestOffset::At(o) => Some(o),
     };
     let shape = match (&req.handle, requested) {
-        (Some(h), Some(_)) => {
+        (Some(h), Some(at)) => {
             let handle: ShapeHandle = h
                 .parse()
                 .map_err(|()| ApiError::field("handle", "has invalid format"))?;
             match stack.registry.get(&handle) {
                 Some(s) if s.def == req.def && s.is_active() => s,
+                // Not held here: archived, or another process's. The object store may hold
+                // the sealed chunk asked for (catch-up reads only).
+                None if subset.is_none() && !req.live_sse && stack.lifecycle.tier.is_some() => {
+                    if let Some(tier) = &stack.lifecycle.tier {
+                        if let Some(found) = read_archived(tier, &handle, &req.def, at).await {
+                            return Ok(Outcome::Archived(found));
+                        }
+                    }
+                    return Ok(Outcome::MustRefetch(Some(
+                        live_shape(app, stack, req, ip).await?,
+                    )));
+                }
                 // Unknown, deleted, rotated, or another definition's: refetch the active one.
                 _ => {
                     return Ok(Outcome::MustRefetch(Some(
@@ -280,6 +306,7 @@ async fn decide(
         }
         _ => live_shape(app, stack, req, ip).await?,
     };
+    shape.touch();
     let Some(requested) = requested else {
         // offset=now: the current end, immediately.
         let latest = shape.log.latest_offset();
@@ -411,7 +438,7 @@ fn respond(
     app: &AppState,
     headers: &HeaderMap,
     req: &ShapeRequest,
-    shape: &Shape,
+    (handle, schema_header): (&str, &str),
     entries: Vec<bytes::Bytes>,
     end: LogOffset,
     up_to_date: Option<u64>,
@@ -425,7 +452,7 @@ fn respond(
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     });
-    let tag = etag(shape.handle.as_str(), &req.offset_text, &end_text, unique);
+    let tag = etag(handle, &req.offset_text, &end_text, unique);
     let kind = if req.offset == RequestOffset::At(LogOffset::BEFORE_ALL) {
         CacheKind::Initial
     } else if req.live {
@@ -435,7 +462,7 @@ fn respond(
     };
     let mut h = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    h.insert("electric-handle", hv(shape.handle.as_str()));
+    h.insert("electric-handle", hv(handle));
     h.insert("electric-offset", hv(&end_text));
     if req.live {
         let cursor = app.next_cursor(req.cursor.as_deref());
@@ -462,7 +489,7 @@ fn respond(
         }
     }
     if !req.live {
-        h.insert("electric-schema", hv(&shape.schema_header));
+        h.insert("electric-schema", hv(schema_header));
     }
     h.insert(
         header::CONTENT_TYPE,

@@ -4,6 +4,7 @@ mod cdn;
 mod client_e2e;
 mod deployment;
 mod http_sync;
+mod lifecycle;
 mod openapi;
 mod pgoutput_live;
 mod resume;

@@ -1,0 +1,198 @@
+//! Shape lifecycle beyond creation: copying sealed chunks to the object-store tier, archiving
+//! idle shapes (local files removed, sealed chunks still served from the bucket), evicting the
+//! least recently used shape at the shape cap, and deleting the bucket copy of removed shapes.
+//!
+//! One task per stack does all object-store work, so for any shape an upload and a deletion
+//! never race: a deletion queued by [`super::registry::Registry::remove`] is handled on the
+//! next tick, after any upload of that shape that was under way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use shapesync_storage::object_tier::{Manifest, ObjectTier, RemoteChunk};
+use shapesync_storage::LogOffset;
+use tokio::sync::mpsc;
+
+use super::definition::{ShapeDefinition, ShapeHandle};
+use super::{Shape, ShapeMeta};
+use crate::postgres::catalog::schema_header;
+use crate::stack::Stack;
+
+/// How a stack's shapes are kept.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleConfig {
+    /// Where sealed chunks are copied (this tenant's folder of the bucket).
+    pub tier: Option<ObjectTier>,
+    /// A shape nobody requested for this long is archived: with a tier, its sealed chunks stay
+    /// in the bucket and its handle keeps serving them; without one it is simply removed.
+    pub local_retention: Option<Duration>,
+    /// At most this many shapes per stack: creating one more evicts (archives) the least
+    /// recently used one.
+    pub max_shapes: Option<usize>,
+}
+
+/// How often the lifecycle task looks for new sealed chunks and idle shapes.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A sealed chunk of an archived (or foreign) shape, read from the bucket.
+#[derive(Debug)]
+pub struct ArchivedChunk {
+    pub handle: ShapeHandle,
+    pub schema_header: String,
+    pub chunk: RemoteChunk,
+}
+
+/// The chunk after `after` of shape `handle` if the bucket holds it and the shape has the
+/// definition `def`. `None` means "not in the bucket": the caller answers 409.
+pub async fn read_archived(
+    tier: &ObjectTier,
+    handle: &ShapeHandle,
+    def: &ShapeDefinition,
+    after: LogOffset,
+) -> Option<ArchivedChunk> {
+    let found = async {
+        let Some(manifest) = tier.latest_manifest(handle.as_str()).await? else {
+            return Ok(None);
+        };
+        let meta: Option<ShapeMeta> = manifest
+            .meta()
+            .and_then(|m| serde_json::from_slice(&m).ok());
+        let Some(meta) = meta.filter(|m| m.def == *def && m.handle == *handle) else {
+            return Ok(None);
+        };
+        let Ok(compiled) = super::compile(&meta.def, &meta.table) else {
+            return Ok(None);
+        };
+        let chunk = tier.read(&manifest, after).await?;
+        Ok::<_, shapesync_storage::object_tier::TierError>(chunk.map(|chunk| ArchivedChunk {
+            handle: handle.clone(),
+            schema_header: schema_header(&meta.table, &compiled.selected),
+            chunk,
+        }))
+    };
+    match found.await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(handle = %handle, error = %e, "reading from the object store failed");
+            None
+        }
+    }
+}
+
+/// The per-stack lifecycle task; ends when the stack shuts down or is dropped.
+pub async fn run(
+    stack: Weak<Stack>,
+    cfg: LifecycleConfig,
+    mut deletions: mpsc::UnboundedReceiver<ShapeHandle>,
+) {
+    let mut uploaded: HashMap<ShapeHandle, (Option<Manifest>, Progressed)> = HashMap::new();
+    let mut shutdown = match stack.upgrade() {
+        Some(s) => s.shutdown_signal(),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(stack) = stack.upgrade() else { return };
+        while let Ok(handle) = deletions.try_recv() {
+            uploaded.remove(&handle);
+            if let Some(tier) = &cfg.tier {
+                if let Err(e) = tier.remove(handle.as_str()).await {
+                    tracing::warn!(handle = %handle, error = %e, "deleting a shape from the object store failed");
+                }
+            }
+        }
+        let shapes = stack.registry.shapes();
+        uploaded.retain(|h, _| shapes.iter().any(|s| s.handle == *h));
+        for shape in shapes {
+            let entry = uploaded.entry(shape.handle.clone()).or_default();
+            if let Some(tier) = &cfg.tier {
+                sync_shape(tier, &shape, entry).await;
+            }
+            if is_idle(&shape, cfg.local_retention) {
+                tracing::info!(handle = %shape.handle, "archiving an idle shape");
+                let state = uploaded.remove(&shape.handle).map(|(m, _)| m);
+                archive(&stack, cfg.tier.as_ref(), &shape, state.flatten()).await;
+            }
+        }
+    }
+}
+
+/// What the log held at the last upload: (sealed snapshot chunks, latest offset).
+type Progressed = Option<(u64, LogOffset)>;
+
+/// Upload what is new since the last look (nothing to do if the log has not moved).
+async fn sync_shape(
+    tier: &ObjectTier,
+    shape: &Arc<Shape>,
+    entry: &mut (Option<Manifest>, Progressed),
+) {
+    let p = shape.progress();
+    let now = Some((p.sealed_chunks, p.latest));
+    if !p.snapshot_finished || entry.1 == now {
+        return;
+    }
+    let meta = match serde_json::to_vec(&shape.meta()) {
+        Ok(m) => m,
+        Err(_) => return,
+    };
+    match tier
+        .sync(shape.handle.as_str(), &meta, &shape.log, &mut entry.0)
+        .await
+    {
+        Ok(n) => {
+            entry.1 = now;
+            if n > 0 {
+                tracing::debug!(handle = %shape.handle, chunks = n, "uploaded sealed chunks");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(handle = %shape.handle, error = %e, "uploading sealed chunks failed; will retry");
+            entry.0 = None; // look the manifest up again next time
+        }
+    }
+}
+
+fn is_idle(shape: &Shape, retention: Option<Duration>) -> bool {
+    let Some(retention) = retention else {
+        return false;
+    };
+    let idle_us = super::now_micros().saturating_sub(shape.last_used_micros());
+    shape.is_active()
+        && shape.progress().snapshot_finished
+        && idle_us >= retention.as_micros() as u64
+}
+
+/// Take a shape out of local service. With a tier, its sealed chunks are uploaded and a final
+/// manifest written first, so its handle keeps serving them from the bucket (reads past them
+/// answer 409); if that fails, or without a tier, the shape is removed outright (409).
+pub async fn archive(
+    stack: &Stack,
+    tier: Option<&ObjectTier>,
+    shape: &Arc<Shape>,
+    mut state: Option<Manifest>,
+) {
+    let archived = match (tier, serde_json::to_vec(&shape.meta())) {
+        (Some(tier), Ok(meta)) => {
+            match tier
+                .archive(shape.handle.as_str(), &meta, &shape.log, &mut state)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(handle = %shape.handle, error = %e, "archiving to the object store failed; removing the shape");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if archived {
+        stack.archive(&shape.handle);
+    } else {
+        stack.invalidate(&shape.handle);
+    }
+}
