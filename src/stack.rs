@@ -80,6 +80,8 @@ pub struct Stack {
     removed: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub lifecycle: LifecycleConfig,
+    /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
+    lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -232,12 +234,17 @@ impl Stack {
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
             lifecycle: cfg.lifecycle.clone(),
+            lifecycle_task: std::sync::Mutex::new(None),
         });
-        tokio::spawn(lifecycle::run(
+        let lifecycle_task = tokio::spawn(lifecycle::run(
             Arc::downgrade(&stack),
             cfg.lifecycle.clone(),
             deletions,
         ));
+        *stack
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(lifecycle_task);
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
         *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(stack)
@@ -265,6 +272,14 @@ impl Stack {
     pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let task = self
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }

@@ -92,11 +92,10 @@ pub async fn run(
         None => return,
     };
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Some(stack) = stack.upgrade() else { return };
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(TICK) => false,
+            _ = shutdown.changed() => true,
+        };
         while let Ok(handle) = deletions.try_recv() {
             uploaded.remove(&handle);
             if let Some(tier) = &cfg.tier {
@@ -105,6 +104,10 @@ pub async fn run(
                 }
             }
         }
+        // Deletions queued before a stop (a removed tenant's shapes) are done above.
+        let Some(stack) = stack.upgrade().filter(|_| !stopping) else {
+            return;
+        };
         let shapes = stack.registry.shapes();
         uploaded.retain(|h, _| shapes.iter().any(|s| s.handle == *h));
         for shape in shapes {
