@@ -286,7 +286,11 @@ async fn decide(
                 Some(s) if s.def == req.def && s.is_active() => s,
                 // Not held here: archived, or another process's. The object store may hold
                 // the sealed chunk asked for (catch-up reads only).
-                None if subset.is_none() && !req.live_sse && stack.lifecycle.tier.is_some() => {
+                None if subset.is_none()
+                    && !req.live_sse
+                    && stack.lifecycle.tier.is_some()
+                    && !stack.registry.is_being_deleted(&handle) =>
+                {
                     if let Some(tier) = &stack.lifecycle.tier {
                         if let Some(found) = read_archived(tier, &handle, &req.def, at).await {
                             return Ok(Outcome::Archived(found));

@@ -96,12 +96,18 @@ pub async fn run(
             _ = tokio::time::sleep(TICK) => false,
             _ = shutdown.changed() => true,
         };
+        let registry = stack.upgrade().map(|s| Arc::clone(&s.registry));
         while let Ok(handle) = deletions.try_recv() {
             uploaded.remove(&handle);
             if let Some(tier) = &cfg.tier {
                 if let Err(e) = tier.remove(handle.as_str()).await {
+                    // Kept as "being deleted": this process never serves it from the bucket.
                     tracing::warn!(handle = %handle, error = %e, "deleting a shape from the object store failed");
+                    continue;
                 }
+            }
+            if let Some(registry) = &registry {
+                registry.deleted_from_tier(&handle);
             }
         }
         // Deletions queued before a stop (a removed tenant's shapes) are done above.

@@ -19,6 +19,8 @@ pub struct Registry {
     /// Handles whose copies in the object-store tier must be deleted too (drained by the
     /// lifecycle task, which also uploads: deletions are ordered after uploads that way).
     tier_cleanup: Option<tokio::sync::mpsc::UnboundedSender<ShapeHandle>>,
+    /// Removed shapes whose bucket copy is not deleted yet: never served from the bucket.
+    deleting: dashmap::DashSet<ShapeHandle>,
 }
 
 impl Registry {
@@ -28,6 +30,7 @@ impl Registry {
             by_handle: DashMap::new(),
             store,
             tier_cleanup: None,
+            deleting: dashmap::DashSet::new(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Registry {
     pub fn remove(&self, handle: &ShapeHandle, state: Lifecycle) {
         if self.take_out(handle, state) {
             if let Some(cleanup) = &self.tier_cleanup {
+                self.deleting.insert(handle.clone());
                 let _ = cleanup.send(handle.clone());
             }
         }
@@ -84,6 +88,16 @@ impl Registry {
     /// being served from there (the caller archived it first).
     pub fn archive(&self, handle: &ShapeHandle) {
         self.take_out(handle, Lifecycle::Gone);
+    }
+
+    /// Was `handle` removed here with its bucket copy still being deleted?
+    pub fn is_being_deleted(&self, handle: &ShapeHandle) -> bool {
+        self.deleting.contains(handle)
+    }
+
+    /// The bucket copy of `handle` is deleted (called by the lifecycle task).
+    pub fn deleted_from_tier(&self, handle: &ShapeHandle) {
+        self.deleting.remove(handle);
     }
 
     /// The active shape requested least recently, other than `except`.

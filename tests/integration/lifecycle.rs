@@ -365,6 +365,11 @@ async fn deleting_a_shape_removes_its_files_and_bucket_objects() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
+    // At once, before the bucket copy is gone: the deleted handle is not served from there.
+    let r = client
+        .get(&format!("{SHAPE}&offset=0_0&handle={handle}"))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
     let objects = bucket.path().join("default").join(&handle);
     eventually(
         "local files and bucket objects to go",
