@@ -3,6 +3,7 @@
 //! [`Progress`], a watch value the writer and snapshotter advance only with durable (or, for
 //! snapshot chunks, sealed) data.
 
+pub mod compaction;
 pub mod definition;
 pub mod filter;
 pub mod lifecycle;
