@@ -80,6 +80,8 @@ pub struct Stack {
     removed: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub lifecycle: LifecycleConfig,
+    /// Final manifests of archived shapes read from the bucket (they never change).
+    pub archived_manifests: lifecycle::ArchivedManifests,
     /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
     lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -235,6 +237,7 @@ impl Stack {
             task: std::sync::Mutex::new(None),
             lifecycle: cfg.lifecycle.clone(),
             lifecycle_task: std::sync::Mutex::new(None),
+            archived_manifests: lifecycle::ArchivedManifests::new(4096),
         });
         let lifecycle_task = tokio::spawn(lifecycle::run(
             Arc::downgrade(&stack),
@@ -460,6 +463,12 @@ impl Stack {
             self.registry.remove(&h, Lifecycle::Gone);
         }
         self.stop().await;
+        if let Some(tier) = &self.lifecycle.tier {
+            // Archived shapes too: the tenant's whole folder of the bucket.
+            if let Err(e) = tier.remove_all().await {
+                tracing::warn!(stack = %self.id, error = %e, "deleting the tenant's objects failed");
+            }
+        }
         let client = self.db.connect().await?;
         // The walsender may take a moment to release the slot after the stream closes.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

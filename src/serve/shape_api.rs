@@ -292,7 +292,10 @@ async fn decide(
                     && !stack.registry.is_being_deleted(&handle) =>
                 {
                     if let Some(tier) = &stack.lifecycle.tier {
-                        if let Some(found) = read_archived(tier, &handle, &req.def, at).await {
+                        if let Some(found) =
+                            read_archived(tier, &stack.archived_manifests, &handle, &req.def, at)
+                                .await
+                        {
                             return Ok(Outcome::Archived(found));
                         }
                     }

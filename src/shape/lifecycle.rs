@@ -43,17 +43,64 @@ pub struct ArchivedChunk {
     pub chunk: RemoteChunk,
 }
 
+/// Final manifests (`archived: true`) by handle. They never change, so a read of an archived
+/// shape costs one object read instead of a listing, a manifest read and the chunk read.
+/// Bounded: beyond `cap` entries an arbitrary one is dropped.
+pub struct ArchivedManifests {
+    /// std Mutex: lookups and inserts only, never across `.await`.
+    map: std::sync::Mutex<HashMap<ShapeHandle, Arc<Manifest>>>,
+    cap: usize,
+}
+
+impl ArchivedManifests {
+    pub fn new(cap: usize) -> Self {
+        ArchivedManifests {
+            map: std::sync::Mutex::new(HashMap::new()),
+            cap: cap.max(1),
+        }
+    }
+
+    fn get(&self, handle: &ShapeHandle) -> Option<Arc<Manifest>> {
+        self.lock().get(handle).cloned()
+    }
+
+    fn put(&self, handle: &ShapeHandle, m: Arc<Manifest>) {
+        let mut map = self.lock();
+        if map.len() >= self.cap {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(handle.clone(), m);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShapeHandle, Arc<Manifest>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The chunk after `after` of shape `handle` if the bucket holds it and the shape has the
 /// definition `def`. `None` means "not in the bucket": the caller answers 409.
 pub async fn read_archived(
     tier: &ObjectTier,
+    cache: &ArchivedManifests,
     handle: &ShapeHandle,
     def: &ShapeDefinition,
     after: LogOffset,
 ) -> Option<ArchivedChunk> {
     let found = async {
-        let Some(manifest) = tier.latest_manifest(handle.as_str()).await? else {
-            return Ok(None);
+        let manifest = match cache.get(handle) {
+            Some(m) => m,
+            None => {
+                let Some(m) = tier.latest_manifest(handle.as_str()).await? else {
+                    return Ok(None);
+                };
+                let m = Arc::new(m);
+                if m.archived {
+                    cache.put(handle, Arc::clone(&m));
+                }
+                m
+            }
         };
         let meta: Option<ShapeMeta> = manifest
             .meta()
@@ -86,7 +133,7 @@ pub async fn run(
     cfg: LifecycleConfig,
     mut deletions: mpsc::UnboundedReceiver<ShapeHandle>,
 ) {
-    let mut uploaded: HashMap<ShapeHandle, (Option<Manifest>, Progressed)> = HashMap::new();
+    let mut uploaded: HashMap<ShapeHandle, Uploads> = HashMap::new();
     let mut shutdown = match stack.upgrade() {
         Some(s) => s.shutdown_signal(),
         None => return,
@@ -123,25 +170,39 @@ pub async fn run(
             }
             if is_idle(&shape, cfg.local_retention) {
                 tracing::info!(handle = %shape.handle, "archiving an idle shape");
-                let state = uploaded.remove(&shape.handle).map(|(m, _)| m);
+                let state = uploaded.remove(&shape.handle).map(|u| u.manifest);
                 archive(&stack, cfg.tier.as_ref(), &shape, state.flatten()).await;
             }
         }
     }
 }
 
-/// What the log held at the last upload: (sealed snapshot chunks, latest offset).
-type Progressed = Option<(u64, LogOffset)>;
+/// This task's knowledge of one shape's bucket copy.
+#[derive(Default)]
+struct Uploads {
+    /// The last manifest written or read (`None`: look it up).
+    manifest: Option<Manifest>,
+    /// What the log held at the last successful sync: (sealed snapshot chunks, latest offset).
+    seen: Option<(u64, LogOffset)>,
+    /// Consecutive failures, and no new attempt before `retry_at` (exponential backoff, so an
+    /// unreachable store is not hammered by every shape every tick).
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+/// Backoff after `failures` consecutive failed syncs: 1 s, 2 s, 4 s … up to 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
 
 /// Upload what is new since the last look (nothing to do if the log has not moved).
-async fn sync_shape(
-    tier: &ObjectTier,
-    shape: &Arc<Shape>,
-    entry: &mut (Option<Manifest>, Progressed),
-) {
+async fn sync_shape(tier: &ObjectTier, shape: &Arc<Shape>, entry: &mut Uploads) {
     let p = shape.progress();
     let now = Some((p.sealed_chunks, p.latest));
-    if !p.snapshot_finished || entry.1 == now {
+    let waiting = entry
+        .retry_at
+        .is_some_and(|t| std::time::Instant::now() < t);
+    if !p.snapshot_finished || entry.seen == now || waiting {
         return;
     }
     let meta = match serde_json::to_vec(&shape.meta()) {
@@ -149,18 +210,27 @@ async fn sync_shape(
         Err(_) => return,
     };
     match tier
-        .sync(shape.handle.as_str(), &meta, &shape.log, &mut entry.0)
+        .sync(
+            shape.handle.as_str(),
+            &meta,
+            &shape.log,
+            &mut entry.manifest,
+        )
         .await
     {
         Ok(n) => {
-            entry.1 = now;
+            entry.seen = now;
+            entry.failures = 0;
+            entry.retry_at = None;
             if n > 0 {
                 tracing::debug!(handle = %shape.handle, chunks = n, "uploaded sealed chunks");
             }
         }
         Err(e) => {
             tracing::warn!(handle = %shape.handle, error = %e, "uploading sealed chunks failed; will retry");
-            entry.0 = None; // look the manifest up again next time
+            entry.manifest = None; // look the manifest up again next time
+            entry.failures += 1;
+            entry.retry_at = Some(std::time::Instant::now() + backoff(entry.failures));
         }
     }
 }

@@ -289,9 +289,18 @@ impl ObjectTier {
     /// shape), then its chunks. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), TierError> {
         crate::validate_id(id)?;
-        let folder = self.prefix.clone().join(id);
+        self.delete_under(&self.prefix.clone().join(id)).await
+    }
+
+    /// Deletes every shape under this tier's prefix (a removed tenant's folder), manifests
+    /// first. Idempotent.
+    pub async fn remove_all(&self) -> Result<(), TierError> {
+        self.delete_under(&self.prefix).await
+    }
+
+    async fn delete_under(&self, folder: &Path) -> Result<(), TierError> {
         let mut objects: Vec<Path> = Vec::new();
-        let mut listing = self.store.list(Some(&folder));
+        let mut listing = self.store.list(Some(folder));
         while let Some(meta) = listing.next().await {
             objects.push(meta?.location);
         }

@@ -164,3 +164,26 @@ fn manifest_zero() -> shapesync_storage::object_tier::Manifest {
     )
     .expect("manifest")
 }
+
+#[tokio::test]
+async fn remove_all_deletes_one_tenant_folder_only() {
+    for (tier, _dir) in buckets() {
+        let fx = memory(100);
+        let (t1, t2) = (tier.child("t1"), tier.child("t2"));
+        for (i, (t, id)) in [(&t1, "1-1"), (&t1, "1-2"), (&t2, "1-1")]
+            .into_iter()
+            .enumerate()
+        {
+            let log = filled(&fx, &format!("log-{i}"));
+            t.sync(id, b"m", &log, &mut None).await.unwrap();
+        }
+        t1.remove_all().await.unwrap();
+        assert_eq!(t1.latest_manifest("1-1").await.unwrap(), None);
+        assert_eq!(t1.latest_manifest("1-2").await.unwrap(), None);
+        assert!(
+            t2.latest_manifest("1-1").await.unwrap().is_some(),
+            "other tenant kept"
+        );
+        t1.remove_all().await.unwrap();
+    }
+}
