@@ -240,7 +240,9 @@ fn is_idle(shape: &Shape, retention: Option<Duration>) -> bool {
         return false;
     };
     let idle_us = super::now_micros().saturating_sub(shape.last_used_micros());
+    // A parked long-poll or an open SSE stream is a reader even if no request came lately.
     shape.is_active()
+        && !shape.has_waiters()
         && shape.progress().snapshot_finished
         && idle_us >= retention.as_micros() as u64
 }

@@ -211,6 +211,11 @@ impl Shape {
         self.last_used.load(Ordering::Relaxed)
     }
 
+    /// Is a request waiting on this shape (a parked long-poll or an SSE stream)?
+    pub fn has_waiters(&self) -> bool {
+        self.progress.receiver_count() > 0
+    }
+
     pub fn is_active(&self) -> bool {
         self.progress.borrow().state == Lifecycle::Active
     }

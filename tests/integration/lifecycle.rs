@@ -442,3 +442,38 @@ async fn the_shape_cap_evicts_the_least_recently_used_shape() {
         .await;
     assert_eq!(r.status, 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_long_poll_keeps_its_shape_from_being_archived() {
+    let (url, _db) = items_db("tier_parked").await;
+    let bucket = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(&url, |c| {
+        c.long_poll = Duration::from_secs(3);
+        c.local_retention = Some(Duration::from_millis(500));
+        c.object_store_url = Some(format!("file://{}", bucket.path().display()));
+    })
+    .await;
+    let client = server.client();
+    let (handle, replies) = catch_up(&client).await;
+    let end = replies
+        .last()
+        .unwrap()
+        .1
+        .header("electric-offset")
+        .unwrap()
+        .to_string();
+    // Parked for the whole long-poll (six retention periods): still served, then up to date.
+    let r = client
+        .get(&format!("{SHAPE}&offset={end}&handle={handle}&live=true"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.up_to_date());
+    // Once nobody waits, it is archived.
+    let stack = server.server.as_ref().unwrap().stack.clone().unwrap();
+    eventually(
+        "archiving after the request",
+        Duration::from_secs(10),
+        || async { stack.registry.get(&handle.parse().unwrap()).is_none() },
+    )
+    .await;
+}
