@@ -26,12 +26,12 @@ async fn items_db(tag: &str) -> (String, tokio_postgres::Client) {
 }
 
 /// Many small transactions: several change chunks seal (chunk threshold 2,000 bytes).
-async fn write_changes(db: &tokio_postgres::Client) {
+async fn write_changes(db: &tokio_postgres::Client, base: i64) {
     for i in 0..12 {
         db.batch_execute(&format!(
             "INSERT INTO items SELECT g, repeat('c', 40) || g FROM generate_series({}, {}) g;",
-            1000 + i * 5,
-            1004 + i * 5
+            base + i * 5,
+            base + 4 + i * 5
         ))
         .await
         .unwrap();
@@ -161,7 +161,7 @@ async fn archive_and_serve(tag: &str, url_of_bucket: &str, bucket: &Bucket) -> S
     let server = TestServer::start_with(&url, tweak).await;
     let client = server.client();
     let (handle, _) = catch_up(&client).await;
-    write_changes(&db).await;
+    write_changes(&db, 1000).await;
     let stack = server.server.as_ref().unwrap().stack.clone().unwrap();
     // One pass over the whole log once every change is there.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -350,7 +350,7 @@ async fn deleting_a_shape_removes_its_files_and_bucket_objects() {
     .await;
     let client = server.client();
     let (handle, _) = catch_up(&client).await;
-    write_changes(&db).await;
+    write_changes(&db, 1000).await;
     eventually("the upload", Duration::from_secs(20), || async {
         sealed_ends(&dir, &handle)
             .await
@@ -476,4 +476,59 @@ async fn a_parked_long_poll_keeps_its_shape_from_being_archived() {
         || async { stack.registry.get(&handle.parse().unwrap()).is_none() },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_resume_after_a_restart_from_the_bucket_manifest() {
+    let (url, db) = items_db("tier_restart").await;
+    let bucket = tempfile::tempdir().unwrap();
+    let dir = Bucket::Dir(bucket.path().to_path_buf());
+    let mut server = TestServer::start_with(&url, |c| {
+        c.chunk_bytes = 2_000;
+        c.object_store_url = Some(format!("file://{}", bucket.path().display()));
+    })
+    .await;
+    let (handle, _) = catch_up(&server.client()).await;
+    write_changes(&db, 1000).await;
+    let uploaded = || async { sealed_ends(&dir, &handle).await.map_or(0, |(e, _)| e.len()) };
+    eventually("the first uploads", Duration::from_secs(20), || async {
+        uploaded().await >= 4
+    })
+    .await;
+    let before = uploaded().await;
+    server.restart().await;
+    // More changes seal more chunks; the restarted process continues the same manifests.
+    write_changes(&db, 5000).await;
+    eventually(
+        "uploads after the restart",
+        Duration::from_secs(30),
+        || async { uploaded().await > before },
+    )
+    .await;
+    let m = dir.manifest(&handle).await.expect("manifest");
+    let seq = m["seq"].as_u64().unwrap();
+    let names: Vec<String> = std::fs::read_dir(bucket.path().join("default").join(&handle))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("manifest-"))
+        .collect();
+    assert_eq!(
+        names.len() as u64,
+        seq,
+        "manifests 1..={seq}, none skipped or rewritten"
+    );
+    // The restarted server serves the same log, so its chunks equal the bucket's.
+    let (h, replies) = catch_up(&server.client()).await;
+    assert_eq!(h, handle);
+    let ends: Vec<&str> = replies
+        .iter()
+        .filter_map(|(_, r)| r.header("electric-offset"))
+        .collect();
+    let (sealed, _) = sealed_ends(&dir, &handle).await.unwrap();
+    for s in &sealed {
+        assert!(
+            ends.contains(&s.as_str()),
+            "bucket chunk {s} is a chunk of the log: {ends:?}"
+        );
+    }
 }
