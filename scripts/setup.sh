@@ -23,18 +23,25 @@ if [ ! -d tests/client/node_modules/@electric-sql/client ]; then
   (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# Schemathesis (PyPI), which checks the running server against openapi/shapesync.yaml.
-SCHEMATHESIS_VERSION=4.32.5
-venv=target/tools/schemathesis
-if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION (pip, into $venv)"
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+# Python tools from PyPI, each in its own venv under target/ (nothing installed system-wide):
+# schemathesis, which checks the running server against openapi/shapesync.yaml, and moto's S3
+# server for the object-store integration test. python3-venv provides ensurepip.
+pip_tool() { # venv, executable, pip requirement, version the executable must report (or "")
+  local venv=$1 exe=$2 req=$3 version=$4
+  if [ -x "$venv/bin/$exe" ] && { [ -z "$version" ] || "$venv/bin/$exe" --version 2>/dev/null | grep -q "$version"; }; then
+    return
+  fi
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "setup: installing python3-venv"
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
   fi
+  echo "setup: installing $req (pip, into $venv)"
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$req"
+}
+pip_tool target/tools/schemathesis schemathesis "schemathesis==4.32.5" 4.32.5
+pip_tool target/s3-venv moto_server "moto[server]==5.2.5" ""

@@ -104,6 +104,19 @@ struct ServeArgs {
     /// New shapes per second per client IP (burst twice that).
     #[arg(long, env = "SHAPESYNC_SHAPE_CREATE_RATE", default_value_t = 100)]
     shape_create_rate: u32,
+    /// Copy sealed chunks to an object store and serve them from there once local copies are
+    /// gone: `s3://bucket/prefix` (credentials, region and endpoint from the AWS_* variables,
+    /// e.g. AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true), `file:///dir` or `memory://`.
+    #[arg(long, env = "SHAPESYNC_OBJECT_STORE_URL")]
+    object_store_url: Option<String>,
+    /// Archive a shape nobody requested for this many seconds: its local files are removed
+    /// and (with an object store) its sealed chunks keep being served from the bucket.
+    #[arg(long, env = "SHAPESYNC_LOCAL_RETENTION_SECS")]
+    local_retention: Option<u64>,
+    /// At most this many shapes per database; creating one more evicts the least recently
+    /// used (clients holding its handle get 409 past what the object store holds).
+    #[arg(long, env = "SHAPESYNC_MAX_SHAPES")]
+    max_shapes: Option<usize>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -162,6 +175,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     cfg.listen = args.listen;
+    cfg.object_store_url = args.object_store_url;
+    cfg.local_retention = args.local_retention.map(Duration::from_secs);
+    cfg.max_shapes = args.max_shapes;
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;

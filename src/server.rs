@@ -35,6 +35,12 @@ pub struct Config {
     /// How often tables with shapes are checked for drops, renames and column changes.
     pub schema_check: Duration,
     pub access: AccessConfig,
+    /// Object-store tier for sealed chunks: `s3://bucket/prefix`, `file:///dir` or `memory://`.
+    pub object_store_url: Option<String>,
+    /// Archive shapes nobody requested for this long (see `shape::lifecycle`).
+    pub local_retention: Option<Duration>,
+    /// Shape cap per database; the least recently used shape is evicted beyond it.
+    pub max_shapes: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +81,9 @@ impl Config {
             max_snapshots: 20,
             schema_check: Duration::from_secs(5),
             access: AccessConfig::insecure(),
+            object_store_url: None,
+            local_retention: None,
+            max_shapes: None,
         }
     }
 }
@@ -122,6 +131,16 @@ impl Server {
                 chunk_bytes: cfg.chunk_bytes,
                 max_snapshots: cfg.max_snapshots,
                 schema_check: cfg.schema_check,
+                lifecycle: crate::shape::lifecycle::LifecycleConfig {
+                    tier: match &cfg.object_store_url {
+                        Some(url) => {
+                            Some(shapesync_storage::object_tier::ObjectTier::from_url(url)?)
+                        }
+                        None => None,
+                    },
+                    local_retention: cfg.local_retention,
+                    max_shapes: cfg.max_shapes,
+                },
             },
             default,
         )

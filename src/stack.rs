@@ -15,6 +15,7 @@ use crate::postgres::connect::SourceDb;
 use crate::postgres::publication::Publication;
 use crate::replication::stream;
 use crate::shape::definition::{ShapeDefinition, ShapeHandle};
+use crate::shape::lifecycle::{self, LifecycleConfig};
 use crate::shape::registry::Registry;
 use crate::shape::visibility::SnapshotInfo;
 use crate::shape::writer::{Command, Writer};
@@ -36,6 +37,8 @@ pub struct StackConfig {
     pub max_snapshots: usize,
     /// How often tables with shapes are checked for drops, renames and column changes.
     pub schema_check: Duration,
+    /// Object-store tier, archiving and the shape cap.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// Is the stack serving?
@@ -78,6 +81,11 @@ pub struct Stack {
     /// Set when the tenant is removed.
     removed: std::sync::atomic::AtomicBool,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub lifecycle: LifecycleConfig,
+    /// Final manifests of archived shapes read from the bucket (they never change).
+    pub archived_manifests: lifecycle::ArchivedManifests,
+    /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
+    lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -196,7 +204,11 @@ impl Stack {
         };
         let store: Arc<dyn ShapeLogStore> =
             Arc::new(tokio::task::spawn_blocking(move || FileStore::open(dir, store_cfg)).await??);
-        let registry = Arc::new(Registry::new(Arc::clone(&store)));
+        let (tier_cleanup, deletions) = mpsc::unbounded_channel();
+        let registry = Arc::new(match cfg.lifecycle.tier {
+            Some(_) => Registry::with_tier_cleanup(Arc::clone(&store), tier_cleanup),
+            None => Registry::new(Arc::clone(&store)),
+        });
         let global_lsn = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(ReplicationStats::new());
         let mut writer = Writer::new(
@@ -225,11 +237,23 @@ impl Stack {
             shutdown,
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
+            lifecycle: cfg.lifecycle.clone(),
+            lifecycle_task: std::sync::Mutex::new(None),
+            archived_manifests: lifecycle::ArchivedManifests::new(4096),
         });
         tokio::spawn(crate::schema_watch::run(
             Arc::downgrade(&stack),
             cfg.schema_check,
         ));
+        let lifecycle_task = tokio::spawn(lifecycle::run(
+            Arc::downgrade(&stack),
+            cfg.lifecycle.clone(),
+            deletions,
+        ));
+        *stack
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(lifecycle_task);
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
         *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(stack)
@@ -257,6 +281,14 @@ impl Stack {
     pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let task = self
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -299,6 +331,7 @@ impl Stack {
         if self.status() != Status::Active || self.is_stopped() {
             return Err(ShapeError::NotReady(format!("{:?}", self.status())));
         }
+        self.make_room().await;
         let admin = self.admin().await?;
         let table = match catalog::load_table(&admin, &def.schema, &def.table).await {
             Ok(t) => t,
@@ -389,6 +422,30 @@ impl Stack {
         self.registry.remove(handle, Lifecycle::Gone);
     }
 
+    /// Take a shape out of local service whose sealed chunks were archived to the object
+    /// store: its handle keeps serving them from there.
+    pub fn archive(&self, handle: &ShapeHandle) {
+        let _ = self.commands.send(Command::Remove {
+            handle: handle.clone(),
+        });
+        self.registry.archive(handle);
+    }
+
+    /// At the shape cap, archive (or, without a tier, remove) the least recently used shapes
+    /// so one more fits. The cap is soft under concurrent creations.
+    async fn make_room(&self) {
+        let Some(max) = self.lifecycle.max_shapes else {
+            return;
+        };
+        while self.registry.len() >= max.max(1) {
+            let Some(victim) = self.registry.least_recently_used(None) else {
+                return;
+            };
+            tracing::info!(stack = %self.id, handle = %victim.handle, "evicting the least recently used shape");
+            lifecycle::archive(self, self.lifecycle.tier.as_ref(), &victim, None).await;
+        }
+    }
+
     pub fn db(&self) -> &SourceDb {
         &self.db
     }
@@ -412,6 +469,12 @@ impl Stack {
             self.registry.remove(&h, Lifecycle::Gone);
         }
         self.stop().await;
+        if let Some(tier) = &self.lifecycle.tier {
+            // Archived shapes too: the tenant's whole folder of the bucket.
+            if let Err(e) = tier.remove_all().await {
+                tracing::warn!(stack = %self.id, error = %e, "deleting the tenant's objects failed");
+            }
+        }
         let client = self.db.connect().await?;
         // The walsender may take a moment to release the slot after the stream closes.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -115,6 +115,8 @@ pub struct TenantBase {
     pub chunk_bytes: u64,
     pub max_snapshots: usize,
     pub schema_check: std::time::Duration,
+    /// The tier is the whole bucket; each tenant gets its folder `<database id>/`.
+    pub lifecycle: crate::shape::lifecycle::LifecycleConfig,
 }
 
 pub struct Tenant {
@@ -218,6 +220,15 @@ impl Tenants {
             chunk_bytes: self.base.chunk_bytes,
             max_snapshots: self.base.max_snapshots,
             schema_check: self.base.schema_check,
+            lifecycle: crate::shape::lifecycle::LifecycleConfig {
+                tier: self
+                    .base
+                    .lifecycle
+                    .tier
+                    .as_ref()
+                    .map(|t| t.child(rec.id.as_str())),
+                ..self.base.lifecycle.clone()
+            },
         })
         .await?;
         Ok(Arc::new(Tenant { record: rec, stack }))

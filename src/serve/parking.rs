@@ -90,8 +90,9 @@ pub struct Woken<T> {
 struct Inner<T> {
     next_id: u64,
     waiters: HashMap<u64, Waiter<T>>,
-    /// Waiter ids per shape with a watcher task.
-    by_shape: HashMap<ShapeHandle, Vec<u64>>,
+    /// Waiter ids per shape, and the shape's watcher task (aborted when its last waiter times
+    /// out, so an idle shape holds no subscription: see `Shape::has_waiters`).
+    by_shape: HashMap<ShapeHandle, (Vec<u64>, tokio::task::JoinHandle<()>)>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     closed: bool,
 }
@@ -151,13 +152,17 @@ impl<T: Send + 'static> Parking<T> {
         inner.next_id += 1;
         let earliest = inner.deadlines.peek().map(|Reverse((d, _))| *d);
         inner.deadlines.push(Reverse((deadline, id)));
-        let handle = shape.handle.clone();
-        let first = !inner.by_shape.contains_key(&handle);
-        inner.by_shape.entry(handle).or_default().push(id);
-        if first {
-            // Subscribed under the lock: any later change wakes the watcher.
-            let rx = shape.subscribe();
-            tokio::spawn(watch_shape(Arc::downgrade(self), shape.handle.clone(), rx));
+        match inner.by_shape.get_mut(&shape.handle) {
+            Some((ids, _)) => ids.push(id),
+            None => {
+                // Subscribed under the lock: any later change wakes the watcher.
+                let rx = shape.subscribe();
+                let watcher =
+                    tokio::spawn(watch_shape(Arc::downgrade(self), shape.handle.clone(), rx));
+                inner
+                    .by_shape
+                    .insert(shape.handle.clone(), (vec![id], watcher));
+            }
         }
         inner.waiters.insert(
             id,
@@ -190,7 +195,9 @@ impl<T: Send + 'static> Parking<T> {
         let woken: Vec<Waiter<T>> = {
             let mut inner = lock(&self.inner);
             inner.closed = true;
-            inner.by_shape.clear();
+            for (_, (_, watcher)) in inner.by_shape.drain() {
+                watcher.abort();
+            }
             inner.deadlines.clear();
             inner.waiters.drain().map(|(_, w)| w).collect()
         };
@@ -217,7 +224,7 @@ impl<T: Send + 'static> Parking<T> {
     fn wake_shape(&self, handle: &ShapeHandle) {
         let woken: Vec<Waiter<T>> = {
             let mut inner = lock(&self.inner);
-            let Some(ids) = inner.by_shape.remove(handle) else {
+            let Some((ids, _watcher)) = inner.by_shape.remove(handle) else {
                 return;
             };
             ids.into_iter()
@@ -241,8 +248,14 @@ impl<T: Send + 'static> Parking<T> {
                 }
                 inner.deadlines.pop();
                 if let Some(w) = inner.waiters.remove(&id) {
-                    if let Some(ids) = inner.by_shape.get_mut(&w.shape.handle) {
+                    let handle = &w.shape.handle;
+                    if let Some((ids, _)) = inner.by_shape.get_mut(handle) {
                         ids.retain(|i| *i != id);
+                        if ids.is_empty() {
+                            if let Some((_, watcher)) = inner.by_shape.remove(handle) {
+                                watcher.abort();
+                            }
+                        }
                     }
                     due.push(w);
                 }

@@ -20,6 +20,7 @@ use super::response::{cache_control, etag, if_none_match, CacheKind};
 use super::subset_api::SubsetParts;
 use super::AppState;
 use crate::shape::definition::ShapeHandle;
+use crate::shape::lifecycle::{read_archived, ArchivedChunk};
 use crate::shape::message;
 use crate::shape::{Lifecycle, Progress, Shape};
 use crate::stack::Stack;
@@ -214,6 +215,8 @@ enum Outcome {
     },
     /// The handle is stale: refetch the active shape (None: the database itself is gone).
     MustRefetch(Option<Arc<Shape>>),
+    /// A sealed chunk of a shape not held locally, served from the object store.
+    Archived(ArchivedChunk),
     /// Live over Server-Sent Events from this offset.
     Sse(Arc<Shape>, LogOffset),
     /// A subset snapshot of the shape.
@@ -255,6 +258,17 @@ async fn serve(
             res
         }
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
+        Outcome::Archived(found) => respond(
+            app,
+            headers,
+            &req,
+            (found.handle.as_str(), &found.schema_header),
+            found.chunk.entries,
+            found.chunk.end,
+            None,
+            true,
+            false,
+        ),
         Outcome::Subset(shape, parts) => {
             super::subset_api::respond(app, &tenant.stack, shape, parts).await?
         }
@@ -272,7 +286,7 @@ async fn serve(
             app,
             headers,
             &req,
-            &shape,
+            (shape.handle.as_str(), &shape.schema_header),
             entries,
             end,
             up_to_date,
@@ -325,7 +339,7 @@ async fn decide(
         RequestOffset::At(o) => Some(o),
     };
     let shape = match (&req.handle, requested) {
-        (Some(h), Some(_)) => {
+        (Some(h), Some(at)) => {
             let handle: ShapeHandle = h
                 .parse()
                 .map_err(|()| ApiError::field("handle", "has invalid format"))?;
@@ -335,6 +349,25 @@ async fn decide(
                 Some(s) if s.def == req.def => return replacement(app, stack, req, ip).await,
                 // A parked request whose shape went away while it waited: the same.
                 None if wait.since.is_some() => return replacement(app, stack, req, ip).await,
+                // Not held here: archived, or another process's. The object store may hold
+                // the sealed chunk asked for (catch-up reads only).
+                None if subset.is_none()
+                    && !req.live_sse
+                    && stack.lifecycle.tier.is_some()
+                    && !stack.registry.is_being_deleted(&handle) =>
+                {
+                    if let Some(tier) = &stack.lifecycle.tier {
+                        if let Some(found) =
+                            read_archived(tier, &stack.archived_manifests, &handle, &req.def, at)
+                                .await
+                        {
+                            return Ok(Outcome::Archived(found));
+                        }
+                    }
+                    return Ok(Outcome::MustRefetch(Some(
+                        live_shape(app, stack, req, ip).await?,
+                    )));
+                }
                 // Unknown, or another definition's: refetch the active one.
                 _ => {
                     return Ok(Outcome::MustRefetch(Some(
@@ -345,6 +378,7 @@ async fn decide(
         }
         _ => live_shape(app, stack, req, ip).await?,
     };
+    shape.touch();
     let Some(requested) = requested else {
         // offset=now: the current end, immediately.
         let latest = shape.log.latest_offset();
@@ -481,7 +515,7 @@ fn respond(
     app: &AppState,
     headers: &HeaderMap,
     req: &ShapeRequest,
-    shape: &Shape,
+    (handle, schema_header): (&str, &str),
     entries: Vec<bytes::Bytes>,
     end: LogOffset,
     up_to_date: Option<u64>,
@@ -495,7 +529,7 @@ fn respond(
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     });
-    let tag = etag(shape.handle.as_str(), &req.offset_text, &end_text, unique);
+    let tag = etag(handle, &req.offset_text, &end_text, unique);
     let kind = if req.offset == RequestOffset::At(LogOffset::BEFORE_ALL) {
         CacheKind::Initial
     } else if req.live {
@@ -505,7 +539,7 @@ fn respond(
     };
     let mut h = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    h.insert("electric-handle", hv(shape.handle.as_str()));
+    h.insert("electric-handle", hv(handle));
     h.insert("electric-offset", hv(&end_text));
     if req.live {
         let cursor = app.next_cursor(req.cursor.as_deref());
@@ -532,7 +566,7 @@ fn respond(
         }
     }
     if !req.live {
-        h.insert("electric-schema", hv(&shape.schema_header));
+        h.insert("electric-schema", hv(schema_header));
     }
     h.insert(
         header::CONTENT_TYPE,

@@ -3,8 +3,10 @@
 //! [`Progress`], a watch value the writer and snapshotter advance only with durable (or, for
 //! snapshot chunks, sealed) data.
 
+pub mod compaction;
 pub mod definition;
 pub mod filter;
+pub mod lifecycle;
 pub mod message;
 pub mod registry;
 pub mod snapshot;
@@ -12,6 +14,7 @@ pub mod subset;
 pub mod visibility;
 pub mod writer;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +58,9 @@ pub struct Shape {
     pub schema_header: String,
     pub log: Arc<dyn ShapeLog>,
     progress: watch::Sender<Progress>,
+    /// Unix µs of the latest request for this shape: idle shapes are archived after the local
+    /// retention, and the least recently used one is evicted at `--max-shapes`.
+    last_used: AtomicU64,
 }
 
 impl std::fmt::Debug for Shape {
@@ -155,6 +161,7 @@ impl Shape {
             schema_header,
             log,
             progress,
+            last_used: AtomicU64::new(now_micros()),
         })
     }
 
@@ -194,7 +201,30 @@ impl Shape {
         self.progress.send_modify(|p| p.state = state);
     }
 
+    /// Record a request for this shape (see `last_used`).
+    pub fn touch(&self) {
+        self.last_used.fetch_max(now_micros(), Ordering::Relaxed);
+    }
+
+    /// Unix µs of the latest request.
+    pub fn last_used_micros(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Is a request waiting on this shape (a parked long-poll or an SSE stream)?
+    pub fn has_waiters(&self) -> bool {
+        self.progress.receiver_count() > 0
+    }
+
     pub fn is_active(&self) -> bool {
         self.progress.borrow().state == Lifecycle::Active
     }
+}
+
+/// Unix time in µs (0 if the clock is before 1970).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

@@ -16,6 +16,11 @@ pub struct Registry {
     by_def: DashMap<ShapeDefinition, Arc<OnceCell<Arc<Shape>>>>,
     by_handle: DashMap<ShapeHandle, Arc<Shape>>,
     store: Arc<dyn ShapeLogStore>,
+    /// Handles whose copies in the object-store tier must be deleted too (drained by the
+    /// lifecycle task, which also uploads: deletions are ordered after uploads that way).
+    tier_cleanup: Option<tokio::sync::mpsc::UnboundedSender<ShapeHandle>>,
+    /// Removed shapes whose bucket copy is not deleted yet: never served from the bucket.
+    deleting: dashmap::DashSet<ShapeHandle>,
 }
 
 impl Registry {
@@ -24,6 +29,19 @@ impl Registry {
             by_def: DashMap::new(),
             by_handle: DashMap::new(),
             store,
+            tier_cleanup: None,
+            deleting: dashmap::DashSet::new(),
+        }
+    }
+
+    /// A registry whose removed shapes are also queued for deletion from the object store.
+    pub fn with_tier_cleanup(
+        store: Arc<dyn ShapeLogStore>,
+        cleanup: tokio::sync::mpsc::UnboundedSender<ShapeHandle>,
+    ) -> Self {
+        Registry {
+            tier_cleanup: Some(cleanup),
+            ..Registry::new(store)
         }
     }
 
@@ -56,10 +74,45 @@ impl Registry {
     }
 
     /// Take a shape out of service: waiters wake with `state`, new requests no longer find it,
-    /// and its log is deleted in the background.
+    /// and its log (and its copy in the object store, if any) is deleted in the background.
     pub fn remove(&self, handle: &ShapeHandle, state: Lifecycle) {
+        if self.take_out(handle, state) {
+            if let Some(cleanup) = &self.tier_cleanup {
+                self.deleting.insert(handle.clone());
+                let _ = cleanup.send(handle.clone());
+            }
+        }
+    }
+
+    /// Like `remove`, but the shape's copy in the object store stays: its sealed chunks keep
+    /// being served from there (the caller archived it first).
+    pub fn archive(&self, handle: &ShapeHandle) {
+        self.take_out(handle, Lifecycle::Gone);
+    }
+
+    /// Was `handle` removed here with its bucket copy still being deleted?
+    pub fn is_being_deleted(&self, handle: &ShapeHandle) -> bool {
+        self.deleting.contains(handle)
+    }
+
+    /// The bucket copy of `handle` is deleted (called by the lifecycle task).
+    pub fn deleted_from_tier(&self, handle: &ShapeHandle) {
+        self.deleting.remove(handle);
+    }
+
+    /// The active shape requested least recently, other than `except`.
+    pub fn least_recently_used(&self, except: Option<&ShapeHandle>) -> Option<Arc<Shape>> {
+        self.by_handle
+            .iter()
+            .filter(|s| Some(s.key()) != except && s.is_active())
+            .min_by_key(|s| s.last_used_micros())
+            .map(|s| Arc::clone(s.value()))
+    }
+
+    /// Removes `handle` from the maps and deletes its local log; false if it was not there.
+    fn take_out(&self, handle: &ShapeHandle, state: Lifecycle) -> bool {
         let Some((_, shape)) = self.by_handle.remove(handle) else {
-            return;
+            return false;
         };
         self.by_def.remove_if(&shape.def, |_, cell| {
             cell.get().map(|s| s.handle == *handle).unwrap_or(false)
@@ -72,6 +125,7 @@ impl Registry {
                 tracing::warn!(handle = %id, error = %e, "removing a shape log failed");
             }
         });
+        true
     }
 
     pub fn len(&self) -> usize {

@@ -194,6 +194,17 @@ impl ChangeFile {
         to: u64,
         after: LogOffset,
     ) -> Result<Vec<Bytes>, StoreError> {
+        let mut entries = self.read_with_offsets(from, to)?;
+        entries.retain(|(offset, _)| *offset > after);
+        Ok(entries.into_iter().map(|(_, json)| json).collect())
+    }
+
+    /// Reads every entry stored in `[from, to)` with its offset.
+    pub(crate) fn read_with_offsets(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
         let buf = read_range(&self.file, from, to)?;
         let mut entries = Vec::new();
         let mut at = 0;
@@ -202,12 +213,18 @@ impl ChangeFile {
             let body = at + body.start..at + body.end;
             let (offset, json) =
                 decode_change_body(&buf[body.clone()]).ok_or_else(|| corrupt(from, at, "body"))?;
-            if offset > after {
-                entries.push(buf.slice(body.start + json.start..body.start + json.end));
-            }
+            entries.push((
+                offset,
+                buf.slice(body.start + json.start..body.start + json.end),
+            ));
             at += len;
         }
         Ok(entries)
+    }
+
+    /// Is `end` the end of a sealed (durable) change chunk?
+    pub(crate) fn is_sealed_end(&self, end: LogOffset) -> bool {
+        self.index_ref().is_sealed_end(end)
     }
 
     pub(crate) fn latest_offset(&self) -> LogOffset {

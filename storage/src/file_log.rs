@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::file_changes::ChangeFile;
 use crate::file_snapshot::SnapshotFile;
 use crate::seek::Plan;
-use crate::{LogOffset, ReadResult, ShapeLog, SnapshotState, StoreError};
+use crate::{LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError};
 
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
 pub(crate) const CHANGES_FILE: &str = "changes.log";
@@ -73,6 +73,22 @@ impl ShapeLog for FileLog {
                 entries: Vec::new(),
                 end,
             },
+        })
+    }
+
+    fn read_sealed(&self, after: LogOffset) -> Result<Option<SealedRead>, StoreError> {
+        let state = self.snapshot.state();
+        Ok(match self.changes.plan(after, &state) {
+            Plan::Snapshot(k) if state.finished => Some(SealedRead::Snapshot {
+                k,
+                entries: self.snapshot.read_chunk(k)?,
+            }),
+            Plan::Changes { from, to, end } if self.changes.is_sealed_end(end) => {
+                Some(SealedRead::Changes {
+                    entries: self.changes.read_with_offsets(from, to)?,
+                })
+            }
+            _ => None,
         })
     }
 

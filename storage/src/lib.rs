@@ -16,6 +16,9 @@
 //! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove.
 //! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
 //!   `file_changes` (`changes.log`), with `file_scan` for crash recovery and positional reads.
+//! - `object_tier`: the object-store tier: sealed chunks copied write-once to a bucket with a
+//!   numbered manifest per shape, and reads of them by any process sharing the bucket
+//!   (`object_tier::codec` is its pure object format).
 //!
 //! The traits [`ShapeLogStore`] and [`ShapeLog`] are the seam the server is written against;
 //! one contract test suite (`tests/integration/contract.rs`) runs over both implementations.
@@ -28,6 +31,7 @@ mod file_scan;
 mod file_snapshot;
 mod file_store;
 mod memory_store;
+pub mod object_tier;
 pub mod offset;
 mod record;
 mod seek;
@@ -101,6 +105,22 @@ pub trait ShapeLog: Send + Sync {
     /// the writer's state returns to the durable point, so the same offsets can be appended
     /// again (used when the replication stream breaks mid-batch and is replayed).
     fn discard_unflushed(&self);
+    /// The chunk that `read(after)` would return, whole and with each change entry's offset,
+    /// if that chunk is sealed (its end boundary is written and durable; a snapshot chunk counts
+    /// only once the snapshot is finished). `None` when it is not sealed yet, or when there is
+    /// nothing after `after`. Used to copy sealed chunks to the object-store tier.
+    fn read_sealed(&self, after: LogOffset) -> Result<Option<SealedRead>, StoreError>;
+}
+
+/// A sealed chunk read whole by [`ShapeLog::read_sealed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealedRead {
+    /// Snapshot chunk `k` (offset `0_k`) of a finished snapshot.
+    Snapshot { k: u64, entries: Vec<bytes::Bytes> },
+    /// A sealed change chunk: every entry with its offset; the chunk ends at the last one.
+    Changes {
+        entries: Vec<(LogOffset, bytes::Bytes)>,
+    },
 }
 
 /// One entry of [`ShapeLogStore::open_all`]: `(id, meta, log)`.

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use crate::chunking::Chunker;
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{
-    check_change_offset, validate_id, LogOffset, OpenedLog, ReadResult, ShapeLog, ShapeLogStore,
-    SnapshotState, StoreConfig, StoreError,
+    check_change_offset, validate_id, LogOffset, OpenedLog, ReadResult, SealedRead, ShapeLog,
+    ShapeLogStore, SnapshotState, StoreConfig, StoreError,
 };
 
 /// A stored shape: its metadata and its log.
@@ -253,6 +253,27 @@ impl ShapeLog for MemoryLog {
                 entries: Vec::new(),
                 end,
             },
+        })
+    }
+
+    fn read_sealed(&self, after: LogOffset) -> Result<Option<SealedRead>, StoreError> {
+        let state = self.snapshot_state();
+        let c = self.changes_ref();
+        Ok(match plan(after, &state, &c.index) {
+            Plan::Snapshot(k) if state.finished => {
+                let s = self.snapshot_ref();
+                let entries = usize::try_from(k)
+                    .ok()
+                    .and_then(|k| s.sealed.get(k))
+                    .cloned();
+                entries.map(|entries| SealedRead::Snapshot { k, entries })
+            }
+            Plan::Changes { from, to, end } if c.index.is_sealed_end(end) => {
+                Some(SealedRead::Changes {
+                    entries: c.entries[from..to].to_vec(),
+                })
+            }
+            _ => None,
         })
     }
 

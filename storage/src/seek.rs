@@ -60,6 +60,11 @@ impl<P: Copy> ChangeIndex<P> {
         self.latest = Some(latest);
     }
 
+    /// Is `end` the end offset of a sealed chunk?
+    pub(crate) fn is_sealed_end(&self, end: LogOffset) -> bool {
+        self.sealed.binary_search_by(|c| c.end.cmp(&end)).is_ok()
+    }
+
     /// The range to read for `after` (a change offset or `0_inf`) and the chunk end offset.
     /// `None` when no durable entry is `> after` (the answer is empty, ending at latest).
     fn locate(&self, after: LogOffset) -> Option<(P, P, LogOffset)> {

@@ -32,6 +32,22 @@ fn compose_file_is_valid_and_consistent() {
     for k in ["DATABASE_URL", "SHAPESYNC_SECRET", "SHAPESYNC_ADMIN_KEY"] {
         assert!(env.get(k).is_some(), "shapesync needs {k}");
     }
+    // The object store it is pointed at is the compose S3 service, with its bucket made first.
+    let store = env["SHAPESYNC_OBJECT_STORE_URL"]
+        .as_str()
+        .unwrap_or_default();
+    let bucket = services["s3-bucket"]["command"].to_string();
+    let name = store
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next());
+    assert!(
+        name.is_some_and(|b| bucket.contains(&format!("local/{b}"))),
+        "{store} vs {bucket}"
+    );
+    assert_eq!(env["AWS_ENDPOINT_URL"].as_str(), Some("http://s3:9000"));
+    assert!(services["shapesync"]["depends_on"]
+        .get("s3-bucket")
+        .is_some());
     // Every bind mount from the repository exists.
     for (name, svc) in services {
         for v in svc["volumes"].as_array().into_iter().flatten() {

@@ -5,6 +5,7 @@ mod client_e2e;
 mod deployment;
 mod http1;
 mod http_sync;
+mod lifecycle;
 mod openapi;
 mod pgoutput_live;
 mod resume;

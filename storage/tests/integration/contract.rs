@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shapesync_storage::{LogOffset, ReadResult, ShapeLog, SnapshotState, StoreError};
+use shapesync_storage::{LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError};
 
 use crate::support::{entry, off, read, s, wait_until, Fixture};
 
@@ -29,6 +29,7 @@ macro_rules! contract_suite {
             case!(offset_not_increasing);
             case!(concurrent_reader_while_writing);
             case!(store_lifecycle);
+            case!(read_sealed_only_returns_sealed_chunks);
         }
     };
 }
@@ -360,4 +361,55 @@ fn store_lifecycle(make: Make) {
     assert_eq!(all.len(), 1);
     // The store is usable for a new shape with a removed id.
     fx.store.create("second", b"m3").unwrap();
+}
+
+/// `read_sealed` returns exactly the chunk `read` would, whole and with offsets, but only when
+/// it is sealed: snapshot chunks once the snapshot is finished, change chunks once their end
+/// boundary is durable; never the open tail.
+fn read_sealed_only_returns_sealed_chunks(make: Make) {
+    let fx = make(100);
+    let log = new_log(&fx);
+    log.append_snapshot_row(&entry(0, 99)).unwrap(); // seals 0_0
+    assert_eq!(log.snapshot_state().sealed_chunks, 1);
+    assert_eq!(
+        log.read_sealed(LogOffset::BEFORE_ALL).unwrap(),
+        None,
+        "unfinished"
+    );
+    log.finish_snapshot(END).unwrap();
+    let Some(SealedRead::Snapshot { k: 0, entries }) = log.read_sealed(off("-1")).unwrap() else {
+        panic!("expected snapshot chunk 0");
+    };
+    assert_eq!(entries, vec![bytes::Bytes::from(entry(0, 99))]);
+    let Some(SealedRead::Snapshot { k: 1, entries }) = log.read_sealed(off("0_0")).unwrap() else {
+        panic!("expected snapshot chunk 1");
+    };
+    assert_eq!(entries.len(), 1);
+    assert_eq!(log.read_sealed(off("0_1")).unwrap(), None, "no change yet");
+    // 50 bytes each: every second entry seals a change chunk.
+    for (i, o) in ["10_0", "10_2", "20_0"].iter().enumerate() {
+        log.append_change(off(o), &entry(i, 49)).unwrap();
+    }
+    assert_eq!(log.read_sealed(off("0_1")).unwrap(), None, "not flushed");
+    log.flush().unwrap();
+    let want = SealedRead::Changes {
+        entries: vec![
+            (off("10_0"), bytes::Bytes::from(entry(0, 49))),
+            (off("10_2"), bytes::Bytes::from(entry(1, 49))),
+        ],
+    };
+    assert_eq!(log.read_sealed(off("0_1")).unwrap(), Some(want.clone()));
+    assert_eq!(
+        log.read_sealed(off("10_0")).unwrap(),
+        Some(want),
+        "whole chunk"
+    );
+    assert_eq!(log.read_sealed(off("10_2")).unwrap(), None, "open tail");
+    assert_eq!(log.read_sealed(off("20_0")).unwrap(), None, "nothing after");
+    log.append_change(off("30_0"), &entry(3, 49)).unwrap();
+    log.flush().unwrap();
+    assert!(matches!(
+        log.read_sealed(off("10_2")).unwrap(),
+        Some(SealedRead::Changes { entries }) if entries.len() == 2
+    ));
 }

@@ -2,5 +2,6 @@
 
 mod contract;
 mod file_recovery;
+mod object_tier;
 mod offsets;
 mod support;

@@ -1,0 +1,279 @@
+//! Shape lifecycle beyond creation: copying sealed chunks to the object-store tier, archiving
+//! idle shapes (local files removed, sealed chunks still served from the bucket), evicting the
+//! least recently used shape at the shape cap, and deleting the bucket copy of removed shapes.
+//!
+//! One task per stack does all object-store work, so for any shape an upload and a deletion
+//! never race: a deletion queued by [`super::registry::Registry::remove`] is handled on the
+//! next tick, after any upload of that shape that was under way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use shapesync_storage::object_tier::{Manifest, ObjectTier, RemoteChunk};
+use shapesync_storage::LogOffset;
+use tokio::sync::mpsc;
+
+use super::definition::{ShapeDefinition, ShapeHandle};
+use super::{Shape, ShapeMeta};
+use crate::postgres::catalog::schema_header;
+use crate::stack::Stack;
+
+/// How a stack's shapes are kept.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleConfig {
+    /// Where sealed chunks are copied (this tenant's folder of the bucket).
+    pub tier: Option<ObjectTier>,
+    /// A shape nobody requested for this long is archived: with a tier, its sealed chunks stay
+    /// in the bucket and its handle keeps serving them; without one it is simply removed.
+    pub local_retention: Option<Duration>,
+    /// At most this many shapes per stack: creating one more evicts (archives) the least
+    /// recently used one.
+    pub max_shapes: Option<usize>,
+}
+
+/// How often the lifecycle task looks for new sealed chunks and idle shapes.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A sealed chunk of an archived (or foreign) shape, read from the bucket.
+#[derive(Debug)]
+pub struct ArchivedChunk {
+    pub handle: ShapeHandle,
+    pub schema_header: String,
+    pub chunk: RemoteChunk,
+}
+
+/// Final manifests (`archived: true`) by handle. They never change, so a read of an archived
+/// shape costs one object read instead of a listing, a manifest read and the chunk read.
+/// Bounded: beyond `cap` entries an arbitrary one is dropped.
+pub struct ArchivedManifests {
+    /// std Mutex: lookups and inserts only, never across `.await`.
+    map: std::sync::Mutex<HashMap<ShapeHandle, Arc<Manifest>>>,
+    cap: usize,
+}
+
+impl ArchivedManifests {
+    pub fn new(cap: usize) -> Self {
+        ArchivedManifests {
+            map: std::sync::Mutex::new(HashMap::new()),
+            cap: cap.max(1),
+        }
+    }
+
+    fn get(&self, handle: &ShapeHandle) -> Option<Arc<Manifest>> {
+        self.lock().get(handle).cloned()
+    }
+
+    fn put(&self, handle: &ShapeHandle, m: Arc<Manifest>) {
+        let mut map = self.lock();
+        if map.len() >= self.cap {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(handle.clone(), m);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShapeHandle, Arc<Manifest>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The chunk after `after` of shape `handle` if the bucket holds it and the shape has the
+/// definition `def`. `None` means "not in the bucket": the caller answers 409.
+pub async fn read_archived(
+    tier: &ObjectTier,
+    cache: &ArchivedManifests,
+    handle: &ShapeHandle,
+    def: &ShapeDefinition,
+    after: LogOffset,
+) -> Option<ArchivedChunk> {
+    let found = async {
+        let manifest = match cache.get(handle) {
+            Some(m) => m,
+            None => {
+                let Some(m) = tier.latest_manifest(handle.as_str()).await? else {
+                    return Ok(None);
+                };
+                let m = Arc::new(m);
+                if m.archived {
+                    cache.put(handle, Arc::clone(&m));
+                }
+                m
+            }
+        };
+        let meta: Option<ShapeMeta> = manifest
+            .meta()
+            .and_then(|m| serde_json::from_slice(&m).ok());
+        let Some(meta) = meta.filter(|m| m.def == *def && m.handle == *handle) else {
+            return Ok(None);
+        };
+        let Ok(compiled) = super::compile(&meta.def, &meta.table) else {
+            return Ok(None);
+        };
+        let chunk = tier.read(&manifest, after).await?;
+        Ok::<_, shapesync_storage::object_tier::TierError>(chunk.map(|chunk| ArchivedChunk {
+            handle: handle.clone(),
+            schema_header: schema_header(&meta.table, &compiled.selected),
+            chunk,
+        }))
+    };
+    match found.await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(handle = %handle, error = %e, "reading from the object store failed");
+            None
+        }
+    }
+}
+
+/// The per-stack lifecycle task; ends when the stack shuts down or is dropped.
+pub async fn run(
+    stack: Weak<Stack>,
+    cfg: LifecycleConfig,
+    mut deletions: mpsc::UnboundedReceiver<ShapeHandle>,
+) {
+    let mut uploaded: HashMap<ShapeHandle, Uploads> = HashMap::new();
+    let mut shutdown = match stack.upgrade() {
+        Some(s) => s.shutdown_signal(),
+        None => return,
+    };
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(TICK) => false,
+            _ = shutdown.changed() => true,
+        };
+        let registry = stack.upgrade().map(|s| Arc::clone(&s.registry));
+        while let Ok(handle) = deletions.try_recv() {
+            uploaded.remove(&handle);
+            if let Some(tier) = &cfg.tier {
+                if let Err(e) = tier.remove(handle.as_str()).await {
+                    // Kept as "being deleted": this process never serves it from the bucket.
+                    tracing::warn!(handle = %handle, error = %e, "deleting a shape from the object store failed");
+                    continue;
+                }
+            }
+            if let Some(registry) = &registry {
+                registry.deleted_from_tier(&handle);
+            }
+        }
+        // Deletions queued before a stop (a removed tenant's shapes) are done above.
+        let Some(stack) = stack.upgrade().filter(|_| !stopping) else {
+            return;
+        };
+        let shapes = stack.registry.shapes();
+        uploaded.retain(|h, _| shapes.iter().any(|s| s.handle == *h));
+        for shape in shapes {
+            let entry = uploaded.entry(shape.handle.clone()).or_default();
+            if let Some(tier) = &cfg.tier {
+                sync_shape(tier, &shape, entry).await;
+            }
+            if is_idle(&shape, cfg.local_retention) {
+                tracing::info!(handle = %shape.handle, "archiving an idle shape");
+                let state = uploaded.remove(&shape.handle).map(|u| u.manifest);
+                archive(&stack, cfg.tier.as_ref(), &shape, state.flatten()).await;
+            }
+        }
+    }
+}
+
+/// This task's knowledge of one shape's bucket copy.
+#[derive(Default)]
+struct Uploads {
+    /// The last manifest written or read (`None`: look it up).
+    manifest: Option<Manifest>,
+    /// What the log held at the last successful sync: (sealed snapshot chunks, latest offset).
+    seen: Option<(u64, LogOffset)>,
+    /// Consecutive failures, and no new attempt before `retry_at` (exponential backoff, so an
+    /// unreachable store is not hammered by every shape every tick).
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+/// Backoff after `failures` consecutive failed syncs: 1 s, 2 s, 4 s … up to 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+/// Upload what is new since the last look (nothing to do if the log has not moved).
+async fn sync_shape(tier: &ObjectTier, shape: &Arc<Shape>, entry: &mut Uploads) {
+    let p = shape.progress();
+    let now = Some((p.sealed_chunks, p.latest));
+    let waiting = entry
+        .retry_at
+        .is_some_and(|t| std::time::Instant::now() < t);
+    if !p.snapshot_finished || entry.seen == now || waiting {
+        return;
+    }
+    let meta = match serde_json::to_vec(&shape.meta()) {
+        Ok(m) => m,
+        Err(_) => return,
+    };
+    match tier
+        .sync(
+            shape.handle.as_str(),
+            &meta,
+            &shape.log,
+            &mut entry.manifest,
+        )
+        .await
+    {
+        Ok(n) => {
+            entry.seen = now;
+            entry.failures = 0;
+            entry.retry_at = None;
+            if n > 0 {
+                tracing::debug!(handle = %shape.handle, chunks = n, "uploaded sealed chunks");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(handle = %shape.handle, error = %e, "uploading sealed chunks failed; will retry");
+            entry.manifest = None; // look the manifest up again next time
+            entry.failures += 1;
+            entry.retry_at = Some(std::time::Instant::now() + backoff(entry.failures));
+        }
+    }
+}
+
+fn is_idle(shape: &Shape, retention: Option<Duration>) -> bool {
+    let Some(retention) = retention else {
+        return false;
+    };
+    let idle_us = super::now_micros().saturating_sub(shape.last_used_micros());
+    // A parked long-poll or an open SSE stream is a reader even if no request came lately.
+    shape.is_active()
+        && !shape.has_waiters()
+        && shape.progress().snapshot_finished
+        && idle_us >= retention.as_micros() as u64
+}
+
+/// Take a shape out of local service. With a tier, its sealed chunks are uploaded and a final
+/// manifest written first, so its handle keeps serving them from the bucket (reads past them
+/// answer 409); if that fails, or without a tier, the shape is removed outright (409).
+pub async fn archive(
+    stack: &Stack,
+    tier: Option<&ObjectTier>,
+    shape: &Arc<Shape>,
+    mut state: Option<Manifest>,
+) {
+    let archived = match (tier, serde_json::to_vec(&shape.meta())) {
+        (Some(tier), Ok(meta)) => {
+            match tier
+                .archive(shape.handle.as_str(), &meta, &shape.log, &mut state)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(handle = %shape.handle, error = %e, "archiving to the object store failed; removing the shape");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if archived {
+        stack.archive(&shape.handle);
+    } else {
+        stack.invalidate(&shape.handle);
+    }
+}
