@@ -2,5 +2,6 @@
 
 mod contract;
 mod file_recovery;
+mod fixtures;
 mod offsets;
 mod support;
