@@ -35,4 +35,7 @@ pub enum StoreError {
     /// page cache is unknown, so the log refuses further writes; the caller drops the shape.
     #[error("an earlier write to this log failed; the log is read-only")]
     LogFailed,
+    /// `commit` was given a log that another store implementation created.
+    #[error("commit given a log of another store")]
+    ForeignLog,
 }

@@ -13,7 +13,10 @@
 //! - `seek`: the sparse change index and the seek plan shared by both stores (pure).
 //! - `error`: [`StoreError`].
 //! - `memory_store`: [`MemoryStore`], the in-memory implementation (tests, ephemeral use).
-//! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove.
+//! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove, and
+//!   the group commit of many logs.
+//! - `commit_record` / `commit_log`: the store's commit log (`commit.wal`): codec (pure) and
+//!   I/O (append + one fsync per batch, checkpoint, replay on open).
 //! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
 //!   `file_changes` (`changes.log`), with `file_scan` for crash recovery and positional reads.
 //!
@@ -21,6 +24,8 @@
 //! one contract test suite (`tests/integration/contract.rs`) runs over both implementations.
 
 mod chunking;
+mod commit_log;
+mod commit_record;
 mod error;
 mod file_changes;
 mod file_log;
@@ -78,7 +83,8 @@ pub struct SnapshotState {
 }
 
 /// One shape's log. One writer at a time (callers serialise writes); any number of readers.
-pub trait ShapeLog: Send + Sync {
+/// (`Any` lets a store recognise its own logs in [`ShapeLogStore::commit`].)
+pub trait ShapeLog: std::any::Any + Send + Sync {
     /// Appends one snapshot row; seals the chunk when the row makes it reach the threshold.
     /// Sealed chunks are readable but not durable until `finish_snapshot`.
     fn append_snapshot_row(&self, json: &[u8]) -> Result<(), StoreError>;
@@ -114,6 +120,25 @@ pub trait ShapeLogStore: Send + Sync {
     fn open_all(&self) -> Result<Vec<OpenedLog>, StoreError>;
     /// Removes a shape's log and all its data.
     fn remove(&self, id: &str) -> Result<(), StoreError>;
+    /// Group commit: makes the changes buffered in every log of `logs` (logs of this store)
+    /// durable together, with one fsync for the whole batch, then visible (the same as
+    /// `flush` on each, at the cost of one flush). On error nothing of the batch became
+    /// visible and the same call can be retried (disk full, I/O error).
+    fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError>;
+}
+
+/// Counters of a store's group commit path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Batches committed (each one commit-log fsync).
+    pub batches: u64,
+    /// fsyncs of the commit log.
+    pub wal_fsyncs: u64,
+    /// Checkpoints done (each one `syncfs`), and failed.
+    pub checkpoints: u64,
+    pub checkpoint_failures: u64,
+    /// Commit-log entries replayed into shape logs when the store was opened.
+    pub replayed_entries: u64,
 }
 
 /// Checks a shape id: `[A-Za-z0-9_-]{1,100}` (safe as a directory name).
