@@ -43,6 +43,10 @@ pub enum Status {
     Active,
     /// Replication is down (reconnecting); the text says why.
     Down(String),
+    /// Streaming, but the shape logs cannot be written (disk full, I/O error): nothing is
+    /// acknowledged, durable data is still served, new shapes are refused with 503 until a
+    /// retry of the pending batch succeeds.
+    Degraded(String),
 }
 
 /// Why a shape could not be served.
@@ -531,7 +535,6 @@ async fn replicate(
                     stack.invalidate(&h);
                 }
             }
-            let status = &stack.status;
             stream::run(
                 &cfg.db,
                 &slot,
@@ -540,9 +543,7 @@ async fn replicate(
                 &mut writer,
                 &mut commands,
                 &mut shutdown,
-                || {
-                    status.send_replace(Status::Active);
-                },
+                &stack.status,
             )
             .await
         }
