@@ -2,6 +2,7 @@
 
 mod cdn;
 mod client_e2e;
+mod crash;
 mod deployment;
 mod http_sync;
 mod openapi;
