@@ -4,7 +4,9 @@
 //! chunks `0_0`, `0_1`, … and closed by the `snapshot-end` control message) and the **change**
 //! part (replicated changes at offsets `<tx>_<op>`, made visible only once durable). Readers
 //! follow the seek algorithm of protocol.md §3.2 and get whole chunks back as zero-copy
-//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (version 1).
+//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (store version 2).
+//! Durability: changes of many logs are made durable together by [`ShapeLogStore::commit`]
+//! (group commit: one fsync per batch through the store's commit log).
 //!
 //! Layout (small files, one concept each):
 //! - `offset`: [`LogOffset`], its text form and ordering (pure).
