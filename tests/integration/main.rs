@@ -4,6 +4,7 @@ mod cdn;
 mod client_e2e;
 mod crash;
 mod deployment;
+mod disk_full;
 mod http_sync;
 mod openapi;
 mod pgoutput_live;
