@@ -82,6 +82,13 @@ async fn full_disk_degrades_then_recovers_with_nothing_lost() {
         },
     )
     .await;
+    // Degraded, not down: replication is connected, the storage is what fails.
+    let metrics = client.raw("/metrics").await;
+    assert!(
+        metrics.body.contains("status=\"degraded\"} 0"),
+        "metrics report degraded:\n{}",
+        metrics.body
+    );
     // A request that needs writing: a new shape.
     let r = client.get("table=other&offset=-1").await;
     assert_eq!(r.status, 503, "{}", r.body);
