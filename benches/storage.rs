@@ -4,7 +4,7 @@
 //! - group-commit append throughput (MB/s of change records, records/s) across many shapes,
 //!   against raw sequential writes of the same batch sizes with one fdatasync per batch;
 //! - fsyncs per committed batch (counted by the store), against the one-per-dirty-shape of a
-//!   per-log flush;
+//!   per-log flush, and records/s of both paths side by side;
 //! - read throughput of one change chunk, against a raw positional read of the same bytes;
 //! - restart (open + recover) with 10,000 shapes on disk (target P11: < 1 s).
 //!
@@ -43,15 +43,16 @@ fn mb(bytes: u64, secs: f64) -> f64 {
 
 struct Append {
     mb_s: f64,
+    anchor_mb_s: f64,
     records_s: f64,
-    batches: u64,
     fsyncs_per_batch: f64,
     dirty_per_batch: u64,
     batch_bytes: usize,
 }
 
-/// `shapes` logs, `batches` commits, each appending `per_shape` records to every log.
-fn append(dir: &Path, shapes: usize, per_shape: u64, batches: u64, len: usize) -> Append {
+/// `shapes` logs; `reps` rounds of `batches` commits, each appending `per_shape` records to
+/// every log, each round followed by the raw-write anchor of the same batch pattern.
+fn append(dir: &Path, shapes: usize, per_shape: u64, batches: u64, reps: u64) -> Append {
     let store = FileStore::open(dir, StoreConfig::default()).unwrap();
     let logs: Vec<Arc<dyn ShapeLog>> = (0..shapes)
         .map(|i| store.create(&format!("a{i}"), b"m").unwrap())
@@ -59,9 +60,52 @@ fn append(dir: &Path, shapes: usize, per_shape: u64, batches: u64, len: usize) -
     for log in &logs {
         log.finish_snapshot(END).unwrap();
     }
-    let record = json(0, len);
+    let record = json(0, 200);
     let framed = (record.len() + 8 + 16) as u64;
-    let before = store.commit_stats();
+    let batch_bytes = (per_shape * shapes as u64 * framed) as usize;
+    let mut runs = Vec::new();
+    for rep in 0..reps {
+        let before = store.commit_stats();
+        let started = Instant::now();
+        for b in 1..=batches {
+            let tx = rep * batches + b;
+            for log in &logs {
+                for op in 0..per_shape {
+                    log.append_change(LogOffset::new(tx, op * 2), &record)
+                        .unwrap();
+                }
+            }
+            store.commit(&logs).unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let after = store.commit_stats();
+        let records = batches * per_shape * shapes as u64;
+        let fsyncs = after.wal_fsyncs + after.checkpoints - before.wal_fsyncs - before.checkpoints;
+        runs.push(Append {
+            mb_s: mb(records * framed, secs),
+            anchor_mb_s: raw_write(dir, batch_bytes, batches),
+            records_s: records as f64 / secs,
+            fsyncs_per_batch: fsyncs as f64 / batches as f64,
+            dirty_per_batch: shapes as u64,
+            batch_bytes,
+        });
+    }
+    // The round with the median ratio (the machine is shared and noisy).
+    runs.sort_by(|a, b| (a.mb_s / a.anchor_mb_s).total_cmp(&(b.mb_s / b.anchor_mb_s)));
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// The v1 write path for comparison: the same appends made durable by one `flush` (fsync)
+/// per dirty shape. Returns records/s.
+fn per_shape_flush(dir: &Path, shapes: usize, per_shape: u64, batches: u64) -> f64 {
+    let store = FileStore::open(dir, StoreConfig::default()).unwrap();
+    let logs: Vec<Arc<dyn ShapeLog>> = (0..shapes)
+        .map(|i| store.create(&format!("f{i}"), b"m").unwrap())
+        .collect();
+    for log in &logs {
+        log.finish_snapshot(END).unwrap();
+    }
+    let record = json(0, 200);
     let started = Instant::now();
     for b in 1..=batches {
         for log in &logs {
@@ -69,23 +113,10 @@ fn append(dir: &Path, shapes: usize, per_shape: u64, batches: u64, len: usize) -
                 log.append_change(LogOffset::new(b, op * 2), &record)
                     .unwrap();
             }
+            log.flush().unwrap();
         }
-        store.commit(&logs).unwrap();
     }
-    let secs = started.elapsed().as_secs_f64();
-    let after = store.commit_stats();
-    let records = batches * per_shape * shapes as u64;
-    Append {
-        mb_s: mb(records * framed, secs),
-        records_s: records as f64 / secs,
-        batches,
-        fsyncs_per_batch: (after.wal_fsyncs + after.checkpoints
-            - before.wal_fsyncs
-            - before.checkpoints) as f64
-            / batches as f64,
-        dirty_per_batch: shapes as u64,
-        batch_bytes: (per_shape * shapes as u64 * framed) as usize,
-    }
+    (batches * per_shape * shapes as u64) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Raw sequential writes of `batch_bytes`, one fdatasync per batch: the disk's limit for the
@@ -138,7 +169,7 @@ fn read_chunk(dir: &Path) -> (f64, f64, usize) {
 }
 
 /// `n` shapes on disk (copies of one real shape directory), then open + recover them all.
-fn restart(dir: &Path, n: usize) -> f64 {
+fn restart(dir: &Path, n: usize) -> (f64, f64) {
     let template = {
         let store = FileStore::open(dir, StoreConfig::default()).unwrap();
         let log = store.create("t", b"{\"meta\":1}").unwrap();
@@ -160,12 +191,18 @@ fn restart(dir: &Path, n: usize) -> f64 {
             fs::copy(template.join(f), to.join(f)).unwrap();
         }
     }
-    let started = Instant::now();
-    let store = FileStore::open(dir, StoreConfig::default()).unwrap();
-    let all = store.open_all().unwrap();
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(all.len(), n + 1);
-    secs
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let store = FileStore::open(dir, StoreConfig::default()).unwrap();
+            let all = store.open_all().unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            assert_eq!(all.len(), n + 1);
+            secs
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (times[0], times[1])
 }
 
 /// Two descriptors per open shape log (until idle logs are closed): raise the soft limit
@@ -213,8 +250,7 @@ fn main() {
         [(1usize, 200u64, 200u64), (100, 2, 200), (1000, 1, 50)]
     {
         let d = tmp("ss-append");
-        let a = append(d.path(), shapes_per_batch, per_shape, batches, 200);
-        let raw = raw_write(d.path(), a.batch_bytes, batches);
+        let a = append(d.path(), shapes_per_batch, per_shape, batches, 3);
         println!(
             "{:<58} {:>12.1} {:>12.1} {:>8.2}",
             format!(
@@ -222,12 +258,12 @@ fn main() {
                 a.batch_bytes / 1000
             ),
             a.mb_s,
-            raw,
-            a.mb_s / raw
+            a.anchor_mb_s,
+            a.mb_s / a.anchor_mb_s
         );
         println!(
             "{:<58} {:>12.0}",
-            format!("  records/s ({} batches)", a.batches),
+            format!("  records/s ({batches} batches, median round of 3)"),
             a.records_s
         );
         println!(
@@ -238,6 +274,16 @@ fn main() {
             a.fsyncs_per_batch / a.dirty_per_batch as f64
         );
     }
+    let d = tmp("ss-v1");
+    let group = append(d.path(), 100, 2, 20, 1).records_s;
+    let v1 = per_shape_flush(d.path(), 100, 2, 20);
+    println!(
+        "{:<58} {:>12.0} {:>12.0} {:>8.1}",
+        "records/s, 100 shapes × 2: group commit vs v1 per-shape fsync",
+        group,
+        v1,
+        group / v1
+    );
     let d = tmp("ss-read");
     let (ours, raw, bytes) = read_chunk(d.path());
     println!(
@@ -252,12 +298,13 @@ fn main() {
     );
     let d = tmp("ss-restart");
     let shapes = raise_fd_limit(shapes);
-    let secs = restart(d.path(), shapes);
+    let (best, median) = restart(d.path(), shapes);
     println!(
         "{:<58} {:>12.3} {:>12} {:>8.2}",
-        format!("restart: open + recover {shapes} shapes (s), P11 < 1 s"),
-        secs,
-        "1.000",
-        secs
+        format!("restart: open + recover {shapes} shapes, best of 3 (s)"),
+        best,
+        "P11 < 1 s",
+        best
     );
+    println!("{:<58} {:>12.3}", "  median of 3 (s)", median);
 }
