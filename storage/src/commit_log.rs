@@ -169,3 +169,41 @@ pub(crate) fn remove_tmp(dir: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::sync::Arc;
+
+    use crate::{FileStore, LogOffset, ShapeLog, ShapeLogStore, StoreConfig};
+
+    /// After a failed sync the kernel may have dropped dirty pages of the shape files; the next
+    /// checkpoint must rewrite them from the commit log before resetting it.
+    #[test]
+    fn checkpoint_after_a_failed_sync_rewrites_shape_files_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let log = store.create("s", b"m").unwrap();
+        log.finish_snapshot(b"{}").unwrap();
+        let logs: Vec<Arc<dyn ShapeLog>> = vec![Arc::clone(&log)];
+        for tx in 1..=3 {
+            log.append_change(LogOffset::new(tx, 0), b"{\"a\":1}")
+                .unwrap();
+            store.commit(&logs).unwrap();
+        }
+        // The pages "lost" by the failed sync, and the failure itself.
+        OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("s/changes.log"))
+            .unwrap()
+            .set_len(18)
+            .unwrap();
+        store.wal().log.rewrite = true;
+        store.checkpoint().unwrap();
+        assert_eq!(store.wal().log.len(), 0, "reset");
+        drop((log, logs, store));
+        let store = FileStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let all = store.open_all().unwrap();
+        assert_eq!(all[0].2.latest_offset(), LogOffset::new(3, 0));
+    }
+}

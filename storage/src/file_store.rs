@@ -41,8 +41,8 @@ pub struct FileStore {
     wal: Mutex<WalState>,
 }
 
-struct WalState {
-    log: CommitLog,
+pub(crate) struct WalState {
+    pub(crate) log: CommitLog,
     /// Ids removed since the last checkpoint: the commit log may still name them, so
     /// re-creating one of them checkpoints first (a replay must never reach a new log).
     removed: HashSet<String>,
@@ -76,7 +76,7 @@ impl FileStore {
         self.wal().stats
     }
 
-    fn wal(&self) -> MutexGuard<'_, WalState> {
+    pub(crate) fn wal(&self) -> MutexGuard<'_, WalState> {
         self.wal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
