@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig};
+use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig, StoreError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::postgres::catalog::{self, CatalogError};
@@ -325,7 +325,11 @@ impl Stack {
         let log = tokio::task::spawn_blocking(move || store.create(&id, &bytes))
             .await
             .map_err(|e| ShapeError::Storage(e.to_string()))?
-            .map_err(|e| ShapeError::Storage(e.to_string()))?;
+            .map_err(|e| match e {
+                // Disk full or failing: retryable (503 + retry-after), not an internal error.
+                StoreError::Io(e) => ShapeError::NotReady(format!("storage not writable: {e}")),
+                e => ShapeError::Storage(e.to_string()),
+            })?;
         let shape = Shape::new(meta, compiled, log);
         // Route changes to the shape before its snapshot starts (see shape::visibility).
         let (done, added) = oneshot::channel();

@@ -67,6 +67,10 @@ async fn full_disk_degrades_then_recovers_with_nothing_lost() {
 
     let filler = disk.path.join("filler");
     fill_up(&filler);
+    // Before any change is pending, creating a shape already needs space: 503, not 500.
+    let r = server.client().get("table=other&offset=-1").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
     for i in 2..12 {
         db.execute("INSERT INTO d VALUES ($1, repeat('x', 65536))", &[&i])
             .await
