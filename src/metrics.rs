@@ -181,7 +181,7 @@ impl HttpMetrics {
 #[derive(Debug, Clone)]
 pub struct TenantSample {
     pub database_id: String,
-    /// "active" | "starting" | "waiting".
+    /// "active" | "starting" | "waiting" | "degraded" (storage not writable).
     pub status: &'static str,
     pub shapes: u64,
     pub storage_bytes: u64,
@@ -389,7 +389,7 @@ fn render_tenants(out: &mut String, tenants: &[TenantSample]) {
         out,
         name,
         "histogram",
-        "Latency of a flush batch (fsync of the touched shape logs).",
+        "Latency of a group commit (one fsync of the store commit log for all touched shapes).",
     );
     for t in &tenants {
         let l = labels(&[("database_id", &t.database_id)]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig};
+use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig, StoreError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::postgres::catalog::{self, CatalogError};
@@ -48,6 +48,10 @@ pub enum Status {
     Active,
     /// Replication is down (reconnecting); the text says why.
     Down(String),
+    /// Streaming, but the shape logs cannot be written (disk full, I/O error): nothing is
+    /// acknowledged, durable data is still served, new shapes are refused with 503 until a
+    /// retry of the pending batch succeeds.
+    Degraded(String),
 }
 
 /// Why a shape could not be served.
@@ -360,7 +364,11 @@ impl Stack {
         let log = tokio::task::spawn_blocking(move || store.create(&id, &bytes))
             .await
             .map_err(|e| ShapeError::Storage(e.to_string()))?
-            .map_err(|e| ShapeError::Storage(e.to_string()))?;
+            .map_err(|e| match e {
+                // Disk full or failing: retryable (503 + retry-after), not an internal error.
+                StoreError::Io(e) => ShapeError::NotReady(format!("storage not writable: {e}")),
+                e => ShapeError::Storage(e.to_string()),
+            })?;
         let shape = Shape::new(meta, compiled, log);
         // Route changes to the shape before its snapshot starts (see shape::visibility).
         let (done, added) = oneshot::channel();
@@ -605,7 +613,6 @@ async fn replicate(
                     stack.invalidate(&h);
                 }
             }
-            let status = &stack.status;
             stream::run(
                 &cfg.db,
                 &slot,
@@ -614,9 +621,7 @@ async fn replicate(
                 &mut writer,
                 &mut commands,
                 &mut shutdown,
-                || {
-                    status.send_replace(Status::Active);
-                },
+                &stack.status,
             )
             .await
         }

@@ -353,6 +353,7 @@ pub fn status_word(s: &Status) -> &'static str {
         Status::Active => "active",
         Status::Starting => "starting",
         Status::Down(_) => "waiting",
+        Status::Degraded(_) => "degraded",
     }
 }
 

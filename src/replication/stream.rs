@@ -3,7 +3,9 @@
 //!
 //! Group commit: transactions are applied while events keep arriving; when the stream goes quiet
 //! (no event waiting) or 512 transactions are pending, the writer flushes every shape log touched
-//! since the last flush in one batch and the last commit's end LSN is acknowledged. Writer commands (new shapes, snapshot starts, removals)
+//! since the last flush in one batch (one group commit of the store: one fsync) and the last
+//! commit's end LSN is acknowledged. A failed commit (disk full, I/O error) is retried with
+//! backoff while the stream is paused and the stack reports `Degraded`. Writer commands (new shapes, snapshot starts, removals)
 //! are handled only between transactions.
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::pgoutput::{self, Message, Relation};
 use crate::postgres::connect::SourceDb;
 use crate::shape::writer::{ChangeKind, Command, Writer};
-use crate::stack::ReplicationStats;
+use crate::stack::{ReplicationStats, Status};
 
 /// Flush after at most this many transactions even if more are waiting.
 const MAX_TXNS_PER_FLUSH: usize = 512;
@@ -60,7 +62,7 @@ pub async fn run(
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &mut watch::Receiver<bool>,
-    on_started: impl FnOnce(),
+    status: &watch::Sender<Status>,
 ) -> anyhow::Result<End> {
     let cfg = db.replication_config(slot, publication);
     let mut client = ReplicationClient::connect(cfg)
@@ -70,12 +72,20 @@ pub async fn run(
         .wait_started()
         .await
         .map_err(|e| anyhow!("starting replication on slot {slot}: {e}"))?;
-    on_started();
+    status.send_replace(Status::Active);
     let mut ack = |client: &ReplicationClient, lsn: u64| {
         client.update_applied_lsn(Lsn::from_u64(lsn));
         stats.acked(lsn);
     };
-    let result = stream(&mut client, writer, commands, shutdown, stats, &mut ack).await;
+    let result = stream(
+        &mut client,
+        writer,
+        commands,
+        shutdown,
+        (stats, status),
+        &mut ack,
+    )
+    .await;
     if matches!(result, Ok(End::Shutdown)) {
         // Give the worker one status interval to report the final acknowledged position.
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -90,7 +100,7 @@ async fn stream(
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &mut watch::Receiver<bool>,
-    stats: &ReplicationStats,
+    (stats, status): (&ReplicationStats, &watch::Sender<Status>),
     ack: &mut impl FnMut(&ReplicationClient, u64),
 ) -> anyhow::Result<End> {
     let mut relations: HashMap<u32, Relation> = HashMap::new();
@@ -110,8 +120,10 @@ async fn stream(
                 }
             };
             if next.is_none() {
-                if let Some(lsn) = writer.flush().await {
-                    ack(client, lsn);
+                match flush_durably(writer, shutdown, status).await {
+                    Some(Some(lsn)) => ack(client, lsn),
+                    Some(None) => {}
+                    None => return Ok(End::Shutdown),
                 }
             }
         }
@@ -167,10 +179,46 @@ async fn finish(
 ) -> anyhow::Result<End> {
     if writer.in_transaction() {
         writer.reset_after_disconnect();
-    } else if let Some(lsn) = writer.flush().await {
+    } else if let Ok(Some(lsn)) = writer.flush().await {
         ack(client, lsn);
     }
     Ok(End::Shutdown)
+}
+
+/// Flush, retrying a failed group commit (disk full, I/O error) with backoff until it
+/// succeeds: meanwhile the stream is not consumed, nothing is acknowledged, and the stack is
+/// `Degraded` (health, metrics, and new shapes get 503). `None` on shutdown: the pending
+/// batch stays unacknowledged and the slot sends it again.
+async fn flush_durably(
+    writer: &mut Writer,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<Status>,
+) -> Option<Option<u64>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match writer.flush().await {
+            Ok(lsn) => {
+                status.send_if_modified(|s| {
+                    let degraded = matches!(s, Status::Degraded(_));
+                    if degraded {
+                        tracing::info!("shape log storage writable again");
+                        *s = Status::Active;
+                    }
+                    degraded
+                });
+                return Some(lsn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "group commit failed; not acknowledging, retrying");
+                status.send_replace(Status::Degraded(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
 }
 
 fn apply(

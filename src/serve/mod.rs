@@ -179,7 +179,10 @@ async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> 
     };
     let overall = if words.iter().all(|(_, w)| *w == "active") {
         "active"
-    } else if words.iter().any(|(_, w)| *w == "waiting") {
+    } else if words
+        .iter()
+        .any(|(_, w)| *w == "waiting" || *w == "degraded")
+    {
         "waiting"
     } else {
         "starting"

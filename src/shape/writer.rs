@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use shapesync_storage::LogOffset;
+use shapesync_storage::{LogOffset, ShapeLog};
 use tokio::sync::oneshot;
 
 use super::definition::ShapeHandle;
@@ -404,43 +404,44 @@ impl Writer {
             .any(|s| matches!(s.phase, Phase::Buffering(_)))
     }
 
-    /// Make every appended change durable (one batch for all shapes), wake readers, and return
-    /// the LSN that may now be acknowledged, if any.
-    pub async fn flush(&mut self) -> Option<u64> {
-        let dirty: Vec<(usize, Arc<Shape>)> = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|i| {
-                let sink = self.sinks[i].as_mut()?;
-                sink.dirty = false;
-                Some((i, Arc::clone(&sink.shape)))
-            })
+    /// Make every appended change durable with one group commit of the store (one fsync for
+    /// all shapes), then wake readers, and return the LSN that may now be acknowledged, if
+    /// any. Readers are woken only after the commit, so they never see data that is not
+    /// durable. On a storage error (disk full, I/O error) nothing is published or
+    /// acknowledged and every change stays buffered: the caller retries the same batch
+    /// later (no shape is lost to a full disk).
+    pub async fn flush(&mut self) -> Result<Option<u64>, shapesync_storage::StoreError> {
+        let shapes: Vec<Arc<Shape>> = self
+            .dirty
+            .iter()
+            .filter_map(|&i| self.sinks[i].as_ref().map(|s| Arc::clone(&s.shape)))
             .collect();
-        if !dirty.is_empty() {
-            let shapes: Vec<Arc<Shape>> = dirty.iter().map(|(_, s)| Arc::clone(s)).collect();
+        if !shapes.is_empty() {
+            let logs: Vec<Arc<dyn ShapeLog>> = shapes.iter().map(|s| Arc::clone(&s.log)).collect();
+            let store = Arc::clone(self.registry.store());
             let started = std::time::Instant::now();
-            let results = tokio::task::spawn_blocking(move || {
-                shapes
-                    .iter()
-                    .map(|s| s.log.flush().map_err(|e| e.to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_else(|e| vec![Err(format!("flush task failed: {e}")); dirty.len()]);
+            tokio::task::spawn_blocking(move || store.commit(&logs))
+                .await
+                .map_err(|e| std::io::Error::other(format!("commit task failed: {e}")))??;
             self.fsync.observe_duration(started.elapsed());
-            for ((_, shape), result) in dirty.iter().zip(results) {
-                match result {
-                    Ok(_) => shape.publish_log_state(),
-                    Err(e) => self.invalidate(&shape.handle, &format!("flush failed: {e}")),
+            for i in std::mem::take(&mut self.dirty) {
+                if let Some(sink) = self.sinks[i].as_mut() {
+                    sink.dirty = false;
                 }
+            }
+            for shape in &shapes {
+                shape.publish_log_state();
             }
         }
         self.txns_since_flush = 0;
-        let (lsn, end) = self.last_commit?;
+        let Some((lsn, end)) = self.last_commit else {
+            return Ok(None);
+        };
         self.global_lsn.fetch_max(lsn, Ordering::AcqRel);
         if self.buffering() {
-            return None;
+            return Ok(None);
         }
-        Some(end)
+        Ok(Some(end))
     }
 
     /// A keepalive with nothing pending: the server's position may be acknowledged so an idle

@@ -31,8 +31,12 @@ pub enum StoreError {
     /// One entry does not fit in a record (length is a u32).
     #[error("entry of {0} bytes is too large")]
     EntryTooLarge(usize),
-    /// An earlier write or fsync of this log failed. After a failed fsync the state of the
-    /// page cache is unknown, so the log refuses further writes; the caller drops the shape.
+    /// An earlier write or fsync of this log's **snapshot** part failed: it refuses further
+    /// writes and the caller re-creates the shape. (Change writes are retryable instead: a
+    /// failed `flush` or `commit` keeps its buffer and is simply called again.)
     #[error("an earlier write to this log failed; the log is read-only")]
     LogFailed,
+    /// `commit` was given a log that another store implementation created.
+    #[error("commit given a log of another store")]
+    ForeignLog,
 }

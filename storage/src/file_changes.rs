@@ -1,8 +1,11 @@
 //! `changes.log`: the change part of a shape log on disk.
 //!
-//! Appends are buffered in memory by the writer; `flush` writes them with one positional
-//! write at the durable end, fdatasyncs, and only then publishes the new durable end and the
-//! chunks sealed by the batch in the reader-visible `ChangeIndex`. Readers take the index
+//! Appends are buffered in memory by the writer. They become durable either by `flush` (one
+//! positional write at the durable end + fdatasync of this file) or by the store's group
+//! commit (`stage`: the same write without fsync, recorded in the commit log, which is
+//! fsynced once for all shapes; then `publish`). Only then are the new durable end and the
+//! chunks sealed by the batch published in the reader-visible `ChangeIndex`. A failed write
+//! or fsync is retryable: the buffer is kept and written again at the same position. Readers take the index
 //! lock only to plan a read, then read the byte range with one `read_at` on the shared handle:
 //! the published range is immutable (append-only file), so no lock is held during I/O.
 
@@ -42,8 +45,6 @@ struct ChangeWriter {
     last: Option<LogOffset>,
     /// File position where `buf` will be written (= the durable end).
     write_pos: u64,
-    /// A write or fsync failed: refuse further writes (see `StoreError::LogFailed`).
-    failed: bool,
     /// `chunker` and `last` as of the durable end, restored by `discard_unflushed`.
     durable_chunker: Chunker,
     durable_last: Option<LogOffset>,
@@ -109,7 +110,6 @@ impl ChangeFile {
                 chunker,
                 last,
                 write_pos,
-                failed: false,
                 durable_chunker: chunker,
                 durable_last: last,
             }),
@@ -117,11 +117,7 @@ impl ChangeFile {
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, ChangeWriter>, StoreError> {
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if w.failed {
-            return Err(StoreError::LogFailed);
-        }
-        Ok(w)
+        Ok(self.writer.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn append(&self, offset: LogOffset, json: &[u8]) -> Result<(), StoreError> {
@@ -151,27 +147,60 @@ impl ChangeFile {
         w.last = w.durable_last;
     }
 
+    /// Writes buffered changes and fsyncs them (the single-log path; the store's group commit
+    /// uses `stage` + `publish` instead). A failed write or fsync keeps the buffer: the retry
+    /// writes the same bytes at the same position again, which re-dirties any page whose
+    /// writeback failed, so a later successful fsync covers them.
     pub(crate) fn flush(&self) -> Result<LogOffset, StoreError> {
         let mut w = self.writer()?;
-        let Some(latest) = w.last.filter(|_| !w.buf.is_empty()) else {
+        if w.buf.is_empty() {
             return Ok(self.latest_offset());
-        };
-        let written = self
-            .file
-            .write_all_at(&w.buf, w.write_pos)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            w.failed = true;
-            return Err(e.into());
         }
-        w.write_pos += w.buf.len() as u64;
+        self.file
+            .write_all_at(&w.buf, w.write_pos)
+            .and_then(|()| self.file.sync_data())?;
+        let len = w.buf.len();
+        Ok(self.publish_locked(&mut w, len))
+    }
+
+    /// Group commit, phase 1: writes the buffered changes at the durable end **without**
+    /// fsync and hands `(position, bytes)` to `record` (for the commit log). Nothing becomes
+    /// visible. Returns the number of bytes staged (0: nothing buffered). On error nothing
+    /// changes and the call can be repeated.
+    pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<usize, StoreError> {
+        let w = self.writer()?;
+        if w.buf.is_empty() {
+            return Ok(0);
+        }
+        self.file.write_all_at(&w.buf, w.write_pos)?;
+        record(w.write_pos, &w.buf);
+        Ok(w.buf.len())
+    }
+
+    /// Group commit, phase 2 (after the commit log fsync): publishes the `len` staged bytes.
+    /// The caller is the single writer, so the buffer still holds exactly what was staged.
+    pub(crate) fn publish(&self, len: usize) -> Result<LogOffset, StoreError> {
+        let mut w = self.writer()?;
+        if w.buf.len() != len {
+            return Err(StoreError::Corrupt(
+                "changes appended between stage and publish".into(),
+            ));
+        }
+        Ok(self.publish_locked(&mut w, len))
+    }
+
+    /// Marks the first `len` buffered bytes (the whole buffer) durable and visible.
+    fn publish_locked(&self, w: &mut ChangeWriter, len: usize) -> LogOffset {
+        debug_assert_eq!(len, w.buf.len());
+        w.write_pos += len as u64;
         w.buf.clear();
         w.durable_chunker = w.chunker;
         w.durable_last = w.last;
+        let latest = w.last.unwrap_or(LogOffset::LAST_BEFORE_REAL);
         let seals = std::mem::take(&mut w.pending_seals);
         let durable_end = w.write_pos;
         self.index_mut().publish(seals, durable_end, latest);
-        Ok(latest)
+        latest
     }
 
     fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, ChangeIndex<u64>> {

@@ -14,25 +14,38 @@ pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
 pub(crate) const CHANGES_FILE: &str = "changes.log";
 
 pub(crate) struct FileLog {
+    /// The shape id (directory name), named in the store's commit log entries.
+    id: String,
     snapshot: SnapshotFile,
     changes: ChangeFile,
 }
 
 impl FileLog {
     /// Creates both files (headers fsynced). The caller fsyncs the directory.
-    pub(crate) fn create(dir: &Path, threshold: u64) -> Result<FileLog, StoreError> {
+    pub(crate) fn create(id: &str, dir: &Path, threshold: u64) -> Result<FileLog, StoreError> {
         Ok(FileLog {
+            id: id.to_owned(),
             snapshot: SnapshotFile::create(&dir.join(SNAPSHOT_FILE), threshold)?,
             changes: ChangeFile::create(&dir.join(CHANGES_FILE), threshold)?,
         })
     }
 
     /// Opens both files, truncating torn tails.
-    pub(crate) fn open(dir: &Path) -> Result<FileLog, StoreError> {
+    pub(crate) fn open(id: &str, dir: &Path) -> Result<FileLog, StoreError> {
         Ok(FileLog {
+            id: id.to_owned(),
             snapshot: SnapshotFile::open(&dir.join(SNAPSHOT_FILE))?,
             changes: ChangeFile::open(&dir.join(CHANGES_FILE))?,
         })
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Group commit: see `ChangeFile::stage` and `ChangeFile::publish`.
+    pub(crate) fn changes(&self) -> &ChangeFile {
+        &self.changes
     }
 }
 

@@ -9,16 +9,24 @@
 //! `create` makes the directory and both log files, fsyncs them, then writes `meta` with
 //! tmp + fsync + rename + fsync dir. `open_all` removes directories without a valid `meta`
 //! (a crash during create) and leftover `*.tmp` files, and recovers every log.
+//!
+//! `commit` is the group commit of the change parts of many logs through the store's
+//! commit log (`commit_log`): one fsync per batch, whatever the number of shapes.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::commit_log::{self, CommitLog};
+use crate::commit_record::BatchBuilder;
 use crate::file_log::FileLog;
 use crate::file_scan::sync_dir;
 use crate::record::{decode_meta, encode_meta};
-use crate::{validate_id, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig, StoreError};
+use crate::{
+    validate_id, CommitStats, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig, StoreError,
+};
 
 const META_FILE: &str = "meta";
 const META_TMP: &str = "meta.tmp";
@@ -28,14 +36,54 @@ const TMP_SUFFIX: &str = ".tmp";
 pub struct FileStore {
     dir: PathBuf,
     cfg: StoreConfig,
+    /// std Mutex: held by `commit` across its writes and the fsync (blocking callers only;
+    /// commits are serialised anyway, one writer per store).
+    wal: Mutex<WalState>,
 }
+
+pub(crate) struct WalState {
+    pub(crate) log: CommitLog,
+    /// Ids removed since the last checkpoint: the commit log may still name them, so
+    /// re-creating one of them checkpoints first (a replay must never reach a new log).
+    removed: HashSet<String>,
+    stats: CommitStats,
+}
+
+/// Reset the commit log once it holds this many bytes of batches.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 impl FileStore {
     /// Opens (creating if needed) the store directory. Logs are opened by `open_all`.
     pub fn open(dir: impl Into<PathBuf>, cfg: StoreConfig) -> Result<FileStore, StoreError> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        Ok(FileStore { dir, cfg })
+        commit_log::remove_tmp(&dir)?;
+        let (log, replayed) = CommitLog::open(&dir)?;
+        let stats = CommitStats {
+            replayed_entries: replayed as u64,
+            ..CommitStats::default()
+        };
+        let wal = Mutex::new(WalState {
+            log,
+            removed: HashSet::new(),
+            stats,
+        });
+        Ok(FileStore { dir, cfg, wal })
+    }
+
+    /// Counters of the group commit path (for benches and metrics).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.wal().stats
+    }
+
+    pub(crate) fn wal(&self) -> MutexGuard<'_, WalState> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every shape file durable and resets the commit log.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let mut wal = self.wal();
+        checkpoint(&mut wal)
     }
 
     /// The store directory.
@@ -43,15 +91,15 @@ impl FileStore {
         &self.dir
     }
 
-    fn create_in(&self, path: &Path, meta: &[u8]) -> Result<FileLog, StoreError> {
-        let log = FileLog::create(path, self.cfg.chunk_bytes_threshold)?;
+    fn create_in(&self, id: &str, path: &Path, meta: &[u8]) -> Result<FileLog, StoreError> {
+        let log = FileLog::create(id, path, self.cfg.chunk_bytes_threshold)?;
         write_atomic(path, META_FILE, META_TMP, &encode_meta(meta))?;
         sync_dir(&self.dir)?;
         Ok(log)
     }
 
     /// Opens one shape directory; `None` if it has no valid meta (then it is removed).
-    fn open_one(&self, path: &Path) -> Result<Option<(Vec<u8>, FileLog)>, StoreError> {
+    fn open_one(&self, id: &str, path: &Path) -> Result<Option<(Vec<u8>, FileLog)>, StoreError> {
         remove_tmp_files(path)?;
         let meta = match fs::read(path.join(META_FILE)) {
             Ok(bytes) => decode_meta(&bytes),
@@ -62,13 +110,19 @@ impl FileStore {
             fs::remove_dir_all(path)?;
             return Ok(None);
         };
-        Ok(Some((meta, FileLog::open(path)?)))
+        Ok(Some((meta, FileLog::open(id, path)?)))
     }
 }
 
 impl ShapeLogStore for FileStore {
     fn create(&self, id: &str, meta: &[u8]) -> Result<Arc<dyn ShapeLog>, StoreError> {
         validate_id(id)?;
+        {
+            let mut wal = self.wal();
+            if wal.removed.contains(id) {
+                checkpoint(&mut wal)?;
+            }
+        }
         let path = self.dir.join(id);
         match fs::create_dir(&path) {
             Ok(()) => {}
@@ -77,7 +131,7 @@ impl ShapeLogStore for FileStore {
             }
             Err(e) => return Err(e.into()),
         }
-        match self.create_in(&path, meta) {
+        match self.create_in(id, &path, meta) {
             Ok(log) => Ok(Arc::new(log)),
             Err(e) => {
                 // Best effort: without a meta file, open_all would remove it anyway.
@@ -105,7 +159,7 @@ impl ShapeLogStore for FileStore {
             if !file_type.is_dir() || validate_id(&name).is_err() {
                 continue; // not ours: leave it alone
             }
-            match self.open_one(&path)? {
+            match self.open_one(&name, &path)? {
                 Some((meta, log)) => out.push((name, meta, Arc::new(log) as Arc<dyn ShapeLog>)),
                 None => removed = true,
             }
@@ -117,8 +171,42 @@ impl ShapeLogStore for FileStore {
         Ok(out)
     }
 
+    fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError> {
+        let mut wal = self.wal();
+        let mut batch = BatchBuilder::new();
+        let mut staged = Vec::with_capacity(logs.len());
+        for log in logs {
+            let any: &dyn std::any::Any = &**log;
+            let Some(log) = any.downcast_ref::<FileLog>() else {
+                return Err(StoreError::ForeignLog);
+            };
+            let len = log
+                .changes()
+                .stage(|pos, bytes| batch.entry(log.id(), pos, bytes))?;
+            if len > 0 {
+                staged.push((log, len));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        wal.log.append(&batch.finish())?;
+        wal.stats.batches += 1;
+        wal.stats.wal_fsyncs += 1;
+        for (log, len) in staged {
+            log.changes().publish(len)?;
+        }
+        if wal.log.len() >= CHECKPOINT_BYTES {
+            // The batch is durable in the commit log whatever happens here; a failed
+            // checkpoint is retried at the next one (counted in the stats).
+            let _ = checkpoint(&mut wal);
+        }
+        Ok(())
+    }
+
     fn remove(&self, id: &str) -> Result<(), StoreError> {
         validate_id(id)?;
+        self.wal().removed.insert(id.to_owned());
         match fs::remove_dir_all(self.dir.join(id)) {
             Ok(()) => Ok(sync_dir(&self.dir)?),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(id.to_owned())),
@@ -127,8 +215,21 @@ impl ShapeLogStore for FileStore {
     }
 }
 
+/// Resets the commit log after making every shape file durable.
+fn checkpoint(wal: &mut WalState) -> Result<(), StoreError> {
+    let result = wal.log.checkpoint();
+    match &result {
+        Ok(()) => {
+            wal.stats.checkpoints += 1;
+            wal.removed.clear();
+        }
+        Err(_) => wal.stats.checkpoint_failures += 1,
+    }
+    result
+}
+
 /// Writes `dir/name` atomically: `dir/tmp` + fsync + rename + fsync `dir`.
-fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(tmp);
     {
         let file = fs::File::create(&tmp)?;

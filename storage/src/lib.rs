@@ -4,7 +4,9 @@
 //! chunks `0_0`, `0_1`, … and closed by the `snapshot-end` control message) and the **change**
 //! part (replicated changes at offsets `<tx>_<op>`, made visible only once durable). Readers
 //! follow the seek algorithm of protocol.md §3.2 and get whole chunks back as zero-copy
-//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (version 1).
+//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (store version 2).
+//! Durability: changes of many logs are made durable together by [`ShapeLogStore::commit`]
+//! (group commit: one fsync per batch through the store's commit log).
 //!
 //! Layout (small files, one concept each):
 //! - `offset`: [`LogOffset`], its text form and ordering (pure).
@@ -13,7 +15,10 @@
 //! - `seek`: the sparse change index and the seek plan shared by both stores (pure).
 //! - `error`: [`StoreError`].
 //! - `memory_store`: [`MemoryStore`], the in-memory implementation (tests, ephemeral use).
-//! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove.
+//! - `file_store`: [`FileStore`]: one directory per shape, create / open_all / remove, and
+//!   the group commit of many logs.
+//! - `commit_record` / `commit_log`: the store's commit log (`commit.wal`): codec (pure) and
+//!   I/O (append + one fsync per batch, checkpoint, replay on open).
 //! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
 //!   `file_changes` (`changes.log`), with `file_scan` for crash recovery and positional reads.
 //! - `object_tier`: the object-store tier: sealed chunks copied write-once to a bucket with a
@@ -24,6 +29,8 @@
 //! one contract test suite (`tests/integration/contract.rs`) runs over both implementations.
 
 mod chunking;
+mod commit_log;
+mod commit_record;
 mod error;
 mod file_changes;
 mod file_log;
@@ -82,7 +89,8 @@ pub struct SnapshotState {
 }
 
 /// One shape's log. One writer at a time (callers serialise writes); any number of readers.
-pub trait ShapeLog: Send + Sync {
+/// (`Any` lets a store recognise its own logs in [`ShapeLogStore::commit`].)
+pub trait ShapeLog: std::any::Any + Send + Sync {
     /// Appends one snapshot row; seals the chunk when the row makes it reach the threshold.
     /// Sealed chunks are readable but not durable until `finish_snapshot`.
     fn append_snapshot_row(&self, json: &[u8]) -> Result<(), StoreError>;
@@ -134,6 +142,25 @@ pub trait ShapeLogStore: Send + Sync {
     fn open_all(&self) -> Result<Vec<OpenedLog>, StoreError>;
     /// Removes a shape's log and all its data.
     fn remove(&self, id: &str) -> Result<(), StoreError>;
+    /// Group commit: makes the changes buffered in every log of `logs` (logs of this store)
+    /// durable together, with one fsync for the whole batch, then visible (the same as
+    /// `flush` on each, at the cost of one flush). On error nothing of the batch became
+    /// visible and the same call can be retried (disk full, I/O error).
+    fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError>;
+}
+
+/// Counters of a store's group commit path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Batches committed (each one commit-log fsync).
+    pub batches: u64,
+    /// fsyncs of the commit log.
+    pub wal_fsyncs: u64,
+    /// Checkpoints done (each one `syncfs`), and failed.
+    pub checkpoints: u64,
+    pub checkpoint_failures: u64,
+    /// Commit-log entries replayed into shape logs when the store was opened.
+    pub replayed_entries: u64,
 }
 
 /// Checks a shape id: `[A-Za-z0-9_-]{1,100}` (safe as a directory name).

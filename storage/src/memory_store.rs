@@ -70,6 +70,14 @@ impl ShapeLogStore for MemoryStore {
             None => Err(StoreError::NotFound(id.to_owned())),
         }
     }
+
+    /// Nothing to make durable in memory: the batch is each log's flush.
+    fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError> {
+        for log in logs {
+            log.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// Snapshot part: sealed chunks are visible, the open chunk is not.

@@ -2,7 +2,9 @@
 
 mod cdn;
 mod client_e2e;
+mod crash;
 mod deployment;
+mod disk_full;
 mod http1;
 mod http_sync;
 mod lifecycle;

@@ -30,6 +30,7 @@ macro_rules! contract_suite {
             case!(concurrent_reader_while_writing);
             case!(store_lifecycle);
             case!(read_sealed_only_returns_sealed_chunks);
+            case!(group_commit_across_logs);
         }
     };
 }
@@ -412,4 +413,62 @@ fn read_sealed_only_returns_sealed_chunks(make: Make) {
         log.read_sealed(off("10_2")).unwrap(),
         Some(SealedRead::Changes { entries }) if entries.len() == 2
     ));
+}
+
+/// `commit` makes the buffered changes of several logs visible together, chunking exactly as
+/// per-log flushes would; logs with nothing buffered and empty batches are fine.
+fn group_commit_across_logs(make: Make) {
+    let fx = make(100);
+    let logs: Vec<Arc<dyn ShapeLog>> = (0..3)
+        .map(|i| fx.store.create(&format!("g{i}"), b"m").unwrap())
+        .collect();
+    for log in &logs {
+        log.finish_snapshot(END).unwrap();
+    }
+    fx.store.commit(&logs).unwrap();
+    fx.store.commit(&[]).unwrap();
+    for round in 0..5u64 {
+        for (i, log) in logs.iter().enumerate().take(2) {
+            for op in 0..3 {
+                let json = entry(round as usize * 10 + i, 30 + op as usize);
+                log.append_change(LogOffset::new(round + 1, op * 2), &json)
+                    .unwrap();
+            }
+        }
+        let before = match round {
+            0 => LogOffset::LAST_BEFORE_REAL,
+            r => LogOffset::new(r, 4),
+        };
+        assert_eq!(
+            logs[0].latest_offset(),
+            before,
+            "invisible until the commit"
+        );
+        fx.store.commit(&logs).unwrap();
+        assert_eq!(logs[0].latest_offset(), LogOffset::new(round + 1, 4));
+        assert_eq!(logs[1].latest_offset(), LogOffset::new(round + 1, 4));
+        assert_eq!(logs[2].latest_offset(), LogOffset::LAST_BEFORE_REAL);
+    }
+    // Same chunks as a log written with per-log flushes.
+    let single = fx.store.create("single", b"m").unwrap();
+    single.finish_snapshot(END).unwrap();
+    for round in 0..5u64 {
+        for op in 0..3 {
+            let json = entry(round as usize * 10, 30 + op as usize);
+            single
+                .append_change(LogOffset::new(round + 1, op * 2), &json)
+                .unwrap();
+        }
+        single.flush().unwrap();
+    }
+    let mut at = off("0_inf");
+    loop {
+        let (a, end_a) = read(&*logs[0], &at.to_string());
+        let (b, end_b) = read(&*single, &at.to_string());
+        assert_eq!((&a, end_a), (&b, end_b));
+        if end_a == at {
+            break;
+        }
+        at = end_a;
+    }
 }

@@ -172,12 +172,32 @@ impl Reply {
     }
 }
 
+#[derive(Clone)]
 pub struct ShapeClient {
     pub base: String,
     http: reqwest::Client,
 }
 
 impl ShapeClient {
+    pub fn new(base: String) -> Self {
+        ShapeClient { base, http: http() }
+    }
+
+    /// A GET of `path` that may fail to connect (server not up yet).
+    pub async fn try_raw(&self, path: &str) -> Option<Reply> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
+        Some(Reply {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: res.text().await.ok()?,
+        })
+    }
+
     pub async fn get(&self, query: &str) -> Reply {
         self.get_with(query, &[]).await
     }

@@ -1,0 +1,220 @@
+//! Group commit through the store's commit log (`commit.wal`): what survives a crash.
+//!
+//! A crash is simulated by dropping the store and then doing to the files what a power cut
+//! may do: shape files lose everything not yet checkpointed (their writes were never
+//! fsynced), the commit log keeps its fsynced batches and may have a torn or damaged tail.
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+
+use shapesync_storage::{FileStore, LogOffset, ShapeLog, ShapeLogStore};
+
+use crate::support::{cfg, entry, read};
+
+const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
+const HEADER: u64 = 18;
+
+fn wal_len(dir: &Path) -> u64 {
+    fs::metadata(dir.join("commit.wal")).unwrap().len()
+}
+
+fn cut(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// Every change entry of a log (after its snapshot).
+fn changes(log: &dyn ShapeLog) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = "0_inf".to_owned();
+    loop {
+        let (entries, end) = read(log, &at);
+        if entries.is_empty() && end.to_string() == at {
+            return out;
+        }
+        out.extend(entries);
+        at = end.to_string();
+    }
+}
+
+/// Shapes `s0`, `s1` with finished snapshots and `batches` committed batches of 2 changes
+/// each in both; returns the commit log length after each batch.
+fn write(dir: &Path, batches: u64) -> Vec<u64> {
+    let store = FileStore::open(dir, cfg(100)).unwrap();
+    let logs: Vec<Arc<dyn ShapeLog>> = (0..2)
+        .map(|i| store.create(&format!("s{i}"), b"m").unwrap())
+        .collect();
+    for log in &logs {
+        log.finish_snapshot(END).unwrap();
+    }
+    let mut ends = Vec::new();
+    for b in 1..=batches {
+        for (i, log) in logs.iter().enumerate() {
+            for op in [0, 2] {
+                let json = entry(b as usize * 100 + i * 10 + op as usize, 40);
+                log.append_change(LogOffset::new(b, op), &json).unwrap();
+            }
+        }
+        store.commit(&logs).unwrap();
+        ends.push(wal_len(dir));
+    }
+    assert_eq!(
+        store.commit_stats().wal_fsyncs,
+        batches,
+        "one fsync per batch"
+    );
+    ends
+}
+
+fn expected(shape: usize, batches: u64) -> Vec<String> {
+    (1..=batches)
+        .flat_map(|b| [0, 2].map(|op| b as usize * 100 + shape * 10 + op))
+        .map(|i| String::from_utf8(entry(i, 40)).unwrap())
+        .collect()
+}
+
+/// The power cut: the shape files lose every change that was not checkpointed.
+fn lose_shape_pages(dir: &Path) {
+    for i in 0..2 {
+        cut(&dir.join(format!("s{i}/changes.log")), HEADER);
+    }
+}
+
+fn reopen(dir: &Path) -> (FileStore, Vec<Arc<dyn ShapeLog>>) {
+    let store = FileStore::open(dir, cfg(1 << 20)).unwrap();
+    let logs = store.open_all().unwrap().into_iter().map(|o| o.2).collect();
+    (store, logs)
+}
+
+#[test]
+fn committed_batches_are_replayed_from_the_commit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 3);
+    lose_shape_pages(dir.path());
+    let (store, logs) = reopen(dir.path());
+    assert_eq!(store.commit_stats().replayed_entries, 6);
+    assert_eq!(wal_len(dir.path()), HEADER, "reset after the replay");
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(changes(&**log), expected(i, 3));
+        assert_eq!(log.latest_offset(), LogOffset::new(3, 2));
+    }
+    drop((store, logs));
+    // Nothing left to replay; the data is in the shape files now.
+    let (store, logs) = reopen(dir.path());
+    assert_eq!(store.commit_stats().replayed_entries, 0);
+    assert_eq!(changes(&*logs[1]), expected(1, 3));
+}
+
+#[test]
+fn replay_over_intact_shape_files_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 4);
+    let (store, logs) = reopen(dir.path());
+    assert_eq!(store.commit_stats().replayed_entries, 8);
+    assert_eq!(changes(&*logs[0]), expected(0, 4));
+    // Keeps working: one more batch, then a crash that loses it in the shape file only.
+    logs[0]
+        .append_change(LogOffset::new(5, 0), &entry(500, 40))
+        .unwrap();
+    store.commit(&logs).unwrap();
+    drop((store, logs));
+    // Records are 8 + 16 + 40 bytes: cut into the one of batch 5.
+    cut(&dir.path().join("s0/changes.log"), HEADER + 4 * 2 * 64 + 10);
+    let (_, logs) = reopen(dir.path());
+    let mut want = expected(0, 4);
+    want.push(String::from_utf8(entry(500, 40)).unwrap());
+    assert_eq!(changes(&*logs[0]), want);
+}
+
+#[test]
+fn torn_commit_log_tail_drops_only_the_torn_batch() {
+    for cut_at in [1, 5, 9, 30] {
+        let dir = tempfile::tempdir().unwrap();
+        let ends = write(dir.path(), 3);
+        lose_shape_pages(dir.path());
+        cut(&dir.path().join("commit.wal"), ends[1] + cut_at);
+        let (_, logs) = reopen(dir.path());
+        for (i, log) in logs.iter().enumerate() {
+            assert_eq!(changes(&**log), expected(i, 2), "cut {cut_at} into batch 3");
+        }
+    }
+}
+
+#[test]
+fn damaged_commit_log_batch_ends_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write(dir.path(), 3);
+    lose_shape_pages(dir.path());
+    let wal = dir.path().join("commit.wal");
+    let mut bytes = fs::read(&wal).unwrap();
+    bytes[ends[0] as usize + 20] ^= 0x40; // inside batch 2
+    fs::write(&wal, bytes).unwrap();
+    let (_, logs) = reopen(dir.path());
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(changes(&**log), expected(i, 1));
+        assert_eq!(log.latest_offset(), LogOffset::new(1, 2));
+    }
+    // Writing continues after the recovered point (replication refills 2 and 3).
+    logs[0]
+        .append_change(LogOffset::new(2, 0), &entry(200, 40))
+        .unwrap();
+    assert_eq!(logs[0].flush().unwrap(), LogOffset::new(2, 0));
+}
+
+#[test]
+fn damaged_commit_log_header_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1);
+    let wal = dir.path().join("commit.wal");
+    let mut bytes = fs::read(&wal).unwrap();
+    bytes[2] ^= 1;
+    fs::write(&wal, bytes).unwrap();
+    assert!(FileStore::open(dir.path(), cfg(100)).is_err());
+}
+
+#[test]
+fn checkpoint_makes_shape_files_durable_and_resets_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 2);
+    let store = FileStore::open(dir.path(), cfg(100)).unwrap();
+    let logs: Vec<_> = store.open_all().unwrap().into_iter().map(|o| o.2).collect();
+    logs[1]
+        .append_change(LogOffset::new(3, 0), &entry(300, 40))
+        .unwrap();
+    store.commit(&logs).unwrap();
+    assert!(wal_len(dir.path()) > HEADER);
+    store.checkpoint().unwrap();
+    assert_eq!(wal_len(dir.path()), HEADER);
+    assert_eq!(store.commit_stats().checkpoints, 1);
+    drop((store, logs));
+    let (store, logs) = reopen(dir.path());
+    assert_eq!(store.commit_stats().replayed_entries, 0);
+    let mut want = expected(1, 2);
+    want.push(String::from_utf8(entry(300, 40)).unwrap());
+    assert_eq!(changes(&*logs[1]), want);
+}
+
+#[test]
+fn a_removed_and_recreated_id_never_gets_old_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 2);
+    {
+        let store = FileStore::open(dir.path(), cfg(100)).unwrap();
+        let logs: Vec<_> = store.open_all().unwrap().into_iter().map(|o| o.2).collect();
+        logs[0]
+            .append_change(LogOffset::new(3, 0), &entry(300, 40))
+            .unwrap();
+        store.commit(&logs).unwrap();
+        store.remove("s0").unwrap();
+        let again = store.create("s0", b"new").unwrap();
+        again.finish_snapshot(END).unwrap();
+    }
+    let (_, logs) = reopen(dir.path());
+    assert_eq!(changes(&*logs[0]), Vec::<String>::new());
+    assert_eq!(logs[0].latest_offset(), LogOffset::LAST_BEFORE_REAL);
+}
