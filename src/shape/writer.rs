@@ -72,6 +72,10 @@ struct Sink {
     txn_lsn: u64,
     txn_skip: bool,
     dirty: bool,
+    /// Listed in `Writer::touched` / `Writer::dirty` (flags, so a transaction fanning out to
+    /// thousands of shapes stays linear).
+    in_touched: bool,
+    in_dirty: bool,
 }
 
 struct Txn {
@@ -142,6 +146,8 @@ impl Writer {
             txn_lsn: 0,
             txn_skip: false,
             dirty: false,
+            in_touched: false,
+            in_dirty: false,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -224,7 +230,8 @@ impl Writer {
             }
         }
         sink.phase = phase;
-        if sink.dirty && !self.dirty.contains(&idx) {
+        if sink.dirty && !sink.in_dirty {
+            sink.in_dirty = true;
             self.dirty.push(idx);
         }
         if let Err(e) = result {
@@ -312,9 +319,8 @@ impl Writer {
             _ => None,
         };
         let old_cells = old_full.as_deref().or(old_key.as_deref());
-        let idxs = idxs.clone();
         let mut failed = Vec::new();
-        for idx in idxs {
+        for &idx in idxs {
             let Some(sink) = self.sinks[idx].as_mut() else {
                 continue;
             };
@@ -349,7 +355,8 @@ impl Writer {
             if records.is_empty() {
                 continue;
             }
-            if !self.touched.contains(&idx) {
+            if !sink.in_touched {
+                sink.in_touched = true;
                 self.touched.push(idx);
             }
             for (offset, json) in records {
@@ -358,7 +365,8 @@ impl Writer {
                     break;
                 }
             }
-            if sink.dirty && !self.dirty.contains(&idx) {
+            if sink.dirty && !sink.in_dirty {
+                sink.in_dirty = true;
                 self.dirty.push(idx);
             }
         }
@@ -375,12 +383,14 @@ impl Writer {
             let Some(sink) = self.sinks[idx].as_mut() else {
                 continue;
             };
+            sink.in_touched = false;
             if let Some((offset, mut json)) = sink.held.take() {
                 close(&mut json, true);
                 if let Err(e) = emit(sink, offset, json, txn.xid) {
                     failed.push((sink.shape.handle.clone(), e.to_string()));
                 }
-                if sink.dirty && !self.dirty.contains(&idx) {
+                if sink.dirty && !sink.in_dirty {
+                    sink.in_dirty = true;
                     self.dirty.push(idx);
                 }
             }
@@ -427,6 +437,7 @@ impl Writer {
             for i in std::mem::take(&mut self.dirty) {
                 if let Some(sink) = self.sinks[i].as_mut() {
                     sink.dirty = false;
+                    sink.in_dirty = false;
                 }
             }
             for shape in &shapes {
@@ -463,6 +474,8 @@ impl Writer {
             sink.shape.log.discard_unflushed();
             sink.last = sink.shape.log.latest_offset();
             sink.dirty = false;
+            sink.in_touched = false;
+            sink.in_dirty = false;
             if let Phase::Buffering(buf) = &mut sink.phase {
                 buf.clear();
             }
