@@ -9,6 +9,7 @@ pub mod filter;
 pub mod lifecycle;
 pub mod message;
 pub mod registry;
+pub mod route;
 pub mod snapshot;
 pub mod subset;
 pub mod visibility;

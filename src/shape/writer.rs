@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::definition::ShapeHandle;
 use super::message::{close, Cell, ChangeHeaders, Op};
 use super::registry::Registry;
+use super::route::{TableRoutes, Term};
 use super::visibility::{SnapshotInfo, Verdict};
 use super::{Lifecycle, Shape};
 use crate::replication::pgoutput::{OldTuple, Relation, TupleData, Value};
@@ -76,6 +77,9 @@ struct Sink {
     /// thousands of shapes stays linear).
     in_touched: bool,
     in_dirty: bool,
+    /// Where the routing index files this shape, and the last change routed to it (dedup).
+    term: Term,
+    seen: u64,
 }
 
 struct Txn {
@@ -90,6 +94,11 @@ pub struct Writer {
     free: Vec<usize>,
     by_handle: HashMap<ShapeHandle, usize>,
     by_table: HashMap<u32, Vec<usize>>,
+    /// The routing index per table (see [`super::route`]).
+    routes: HashMap<u32, TableRoutes>,
+    /// Candidates of the change being routed (reused), and its number.
+    candidates: Vec<usize>,
+    change_no: u64,
     txn: Option<Txn>,
     touched: Vec<usize>,
     dirty: Vec<usize>,
@@ -114,6 +123,9 @@ impl Writer {
             free: Vec::new(),
             by_handle: HashMap::new(),
             by_table: HashMap::new(),
+            routes: HashMap::new(),
+            candidates: Vec::new(),
+            change_no: 0,
             txn: None,
             touched: Vec::new(),
             dirty: Vec::new(),
@@ -138,6 +150,7 @@ impl Writer {
     fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) {
         let oid = shape.table.oid;
         let handle = shape.handle.clone();
+        let term = shape.filter.as_ref().and_then(|f| f.eq_term());
         let sink = Sink {
             shape,
             phase,
@@ -148,6 +161,8 @@ impl Writer {
             dirty: false,
             in_touched: false,
             in_dirty: false,
+            term: term.clone(),
+            seen: 0,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -161,13 +176,21 @@ impl Writer {
         };
         self.by_handle.insert(handle, idx);
         self.by_table.entry(oid).or_default().push(idx);
+        self.routes.entry(oid).or_default().add(idx, term);
     }
 
     fn drop_sink(&mut self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
         let idx = self.by_handle.remove(handle)?;
         let sink = self.sinks[idx].take()?;
-        if let Some(v) = self.by_table.get_mut(&sink.shape.table.oid) {
+        let oid = sink.shape.table.oid;
+        if let Some(v) = self.by_table.get_mut(&oid) {
             v.retain(|&i| i != idx);
+        }
+        if let Some(r) = self.routes.get_mut(&oid) {
+            r.remove(idx, &sink.term);
+            if r.is_empty() {
+                self.routes.remove(&oid);
+            }
         }
         self.touched.retain(|&i| i != idx);
         self.dirty.retain(|&i| i != idx);
@@ -302,12 +325,9 @@ impl Writer {
         let op = txn.next_op;
         txn.next_op += 2;
         let (lsn, xid) = (txn.lsn, txn.xid);
-        let Some(idxs) = self.by_table.get(&rel.oid) else {
+        let Some(routes) = self.routes.get(&rel.oid) else {
             return;
         };
-        if idxs.is_empty() {
-            return;
-        }
         let old_full = match old {
             Some(OldTuple::Full(t)) => Some(cells(t, None)),
             _ => None,
@@ -319,11 +339,30 @@ impl Writer {
             _ => None,
         };
         let old_cells = old_full.as_deref().or(old_key.as_deref());
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        if old_key.is_some() {
+            // Only the key of the old row is known: it cannot be routed on other columns.
+            routes.all(&mut candidates);
+        } else {
+            let rows: Vec<&[Cell<'_>]> = new_cells
+                .iter()
+                .chain(old_full.iter())
+                .map(|r| &r[..])
+                .collect();
+            routes.candidates(&rows, &mut candidates);
+        }
+        self.change_no += 1;
+        let change_no = self.change_no;
         let mut failed = Vec::new();
-        for &idx in idxs {
+        for &idx in &candidates {
             let Some(sink) = self.sinks[idx].as_mut() else {
                 continue;
             };
+            if sink.seen == change_no {
+                continue;
+            }
+            sink.seen = change_no;
             if sink.txn_lsn != lsn {
                 sink.txn_lsn = lsn;
                 sink.txn_skip = match &sink.phase {
@@ -370,6 +409,7 @@ impl Writer {
                 self.dirty.push(idx);
             }
         }
+        self.candidates = candidates;
         for (h, e) in failed {
             self.invalidate(&h, &format!("append failed: {e}"));
         }

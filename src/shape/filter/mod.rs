@@ -13,7 +13,7 @@ mod parse;
 mod value;
 
 pub use parse::parse_where;
-pub use value::{Family, Literal};
+pub use value::{index_key, Family, Literal};
 
 use std::cmp::Ordering;
 
@@ -122,6 +122,26 @@ impl WhereClause {
 
     pub fn expr(&self) -> &Expr {
         &self.expr
+    }
+
+    /// An equality every matching row satisfies, for the routing index: the clause is
+    /// `column = constant`, or an `AND` with such a conjunct. Returns the column, its family
+    /// and the constant's [`value::index_key`]: a row whose column has another key (or is NULL)
+    /// cannot match.
+    pub fn eq_term(&self) -> Option<(usize, Family, Vec<u8>)> {
+        fn term(e: &Expr) -> Option<(usize, Family, Vec<u8>)> {
+            match e {
+                Expr::Compare {
+                    column,
+                    family,
+                    op: CmpOp::Eq,
+                    value,
+                } => Some((*column, *family, value.index_key(*family)?)),
+                Expr::And(items) => items.iter().find_map(term),
+                _ => None,
+            }
+        }
+        term(&self.expr)
     }
 
     /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes.)

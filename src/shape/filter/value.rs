@@ -156,6 +156,40 @@ impl Literal {
     pub fn sql(&self) -> String {
         self.sql.clone()
     }
+
+    /// The constant's [`index_key`] for a column of `family`.
+    pub fn index_key(&self, family: Family) -> Option<Vec<u8>> {
+        index_key(family, self.norm.as_bytes())
+    }
+}
+
+/// A hashable key of a value (Postgres text form) such that, for a column of `family`, two
+/// values have equal keys exactly when `=` holds between them: numbers as normalized decimals
+/// (`1.50` = `1.5`, `NaN` = `NaN`), `bpchar` without trailing spaces, uuids in canonical form.
+/// The routing index looks shapes up by it. `None` if the value does not parse.
+pub fn index_key(family: Family, value: &[u8]) -> Option<Vec<u8>> {
+    let v = std::str::from_utf8(value).ok()?;
+    Some(match family {
+        Family::Integer | Family::Numeric => match Decimal::parse(v.trim())? {
+            Decimal::Finite { neg, digits, exp } => {
+                let mut key = Vec::with_capacity(digits.len() + 10);
+                key.push(if neg { b'-' } else { b'+' });
+                key.extend_from_slice(&digits);
+                key.push(b'e');
+                key.extend_from_slice(exp.to_string().as_bytes());
+                key
+            }
+            Decimal::NegInf => b"-inf".to_vec(),
+            Decimal::PosInf => b"+inf".to_vec(),
+            Decimal::NaN => b"nan".to_vec(),
+        },
+        Family::Bool => vec![u8::from(parse_bool(value)?)],
+        Family::Text { bpchar } => {
+            let v = if bpchar { v.trim_end_matches(' ') } else { v };
+            v.as_bytes().to_vec()
+        }
+        Family::Uuid => canonical_uuid(v)?.into_bytes(),
+    })
 }
 
 /// Compare a column value (Postgres text output) with a typed constant; None if the value does
