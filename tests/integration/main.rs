@@ -5,6 +5,7 @@ mod client_e2e;
 mod deployment;
 mod http_sync;
 mod openapi;
+mod oracle;
 mod pgoutput_live;
 mod resume;
 mod sse;
