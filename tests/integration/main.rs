@@ -11,3 +11,4 @@ mod resume;
 mod sse;
 mod support;
 mod tenants;
+mod where_e2e;

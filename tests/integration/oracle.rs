@@ -17,7 +17,7 @@
 //! with the row.
 
 mod data;
-mod grammar;
+pub mod grammar;
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use grammar::{Clause, Gen, Group};
 /// The groups the engine claims to support. Groups not listed stay off until the engine claims
 /// them (issue 7 §3): ColumnCompare, Arithmetic, Concat, Like, Distinct, InList, Between, AnyAll,
 /// Arrays, Functions, DateTime, Floats, Bytea, Enums, Domains, Jsonb.
-const ENABLED: &[Group] = &[Group::Core, Group::Logic, Group::NullTests, Group::Params];
+pub const ENABLED: &[Group] = &[Group::Core, Group::Logic, Group::NullTests, Group::Params];
 
 const ROWS: usize = 60;
 const MAX_DEPTH: u32 = 3;
