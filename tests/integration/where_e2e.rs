@@ -171,3 +171,43 @@ async fn expected(db: &tokio_postgres::Client, case: &Case) -> Vec<serde_json::M
     );
     pg_rows(db, &sql).await
 }
+
+/// Through the official client (tests/client/e2e.mjs: random inserts, updates and deletes on
+/// `id, name, n int4, flag, score int8, note`, compared with Postgres' answer to the clause).
+const CLIENT_CASES: &[Case] = &[
+    Case {
+        groups: &[Group::Core, Group::Logic, Group::NullTests],
+        clause: "(n >= 0 AND score < 500) OR flag IS NOT TRUE",
+        params: &[],
+    },
+    Case {
+        groups: &[
+            Group::Core,
+            Group::Logic,
+            Group::Arithmetic,
+            Group::Between,
+            Group::Like,
+            Group::InList,
+        ],
+        clause: "n % 2 = 0 AND score BETWEEN -500 AND 500 OR name LIKE 'a%' OR score IN (0, 1, -1)",
+        params: &[],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_where_clauses_through_the_official_client() {
+    let mut ran = 0;
+    for (i, case) in CLIENT_CASES.iter().enumerate() {
+        if !enabled(case) {
+            println!(
+                "where_e2e (client): waiting for the engine: {}",
+                case.clause
+            );
+            continue;
+        }
+        crate::client_e2e::run_client(&format!("clientrich{i}"), 300, Some(case.clause), false)
+            .await;
+        ran += 1;
+    }
+    assert!(ran >= 1, "the supported subset runs");
+}
