@@ -16,6 +16,7 @@
 //! and `SHAPESYNC_ORACLE_SEED` replays it. A mismatch is shrunk to a minimal clause and printed
 //! with the row.
 
+mod clause;
 mod data;
 pub mod grammar;
 
