@@ -64,7 +64,7 @@ fn sse_env(sse: bool) -> Vec<(&'static str, String)> {
     }
 }
 
-async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>, sse: bool) {
+pub(crate) async fn run_client(tag: &str, mutations: u32, where_clause: Option<&str>, sse: bool) {
     let mut env = sse_env(sse);
     env.push(("E2E_MUTATIONS", mutations.to_string()));
     env.push(("E2E_TIMEOUT_MS", "240000".to_string()));
