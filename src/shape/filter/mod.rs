@@ -4,7 +4,9 @@
 //! reaches SQL as written).
 //!
 //! Supported so far: comparisons (`= <> != < <= > >=`) between a column and a constant (either
-//! side, optionally cast), `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
+//! side, optionally cast), `[NOT] IN` lists, `[NOT] BETWEEN [SYMMETRIC]` and
+//! `IS [NOT] DISTINCT FROM` (rewritten into comparisons exactly as Postgres defines them),
+//! `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
 //! boolean columns and boolean constants, on integer, numeric, boolean, text-like and uuid
 //! columns, with Postgres' three-valued logic. Anything else is a clear 400. (The full engine —
 //! functions, arrays, LIKE, IN, parameters, an index — is a later step behind this same seam.)

@@ -170,10 +170,24 @@ impl Typer<'_> {
 
     fn comparison(&self, a: &pg_query::protobuf::AExpr) -> Result<Expr, String> {
         let at = loc(a.location);
-        if AExprKind::try_from(a.kind) != Ok(AExprKind::AexprOp) {
-            return Err(format!(
-                "{at}this operator is not supported in where clauses yet"
-            ));
+        let kind = AExprKind::try_from(a.kind);
+        match kind {
+            Ok(AExprKind::AexprOp) => {}
+            Ok(AExprKind::AexprIn) => return self.in_list(&at, a),
+            Ok(
+                AExprKind::AexprBetween
+                | AExprKind::AexprNotBetween
+                | AExprKind::AexprBetweenSym
+                | AExprKind::AexprNotBetweenSym,
+            ) => return self.between(&at, a, kind.unwrap_or(AExprKind::AexprBetween)),
+            Ok(AExprKind::AexprDistinct | AExprKind::AexprNotDistinct) => {
+                return self.distinct(&at, a, kind == Ok(AExprKind::AexprDistinct))
+            }
+            _ => {
+                return Err(format!(
+                    "{at}this operator is not supported in where clauses yet"
+                ))
+            }
         }
         let op_name = match a.name.last().and_then(|n| n.node.as_ref()) {
             Some(N::String(s)) => s.sval.as_str(),
@@ -192,6 +206,118 @@ impl Typer<'_> {
             (Some(l), Some(r)) => (l, r),
             _ => return Err(format!("{at}unsupported unary operator {op_name}")),
         };
+        self.compare(&at, op, l, r)
+    }
+
+    /// `x [NOT] IN (c1, c2, …)`: exactly `x = c1 OR x = c2 …` (`x <> c1 AND …` for NOT IN),
+    /// which is how Postgres defines it, NULLs included.
+    fn in_list(&self, at: &str, a: &pg_query::protobuf::AExpr) -> Result<Expr, String> {
+        let negated = matches!(
+            a.name.last().and_then(|n| n.node.as_ref()),
+            Some(N::String(s)) if s.sval == "<>"
+        );
+        let (Some(l), Some(N::List(items))) = (
+            a.lexpr.as_deref(),
+            a.rexpr.as_deref().and_then(|r| r.node.as_ref()),
+        ) else {
+            return Err(format!("{at}IN needs a list of values"));
+        };
+        let op = if negated { CmpOp::Ne } else { CmpOp::Eq };
+        let terms = items
+            .items
+            .iter()
+            .map(|item| self.compare(at, op, l, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(if negated {
+            Expr::And(terms)
+        } else {
+            Expr::Or(terms)
+        })
+    }
+
+    /// `x [NOT] BETWEEN [SYMMETRIC] a AND b`, rewritten as Postgres' parser rewrites it:
+    /// `x >= a AND x <= b`; NOT: `x < a OR x > b`; SYMMETRIC: either order of the bounds.
+    fn between(
+        &self,
+        at: &str,
+        a: &pg_query::protobuf::AExpr,
+        kind: AExprKind,
+    ) -> Result<Expr, String> {
+        let (Some(x), Some(N::List(bounds))) = (
+            a.lexpr.as_deref(),
+            a.rexpr.as_deref().and_then(|r| r.node.as_ref()),
+        ) else {
+            return Err(format!("{at}BETWEEN needs two bounds"));
+        };
+        let [lo, hi] = bounds.items.as_slice() else {
+            return Err(format!("{at}BETWEEN needs two bounds"));
+        };
+        let inside = |lo: &Node, hi: &Node| -> Result<Expr, String> {
+            Ok(Expr::And(vec![
+                self.compare(at, CmpOp::Ge, x, lo)?,
+                self.compare(at, CmpOp::Le, x, hi)?,
+            ]))
+        };
+        let outside = |lo: &Node, hi: &Node| -> Result<Expr, String> {
+            Ok(Expr::Or(vec![
+                self.compare(at, CmpOp::Lt, x, lo)?,
+                self.compare(at, CmpOp::Gt, x, hi)?,
+            ]))
+        };
+        Ok(match kind {
+            AExprKind::AexprNotBetween => outside(lo, hi)?,
+            AExprKind::AexprBetweenSym => Expr::Or(vec![inside(lo, hi)?, inside(hi, lo)?]),
+            AExprKind::AexprNotBetweenSym => Expr::And(vec![outside(lo, hi)?, outside(hi, lo)?]),
+            _ => inside(lo, hi)?,
+        })
+    }
+
+    /// `x IS [NOT] DISTINCT FROM c`: equality where NULL is a value. With a non-NULL constant:
+    /// `x IS NULL OR x <> c` (NOT: `x IS NOT NULL AND x = c`); with NULL: `x IS [NOT] NULL`.
+    fn distinct(
+        &self,
+        at: &str,
+        a: &pg_query::protobuf::AExpr,
+        distinct: bool,
+    ) -> Result<Expr, String> {
+        let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
+            return Err(format!("{at}IS DISTINCT FROM needs two operands"));
+        };
+        let (col_node, konst) = match (self.column(l)?, self.column(r)?) {
+            (Some(_), None) => (l, r),
+            (None, Some(_)) => (r, l),
+            _ => {
+                return Err(format!(
+                    "{at}IS DISTINCT FROM needs a column and a constant"
+                ))
+            }
+        };
+        let Some((col, _)) = self.column(col_node)? else {
+            return Err(format!("{at}IS DISTINCT FROM needs a column"));
+        };
+        let is_null = |negated| Expr::IsNull {
+            expr: Box::new(Operand::Column(col)),
+            negated,
+        };
+        let (raw, _) = self.constant(konst)?;
+        if raw_is_null(&raw) {
+            return Ok(is_null(distinct));
+        }
+        Ok(if distinct {
+            Expr::Or(vec![
+                is_null(false),
+                self.compare(at, CmpOp::Ne, col_node, konst)?,
+            ])
+        } else {
+            Expr::And(vec![
+                is_null(true),
+                self.compare(at, CmpOp::Eq, col_node, konst)?,
+            ])
+        })
+    }
+
+    /// `l op r` with a column on one side and a constant on the other.
+    fn compare(&self, at: &str, op: CmpOp, l: &Node, r: &Node) -> Result<Expr, String> {
         let (column, konst, op) = match (self.column(l)?, self.column(r)?) {
             (Some(c), None) => (c, r, op),
             (None, Some(c)) => (c, l, op.flipped()),
@@ -493,5 +619,42 @@ mod tests {
             parse_where("nope = 1", &t, &[]).unwrap_err(),
             "At location 0: unknown reference nope"
         );
+    }
+
+    #[test]
+    fn in_between_and_distinct_follow_postgres() {
+        let t = table();
+        let m = |clause: &str, r: &R| parse_where(clause, &t, &[]).unwrap().matches(r);
+        let one = row("1", Some("a"), Some("t"));
+        let nul = row("1", None, None);
+        assert!(m("id IN (3, 1)", &one));
+        assert!(!m("id NOT IN (3, 1)", &one));
+        assert!(
+            !m("id NOT IN (3, NULL)", &one),
+            "NULL in NOT IN is never true"
+        );
+        assert!(m("id IN (1, NULL)", &one));
+        assert!(m("price BETWEEN 1.5 AND 2", &one));
+        assert!(!m("price BETWEEN 2 AND 1", &one));
+        assert!(m("price BETWEEN SYMMETRIC 2 AND 1", &one));
+        assert!(m("price NOT BETWEEN 2 AND 3", &one));
+        assert!(!m("price NOT BETWEEN SYMMETRIC 2 AND 1", &one));
+        assert!(m("name IS DISTINCT FROM 'b'", &one));
+        assert!(
+            m("name IS DISTINCT FROM 'b'", &nul),
+            "NULL is distinct from a value"
+        );
+        assert!(!m("name IS NOT DISTINCT FROM 'b'", &nul));
+        assert!(m("name IS NOT DISTINCT FROM NULL", &nul));
+        assert!(m("'a' IS NOT DISTINCT FROM name", &one));
+        // The snapshot SQL keeps the meaning (re-rendered, never the user's text).
+        let w = parse_where("id NOT IN (3, 4)", &t, &[]).unwrap();
+        assert_eq!(
+            w.sql(),
+            r#"("id" <> CAST('3' AS int8) AND "id" <> CAST('4' AS int8))"#
+        );
+        assert!(parse_where("name BETWEEN 'a' AND 'b'", &t, &[])
+            .unwrap_err()
+            .contains("ordering comparisons on text"));
     }
 }
