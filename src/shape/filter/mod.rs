@@ -6,6 +6,8 @@
 //! Supported so far: comparisons (`= <> != < <= > >=`) between a column and a constant (either
 //! side, optionally cast), `[NOT] IN` lists, `[NOT] BETWEEN [SYMMETRIC]` and
 //! `IS [NOT] DISTINCT FROM` (rewritten into comparisons exactly as Postgres defines them),
+//! `[NOT] LIKE` on text columns with `ESCAPE` (ILIKE is refused: its case folding depends on the
+//! database collation),
 //! `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
 //! boolean columns and boolean constants, on integer, numeric, boolean, text-like and uuid
 //! columns, with Postgres' three-valued logic. Anything else is a clear 400. (The full engine —
@@ -89,6 +91,78 @@ pub enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),
+    /// `column [NOT] LIKE pattern` on a text column (characters, case-sensitive; a `bpchar`
+    /// value keeps its padding, as in Postgres).
+    Like {
+        column: usize,
+        pattern: Vec<LikeTok>,
+        negated: bool,
+    },
+}
+
+/// A compiled LIKE pattern element.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LikeTok {
+    Char(char),
+    /// `_`: any one character.
+    One,
+    /// `%`: any run of characters.
+    Any,
+}
+
+/// Compile a LIKE pattern with its escape character (`None`: no escape, as `ESCAPE ''`).
+pub fn compile_like(pattern: &str, escape: Option<char>) -> Result<Vec<LikeTok>, String> {
+    let mut out = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if Some(c) == escape {
+            match chars.next() {
+                Some(e) => out.push(LikeTok::Char(e)),
+                None => return Err("LIKE pattern must not end with escape character".into()),
+            }
+        } else if c == '%' {
+            if out.last() != Some(&LikeTok::Any) {
+                out.push(LikeTok::Any);
+            }
+        } else if c == '_' {
+            out.push(LikeTok::One);
+        } else {
+            out.push(LikeTok::Char(c));
+        }
+    }
+    Ok(out)
+}
+
+/// Does `text` match the compiled pattern? (Wildcard matching with one backtrack point.)
+pub fn like_matches(text: &str, pattern: &[LikeTok]) -> bool {
+    let t: Vec<char> = text.chars().collect();
+    let (mut ti, mut pi) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match pattern.get(pi) {
+            Some(LikeTok::Any) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(LikeTok::One) => {
+                ti += 1;
+                pi += 1;
+            }
+            Some(LikeTok::Char(c)) if *c == t[ti] => {
+                ti += 1;
+                pi += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[pi..].iter().all(|p| *p == LikeTok::Any)
 }
 
 /// The operand of `IS NULL`: a column or a boolean expression.
@@ -212,6 +286,14 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
             }
         }
         Expr::Not(e) => eval(e, row).map(|b| !b),
+        Expr::Like {
+            column,
+            pattern,
+            negated,
+        } => {
+            let v = std::str::from_utf8(row.value(*column)?).ok()?;
+            Some(like_matches(v, pattern) != *negated)
+        }
     }
 }
 
@@ -274,6 +356,31 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
                 render(e, names, out);
             }
             out.push(')');
+        }
+        Expr::Like {
+            column,
+            pattern,
+            negated,
+        } => {
+            // Re-rendered with `\` as the escape character, from the compiled pattern.
+            let mut p = String::new();
+            for t in pattern {
+                match t {
+                    LikeTok::Any => p.push('%'),
+                    LikeTok::One => p.push('_'),
+                    LikeTok::Char(c) => {
+                        if matches!(c, '%' | '_' | '\\') {
+                            p.push('\\');
+                        }
+                        p.push(*c);
+                    }
+                }
+            }
+            out.push('(');
+            out.push_str(&quote_ident(&names[*column]));
+            out.push_str(if *negated { " NOT LIKE " } else { " LIKE " });
+            out.push_str(&crate::postgres::identifier::quote_literal(&p));
+            out.push_str(" ESCAPE '\\')");
         }
         Expr::Not(e) => {
             out.push_str("(NOT ");

@@ -23,8 +23,10 @@ pub enum Group {
     Arithmetic,
     /// `||` on text.
     Concat,
-    /// [NOT] LIKE / ILIKE, with ESCAPE.
+    /// [NOT] LIKE, with ESCAPE.
     Like,
+    /// [NOT] ILIKE (case folding depends on the database collation).
+    ILike,
     /// IS [NOT] DISTINCT FROM.
     Distinct,
     /// [NOT] IN (list).
@@ -61,6 +63,7 @@ impl Group {
         Group::Arithmetic,
         Group::Concat,
         Group::Like,
+        Group::ILike,
         Group::Distinct,
         Group::InList,
         Group::Between,

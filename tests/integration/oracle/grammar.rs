@@ -553,6 +553,9 @@ impl<'a> Gen<'a> {
                 let a = self.operand(Ty::Text, d);
                 let not = S::plain(self.pick(&["", "NOT "]));
                 let op = S::plain(self.pick(&["LIKE", "ILIKE"]));
+                if op.eng == "ILIKE" {
+                    self.mark(Group::ILike);
+                }
                 let (pat, esc) = self.pick(&[
                     ("%", ""),
                     ("", ""),
