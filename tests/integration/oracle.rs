@@ -33,7 +33,7 @@ use grammar::{Clause, Gen, Group};
 
 /// The groups the engine claims to support. Groups not listed stay off until the engine claims
 /// them (issue 7 §3): ColumnCompare, Arithmetic, Concat, ILike, AnyAll, Arrays, Functions,
-/// DateTime, Floats, Bytea, Enums, Domains, Jsonb, TextOrder.
+/// DateTime, Bytea, Enums, Domains, Jsonb, TextOrder.
 pub const ENABLED: &[Group] = &[
     Group::Core,
     Group::Logic,
@@ -43,6 +43,7 @@ pub const ENABLED: &[Group] = &[
     Group::InList,
     Group::Between,
     Group::Like,
+    Group::Floats,
 ];
 
 const ROWS: usize = 60;

@@ -9,7 +9,8 @@
 //! `[NOT] LIKE` on text columns with `ESCAPE` (ILIKE is refused: its case folding depends on the
 //! database collation),
 //! `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
-//! boolean columns and boolean constants, on integer, numeric, boolean, text-like and uuid
+//! boolean columns and boolean constants, on integer, numeric, float4/float8 (compared as float8,
+//! NaN highest; an IN list on a float4 column takes Postgres' common type), boolean, text-like and uuid
 //! columns, with Postgres' three-valued logic. Anything else is a clear 400. (The full engine —
 //! functions, arrays, LIKE, IN, parameters, an index — is a later step behind this same seam.)
 

@@ -229,10 +229,23 @@ impl Typer<'_> {
             return Err(format!("{at}IN needs a list of values"));
         };
         let op = if negated { CmpOp::Ne } else { CmpOp::Eq };
+        // With two or more items Postgres gives the column and the items one common type. For a
+        // float4 column that is float8 if any item is float8, else float4: every uncast item is
+        // read as that type. (One item is a plain `=`; other columns compare the same either way.)
+        let float4_column = matches!(self.column(l)?, Some((_, Some(Family::Float { f4: true }))));
+        let common = (items.items.len() > 1 && float4_column).then(|| {
+            let any_f8 = items.items.iter().any(|item| {
+                matches!(
+                    self.constant(item),
+                    Ok((_, Some(Family::Float { f4: false })))
+                )
+            });
+            Family::Float { f4: !any_f8 }
+        });
         let terms = items
             .items
             .iter()
-            .map(|item| self.compare(at, op, l, item))
+            .map(|item| self.compare_typed(at, op, l, item, common))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(if negated {
             Expr::And(terms)
@@ -383,6 +396,19 @@ impl Typer<'_> {
 
     /// `l op r` with a column on one side and a constant on the other.
     fn compare(&self, at: &str, op: CmpOp, l: &Node, r: &Node) -> Result<Expr, String> {
+        self.compare_typed(at, op, l, r, None)
+    }
+
+    /// [`Self::compare`]; with `common`, an uncast constant is read as that type (as after
+    /// Postgres' common-type resolution of an IN list).
+    fn compare_typed(
+        &self,
+        at: &str,
+        op: CmpOp,
+        l: &Node,
+        r: &Node,
+        common: Option<Family>,
+    ) -> Result<Expr, String> {
         let (column, konst, op) = match (self.column(l)?, self.column(r)?) {
             (Some(c), None) => (c, r, op),
             (None, Some(c)) => (c, l, op.flipped()),
@@ -408,6 +434,7 @@ impl Typer<'_> {
         if raw_is_null(&raw) {
             return Ok(Expr::Const(None));
         }
+        let cast = cast.or(common);
         let value = Literal::typed(&raw, family, cast).map_err(|e| format!("{at}{e}"))?;
         Ok(Expr::Compare {
             column: col,

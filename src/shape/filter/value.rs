@@ -18,6 +18,11 @@ pub enum Family {
         bpchar: bool,
     },
     Uuid,
+    /// float4 (`f4`) or float8: compared as float8 (a float4 value or constant is widened), with
+    /// Postgres' order: NaN above everything and equal to itself, -0 = 0.
+    Float {
+        f4: bool,
+    },
 }
 
 impl Family {
@@ -30,12 +35,17 @@ impl Family {
             "text" | "varchar" | "name" => Family::Text { bpchar: false },
             "bpchar" | "char" => Family::Text { bpchar: true },
             "uuid" => Family::Uuid,
+            "float4" | "real" => Family::Float { f4: true },
+            "float8" | "double precision" => Family::Float { f4: false },
             _ => return None,
         })
     }
 
     fn is_number(self) -> bool {
-        matches!(self, Family::Integer | Family::Numeric)
+        matches!(
+            self,
+            Family::Integer | Family::Numeric | Family::Float { .. }
+        )
     }
 
     fn sql_type(self) -> &'static str {
@@ -46,6 +56,7 @@ impl Family {
             Family::Text { bpchar: false } => "text",
             Family::Text { bpchar: true } => "bpchar",
             Family::Uuid => "uuid",
+            Family::Float { .. } => "float8",
         }
     }
 
@@ -56,6 +67,8 @@ impl Family {
             Family::Bool => "boolean",
             Family::Text { .. } => "text",
             Family::Uuid => "uuid",
+            Family::Float { f4: true } => "real",
+            Family::Float { f4: false } => "double precision",
         }
     }
 }
@@ -89,6 +102,22 @@ impl Literal {
             RawConst::Str(_) => None,
         };
         let target = cast.or(natural).unwrap_or(family);
+        if matches!(target, Family::Float { .. }) && !matches!(family, Family::Float { .. }) {
+            return Err(format!(
+                "comparing a {} column with a floating-point value is not supported yet",
+                family.name()
+            ));
+        }
+        // Against a float column every number is compared as float8; an untyped string takes
+        // the column's own width, an explicit cast its width.
+        let target = match (family, target) {
+            (Family::Float { f4 }, Family::Integer | Family::Numeric) => {
+                Family::Float { f4: false }
+                    .with_width(cast.is_none() && matches!(raw, RawConst::Str(_)), f4)
+            }
+            (Family::Float { .. }, t) => t,
+            (_, t) => t,
+        };
         let comparable = target == family
             || (target.is_number() && family.is_number())
             || matches!((target, family), (Family::Text { .. }, Family::Text { .. }));
@@ -144,6 +173,12 @@ impl Literal {
             }
             Family::Uuid => canonical_uuid(&text)
                 .ok_or_else(|| format!("invalid input syntax for type uuid: {text:?}"))?,
+            Family::Float { f4 } => {
+                let v = parse_float(&text, f4).ok_or_else(|| {
+                    format!("invalid input syntax for type {}: {text:?}", target.name())
+                })?;
+                float_text(v)
+            }
         };
         let sql = match target {
             Family::Bool => if norm == "t" { "true" } else { "false" }.to_string(),
@@ -159,6 +194,11 @@ impl Literal {
 
     /// The constant's [`index_key`] for a column of `family`.
     pub fn index_key(&self, family: Family) -> Option<Vec<u8>> {
+        // A float constant is kept as the float8 it compares as (already widened).
+        let family = match family {
+            Family::Float { .. } => Family::Float { f4: false },
+            f => f,
+        };
         index_key(family, self.norm.as_bytes())
     }
 }
@@ -189,7 +229,85 @@ pub fn index_key(family: Family, value: &[u8]) -> Option<Vec<u8>> {
             v.as_bytes().to_vec()
         }
         Family::Uuid => canonical_uuid(v)?.into_bytes(),
+        Family::Float { f4 } => {
+            let f = parse_float(v, f4)?;
+            let f = if f == 0.0 { 0.0 } else { f };
+            if f.is_nan() {
+                b"nan".to_vec()
+            } else {
+                f.to_bits().to_be_bytes().to_vec()
+            }
+        }
     })
+}
+
+impl Family {
+    /// A float family of the column's width when `untyped` (a string constant), else float8.
+    fn with_width(self, untyped: bool, column_f4: bool) -> Family {
+        match self {
+            Family::Float { .. } => Family::Float {
+                f4: untyped && column_f4,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Postgres float input (`NaN`, `Infinity`, `inf`, exponents), as float4 widened or float8.
+fn parse_float(s: &str, f4: bool) -> Option<f64> {
+    let t = s.trim();
+    let special = match t.to_ascii_lowercase().as_str() {
+        "nan" => Some(f64::NAN),
+        "infinity" | "+infinity" | "inf" | "+inf" => Some(f64::INFINITY),
+        "-infinity" | "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    };
+    if let Some(v) = special {
+        return Some(v);
+    }
+    if !t
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+    {
+        return None;
+    }
+    if f4 {
+        let v: f32 = t.parse().ok()?;
+        // Postgres rejects float4 input out of range (it does not round to infinity).
+        if v.is_infinite() {
+            return None;
+        }
+        Some(f64::from(v))
+    } else {
+        let v: f64 = t.parse().ok()?;
+        if v.is_infinite() {
+            return None;
+        }
+        Some(v)
+    }
+}
+
+/// A float8 as text that parses back to the same value (Rust prints the shortest such form).
+fn float_text(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "Infinity".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Infinity".into()
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// Postgres float8 order: NaN is above everything and equal to itself; -0 = 0.
+fn float_cmp(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
 }
 
 /// Compare a column value (Postgres text output) with a typed constant; None if the value does
@@ -197,6 +315,10 @@ pub fn index_key(family: Family, value: &[u8]) -> Option<Vec<u8>> {
 pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> {
     let v = std::str::from_utf8(value).ok()?;
     match family {
+        Family::Float { f4 } => Some(float_cmp(
+            parse_float(v, f4)?,
+            parse_float(&lit.norm, false)?,
+        )),
         Family::Integer | Family::Numeric => {
             Some(Decimal::parse(v)?.cmp_total(&Decimal::parse(&lit.norm)?))
         }
