@@ -40,8 +40,13 @@ const CASES: &[Case] = &[
         params: &[],
     },
     Case {
-        groups: &[Group::Core, Group::Logic, Group::Like],
+        groups: &[Group::Core, Group::Logic, Group::Like, Group::ILike],
         clause: "name LIKE 'item-1%' OR name ILIKE 'ITEM-2_'",
+        params: &[],
+    },
+    Case {
+        groups: &[Group::Core, Group::Logic, Group::Like],
+        clause: "name LIKE 'item-1%' OR name NOT LIKE '%-_' ESCAPE '#'",
         params: &[],
     },
     Case {
