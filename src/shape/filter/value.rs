@@ -88,6 +88,19 @@ pub enum RawConst {
 pub struct Literal {
     norm: String,
     sql: String,
+    /// The constant parsed once, so evaluation only parses the row's value (target P3).
+    parsed: Parsed,
+}
+
+/// A constant in the form its family compares in.
+#[derive(Debug, Clone, PartialEq)]
+enum Parsed {
+    /// An integer constant (fast path against integer text), with its exact decimal.
+    Int(i128, Decimal),
+    Dec(Decimal),
+    Float(f64),
+    Uuid([u8; 16]),
+    Other,
 }
 
 impl Literal {
@@ -185,7 +198,21 @@ impl Literal {
             Family::Text { .. } if cast.is_none() => quote_literal(&text),
             t => format!("CAST({} AS {})", quote_literal(&norm), t.sql_type()),
         };
-        Ok(Literal { norm, sql })
+        let parsed = match target {
+            Family::Integer | Family::Numeric => {
+                let dec = Decimal::parse(norm.trim()).ok_or("invalid number")?;
+                match norm.trim().parse::<i128>() {
+                    Ok(i) => Parsed::Int(i, dec),
+                    Err(_) => Parsed::Dec(dec),
+                }
+            }
+            Family::Float { .. } => {
+                Parsed::Float(parse_float(&norm, false).ok_or("invalid float")?)
+            }
+            Family::Uuid => Parsed::Uuid(uuid_bytes(&norm).ok_or("invalid uuid")?),
+            _ => Parsed::Other,
+        };
+        Ok(Literal { norm, sql, parsed })
     }
 
     pub fn sql(&self) -> String {
@@ -314,6 +341,42 @@ fn float_cmp(a: f64, b: f64) -> Ordering {
 /// not parse (which cannot happen for values Postgres produced).
 pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> {
     let v = std::str::from_utf8(value).ok()?;
+    match (family, &lit.parsed) {
+        (Family::Float { f4 }, Parsed::Float(l)) => Some(float_cmp(parse_float(v, f4)?, *l)),
+        (Family::Integer | Family::Numeric, Parsed::Int(l, dec)) => match v.parse::<i128>() {
+            Ok(i) => Some(i.cmp(l)),
+            Err(_) => Some(Decimal::parse(v)?.cmp_total(dec)),
+        },
+        (Family::Integer | Family::Numeric, Parsed::Dec(dec)) => {
+            Some(Decimal::parse(v)?.cmp_total(dec))
+        }
+        (Family::Uuid, Parsed::Uuid(l)) => Some(uuid_bytes(v)?.cmp(l)),
+        _ => compare_text(family, v, lit),
+    }
+}
+
+/// The 16 bytes of a uuid in the input forms accepted here (hyphens anywhere, braces).
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(s);
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    for c in s.bytes().filter(|c| *c != b'-') {
+        let d = (c as char).to_digit(16)? as u8;
+        if n >= 32 {
+            return None;
+        }
+        out[n / 2] |= if n % 2 == 0 { d << 4 } else { d };
+        n += 1;
+    }
+    (n == 32).then_some(out)
+}
+
+/// The comparison from the constant's text (families without a parsed form).
+fn compare_text(family: Family, v: &str, lit: &Literal) -> Option<Ordering> {
     match family {
         Family::Float { f4 } => Some(float_cmp(
             parse_float(v, f4)?,
@@ -322,7 +385,7 @@ pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> 
         Family::Integer | Family::Numeric => {
             Some(Decimal::parse(v)?.cmp_total(&Decimal::parse(&lit.norm)?))
         }
-        Family::Bool => Some(parse_bool(value)?.cmp(&(lit.norm == "t"))),
+        Family::Bool => Some(parse_bool(v.as_bytes())?.cmp(&(lit.norm == "t"))),
         Family::Text { bpchar } => {
             let v = if bpchar { v.trim_end_matches(' ') } else { v };
             Some(v.as_bytes().cmp(lit.norm.as_bytes()))
@@ -370,7 +433,7 @@ fn canonical_uuid(s: &str) -> Option<String> {
 }
 
 /// An exact decimal: sign, significant digits and the decimal exponent, or a special value.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Decimal {
     NegInf,
     /// value = 0.d1d2d3… × 10^exp; `digits` has no leading or trailing zeros; zero is empty.
