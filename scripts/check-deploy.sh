@@ -9,24 +9,7 @@ conf=${1:-deploy/nginx.conf}   # optional argument: another config to check (sam
 [ -f "$conf" ] || { echo "check-deploy: $conf not found" >&2; exit 1; }
 
 if ! command -v nginx >/dev/null 2>&1; then
-  echo "check-deploy: installing nginx"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
-  # Keep the package from starting a system nginx (policy-rc.d 101 = "not allowed"); the
-  # policy file is removed again even if the install fails.
-  policy_created=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    policy_created=1
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
-  fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx >/dev/null
-  if [ "$policy_created" = 1 ]; then
-    $SUDO rm -f /usr/sbin/policy-rc.d
-    trap - EXIT
-  fi
+  bash "$(dirname "$0")/apt-install.sh" nginx
   command -v nginx >/dev/null 2>&1 || { echo "check-deploy: nginx still missing" >&2; exit 1; }
 fi
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing shapesync needs on a fresh Debian machine with Rust and
-# PostgreSQL 15 binaries: libclang (pg_query's bindgen), the Node packages of the client tests,
+# PostgreSQL 15 binaries: libclang (pg_query's bindgen), nginx, the Node packages of the client tests,
 # and schemathesis (the OpenAPI contract check) in a Python venv under target/tools.
 # Idempotent: skips what is already there. Runs apt only as root (or via sudo when available).
 set -euo pipefail
@@ -10,13 +10,10 @@ need_apt=()
 [ -e /usr/lib/llvm-14/lib/libclang-14.so.1 ] || [ -e /usr/lib/x86_64-linux-gnu/libclang-14.so.1 ] || need_apt+=(libclang1-14)
 [ -d /usr/lib/llvm-14/lib/clang ] || need_apt+=(libclang-common-14-dev)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing ${need_apt[*]}"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+# nginx: the CDN stand-in of the caching tests and the deploy config check. Installed here, once,
+# so tests running in parallel never race for the dpkg lock.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+[ ${#need_apt[@]} -eq 0 ] || bash scripts/apt-install.sh "${need_apt[@]}"
 
 if [ ! -d tests/client/node_modules/@electric-sql/client ]; then
   echo "setup: installing the client test packages (npm ci)"
@@ -32,11 +29,7 @@ pip_tool() { # venv, executable, pip requirement, version the executable must re
     return
   fi
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    echo "setup: installing python3-venv"
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    bash scripts/apt-install.sh python3-venv
   fi
   echo "setup: installing $req (pip, into $venv)"
   rm -rf "$venv"
