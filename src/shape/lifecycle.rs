@@ -164,6 +164,9 @@ pub async fn run(
         let shapes = stack.registry.shapes();
         uploaded.retain(|h, _| shapes.iter().any(|s| s.handle == *h));
         for shape in shapes {
+            // Files not used for a whole tick are closed (reopened on demand): idle shapes
+            // hold no file descriptors.
+            shape.log.release_idle_files();
             let entry = uploaded.entry(shape.handle.clone()).or_default();
             if let Some(tier) = &cfg.tier {
                 sync_shape(tier, &shape, entry).await;

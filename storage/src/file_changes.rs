@@ -5,19 +5,27 @@
 //! commit (`stage`: the same write without fsync, recorded in the commit log, which is
 //! fsynced once for all shapes; then `publish`). Only then are the new durable end and the
 //! chunks sealed by the batch published in the reader-visible `ChangeIndex`. A failed write
-//! or fsync is retryable: the buffer is kept and written again at the same position. Readers take the index
+//! or fsync is retryable: the buffer is kept and written again at the same position.
+//!
+//! Memory stays bounded whatever the size of a transaction: once the buffer passes
+//! `SPILL_BYTES` it is moved to `changes.spill.tmp` beside the log (not fsynced, never read by
+//! readers, removed on open like every `*.tmp`). A commit then copies the spilled bytes and the
+//! rest of the buffer to the durable end and fsyncs the log itself instead of copying them into
+//! the commit log; until then nothing of them is visible. Readers take the index
 //! lock only to plan a read, then read the byte range with one `read_at` on the shared handle:
 //! the published range is immutable (append-only file), so no lock is held during I/O.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
-use crate::file_scan::{create_log_file, open_log_file, read_range, scan_records, truncate_tail};
+use crate::file_scan::{
+    create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
+};
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
     LOG_HEADER_LEN,
@@ -25,9 +33,18 @@ use crate::record::{
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{check_change_offset, LogOffset, SnapshotState, StoreError};
 
+/// Buffered bytes beyond this move to the spill file (a transaction of any size is held in
+/// memory only up to about this much per shape).
+pub(crate) const SPILL_BYTES: usize = 8 << 20;
+
+/// Name of the spill file in the shape directory (a `*.tmp`: removed when the store opens).
+pub(crate) const SPILL_FILE: &str = "changes.spill.tmp";
+
 pub(crate) struct ChangeFile {
-    /// Shared handle: positional reads and writes only, so no cursor is shared.
-    file: File,
+    /// Shared handle (opened on demand, closed while idle): positional reads and writes
+    /// only, so no cursor is shared.
+    file: LazyFile,
+    spill_path: PathBuf,
     /// std RwLock: held for index lookups and publication only, never across I/O or `.await`.
     index: RwLock<ChangeIndex<u64>>,
     /// Serialises the (single) writer; readers never take it. Held across the write and
@@ -48,6 +65,29 @@ struct ChangeWriter {
     /// `chunker` and `last` as of the durable end, restored by `discard_unflushed`.
     durable_chunker: Chunker,
     durable_last: Option<LogOffset>,
+    /// Records moved out of `buf`: they precede `buf` in what will be written at `write_pos`.
+    spill: Option<Spill>,
+}
+
+struct Spill {
+    file: File,
+    len: u64,
+}
+
+impl ChangeWriter {
+    /// Bytes appended and not yet durable (spilled + buffered).
+    fn pending_len(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.len) + self.buf.len() as u64
+    }
+}
+
+/// What `stage` did with a log's pending bytes.
+pub(crate) enum Staged {
+    Nothing,
+    /// Written without fsync; `record` got them for the commit log.
+    Logged(u64),
+    /// Written and fsynced in the log itself (spilled: too large for the commit log).
+    Synced(u64),
 }
 
 impl ChangeFile {
@@ -55,7 +95,8 @@ impl ChangeFile {
         let file = create_log_file(path, CHANGES_MAGIC, threshold)?;
         let index = ChangeIndex::new(LOG_HEADER_LEN as u64);
         Ok(ChangeFile::assemble(
-            file,
+            LazyFile::new(path, file),
+            path.with_file_name(SPILL_FILE),
             index,
             Chunker::new(threshold),
             None,
@@ -91,11 +132,18 @@ impl ChangeFile {
         if let Some(latest) = last {
             index.publish(seals, end, latest);
         }
-        Ok(ChangeFile::assemble(file, index, chunker, last))
+        Ok(ChangeFile::assemble(
+            LazyFile::new(path, file),
+            path.with_file_name(SPILL_FILE),
+            index,
+            chunker,
+            last,
+        ))
     }
 
     fn assemble(
-        file: File,
+        file: LazyFile,
+        spill_path: PathBuf,
         index: ChangeIndex<u64>,
         chunker: Chunker,
         last: Option<LogOffset>,
@@ -103,6 +151,7 @@ impl ChangeFile {
         let write_pos = index.durable_end();
         ChangeFile {
             file,
+            spill_path,
             index: RwLock::new(index),
             writer: Mutex::new(ChangeWriter {
                 buf: Vec::new(),
@@ -112,6 +161,7 @@ impl ChangeFile {
                 write_pos,
                 durable_chunker: chunker,
                 durable_last: last,
+                spill: None,
             }),
         }
     }
@@ -130,18 +180,67 @@ impl ChangeFile {
         encode_change(&mut w.buf, tx, op, json);
         w.last = Some(offset);
         if w.chunker.add(json.len()) {
-            let end_pos = w.write_pos + w.buf.len() as u64;
+            let end_pos = w.write_pos + w.pending_len();
             w.pending_seals.push(SealedChunk {
                 end: offset,
                 end_pos,
             });
         }
+        if w.buf.len() >= SPILL_BYTES {
+            // On failure the bytes simply stay in memory (nothing is lost; the next append
+            // or the commit tries again).
+            let _ = self.spill(&mut w);
+        }
         Ok(())
+    }
+
+    /// Moves the buffer to the end of the spill file.
+    fn spill(&self, w: &mut ChangeWriter) -> std::io::Result<()> {
+        if w.spill.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.spill_path)?;
+            w.spill = Some(Spill { file, len: 0 });
+        }
+        if let Some(spill) = w.spill.as_mut() {
+            spill.file.write_all_at(&w.buf, spill.len)?;
+            spill.len += w.buf.len() as u64;
+            w.buf.clear();
+            w.buf.shrink_to(SPILL_BYTES * 2);
+        }
+        Ok(())
+    }
+
+    /// Writes every pending byte (spilled, then buffered) at the durable end, without fsync.
+    fn write_pending(&self, file: &File, w: &ChangeWriter) -> std::io::Result<()> {
+        let mut at = w.write_pos;
+        if let Some(spill) = &w.spill {
+            let mut piece = vec![0u8; 1 << 20];
+            let mut from = 0u64;
+            while from < spill.len {
+                let n = (spill.len - from).min(piece.len() as u64) as usize;
+                spill.file.read_exact_at(&mut piece[..n], from)?;
+                file.write_all_at(&piece[..n], at)?;
+                from += n as u64;
+                at += n as u64;
+            }
+        }
+        file.write_all_at(&w.buf, at)
+    }
+
+    fn drop_spill(&self, w: &mut ChangeWriter) {
+        if w.spill.take().is_some() {
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
     }
 
     pub(crate) fn discard_unflushed(&self) {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.buf.clear();
+        self.drop_spill(&mut w);
         w.pending_seals.clear();
         w.chunker = w.durable_chunker;
         w.last = w.durable_last;
@@ -153,35 +252,43 @@ impl ChangeFile {
     /// writeback failed, so a later successful fsync covers them.
     pub(crate) fn flush(&self) -> Result<LogOffset, StoreError> {
         let mut w = self.writer()?;
-        if w.buf.is_empty() {
+        let len = w.pending_len();
+        if len == 0 {
             return Ok(self.latest_offset());
         }
-        self.file
-            .write_all_at(&w.buf, w.write_pos)
-            .and_then(|()| self.file.sync_data())?;
-        let len = w.buf.len();
+        let file = self.file.get()?;
+        self.write_pending(&file, &w)
+            .and_then(|()| file.sync_data())?;
         Ok(self.publish_locked(&mut w, len))
     }
 
     /// Group commit, phase 1: writes the buffered changes at the durable end **without**
-    /// fsync and hands `(position, bytes)` to `record` (for the commit log). Nothing becomes
-    /// visible. Returns the number of bytes staged (0: nothing buffered). On error nothing
-    /// changes and the call can be repeated.
-    pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<usize, StoreError> {
+    /// fsync and hands `(position, bytes)` to `record` (for the commit log). A log that
+    /// spilled is written whole and fsynced itself instead (`Staged::Synced`; the commit log
+    /// never holds more than `SPILL_BYTES` per shape). Nothing becomes visible. On error
+    /// nothing changes and the call can be repeated.
+    pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<Staged, StoreError> {
         let w = self.writer()?;
-        if w.buf.is_empty() {
-            return Ok(0);
+        let len = w.pending_len();
+        if len == 0 {
+            return Ok(Staged::Nothing);
         }
-        self.file.write_all_at(&w.buf, w.write_pos)?;
+        let file = self.file.get()?;
+        if w.spill.is_some() {
+            self.write_pending(&file, &w)
+                .and_then(|()| file.sync_data())?;
+            return Ok(Staged::Synced(len));
+        }
+        file.write_all_at(&w.buf, w.write_pos)?;
         record(w.write_pos, &w.buf);
-        Ok(w.buf.len())
+        Ok(Staged::Logged(len))
     }
 
     /// Group commit, phase 2 (after the commit log fsync): publishes the `len` staged bytes.
     /// The caller is the single writer, so the buffer still holds exactly what was staged.
-    pub(crate) fn publish(&self, len: usize) -> Result<LogOffset, StoreError> {
+    pub(crate) fn publish(&self, len: u64) -> Result<LogOffset, StoreError> {
         let mut w = self.writer()?;
-        if w.buf.len() != len {
+        if w.pending_len() != len {
             return Err(StoreError::Corrupt(
                 "changes appended between stage and publish".into(),
             ));
@@ -189,11 +296,12 @@ impl ChangeFile {
         Ok(self.publish_locked(&mut w, len))
     }
 
-    /// Marks the first `len` buffered bytes (the whole buffer) durable and visible.
-    fn publish_locked(&self, w: &mut ChangeWriter, len: usize) -> LogOffset {
-        debug_assert_eq!(len, w.buf.len());
-        w.write_pos += len as u64;
+    /// Marks the `len` pending bytes (all of them) durable and visible.
+    fn publish_locked(&self, w: &mut ChangeWriter, len: u64) -> LogOffset {
+        debug_assert_eq!(len, w.pending_len());
+        w.write_pos += len;
         w.buf.clear();
+        self.drop_spill(w);
         w.durable_chunker = w.chunker;
         w.durable_last = w.last;
         let latest = w.last.unwrap_or(LogOffset::LAST_BEFORE_REAL);
@@ -234,7 +342,7 @@ impl ChangeFile {
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let buf = read_range(&self.file, from, to)?;
+        let buf = read_range(&*self.file.get()?, from, to)?;
         let mut entries = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -258,6 +366,17 @@ impl ChangeFile {
 
     pub(crate) fn latest_offset(&self) -> LogOffset {
         self.index_ref().latest_offset()
+    }
+
+    /// Closes the file handle if it was not used since the last call (and no spill file is
+    /// open). True if nothing is held open now.
+    pub(crate) fn release_if_unused(&self) -> bool {
+        let spilling = self.writer.try_lock().map_or(true, |w| w.spill.is_some());
+        !spilling && self.file.release_if_unused()
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.file.is_open()
     }
 
     /// Durable bytes of the file.

@@ -70,6 +70,15 @@ impl ShapeLog for FileLog {
         self.changes.discard_unflushed()
     }
 
+    fn release_idle_files(&self) {
+        self.snapshot.release_if_unused();
+        self.changes.release_if_unused();
+    }
+
+    fn open_files(&self) -> usize {
+        usize::from(self.snapshot.is_open()) + usize::from(self.changes.is_open())
+    }
+
     fn read(&self, after: LogOffset) -> Result<ReadResult, StoreError> {
         let state = self.snapshot.state();
         Ok(match self.changes.plan(after, &state) {

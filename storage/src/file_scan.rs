@@ -1,11 +1,13 @@
 //! File plumbing shared by the two log files: creating and opening a log file with its
 //! header, the recovery scan that finds the last valid record, tail truncation, positional
-//! range reads, and directory fsync.
+//! range reads, directory fsync, and lazily opened handles (`LazyFile`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -98,4 +100,56 @@ pub(crate) fn read_range(file: &File, from: u64, to: u64) -> io::Result<Bytes> {
 /// fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// A log file's handle, opened on demand and closed by `release_if_unused` once it has not
+/// been used since the previous call, so idle shapes hold no open files. A handle handed out
+/// stays valid while its user holds it (closing only drops the shared reference).
+pub(crate) struct LazyFile {
+    path: PathBuf,
+    handle: Mutex<Option<Arc<File>>>,
+    used: AtomicBool,
+}
+
+impl LazyFile {
+    /// Wraps a handle already open (read + write) on `path`.
+    pub(crate) fn new(path: &Path, file: File) -> LazyFile {
+        LazyFile {
+            path: path.to_path_buf(),
+            handle: Mutex::new(Some(Arc::new(file))),
+            used: AtomicBool::new(true),
+        }
+    }
+
+    pub(crate) fn get(&self) -> io::Result<Arc<File>> {
+        self.used.store(true, Ordering::Relaxed);
+        let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = handle.as_ref() {
+            return Ok(Arc::clone(file));
+        }
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        *handle = Some(Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Closes the handle unless it was used since the last call. True if it is closed now.
+    pub(crate) fn release_if_unused(&self) -> bool {
+        if self.used.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        // Used between the swap and the lock: keep it for this round.
+        if self.used.load(Ordering::Relaxed) {
+            return false;
+        }
+        *handle = None;
+        true
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }

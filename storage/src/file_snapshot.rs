@@ -6,7 +6,6 @@
 //! and fsyncs: only a finished snapshot is a durable promise. Recovery keeps whole sealed
 //! chunks and drops unsealed rows, so the file always ends at a chunk boundary.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
@@ -14,7 +13,9 @@ use std::sync::{Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
-use crate::file_scan::{create_log_file, open_log_file, read_range, scan_records, truncate_tail};
+use crate::file_scan::{
+    create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
+};
 use crate::record::{
     decode_snapshot_body, encode_snapshot, fits, parse_frame, SnapshotKind, LOG_HEADER_LEN,
     SNAPSHOT_MAGIC,
@@ -22,8 +23,8 @@ use crate::record::{
 use crate::{SnapshotState, StoreError};
 
 pub(crate) struct SnapshotFile {
-    /// Shared handle: positional reads and writes only.
-    file: File,
+    /// Shared handle (opened on demand, closed while idle): positional reads and writes only.
+    file: LazyFile,
     /// std RwLock: held to copy out a chunk range or publish a seal; never across I/O.
     index: RwLock<SnapIndex>,
     /// Serialises the writer (held across its writes); readers never take it.
@@ -57,7 +58,11 @@ impl SnapshotFile {
             finished: false,
             written: LOG_HEADER_LEN as u64,
         };
-        Ok(SnapshotFile::assemble(file, index, threshold))
+        Ok(SnapshotFile::assemble(
+            LazyFile::new(path, file),
+            index,
+            threshold,
+        ))
     }
 
     /// Opens and recovers. A record is accepted only in sequence: rows; a `Seal` (required
@@ -103,10 +108,14 @@ impl SnapshotFile {
             finished,
             written: keep,
         };
-        Ok(SnapshotFile::assemble(file, index, threshold))
+        Ok(SnapshotFile::assemble(
+            LazyFile::new(path, file),
+            index,
+            threshold,
+        ))
     }
 
-    fn assemble(file: File, index: SnapIndex, threshold: u64) -> SnapshotFile {
+    fn assemble(file: LazyFile, index: SnapIndex, threshold: u64) -> SnapshotFile {
         let writer = SnapWriter {
             buf: Vec::new(),
             write_pos: index.written,
@@ -163,9 +172,12 @@ impl SnapshotFile {
         if finish {
             encode_snapshot(&mut w.buf, SnapshotKind::Finished, &[]);
         }
-        let mut written = self.file.write_all_at(&w.buf, w.write_pos);
+        let mut written = self
+            .file
+            .get()
+            .and_then(|file| file.write_all_at(&w.buf, w.write_pos).map(|()| file));
         if finish {
-            written = written.and_then(|()| self.file.sync_data());
+            written = written.and_then(|file| file.sync_data().map(|()| file));
         }
         if let Err(e) = written {
             w.failed = true;
@@ -207,7 +219,7 @@ impl SnapshotFile {
         let Some((from, to)) = range else {
             return Ok(Vec::new());
         };
-        let buf = read_range(&self.file, from, to)?;
+        let buf = read_range(&*self.file.get()?, from, to)?;
         let mut rows = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -224,6 +236,15 @@ impl SnapshotFile {
             at += len;
         }
         Ok(rows)
+    }
+
+    /// Closes the file handle if it was not used since the last call.
+    pub(crate) fn release_if_unused(&self) -> bool {
+        self.file.release_if_unused()
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.file.is_open()
     }
 
     pub(crate) fn size_bytes(&self) -> u64 {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::commit_log::{self, CommitLog};
 use crate::commit_record::BatchBuilder;
+use crate::file_changes::Staged;
 use crate::file_log::FileLog;
 use crate::file_scan::sync_dir;
 use crate::record::{decode_meta, encode_meta};
@@ -180,19 +181,26 @@ impl ShapeLogStore for FileStore {
             let Some(log) = any.downcast_ref::<FileLog>() else {
                 return Err(StoreError::ForeignLog);
             };
-            let len = log
+            match log
                 .changes()
-                .stage(|pos, bytes| batch.entry(log.id(), pos, bytes))?;
-            if len > 0 {
-                staged.push((log, len));
+                .stage(|pos, bytes| batch.entry(log.id(), pos, bytes))?
+            {
+                Staged::Nothing => {}
+                Staged::Logged(len) => staged.push((log, len)),
+                Staged::Synced(len) => {
+                    wal.stats.log_fsyncs += 1;
+                    staged.push((log, len));
+                }
             }
         }
-        if batch.is_empty() {
+        if staged.is_empty() {
             return Ok(());
         }
-        wal.log.append(&batch.finish())?;
-        wal.stats.batches += 1;
-        wal.stats.wal_fsyncs += 1;
+        if !batch.is_empty() {
+            wal.log.append(&batch.finish())?;
+            wal.stats.batches += 1;
+            wal.stats.wal_fsyncs += 1;
+        }
         for (log, len) in staged {
             log.changes().publish(len)?;
         }

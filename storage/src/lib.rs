@@ -113,6 +113,14 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
     /// the writer's state returns to the durable point, so the same offsets can be appended
     /// again (used when the replication stream breaks mid-batch and is replayed).
     fn discard_unflushed(&self);
+    /// Close the log's open files if they were not used since the previous call (they are
+    /// reopened on the next read or write), so idle shapes hold no file descriptors. Called
+    /// periodically; cheap when nothing is open.
+    fn release_idle_files(&self) {}
+    /// Files this log holds open right now.
+    fn open_files(&self) -> usize {
+        0
+    }
     /// The chunk that `read(after)` would return, whole and with each change entry's offset,
     /// if that chunk is sealed (its end boundary is written and durable; a snapshot chunk counts
     /// only once the snapshot is finished). `None` when it is not sealed yet, or when there is
@@ -156,6 +164,9 @@ pub struct CommitStats {
     pub batches: u64,
     /// fsyncs of the commit log.
     pub wal_fsyncs: u64,
+    /// fsyncs of a shape's own log at a commit: its pending changes passed the spill
+    /// threshold (a large transaction), so they bypass the commit log.
+    pub log_fsyncs: u64,
     /// Checkpoints done (each one `syncfs`), and failed.
     pub checkpoints: u64,
     pub checkpoint_failures: u64,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use shapesync_storage::{FileStore, LogOffset, ShapeLog, ShapeLogStore};
 
-use crate::support::{cfg, entry, read};
+use crate::support::{cfg, entry, read, s};
 
 const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
 const HEADER: u64 = 18;
@@ -217,4 +217,137 @@ fn a_removed_and_recreated_id_never_gets_old_batches() {
     let (_, logs) = reopen(dir.path());
     assert_eq!(changes(&*logs[0]), Vec::<String>::new());
     assert_eq!(logs[0].latest_offset(), LogOffset::LAST_BEFORE_REAL);
+}
+
+/// A transaction larger than the spill threshold (8 MiB per shape) is held on disk, not in
+/// memory: its commit fsyncs the shape's log itself (the commit log stays small), every entry
+/// reads back in order, the spill file is gone, and after a reopen the same entries are there.
+/// Appended and never committed, it is invisible, and a reopen removes its spill file.
+#[test]
+fn a_transaction_larger_than_the_spill_threshold_commits_through_the_log_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = |id: &str| dir.path().join(id).join("changes.spill.tmp");
+    let n = 12_000; // × 1 KB: past the 8 MiB threshold
+    let want: Vec<String> = (0..n)
+        .map(|i| String::from_utf8(entry(i, 1000)).unwrap())
+        .collect();
+    {
+        let store = FileStore::open(dir.path(), cfg(4 << 20)).unwrap();
+        let small = store.create("small", b"m").unwrap();
+        let big = store.create("big", b"m").unwrap();
+        let open = store.create("open", b"m").unwrap();
+        for log in [&small, &big, &open] {
+            log.finish_snapshot(END).unwrap();
+        }
+        let wal_before = wal_len(dir.path());
+        for (i, json) in want.iter().enumerate() {
+            big.append_change(LogOffset::new(7, i as u64), json.as_bytes())
+                .unwrap();
+        }
+        small
+            .append_change(LogOffset::new(7, 0), &entry(1, 40))
+            .unwrap();
+        assert!(spill("big").exists(), "the large transaction spilled");
+        assert_eq!(changes(&*big), Vec::<String>::new(), "nothing visible yet");
+        for (i, json) in want.iter().enumerate() {
+            open.append_change(LogOffset::new(8, i as u64), json.as_bytes())
+                .unwrap();
+        }
+        store
+            .commit(&[Arc::clone(&small), Arc::clone(&big)])
+            .unwrap();
+        let stats = store.commit_stats();
+        assert_eq!((stats.batches, stats.log_fsyncs), (1, 1));
+        assert!(
+            wal_len(dir.path()) - wal_before < 4096,
+            "the large transaction's bytes did not go through the commit log"
+        );
+        assert!(!spill("big").exists(), "spill file removed once committed");
+        assert_eq!(changes(&*big), want);
+        assert_eq!(changes(&*small), vec![s(&entry(1, 40))]);
+        assert_eq!(changes(&*open), Vec::<String>::new());
+        assert!(spill("open").exists());
+        // `open` is never committed: dropped like a crash before its commit.
+    }
+    let store = FileStore::open(dir.path(), cfg(4 << 20)).unwrap();
+    let logs: std::collections::HashMap<String, _> = store
+        .open_all()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, log)| (id, log))
+        .collect();
+    assert_eq!(changes(&*logs["big"]), want);
+    assert_eq!(changes(&*logs["open"]), Vec::<String>::new());
+    assert!(
+        !spill("open").exists(),
+        "leftover spill file removed on open"
+    );
+    // The discarded case: append past the threshold, discard, append again, commit.
+    let open = &logs["open"];
+    for (i, json) in want.iter().enumerate() {
+        open.append_change(LogOffset::new(9, i as u64), json.as_bytes())
+            .unwrap();
+    }
+    open.discard_unflushed();
+    assert!(!spill("open").exists());
+    open.append_change(LogOffset::new(9, 0), &entry(2, 40))
+        .unwrap();
+    store.commit(&[Arc::clone(open)]).unwrap();
+    assert_eq!(changes(&**open), vec![s(&entry(2, 40))]);
+}
+
+/// Idle logs hold no open files: a log's files are closed once unused for a whole sweep
+/// (`release_idle_files` called twice with no use in between) and reopened on demand by reads,
+/// appends and commits, with nothing lost across the close.
+#[test]
+fn idle_logs_close_their_files_and_reopen_them_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path(), cfg(100)).unwrap();
+    let logs: Vec<Arc<dyn ShapeLog>> = (0..50)
+        .map(|i| store.create(&format!("s{i}"), b"m").unwrap())
+        .collect();
+    for log in &logs {
+        log.finish_snapshot(END).unwrap();
+        log.append_change(LogOffset::new(1, 0), &entry(1, 40))
+            .unwrap();
+    }
+    store.commit(&logs).unwrap();
+    assert!(logs.iter().all(|l| l.open_files() == 2));
+    for log in &logs {
+        log.release_idle_files(); // used since creation: kept
+    }
+    assert!(logs.iter().all(|l| l.open_files() == 2));
+    for log in &logs {
+        log.release_idle_files(); // unused for a whole round: closed
+    }
+    assert!(logs.iter().all(|l| l.open_files() == 0));
+    // Reads, appends and commits reopen; the data is intact.
+    let log = &logs[7];
+    assert_eq!(changes(&**log), vec![s(&entry(1, 40))]);
+    assert_eq!(log.open_files(), 1, "the change file was read");
+    assert_eq!(read(&**log, "-1").0, vec![s(END)]);
+    assert_eq!(log.open_files(), 2, "and the snapshot file");
+    let other = &logs[8];
+    other
+        .append_change(LogOffset::new(2, 0), &entry(2, 40))
+        .unwrap();
+    store.commit(&[Arc::clone(other)]).unwrap();
+    assert_eq!(
+        other.open_files(),
+        1,
+        "the commit opened the change file only"
+    );
+    drop(logs);
+    drop(store);
+    let store = FileStore::open(dir.path(), cfg(100)).unwrap();
+    let reopened: std::collections::HashMap<String, _> = store
+        .open_all()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, log)| (id, log))
+        .collect();
+    assert_eq!(
+        changes(&*reopened["s8"]),
+        vec![s(&entry(1, 40)), s(&entry(2, 40))]
+    );
 }
