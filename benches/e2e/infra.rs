@@ -58,8 +58,8 @@ pub fn shapesync_bin() -> PathBuf {
 }
 
 impl Shapesync {
-    /// Settings a production deployment for these sizes would use: creation rate and
-    /// admission limits raised (the defaults protect small servers), long polls that outlast
+    /// Settings a production deployment for these sizes would use: creation and admin (the
+    /// harness polls /metrics) rates and admission limits raised (the defaults protect small servers), long polls that outlast
     /// the measurements, an open admin API and metrics (`--insecure`, loopback only).
     pub fn new(url: &str, storage: &Path, stream_id: &str) -> Shapesync {
         let port = free_port();
@@ -75,6 +75,8 @@ impl Shapesync {
             stream_id,
             "--insecure",
             "--shape-create-rate",
+            "1000000",
+            "--admin-rate",
             "1000000",
             "--max-initial-requests",
             "5000",
@@ -185,14 +187,13 @@ impl Shapesync {
 
     /// One sample of a metric family (the sum over its label sets).
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
-        let text = http
+        let res = http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
+            .expect("metrics");
+        assert_eq!(res.status(), 200, "/metrics");
+        let text = res.text().await.expect("metrics body");
         text.lines()
             .filter(|l| {
                 l.strip_prefix(name)
