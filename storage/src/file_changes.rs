@@ -132,8 +132,9 @@ impl ChangeFile {
         if let Some(latest) = last {
             index.publish(seals, end, latest);
         }
+        drop(file);
         Ok(ChangeFile::assemble(
-            LazyFile::new(path, file),
+            LazyFile::closed(path),
             path.with_file_name(SPILL_FILE),
             index,
             chunker,

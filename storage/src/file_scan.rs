@@ -121,6 +121,16 @@ impl LazyFile {
         }
     }
 
+    /// A handle on `path` not open yet (opened by the first use): what recovery leaves, so
+    /// opening a store of many shapes does not hold two files per shape.
+    pub(crate) fn closed(path: &Path) -> LazyFile {
+        LazyFile {
+            path: path.to_path_buf(),
+            handle: Mutex::new(None),
+            used: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn get(&self) -> io::Result<Arc<File>> {
         self.used.store(true, Ordering::Relaxed);
         let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());

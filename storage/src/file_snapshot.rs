@@ -108,8 +108,9 @@ impl SnapshotFile {
             finished,
             written: keep,
         };
+        drop(file);
         Ok(SnapshotFile::assemble(
-            LazyFile::new(path, file),
+            LazyFile::closed(path),
             index,
             threshold,
         ))

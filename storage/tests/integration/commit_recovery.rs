@@ -346,6 +346,10 @@ fn idle_logs_close_their_files_and_reopen_them_on_demand() {
         .into_iter()
         .map(|(id, _, log)| (id, log))
         .collect();
+    assert!(
+        reopened.values().all(|l| l.open_files() == 0),
+        "recovery leaves the files closed"
+    );
     assert_eq!(
         changes(&*reopened["s8"]),
         vec![s(&entry(1, 40)), s(&entry(2, 40))]
