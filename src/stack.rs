@@ -81,6 +81,10 @@ pub struct Stack {
     /// Connection for catalog lookups and publication changes; reconnected when it breaks.
     admin: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
     snapshots: Arc<Semaphore>,
+    /// Idle snapshot connections, reused by the next snapshot (at most `max_snapshots`): a
+    /// creation storm does not open one Postgres connection per shape.
+    snapshot_conns: Arc<std::sync::Mutex<Vec<tokio_postgres::Client>>>,
+    max_snapshots: usize,
     shutdown: watch::Sender<bool>,
     /// Set when the tenant is removed.
     removed: std::sync::atomic::AtomicBool,
@@ -238,6 +242,8 @@ impl Stack {
             global_lsn,
             admin: tokio::sync::Mutex::new(None),
             snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
+            snapshot_conns: Arc::new(std::sync::Mutex::new(Vec::new())),
+            max_snapshots: cfg.max_snapshots.max(1),
             shutdown,
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
@@ -392,19 +398,35 @@ impl Stack {
         let commands = self.commands.clone();
         let registry = Arc::clone(&self.registry);
         let permits = Arc::clone(&self.snapshots);
+        let pool = Arc::clone(&self.snapshot_conns);
+        let max_idle = self.max_snapshots;
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let started = std::time::Instant::now();
             let handle = shape.handle.clone();
             let result = async {
-                let client = db.connect().await?;
-                shape::snapshot::run(&client, &shape, |info| {
+                let idle = {
+                    let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+                    idle.retain(|c| !c.is_closed());
+                    idle.pop()
+                };
+                let client = match idle {
+                    Some(c) => c,
+                    None => db.connect().await?,
+                };
+                let rows = shape::snapshot::run(&client, &shape, |info| {
                     let _ = commands.send(Command::SnapshotStarted {
                         handle: handle.clone(),
                         info,
                     });
                 })
-                .await
+                .await?;
+                // Back to the pool only after a clean COMMIT (a failed one is dropped).
+                let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < max_idle {
+                    idle.push(client);
+                }
+                Ok::<_, anyhow::Error>(rows)
             }
             .await;
             match result {

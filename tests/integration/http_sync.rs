@@ -743,3 +743,65 @@ async fn routed_shapes_receive_exactly_their_rows() {
         f.until_matches(&expected).await;
     }
 }
+
+/// Snapshots reuse their Postgres connections: after a wave of concurrent shape creations the
+/// snapshot connections stay open and idle (at most `max_snapshots` of them), and the next wave
+/// runs on the same backends instead of connecting once per shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_connections_are_pooled_across_shape_creations() {
+    let url = fresh_db("snap_pool").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE items (id int8 PRIMARY KEY, n int4);
+         INSERT INTO items SELECT g, g % 50 FROM generate_series(1, 500) g;",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start_with(&url, |c| c.max_snapshots = 3).await;
+    let client = server.client();
+    let dbname = url.rsplit('/').next().unwrap().to_string();
+    let snapshot_backends = || {
+        let (db, dbname) = (&db, dbname.clone());
+        async move {
+            let rows = db
+                .query(
+                    "SELECT pid FROM pg_stat_activity
+                      WHERE datname = $1 AND state = 'idle' AND query = 'COMMIT' AND pid <> pg_backend_pid()",
+                    &[&dbname],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.get::<_, i32>(0))
+                .collect::<std::collections::BTreeSet<i32>>()
+        }
+    };
+    let wave = |from: i32| {
+        let client = &client;
+        async move {
+            let replies = futures::future::join_all((from..from + 12).map(|k| async move {
+                client
+                    .get(&format!("table=items&where=n+%3D+{k}&offset=-1"))
+                    .await
+            }))
+            .await;
+            for r in replies {
+                assert_eq!(r.status, 200, "{}", r.body);
+                assert_eq!(r.body.matches("\"insert\"").count(), 10, "{}", r.body);
+            }
+        }
+    };
+    wave(0).await;
+    let first = snapshot_backends().await;
+    assert!(
+        (1..=3).contains(&first.len()),
+        "idle snapshot connections after the first wave: {first:?}"
+    );
+    wave(12).await;
+    let second = snapshot_backends().await;
+    assert!(second.len() <= 3, "{second:?}");
+    assert!(
+        first.is_subset(&second),
+        "the second wave reused the first wave's connections: {first:?} then {second:?}"
+    );
+}
