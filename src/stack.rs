@@ -550,29 +550,66 @@ async fn restore_shapes(
     writer: &mut Writer,
 ) -> anyhow::Result<usize> {
     let s = Arc::clone(store);
-    let opened = tokio::task::spawn_blocking(move || s.open_all()).await??;
+    // Open every log, then rebuild the shapes (metadata, compiled where clause, snapshot
+    // visibility) spread over the cores: restart time grows with the number of shapes (P11).
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let opened = s.open_all()?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let chunk = opened.len().div_ceil(threads).max(1);
+        let rebuilt: Vec<Vec<Restored>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = opened
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(rebuild).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        Ok::<_, shapesync_storage::StoreError>(rebuilt)
+    })
+    .await??;
     let mut restored = 0;
-    for (id, meta, log) in opened {
-        let meta: Option<ShapeMeta> = serde_json::from_slice(&meta).ok();
-        let usable = meta
-            .filter(|_| log.snapshot_state().finished)
-            .and_then(|m| {
-                let compiled = shape::compile(&m.def, &m.table).ok()?;
-                Some(Shape::new(m, compiled, Arc::clone(&log)))
-            });
-        let Some(shape) = usable else {
-            tracing::info!(handle = %id, "dropping a shape whose snapshot did not finish");
-            let s = Arc::clone(store);
-            tokio::task::spawn_blocking(move || s.remove(&id)).await??;
-            continue;
-        };
-        shape.handle.observe();
-        let snapshot = snapshot_info(&shape);
-        registry.insert(&shape);
-        writer.restore(shape, snapshot);
-        restored += 1;
+    for r in rebuilt.into_iter().flatten() {
+        match r {
+            Restored::Shape(shape, snapshot) => {
+                shape.handle.observe();
+                registry.insert(&shape);
+                writer.restore(shape, snapshot);
+                restored += 1;
+            }
+            Restored::Unusable(id) => {
+                tracing::info!(handle = %id, "dropping a shape whose snapshot did not finish");
+                let s = Arc::clone(store);
+                tokio::task::spawn_blocking(move || s.remove(&id)).await??;
+            }
+        }
     }
     Ok(restored)
+}
+
+enum Restored {
+    Shape(Arc<Shape>, Option<SnapshotInfo>),
+    Unusable(String),
+}
+
+fn rebuild((id, meta, log): &shapesync_storage::OpenedLog) -> Restored {
+    let meta: Option<ShapeMeta> = serde_json::from_slice(meta).ok();
+    let usable = meta
+        .filter(|_| log.snapshot_state().finished)
+        .and_then(|m| {
+            let compiled = shape::compile(&m.def, &m.table).ok()?;
+            Some(Shape::new(m, compiled, Arc::clone(log)))
+        });
+    match usable {
+        Some(shape) => {
+            let snapshot = snapshot_info(&shape);
+            Restored::Shape(shape, snapshot)
+        }
+        None => Restored::Unusable(id.clone()),
+    }
 }
 
 /// The visibility recorded in a finished snapshot's `snapshot-end` message.

@@ -145,6 +145,7 @@ impl ShapeLogStore for FileStore {
     fn open_all(&self) -> Result<Vec<OpenedLog>, StoreError> {
         let mut out = Vec::new();
         let mut removed = false;
+        let mut dirs = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let path = entry.path();
@@ -160,9 +161,41 @@ impl ShapeLogStore for FileStore {
             if !file_type.is_dir() || validate_id(&name).is_err() {
                 continue; // not ours: leave it alone
             }
-            match self.open_one(&name, &path)? {
-                Some((meta, log)) => out.push((name, meta, Arc::new(log) as Arc<dyn ShapeLog>)),
-                None => removed = true,
+            dirs.push((name, path));
+        }
+        // Recovery reads every log: spread the shapes over the cores (restart time, P11).
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(dirs.len().max(1));
+        let results: Vec<Result<Vec<_>, StoreError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let dirs = &dirs;
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for (name, path) in dirs.iter().skip(t).step_by(threads) {
+                            mine.push((name.clone(), self.open_one(name, path)?));
+                        }
+                        Ok(mine)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(StoreError::Corrupt("a recovery thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for result in results {
+            for (name, opened) in result? {
+                match opened {
+                    Some((meta, log)) => out.push((name, meta, Arc::new(log) as Arc<dyn ShapeLog>)),
+                    None => removed = true,
+                }
             }
         }
         if removed {
