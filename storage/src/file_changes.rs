@@ -301,7 +301,9 @@ impl ChangeFile {
     fn publish_locked(&self, w: &mut ChangeWriter, len: u64) -> LogOffset {
         debug_assert_eq!(len, w.pending_len());
         w.write_pos += len;
-        w.buf.clear();
+        // Give the buffer back rather than keep its capacity: most logs are idle between
+        // commits, and one allocation per dirty log and commit is cheap (idle memory, P7).
+        w.buf = Vec::new();
         self.drop_spill(w);
         w.durable_chunker = w.chunker;
         w.durable_last = w.last;

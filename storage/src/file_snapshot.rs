@@ -186,6 +186,10 @@ impl SnapshotFile {
         }
         w.write_pos += w.buf.len() as u64;
         w.buf.clear();
+        if finish {
+            // A finished snapshot never writes again: give the buffer back (idle memory, P7).
+            w.buf = Vec::new();
+        }
         w.finished = finish;
         let mut ix = self.index.write().unwrap_or_else(|e| e.into_inner());
         ix.chunk_ends.push(chunk_end);
