@@ -374,7 +374,12 @@ pub fn lsn_text(lsn: u64) -> String {
 /// the slot's start to `end`. Seconds it took.
 pub fn recvlogical(url: &str, slot: &str, publication: &str, end: u64) -> f64 {
     let t = Instant::now();
-    let out = Command::new("pg_recvlogical")
+    // The same Postgres installation as the embedded cluster (PG_BIN or the newest under
+    // /usr/lib/postgresql), whatever is on PATH.
+    let bin = shapesync::postgres::embedded::find_bin_dir()
+        .map(|d| d.join("pg_recvlogical"))
+        .unwrap_or_else(|_| PathBuf::from("pg_recvlogical"));
+    let out = Command::new(bin)
         .args([
             "-d",
             url,
