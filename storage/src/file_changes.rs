@@ -301,9 +301,9 @@ impl ChangeFile {
     fn publish_locked(&self, w: &mut ChangeWriter, len: u64) -> LogOffset {
         debug_assert_eq!(len, w.pending_len());
         w.write_pos += len;
-        // Give the buffer back rather than keep its capacity: most logs are idle between
-        // commits, and one allocation per dirty log and commit is cheap (idle memory, P7).
-        w.buf = Vec::new();
+        // Capacity is kept for the next commit (a hot log); `release_if_unused` gives it back
+        // once the log goes idle.
+        w.buf.clear();
         self.drop_spill(w);
         w.durable_chunker = w.chunker;
         w.durable_last = w.last;
@@ -372,10 +372,18 @@ impl ChangeFile {
     }
 
     /// Closes the file handle if it was not used since the last call (and no spill file is
-    /// open). True if nothing is held open now.
+    /// open), and gives back the write buffer's capacity. True if nothing is held open now.
     pub(crate) fn release_if_unused(&self) -> bool {
-        let spilling = self.writer.try_lock().map_or(true, |w| w.spill.is_some());
-        !spilling && self.file.release_if_unused()
+        let Ok(mut w) = self.writer.try_lock() else {
+            return false; // being written right now
+        };
+        if w.spill.is_some() || !self.file.release_if_unused() {
+            return false;
+        }
+        if w.buf.is_empty() {
+            w.buf = Vec::new();
+        }
+        true
     }
 
     pub(crate) fn is_open(&self) -> bool {
