@@ -424,16 +424,19 @@ async fn decide(
             // A small log is read on this thread (a page-cache read of a few KB takes
             // microseconds; handing it to the blocking pool cost a thread switch each way,
             // most of a cached chunk request's CPU: target P9).
-            shape
-                .log
-                .read(requested)
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+            shape.log.read(requested)
         } else {
             let s = Arc::clone(&shape);
             tokio::task::spawn_blocking(move || s.log.read(requested))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+        };
+        let read = match read {
+            Ok(read) => read,
+            // Its files were removed under the read (deleted, rotated or archived meanwhile:
+            // log files are opened on demand): the shape is gone, not broken.
+            Err(_) if !shape.is_active() => continue,
+            Err(e) => return Err(ApiError::Internal(e.to_string())),
         };
         let latest = shape.log.latest_offset();
         let (wait_until, timeout_outcome) = match read {
