@@ -16,13 +16,14 @@ pub mod visibility;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 use shapesync_storage::{LogOffset, ShapeLog};
 use tokio::sync::watch;
 
 use crate::postgres::catalog::{schema_header, TableInfo};
+use crate::shape::definition::Replica;
 use definition::{ShapeDefinition, ShapeHandle};
 use filter::WhereClause;
 use message::Encoder;
@@ -51,12 +52,14 @@ pub enum Lifecycle {
 pub struct Shape {
     pub handle: ShapeHandle,
     pub def: ShapeDefinition,
-    pub table: TableInfo,
+    /// Shared by the shapes of one table description (see [`shared_parts`]).
+    pub table: Arc<TableInfo>,
     /// Selected columns (indexes into `table.columns`), in table order.
     pub selected: Vec<usize>,
     pub filter: Option<WhereClause>,
-    pub encoder: Encoder,
-    pub schema_header: String,
+    /// Shared by the shapes selecting the same columns of the same table description.
+    pub encoder: Arc<Encoder>,
+    pub schema_header: Arc<str>,
     pub log: Arc<dyn ShapeLog>,
     progress: watch::Sender<Progress>,
     /// Unix µs of the latest request for this shape: idle shapes are archived after the local
@@ -143,8 +146,8 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
 
 impl Shape {
     pub fn new(meta: ShapeMeta, compiled: Compiled, log: Arc<dyn ShapeLog>) -> Arc<Self> {
-        let encoder = Encoder::new(&meta.table, &compiled.selected, meta.def.replica);
-        let schema_header = schema_header(&meta.table, &compiled.selected);
+        let (table, encoder, schema_header) =
+            shared_parts(meta.table, &compiled.selected, meta.def.replica);
         let snap = log.snapshot_state();
         let (progress, _) = watch::channel(Progress {
             latest: log.latest_offset(),
@@ -155,7 +158,7 @@ impl Shape {
         Arc::new(Shape {
             handle: meta.handle,
             def: meta.def,
-            table: meta.table,
+            table,
             selected: compiled.selected,
             filter: compiled.filter,
             encoder,
@@ -171,7 +174,7 @@ impl Shape {
             version: 1,
             handle: self.handle.clone(),
             def: self.def.clone(),
-            table: self.table.clone(),
+            table: TableInfo::clone(&self.table),
         }
     }
 
@@ -222,10 +225,98 @@ impl Shape {
     }
 }
 
+/// Parts of a shape that depend only on its table description, selected columns and replica
+/// mode are shared by every live shape with the same ones (thousands of `id = k` shapes on one
+/// table then hold one copy): the idle cost of a shape (target P7). Entries hold weak
+/// references, so parts go away with their last shape.
+type SharedKey = (u32, Vec<usize>, Replica);
+type SharedParts = (Weak<TableInfo>, Weak<Encoder>, Weak<str>);
+
+static SHARED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<SharedKey, Vec<SharedParts>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn shared_parts(
+    table: TableInfo,
+    selected: &[usize],
+    replica: Replica,
+) -> (Arc<TableInfo>, Arc<Encoder>, Arc<str>) {
+    let mut map = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let candidates = map
+        .entry((table.oid, selected.to_vec(), replica))
+        .or_default();
+    candidates.retain(|(t, _, _)| t.strong_count() > 0);
+    let found = candidates.iter().find_map(|(t, e, h)| {
+        let (t, e, h) = (t.upgrade()?, e.upgrade()?, h.upgrade()?);
+        (*t == table).then_some((t, e, h))
+    });
+    let parts = found.unwrap_or_else(|| {
+        let encoder = Arc::new(Encoder::new(&table, selected, replica));
+        let header: Arc<str> = schema_header(&table, selected).into();
+        let table = Arc::new(table);
+        candidates.push((
+            Arc::downgrade(&table),
+            Arc::downgrade(&encoder),
+            Arc::downgrade(&header),
+        ));
+        (table, encoder, header)
+    });
+    // Keys whose shapes are all gone are dropped now and then.
+    if map.len() > 64 && map.len().is_power_of_two() {
+        map.retain(|_, c| c.iter().any(|(t, _, _)| t.strong_count() > 0));
+    }
+    parts
+}
+
 /// Unix time in µs (0 if the clock is before 1970).
 pub fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use crate::postgres::catalog::ColumnInfo;
+
+    fn table(oid: u32, second: &str) -> TableInfo {
+        let c = |name: &str, pk: Option<usize>| ColumnInfo {
+            name: name.into(),
+            type_oid: 0,
+            type_name: "text".into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: false,
+            pk_index: pk,
+        };
+        TableInfo::new(
+            oid,
+            "public".into(),
+            "items".into(),
+            vec![c("id", Some(0)), c(second, None)],
+        )
+    }
+
+    #[test]
+    fn shapes_of_one_table_description_share_their_parts_while_alive() {
+        let (t1, e1, h1) = shared_parts(table(9001, "a"), &[0, 1], Replica::Default);
+        let (t2, e2, h2) = shared_parts(table(9001, "a"), &[0, 1], Replica::Default);
+        assert!(Arc::ptr_eq(&t1, &t2) && Arc::ptr_eq(&e1, &e2) && Arc::ptr_eq(&h1, &h2));
+        // Other columns selected, another replica mode, or a changed table: not shared.
+        let (_, e3, _) = shared_parts(table(9001, "a"), &[0], Replica::Default);
+        assert!(!Arc::ptr_eq(&e1, &e3));
+        let (_, e4, _) = shared_parts(table(9001, "a"), &[0, 1], Replica::Full);
+        assert!(!Arc::ptr_eq(&e1, &e4));
+        let (t5, _, h5) = shared_parts(table(9001, "renamed"), &[0, 1], Replica::Default);
+        assert!(!Arc::ptr_eq(&t1, &t5));
+        assert_ne!(h1, h5, "the schema header names the new column");
+        // Gone with their last holder: a new description is built.
+        let weak = Arc::downgrade(&t1);
+        drop((t1, e1, h1, t2, e2, h2));
+        assert!(weak.upgrade().is_none());
+        let (t6, _, _) = shared_parts(table(9001, "a"), &[0, 1], Replica::Default);
+        assert_eq!(*t6, table(9001, "a"));
+    }
 }
