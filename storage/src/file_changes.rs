@@ -18,11 +18,12 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
+use crate::file_log::CHANGES_FILE;
 use crate::file_scan::{
     create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
 };
@@ -44,7 +45,6 @@ pub(crate) struct ChangeFile {
     /// Shared handle (opened on demand, closed while idle): positional reads and writes
     /// only, so no cursor is shared.
     file: LazyFile,
-    spill_path: PathBuf,
     /// std RwLock: held for index lookups and publication only, never across I/O or `.await`.
     index: RwLock<ChangeIndex<u64>>,
     /// Serialises the (single) writer; readers never take it. Held across the write and
@@ -91,12 +91,11 @@ pub(crate) enum Staged {
 }
 
 impl ChangeFile {
-    pub(crate) fn create(path: &Path, threshold: u64) -> Result<ChangeFile, StoreError> {
-        let file = create_log_file(path, CHANGES_MAGIC, threshold)?;
+    pub(crate) fn create(dir: &Arc<Path>, threshold: u64) -> Result<ChangeFile, StoreError> {
+        let file = create_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC, threshold)?;
         let index = ChangeIndex::new(LOG_HEADER_LEN as u64);
         Ok(ChangeFile::assemble(
-            LazyFile::new(path, file),
-            path.with_file_name(SPILL_FILE),
+            LazyFile::new(dir, CHANGES_FILE, file),
             index,
             Chunker::new(threshold),
             None,
@@ -106,8 +105,8 @@ impl ChangeFile {
     /// Opens and recovers: replays the records, re-deriving chunk boundaries with the
     /// threshold from the header, and truncates at the first record that does not validate
     /// (bad frame, bad checksum, bad body, or an offset not above the previous one).
-    pub(crate) fn open(path: &Path) -> Result<ChangeFile, StoreError> {
-        let (file, threshold) = open_log_file(path, CHANGES_MAGIC)?;
+    pub(crate) fn open(dir: &Arc<Path>) -> Result<ChangeFile, StoreError> {
+        let (file, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
         let mut chunker = Chunker::new(threshold);
         let mut seals = Vec::new();
         let mut last = None;
@@ -134,8 +133,7 @@ impl ChangeFile {
         }
         drop(file);
         Ok(ChangeFile::assemble(
-            LazyFile::closed(path),
-            path.with_file_name(SPILL_FILE),
+            LazyFile::closed(dir, CHANGES_FILE),
             index,
             chunker,
             last,
@@ -144,7 +142,6 @@ impl ChangeFile {
 
     fn assemble(
         file: LazyFile,
-        spill_path: PathBuf,
         index: ChangeIndex<u64>,
         chunker: Chunker,
         last: Option<LogOffset>,
@@ -152,7 +149,6 @@ impl ChangeFile {
         let write_pos = index.durable_end();
         ChangeFile {
             file,
-            spill_path,
             index: RwLock::new(index),
             writer: Mutex::new(ChangeWriter {
                 buf: Vec::new(),
@@ -203,7 +199,7 @@ impl ChangeFile {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(&self.spill_path)?;
+                .open(self.spill_path())?;
             w.spill = Some(Spill { file, len: 0 });
         }
         if let Some(spill) = w.spill.as_mut() {
@@ -232,9 +228,13 @@ impl ChangeFile {
         file.write_all_at(&w.buf, at)
     }
 
+    fn spill_path(&self) -> PathBuf {
+        self.file.dir().join(SPILL_FILE)
+    }
+
     fn drop_spill(&self, w: &mut ChangeWriter) {
         if w.spill.take().is_some() {
-            let _ = std::fs::remove_file(&self.spill_path);
+            let _ = std::fs::remove_file(self.spill_path());
         }
     }
 

@@ -4,6 +4,7 @@
 //! change index, and the chosen range is read from the matching file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::file_changes::ChangeFile;
 use crate::file_snapshot::SnapshotFile;
@@ -23,19 +24,21 @@ pub(crate) struct FileLog {
 impl FileLog {
     /// Creates both files (headers fsynced). The caller fsyncs the directory.
     pub(crate) fn create(id: &str, dir: &Path, threshold: u64) -> Result<FileLog, StoreError> {
+        let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
-            snapshot: SnapshotFile::create(&dir.join(SNAPSHOT_FILE), threshold)?,
-            changes: ChangeFile::create(&dir.join(CHANGES_FILE), threshold)?,
+            snapshot: SnapshotFile::create(&shared, threshold)?,
+            changes: ChangeFile::create(&shared, threshold)?,
         })
     }
 
     /// Opens both files, truncating torn tails.
     pub(crate) fn open(id: &str, dir: &Path) -> Result<FileLog, StoreError> {
+        let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
-            snapshot: SnapshotFile::open(&dir.join(SNAPSHOT_FILE))?,
-            changes: ChangeFile::open(&dir.join(CHANGES_FILE))?,
+            snapshot: SnapshotFile::open(&shared)?,
+            changes: ChangeFile::open(&shared)?,
         })
     }
 

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -106,16 +106,20 @@ pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
 /// been used since the previous call, so idle shapes hold no open files. A handle handed out
 /// stays valid while its user holds it (closing only drops the shared reference).
 pub(crate) struct LazyFile {
-    path: PathBuf,
+    /// The shape directory, shared by the log's files (a path per file per shape was a good
+    /// part of an idle shape's memory), and the file's name in it.
+    dir: Arc<Path>,
+    name: &'static str,
     handle: Mutex<Option<Arc<File>>>,
     used: AtomicBool,
 }
 
 impl LazyFile {
-    /// Wraps a handle already open (read + write) on `path`.
-    pub(crate) fn new(path: &Path, file: File) -> LazyFile {
+    /// Wraps a handle already open (read + write) on `dir/name`.
+    pub(crate) fn new(dir: &Arc<Path>, name: &'static str, file: File) -> LazyFile {
         LazyFile {
-            path: path.to_path_buf(),
+            dir: Arc::clone(dir),
+            name,
             handle: Mutex::new(Some(Arc::new(file))),
             used: AtomicBool::new(true),
         }
@@ -123,9 +127,10 @@ impl LazyFile {
 
     /// A handle on `path` not open yet (opened by the first use): what recovery leaves, so
     /// opening a store of many shapes does not hold two files per shape.
-    pub(crate) fn closed(path: &Path) -> LazyFile {
+    pub(crate) fn closed(dir: &Arc<Path>, name: &'static str) -> LazyFile {
         LazyFile {
-            path: path.to_path_buf(),
+            dir: Arc::clone(dir),
+            name,
             handle: Mutex::new(None),
             used: AtomicBool::new(false),
         }
@@ -137,7 +142,8 @@ impl LazyFile {
         if let Some(file) = handle.as_ref() {
             return Ok(Arc::clone(file));
         }
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        let path = self.dir.join(self.name);
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
         *handle = Some(Arc::clone(&file));
         Ok(file)
     }
@@ -154,6 +160,11 @@ impl LazyFile {
         }
         *handle = None;
         true
+    }
+
+    /// The directory of the file.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(crate) fn is_open(&self) -> bool {

@@ -8,11 +8,12 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
+use crate::file_log::SNAPSHOT_FILE;
 use crate::file_scan::{
     create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
 };
@@ -51,15 +52,15 @@ struct SnapWriter {
 }
 
 impl SnapshotFile {
-    pub(crate) fn create(path: &Path, threshold: u64) -> Result<SnapshotFile, StoreError> {
-        let file = create_log_file(path, SNAPSHOT_MAGIC, threshold)?;
+    pub(crate) fn create(dir: &Arc<Path>, threshold: u64) -> Result<SnapshotFile, StoreError> {
+        let file = create_log_file(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC, threshold)?;
         let index = SnapIndex {
             chunk_ends: Vec::new(),
             finished: false,
             written: LOG_HEADER_LEN as u64,
         };
         Ok(SnapshotFile::assemble(
-            LazyFile::new(path, file),
+            LazyFile::new(dir, SNAPSHOT_FILE, file),
             index,
             threshold,
         ))
@@ -68,8 +69,8 @@ impl SnapshotFile {
     /// Opens and recovers. A record is accepted only in sequence: rows; a `Seal` (required
     /// right after a row that reaches the threshold); `Finished` only right after a `Seal`,
     /// and nothing after `Finished`. The file is cut after the last `Seal`/`Finished`.
-    pub(crate) fn open(path: &Path) -> Result<SnapshotFile, StoreError> {
-        let (file, threshold) = open_log_file(path, SNAPSHOT_MAGIC)?;
+    pub(crate) fn open(dir: &Arc<Path>) -> Result<SnapshotFile, StoreError> {
+        let (file, threshold) = open_log_file(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC)?;
         let mut chunker = Chunker::new(threshold);
         let mut chunk_ends = Vec::new();
         let (mut finished, mut need_seal, mut after_seal) = (false, false, false);
@@ -110,7 +111,7 @@ impl SnapshotFile {
         };
         drop(file);
         Ok(SnapshotFile::assemble(
-            LazyFile::closed(path),
+            LazyFile::closed(dir, SNAPSHOT_FILE),
             index,
             threshold,
         ))
