@@ -164,21 +164,10 @@ impl Shapesync {
 
     /// Resident and peak resident bytes (`VmRSS`, `VmHWM`).
     pub fn rss(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kb = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-                * 1024
-        };
-        (kb("VmRSS:"), kb("VmHWM:"))
+        (
+            status_bytes(self.pid(), "VmRSS:"),
+            status_bytes(self.pid(), "VmHWM:"),
+        )
     }
 
     pub fn open_files(&self) -> usize {
@@ -227,6 +216,17 @@ impl Drop for Shapesync {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` …) in bytes; 0 if unknown.
+pub fn status_bytes(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 /// A shape's position after a request.
@@ -348,6 +348,16 @@ pub async fn current_lsn(db: &tokio_postgres::Client) -> u64 {
     row.get::<_, i64>(0) as u64
 }
 
+/// A pgoutput slot for an anchor (it starts at the current end of WAL).
+pub async fn create_slot(db: &tokio_postgres::Client, slot: &str) {
+    db.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("creating slot {slot}: {e}"));
+}
+
 /// Drop a replication slot once its walsender has gone (it exits shortly after its client).
 pub async fn drop_slot(db: &tokio_postgres::Client, slot: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -374,7 +384,14 @@ pub fn lsn_text(lsn: u64) -> String {
 
 /// The anchor of P1/P2/P12: `pg_recvlogical` streaming a slot's pgoutput to /dev/null from
 /// the slot's start to `end`. Seconds it took.
-pub fn recvlogical(url: &str, slot: &str, publication: &str, end: u64) -> f64 {
+pub async fn recvlogical(url: &str, slot: &str, publication: &str, end: u64) -> f64 {
+    let (url, slot, publication) = (url.to_string(), slot.to_string(), publication.to_string());
+    tokio::task::spawn_blocking(move || recvlogical_blocking(&url, &slot, &publication, end))
+        .await
+        .expect("pg_recvlogical task")
+}
+
+fn recvlogical_blocking(url: &str, slot: &str, publication: &str, end: u64) -> f64 {
     let t = Instant::now();
     // The same Postgres installation as the embedded cluster (PG_BIN or the newest under
     // /usr/lib/postgresql), whatever is on PATH.

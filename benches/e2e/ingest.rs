@@ -53,9 +53,7 @@ async fn ingest(
     sql: impl Fn(u64, u64) -> String,
 ) -> Ingest {
     ss.stop();
-    db.batch_execute("SELECT pg_create_logical_replication_slot('bench_anchor', 'pgoutput')")
-        .await
-        .expect("anchor slot");
+    infra::create_slot(db, "bench_anchor").await;
     let mut lo = 1;
     while lo <= rows {
         let hi = (lo + BATCH - 1).min(rows);
@@ -63,14 +61,7 @@ async fn ingest(
         lo = hi + 1;
     }
     let end = current_lsn(db).await;
-    let anchor_secs = {
-        let url = url.to_string();
-        tokio::task::spawn_blocking(move || {
-            infra::recvlogical(&url, "bench_anchor", PUBLICATION, end)
-        })
-        .await
-        .expect("recvlogical")
-    };
+    let anchor_secs = infra::recvlogical(url, "bench_anchor", PUBLICATION, end).await;
     infra::drop_slot(db, "bench_anchor").await;
     ss.spawn();
     let active = ss.wait_active(http, Duration::from_secs(120)).await;
@@ -255,9 +246,7 @@ pub async fn run(
     if selected(only, "P5") {
         eprintln!("P5: {} samples with {s} shapes", sizes.latency_samples);
         let mut anchor = Vec::new();
-        db.batch_execute("SELECT pg_create_logical_replication_slot('bench_lat', 'pgoutput')")
-            .await
-            .expect("slot");
+        infra::create_slot(&db, "bench_lat").await;
         {
             let cfg = SourceDb::parse(url)
                 .expect("url")
@@ -352,9 +341,7 @@ pub async fn run(
         next_id += 10 * s as i64;
         let base = next_id - next_id % s as i64;
         // Anchor: the walsender delivering the same transaction to a replication client.
-        db.batch_execute("SELECT pg_create_logical_replication_slot('bench_fan', 'pgoutput')")
-            .await
-            .expect("slot");
+        infra::create_slot(&db, "bench_fan").await;
         let anchor_ms = {
             let cfg = SourceDb::parse(url)
                 .expect("url")

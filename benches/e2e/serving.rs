@@ -228,9 +228,7 @@ pub async fn run(
         let (pos, _) = sync(&http, &shape).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (rss0, _) = ss.rss();
-        db.batch_execute("SELECT pg_create_logical_replication_slot('bench_big', 'pgoutput')")
-            .await
-            .expect("slot");
+        infra::create_slot(&db, "bench_big").await;
         // Sample the child's resident memory while the transaction is committed and consumed.
         let pid = ss.pid();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -239,20 +237,7 @@ pub async fn run(
             move || {
                 let mut peak = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let status =
-                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                    if let Some(kb) =
-                        status
-                            .lines()
-                            .find(|l| l.starts_with("VmRSS:"))
-                            .and_then(|l| {
-                                l.split_whitespace()
-                                    .nth(1)
-                                    .and_then(|v| v.parse::<u64>().ok())
-                            })
-                    {
-                        peak = peak.max(kb * 1024);
-                    }
+                    peak = peak.max(infra::status_bytes(pid, "VmRSS:"));
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 peak
@@ -269,14 +254,7 @@ pub async fn run(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let peak = sampler.join().expect("sampler");
         let ours_secs = done.duration_since(committed).as_secs_f64();
-        let anchor_secs = {
-            let url = url.to_string();
-            tokio::task::spawn_blocking(move || {
-                infra::recvlogical(&url, "bench_big", PUBLICATION, end)
-            })
-            .await
-            .expect("recvlogical")
-        };
+        let anchor_secs = infra::recvlogical(url, "bench_big", PUBLICATION, end).await;
         infra::drop_slot(&db, "bench_big").await;
         // No purge: the shape still answers its old position with the same handle.
         let res = http
