@@ -164,9 +164,11 @@ pub async fn run(
         let shapes = stack.registry.shapes();
         // A set, not a scan of `shapes` per entry: with 10,000 shapes that was 10^8 handle
         // comparisons every tick.
-        let live: std::collections::HashSet<&ShapeHandle> =
-            shapes.iter().map(|s| &s.handle).collect();
-        uploaded.retain(|h, _| live.contains(h));
+        if !uploaded.is_empty() {
+            let live: std::collections::HashSet<&ShapeHandle> =
+                shapes.iter().map(|s| &s.handle).collect();
+            uploaded.retain(|h, _| live.contains(h));
+        }
         for shape in shapes {
             // Files not used for a whole tick are closed (reopened on demand): idle shapes
             // hold no file descriptors.
