@@ -32,6 +32,39 @@ pub struct TableInfo {
     /// key) every column sorted by name, as the reference does.
     pub key: Vec<usize>,
     pub has_pk: bool,
+    /// How the database compares and case-maps text, for where clauses (empty when unknown,
+    /// e.g. in metadata written before it was recorded).
+    #[serde(default)]
+    pub locale: TextLocale,
+    /// Per column (in `columns` order): its collation's name, `default` for the database's,
+    /// empty for a type without collation. Kept apart from `columns` so that schema-change
+    /// detection is not affected by it.
+    #[serde(default)]
+    pub collations: Vec<String>,
+}
+
+/// The database's default collation and character classification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextLocale {
+    /// `pg_database.datcollate`.
+    pub collate: String,
+    /// `pg_database.datctype`.
+    pub ctype: String,
+    /// `pg_database.datlocprovider`: `c` (libc), `i` (ICU); empty before Postgres 15.
+    pub provider: String,
+}
+
+impl TextLocale {
+    /// Does the database's default collation order text by its bytes (C, POSIX, C.UTF-8)?
+    pub fn byte_order(&self) -> bool {
+        self.provider != "i"
+            && matches!(self.collate.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8")
+    }
+
+    /// Does the database's default character classification map case in ASCII only (C, POSIX)?
+    pub fn ascii_case(&self) -> bool {
+        self.provider != "i" && matches!(self.ctype.as_str(), "C" | "POSIX")
+    }
 }
 
 impl TableInfo {
@@ -60,9 +93,11 @@ const TABLE_SQL: &str =
 
 const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, a.attndims, \
             t.typname::text, t.typcategory::text, coalesce(et.typname::text, ''), \
-            coalesce(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0) \
+            coalesce(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0), \
+            coalesce(co.collname::text, '') \
      FROM pg_attribute a \
      JOIN pg_type t ON t.oid = a.atttypid \
+     LEFT JOIN pg_collation co ON co.oid = a.attcollation \
      LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
@@ -111,7 +146,9 @@ async fn load_columns(
 ) -> Result<TableInfo, CatalogError> {
     let rows = client.query(COLUMNS_SQL, &[&oid]).await?;
     let mut columns = Vec::with_capacity(rows.len());
+    let mut collations = Vec::with_capacity(rows.len());
     for r in &rows {
+        collations.push(r.get::<_, String>(9));
         let category: String = r.get(6);
         let is_array = category == "A";
         let elem: String = r.get(7);
@@ -128,8 +165,22 @@ async fn load_columns(
             pk_index: (pk_pos > 0).then(|| (pk_pos - 1) as usize),
         });
     }
-    Ok(TableInfo::new(oid, schema, name, columns))
+    let mut table = TableInfo::new(oid, schema, name, columns);
+    let locale = client.query_one(LOCALE_SQL, &[]).await?;
+    table.locale = TextLocale {
+        collate: locale.get(0),
+        ctype: locale.get(1),
+        provider: locale.get(2),
+    };
+    table.collations = collations;
+    Ok(table)
 }
+
+/// The database's locale; `datlocprovider` read through jsonb so that servers before 15
+/// (without the column) answer too.
+const LOCALE_SQL: &str = "SELECT d.datcollate::text, d.datctype::text, \
+     coalesce(to_jsonb(d) ->> 'datlocprovider', '') FROM pg_database d \
+     WHERE d.datname = current_database()";
 
 impl TableInfo {
     pub fn new(oid: u32, schema: String, name: String, columns: Vec<ColumnInfo>) -> Self {
@@ -154,6 +205,8 @@ impl TableInfo {
             columns,
             key,
             has_pk,
+            locale: TextLocale::default(),
+            collations: Vec::new(),
         }
     }
 }

@@ -44,6 +44,12 @@ pub const ENABLED: &[Group] = &[
     Group::Between,
     Group::Like,
     Group::Floats,
+    Group::ColumnCompare,
+    Group::Arithmetic,
+    Group::Concat,
+    Group::Functions,
+    Group::TextOrder,
+    Group::ILike,
 ];
 
 const ROWS: usize = 60;

@@ -3,21 +3,28 @@
 //! and rendered back to SQL for the snapshot query from the validated form only (user text never
 //! reaches SQL as written).
 //!
-//! Supported so far: comparisons (`= <> != < <= > >=`) between a column and a constant (either
-//! side, optionally cast), `[NOT] IN` lists, `[NOT] BETWEEN [SYMMETRIC]` and
-//! `IS [NOT] DISTINCT FROM` (rewritten into comparisons exactly as Postgres defines them),
-//! `[NOT] LIKE` on text columns with `ESCAPE` (ILIKE is refused: its case folding depends on the
-//! database collation),
-//! `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE/UNKNOWN`, bare
-//! boolean columns and boolean constants, on integer, numeric, float4/float8 (compared as float8,
-//! NaN highest; an IN list on a float4 column takes Postgres' common type), boolean, text-like and uuid
-//! columns, with Postgres' three-valued logic. Anything else is a clear 400. (The full engine —
-//! functions, arrays, LIKE, IN, parameters, an index — is a later step behind this same seam.)
+//! Supported: comparisons (`= <> != < <= > >=`) between any two value expressions, `[NOT] IN`
+//! lists (with Postgres' common type), `[NOT] BETWEEN [SYMMETRIC]`, `IS [NOT] DISTINCT FROM`,
+//! `[NOT] LIKE` / `ILIKE` with `ESCAPE`, `AND`/`OR`/`NOT`, `IS [NOT] NULL`,
+//! `IS [NOT] TRUE/FALSE/UNKNOWN`, bare boolean columns and constants; value expressions with
+//! arithmetic (`+ - * / % ^`, unary minus), `||`, casts of constants (and widening casts of
+//! expressions), and `lower upper length abs coalesce nullif greatest least concat array_length
+//! cardinality`; on int2/int4/int8, numeric (exact, with Postgres' result scales), float4/float8
+//! (NaN highest), boolean, text/varchar/bpchar and uuid columns, with three-valued logic.
+//! Text ordering needs a byte-order collation (C, POSIX, C.UTF-8) and case mapping (lower,
+//! upper, ILIKE) a C/POSIX character classification: elsewhere they are refused with a 400.
+//! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
+//! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
+mod num;
 mod parse;
+mod scalar;
+mod typing;
 mod value;
 
+pub use num::{Fail, Num};
 pub use parse::parse_where;
+pub use scalar::{Scalar, Ty, V};
 pub use value::{index_key, Family, Literal};
 
 use std::cmp::Ordering;
@@ -92,12 +99,33 @@ pub enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),
-    /// `column [NOT] LIKE pattern` on a text column (characters, case-sensitive; a `bpchar`
-    /// value keeps its padding, as in Postgres).
+    /// `text [NOT] LIKE pattern` (characters; a `bpchar` value keeps its padding, as in
+    /// Postgres); `fold`: ILIKE, with ASCII case folding of the value (the pattern is folded
+    /// already).
     Like {
-        column: usize,
+        arg: Box<Scalar>,
         pattern: Vec<LikeTok>,
         negated: bool,
+        fold: bool,
+    },
+    /// `l op r` between general expressions, both already of type `ty`.
+    Cmp {
+        op: CmpOp,
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        ty: Ty,
+    },
+    /// `expr IS [NOT] NULL` of a general expression.
+    ValueIsNull {
+        arg: Box<Scalar>,
+        negated: bool,
+    },
+    /// `l IS [NOT] DISTINCT FROM r` (`not`: IS NOT DISTINCT FROM), both of type `ty`.
+    Distinct {
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        ty: Ty,
+        not: bool,
     },
 }
 
@@ -221,15 +249,19 @@ impl WhereClause {
         term(&self.expr)
     }
 
-    /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes.)
+    /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes; a row on which
+    /// Postgres would raise an error does not match.)
     pub fn matches(&self, row: &dyn Row) -> bool {
-        eval(&self.expr, row) == Some(true)
+        eval(&self.expr, row) == Ok(Some(true))
     }
 }
 
-/// Three-valued evaluation.
-pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
-    match expr {
+/// Three-valued evaluation; `Err` where Postgres would raise an error (division by zero,
+/// overflow). `AND` is false if any part is false even when another part fails, and `OR` true
+/// if any part is true: Postgres may evaluate the parts in any order and stop early, so a
+/// failing part only decides the result when nothing else does.
+pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
+    Ok(match expr {
         Expr::Const(v) => *v,
         Expr::BoolColumn(c) => row.value(*c).and_then(value::parse_bool),
         Expr::Compare {
@@ -237,14 +269,14 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
             family,
             op,
             value,
-        } => {
-            let v = row.value(*column)?;
-            value::compare(*family, v, value).map(|ord| op.holds(ord))
-        }
+        } => match row.value(*column) {
+            None => None,
+            Some(v) => value::compare(*family, v, value).map(|ord| op.holds(ord)),
+        },
         Expr::IsNull { expr, negated } => {
             let is_null = match expr.as_ref() {
                 Operand::Column(c) => row.value(*c).is_none(),
-                Operand::Expr(e) => eval(e, row).is_none(),
+                Operand::Expr(e) => eval(e, row)?.is_none(),
             };
             Some(is_null != *negated)
         }
@@ -253,17 +285,21 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
             target,
             negated,
         } => {
-            let v = eval(expr, row);
+            let v = eval(expr, row)?;
             Some((v == *target) != *negated)
         }
         Expr::And(items) => {
-            let mut unknown = false;
+            let (mut unknown, mut failed) = (false, false);
             for e in items {
                 match eval(e, row) {
-                    Some(false) => return Some(false),
-                    None => unknown = true,
-                    Some(true) => {}
+                    Ok(Some(false)) => return Ok(Some(false)),
+                    Ok(None) => unknown = true,
+                    Ok(Some(true)) => {}
+                    Err(_) => failed = true,
                 }
+            }
+            if failed {
+                return Err(Fail);
             }
             if unknown {
                 None
@@ -272,13 +308,17 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
             }
         }
         Expr::Or(items) => {
-            let mut unknown = false;
+            let (mut unknown, mut failed) = (false, false);
             for e in items {
                 match eval(e, row) {
-                    Some(true) => return Some(true),
-                    None => unknown = true,
-                    Some(false) => {}
+                    Ok(Some(true)) => return Ok(Some(true)),
+                    Ok(None) => unknown = true,
+                    Ok(Some(false)) => {}
+                    Err(_) => failed = true,
                 }
+            }
+            if failed {
+                return Err(Fail);
             }
             if unknown {
                 None
@@ -286,16 +326,44 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Option<bool> {
                 Some(false)
             }
         }
-        Expr::Not(e) => eval(e, row).map(|b| !b),
+        Expr::Not(e) => eval(e, row)?.map(|b| !b),
         Expr::Like {
-            column,
+            arg,
             pattern,
             negated,
-        } => {
-            let v = std::str::from_utf8(row.value(*column)?).ok()?;
-            Some(like_matches(v, pattern) != *negated)
+            fold,
+        } => match arg.eval(row)? {
+            V::Text(t) => {
+                let hit = if *fold {
+                    like_matches(&t.to_ascii_lowercase(), pattern)
+                } else {
+                    like_matches(&t, pattern)
+                };
+                Some(hit != *negated)
+            }
+            _ => None,
+        },
+        Expr::Cmp { op, l, r, ty } => {
+            let a = l.eval(row)?;
+            let b = r.eval(row)?;
+            if a.is_null() || b.is_null() {
+                None
+            } else {
+                Some(op.holds(scalar::cmp_values(&a, &b, *ty)))
+            }
         }
-    }
+        Expr::ValueIsNull { arg, negated } => Some(arg.eval(row)?.is_null() != *negated),
+        Expr::Distinct { l, r, ty, not } => {
+            let a = l.eval(row)?;
+            let b = r.eval(row)?;
+            let distinct = match (a.is_null(), b.is_null()) {
+                (true, true) => false,
+                (true, false) | (false, true) => true,
+                _ => scalar::cmp_values(&a, &b, *ty) != Ordering::Equal,
+            };
+            Some(distinct != *not)
+        }
+    })
 }
 
 fn render(expr: &Expr, names: &[String], out: &mut String) {
@@ -359,9 +427,10 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             out.push(')');
         }
         Expr::Like {
-            column,
+            arg,
             pattern,
             negated,
+            fold,
         } => {
             // Re-rendered with `\` as the escape character, from the compiled pattern.
             let mut p = String::new();
@@ -378,14 +447,48 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
                 }
             }
             out.push('(');
-            out.push_str(&quote_ident(&names[*column]));
-            out.push_str(if *negated { " NOT LIKE " } else { " LIKE " });
+            arg.render(names, out);
+            out.push_str(match (*negated, *fold) {
+                (false, false) => " LIKE ",
+                (true, false) => " NOT LIKE ",
+                (false, true) => " ILIKE ",
+                (true, true) => " NOT ILIKE ",
+            });
             out.push_str(&crate::postgres::identifier::quote_literal(&p));
             out.push_str(" ESCAPE '\\')");
         }
         Expr::Not(e) => {
             out.push_str("(NOT ");
             render(e, names, out);
+            out.push(')');
+        }
+        Expr::Cmp { op, l, r, .. } => {
+            out.push('(');
+            l.render(names, out);
+            out.push(' ');
+            out.push_str(op.sql());
+            out.push(' ');
+            r.render(names, out);
+            out.push(')');
+        }
+        Expr::ValueIsNull { arg, negated } => {
+            out.push('(');
+            arg.render(names, out);
+            out.push_str(if *negated {
+                ") IS NOT NULL"
+            } else {
+                ") IS NULL"
+            });
+        }
+        Expr::Distinct { l, r, not, .. } => {
+            out.push('(');
+            l.render(names, out);
+            out.push_str(if *not {
+                " IS NOT DISTINCT FROM "
+            } else {
+                " IS DISTINCT FROM "
+            });
+            r.render(names, out);
             out.push(')');
         }
     }

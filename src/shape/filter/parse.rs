@@ -9,6 +9,7 @@ use pg_query::protobuf::{a_const, node::Node as N, AExprKind, BoolExprType, Bool
 use pg_query::protobuf::{NullTestType, TypeName};
 use pg_query::Node;
 
+use super::scalar::{Scalar, Ty};
 use super::value::{Family, Literal, RawConst};
 use super::{CmpOp, Expr, Operand, WhereClause};
 use crate::postgres::catalog::TableInfo;
@@ -75,12 +76,12 @@ fn syntax_error_location(wrapped: &str) -> Option<usize> {
     Some(wrapped.len())
 }
 
-struct Typer<'a> {
-    table: &'a TableInfo,
+pub(super) struct Typer<'a> {
+    pub(super) table: &'a TableInfo,
     params: &'a [String],
 }
 
-fn loc(l: i32) -> String {
+pub(super) fn loc(l: i32) -> String {
     format!(
         "At location {}: ",
         (l as usize).saturating_sub(PREFIX.len())
@@ -108,11 +109,15 @@ impl Typer<'_> {
             Some(N::AExpr(a)) => self.comparison(a),
             Some(N::NullTest(t)) => {
                 let arg = t.arg.as_deref().ok_or("IS NULL without operand")?;
+                let negated = NullTestType::try_from(t.nulltesttype) == Ok(NullTestType::IsNotNull);
                 let operand = match self.column(arg)? {
                     Some((c, _)) => Operand::Column(c),
-                    None => Operand::Expr(self.boolean(arg)?),
+                    None => match self.boolean(arg) {
+                        Ok(e) => Operand::Expr(e),
+                        // Not a boolean: the NULL test of a value expression.
+                        Err(_) => return self.value_is_null(arg, negated),
+                    },
                 };
-                let negated = NullTestType::try_from(t.nulltesttype) == Ok(NullTestType::IsNotNull);
                 Ok(Expr::IsNull {
                     expr: Box::new(operand),
                     negated,
@@ -183,12 +188,8 @@ impl Typer<'_> {
             Ok(AExprKind::AexprDistinct | AExprKind::AexprNotDistinct) => {
                 return self.distinct(&at, a, kind == Ok(AExprKind::AexprDistinct))
             }
-            Ok(AExprKind::AexprLike) => return self.like(&at, a),
-            Ok(AExprKind::AexprIlike) => {
-                return Err(format!(
-                    "{at}ILIKE is not supported yet (its case folding depends on the database collation)"
-                ))
-            }
+            Ok(AExprKind::AexprLike) => return self.like(&at, a, false),
+            Ok(AExprKind::AexprIlike) => return self.like(&at, a, true),
             _ => {
                 return Err(format!(
                     "{at}this operator is not supported in where clauses yet"
@@ -228,6 +229,11 @@ impl Typer<'_> {
         ) else {
             return Err(format!("{at}IN needs a list of values"));
         };
+        let plain =
+            matches!(self.column(l)?, Some((_, Some(_)))) && items.items.iter().all(is_const_node);
+        if !plain {
+            return self.in_general(at, l, &items.items, negated);
+        }
         let op = if negated { CmpOp::Ne } else { CmpOp::Eq };
         // With two or more items Postgres gives the column and the items one common type. For a
         // float4 column that is float8 if any item is float8, else float4: every uncast item is
@@ -303,13 +309,9 @@ impl Typer<'_> {
             return Err(format!("{at}IS DISTINCT FROM needs two operands"));
         };
         let (col_node, konst) = match (self.column(l)?, self.column(r)?) {
-            (Some(_), None) => (l, r),
-            (None, Some(_)) => (r, l),
-            _ => {
-                return Err(format!(
-                    "{at}IS DISTINCT FROM needs a column and a constant"
-                ))
-            }
+            (Some((_, Some(_))), None) if is_const_node(r) => (l, r),
+            (None, Some((_, Some(_)))) if is_const_node(l) => (r, l),
+            _ => return self.distinct_general(at, l, r, distinct),
         };
         let Some((col, _)) = self.column(col_node)? else {
             return Err(format!("{at}IS DISTINCT FROM needs a column"));
@@ -335,24 +337,17 @@ impl Typer<'_> {
         })
     }
 
-    /// `column [NOT] LIKE 'pattern' [ESCAPE 'c']` (the default escape is `\`).
-    fn like(&self, at: &str, a: &pg_query::protobuf::AExpr) -> Result<Expr, String> {
+    /// `text [NOT] LIKE|ILIKE 'pattern' [ESCAPE 'c']` (the default escape is `\`); `fold`:
+    /// ILIKE.
+    fn like(&self, at: &str, a: &pg_query::protobuf::AExpr, fold: bool) -> Result<Expr, String> {
         let negated = matches!(
             a.name.last().and_then(|n| n.node.as_ref()),
-            Some(N::String(s)) if s.sval == "!~~"
+            Some(N::String(s)) if s.sval == "!~~" || s.sval == "!~~*"
         );
         let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
             return Err(format!("{at}LIKE needs two operands"));
         };
-        let Some((column, family)) = self.column(l)? else {
-            return Err(format!("{at}LIKE needs a column on its left"));
-        };
-        if !matches!(family, Some(Family::Text { .. })) {
-            return Err(format!(
-                "{at}LIKE needs a text column (column {:?} is {})",
-                self.table.columns[column].name, self.table.columns[column].type_name
-            ));
-        }
+        let arg = self.like_arg(at, l, fold)?;
         let text = |node: &Node| -> Result<Option<String>, String> {
             match self.constant(node)? {
                 (raw, _) if raw_is_null(&raw) => Ok(None),
@@ -386,11 +381,15 @@ impl Typer<'_> {
                 ))
             }
         };
-        let pattern = super::compile_like(&pattern, escape).map_err(|e| format!("{at}{e}"))?;
+        let mut pattern = super::compile_like(&pattern, escape).map_err(|e| format!("{at}{e}"))?;
+        if fold {
+            pattern = super::typing::fold_pattern(pattern);
+        }
         Ok(Expr::Like {
-            column,
+            arg: Box::new(arg),
             pattern,
             negated,
+            fold,
         })
     }
 
@@ -409,14 +408,31 @@ impl Typer<'_> {
         r: &Node,
         common: Option<Family>,
     ) -> Result<Expr, String> {
-        let (column, konst, op) = match (self.column(l)?, self.column(r)?) {
-            (Some(c), None) => (c, r, op),
-            (None, Some(c)) => (c, l, op.flipped()),
-            (Some(_), Some(_)) => {
-                return Err(format!("{at}comparing two columns is not supported yet"))
-            }
-            (None, None) => return Err(format!("{at}a comparison needs a column on one side")),
+        // `column op constant` has a fast path; everything else is a general comparison.
+        let fast = match (self.column(l)?, self.column(r)?) {
+            (Some(c @ (_, Some(_))), None) if is_const_node(r) => Some((c, r, op)),
+            (None, Some(c @ (_, Some(_)))) if is_const_node(l) => Some((c, l, op.flipped())),
+            _ => None,
         };
+        let Some((column, konst, fast_op)) = fast else {
+            return self.compare_general(at, op, l, r);
+        };
+        match self.compare_fast(at, fast_op, column, konst, common) {
+            Ok(e) => Ok(e),
+            // A constant the fast path does not type (e.g. a float against an integer
+            // column) may still be a valid general comparison.
+            Err(e) => self.compare_general(at, op, l, r).map_err(|_| e),
+        }
+    }
+
+    fn compare_fast(
+        &self,
+        at: &str,
+        op: CmpOp,
+        column: (usize, Option<Family>),
+        konst: &Node,
+        common: Option<Family>,
+    ) -> Result<Expr, String> {
         let (col, family) = column;
         let name = &self.table.columns[col].name;
         let family = family.ok_or_else(|| {
@@ -425,10 +441,17 @@ impl Typer<'_> {
                 self.table.columns[col].type_name
             )
         })?;
-        if matches!(family, Family::Text { .. }) && !matches!(op, CmpOp::Eq | CmpOp::Ne) {
-            return Err(format!(
-                "{at}ordering comparisons on text are not supported yet (collation-dependent)"
-            ));
+        if matches!(family, Family::Text { .. }) {
+            let ty = if matches!(family, Family::Text { bpchar: true }) {
+                Ty::Bpchar
+            } else {
+                Ty::Text
+            };
+            self.check_collation(
+                at,
+                &[&Scalar::Col { idx: col, ty }],
+                !matches!(op, CmpOp::Eq | CmpOp::Ne),
+            )?;
         }
         let (raw, cast) = self.constant(konst)?;
         if raw_is_null(&raw) {
@@ -445,7 +468,7 @@ impl Typer<'_> {
     }
 
     /// If `node` is a column reference: its index and comparison family (None: unsupported type).
-    fn column(&self, node: &Node) -> Result<Option<(usize, Option<Family>)>, String> {
+    pub(super) fn column(&self, node: &Node) -> Result<Option<(usize, Option<Family>)>, String> {
         let Some(N::ColumnRef(r)) = node.node.as_ref() else {
             return Ok(None);
         };
@@ -481,7 +504,7 @@ impl Typer<'_> {
     }
 
     /// The value of `$n`.
-    fn param(&self, p: &pg_query::protobuf::ParamRef) -> Result<RawConst, String> {
+    pub(super) fn param(&self, p: &pg_query::protobuf::ParamRef) -> Result<RawConst, String> {
         let n = usize::try_from(p.number).unwrap_or(0);
         match n.checked_sub(1).and_then(|i| self.params.get(i)) {
             Some(v) => Ok(RawConst::Str(v.clone())),
@@ -554,6 +577,20 @@ impl Typer<'_> {
             )),
             _ => Err("only constants can be compared with a column so far".to_string()),
         }
+    }
+}
+
+/// Is `node` a constant (a literal or parameter, possibly negated or cast)?
+fn is_const_node(node: &Node) -> bool {
+    match node.node.as_ref() {
+        Some(N::AConst(_) | N::ParamRef(_)) => true,
+        Some(N::TypeCast(t)) => t.arg.as_deref().is_some_and(is_const_node),
+        Some(N::AExpr(a)) => {
+            a.lexpr.is_none()
+                && matches!(a.name.last().and_then(|n| n.node.as_ref()), Some(N::String(s)) if s.sval == "-")
+                && a.rexpr.as_deref().is_some_and(is_const_node)
+        }
+        _ => false,
     }
 }
 
@@ -685,8 +722,10 @@ mod tests {
             "now() > 1",
             "id IN (SELECT 1)",
             "id = $2",
-            "id = id",
-            "1 = 1",
+            "id + name = 1",
+            "lower(id) = 'a'",
+            "random() > 0.5",
+            "count(*) > 1",
             "SELECT 1",
         ] {
             assert!(parse_where(bad, &t, &[]).is_err(), "{bad}");

@@ -281,7 +281,7 @@ impl Family {
 }
 
 /// Postgres float input (`NaN`, `Infinity`, `inf`, exponents), as float4 widened or float8.
-fn parse_float(s: &str, f4: bool) -> Option<f64> {
+pub(super) fn parse_float(s: &str, f4: bool) -> Option<f64> {
     let t = s.trim();
     let special = match t.to_ascii_lowercase().as_str() {
         "nan" => Some(f64::NAN),
@@ -315,7 +315,7 @@ fn parse_float(s: &str, f4: bool) -> Option<f64> {
 }
 
 /// A float8 as text that parses back to the same value (Rust prints the shortest such form).
-fn float_text(v: f64) -> String {
+pub(super) fn float_text(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {
@@ -328,7 +328,7 @@ fn float_text(v: f64) -> String {
 }
 
 /// Postgres float8 order: NaN is above everything and equal to itself; -0 = 0.
-fn float_cmp(a: f64, b: f64) -> Ordering {
+pub(super) fn float_cmp(a: f64, b: f64) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,
@@ -356,7 +356,7 @@ pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> 
 }
 
 /// The 16 bytes of a uuid in the input forms accepted here (hyphens anywhere, braces).
-fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+pub(super) fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
     let s = s.trim();
     let s = s
         .strip_prefix('{')
@@ -411,7 +411,7 @@ pub fn parse_bool(v: &[u8]) -> Option<bool> {
     }
 }
 
-fn canonical_uuid(s: &str) -> Option<String> {
+pub(super) fn canonical_uuid(s: &str) -> Option<String> {
     let s = s.trim();
     let s = s
         .strip_prefix('{')

@@ -1,0 +1,996 @@
+//! General value expressions of where clauses: columns, constants, arithmetic, `||`, function
+//! calls and the implicit conversions Postgres inserts between them, typed as Postgres types
+//! them and evaluated with its semantics (integer widths and overflow, exact `numeric` scales,
+//! float4 arithmetic in single precision, `bpchar` trimming when it becomes `text`).
+//!
+//! The plain `column op constant` comparisons that most shapes use never come here: they have
+//! their own faster path ([`super::Expr::Compare`]). Everything else (comparisons between
+//! expressions, `IS NULL` of an expression, `LIKE`/`ILIKE` of an expression) evaluates a
+//! [`Scalar`] to a [`V`] per row.
+//!
+//! A row on which Postgres would raise an error (division by zero, integer overflow, a float
+//! result out of range) evaluates to [`Fail`]; the clause treats it as not matching (Postgres
+//! would have failed the whole snapshot query instead).
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use super::num::{Fail, Num};
+use super::value::{canonical_uuid, float_cmp, float_text, parse_bool, parse_float, uuid_bytes};
+use super::Row;
+use crate::postgres::identifier::{quote_ident, quote_literal};
+
+/// A Postgres type as the expression engine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    Int2,
+    Int4,
+    Int8,
+    Numeric,
+    Float4,
+    Float8,
+    Bool,
+    /// text, varchar, name.
+    Text,
+    /// `character(n)`: trailing spaces are insignificant in comparisons and are removed when
+    /// the value becomes `text`.
+    Bpchar,
+    Uuid,
+    /// A one-dimensional (or multi-dimensional) array of the element type.
+    Array(&'static Ty),
+}
+
+impl Ty {
+    /// The type of a catalog type name (`dims > 0`: an array of it).
+    pub fn of_type(type_name: &str, dims: i32) -> Option<Ty> {
+        let base = Ty::scalar(type_name)?;
+        Some(if dims > 0 {
+            Ty::Array(base.as_static())
+        } else {
+            base
+        })
+    }
+
+    /// A scalar type by its catalog or SQL name.
+    pub fn scalar(name: &str) -> Option<Ty> {
+        Some(match name {
+            "int2" | "smallint" => Ty::Int2,
+            "int4" | "integer" | "int" => Ty::Int4,
+            "int8" | "bigint" => Ty::Int8,
+            "numeric" | "decimal" => Ty::Numeric,
+            "float4" | "real" => Ty::Float4,
+            "float8" | "double precision" => Ty::Float8,
+            "bool" | "boolean" => Ty::Bool,
+            "text" | "varchar" | "name" => Ty::Text,
+            "bpchar" | "char" => Ty::Bpchar,
+            "uuid" => Ty::Uuid,
+            _ => return None,
+        })
+    }
+
+    fn as_static(self) -> &'static Ty {
+        match self {
+            Ty::Int2 => &Ty::Int2,
+            Ty::Int4 => &Ty::Int4,
+            Ty::Int8 => &Ty::Int8,
+            Ty::Numeric => &Ty::Numeric,
+            Ty::Float4 => &Ty::Float4,
+            Ty::Float8 => &Ty::Float8,
+            Ty::Bool => &Ty::Bool,
+            Ty::Text => &Ty::Text,
+            Ty::Bpchar => &Ty::Bpchar,
+            Ty::Uuid => &Ty::Uuid,
+            Ty::Array(e) => e,
+        }
+    }
+
+    /// Position in Postgres' chain of implicit numeric casts (int2 → … → float8).
+    pub fn num_rank(self) -> Option<u8> {
+        Some(match self {
+            Ty::Int2 => 0,
+            Ty::Int4 => 1,
+            Ty::Int8 => 2,
+            Ty::Numeric => 3,
+            Ty::Float4 => 4,
+            Ty::Float8 => 5,
+            _ => return None,
+        })
+    }
+
+    pub fn is_int(self) -> bool {
+        matches!(self, Ty::Int2 | Ty::Int4 | Ty::Int8)
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, Ty::Float4 | Ty::Float8)
+    }
+
+    pub fn is_text(self) -> bool {
+        matches!(self, Ty::Text | Ty::Bpchar)
+    }
+
+    /// The name used in rendered SQL casts.
+    pub fn sql(self) -> String {
+        match self {
+            Ty::Int2 => "int2".into(),
+            Ty::Int4 => "int4".into(),
+            Ty::Int8 => "int8".into(),
+            Ty::Numeric => "numeric".into(),
+            Ty::Float4 => "float4".into(),
+            Ty::Float8 => "float8".into(),
+            Ty::Bool => "boolean".into(),
+            Ty::Text => "text".into(),
+            Ty::Bpchar => "bpchar".into(),
+            Ty::Uuid => "uuid".into(),
+            Ty::Array(e) => format!("{}[]", e.sql()),
+        }
+    }
+
+    /// The name used in error messages (Postgres' own spelling).
+    pub fn name(self) -> String {
+        match self {
+            Ty::Int2 => "smallint".into(),
+            Ty::Int4 => "integer".into(),
+            Ty::Int8 => "bigint".into(),
+            Ty::Numeric => "numeric".into(),
+            Ty::Float4 => "real".into(),
+            Ty::Float8 => "double precision".into(),
+            Ty::Bool => "boolean".into(),
+            Ty::Text => "text".into(),
+            Ty::Bpchar => "character".into(),
+            Ty::Uuid => "uuid".into(),
+            Ty::Array(e) => format!("{}[]", e.name()),
+        }
+    }
+
+    fn int_range(self) -> (i64, i64) {
+        match self {
+            Ty::Int2 => (i16::MIN.into(), i16::MAX.into()),
+            Ty::Int4 => (i32::MIN.into(), i32::MAX.into()),
+            _ => (i64::MIN, i64::MAX),
+        }
+    }
+}
+
+/// The wider of two types in Postgres' implicit numeric cast chain (its common type).
+pub fn wider(a: Ty, b: Ty) -> Ty {
+    match (a.num_rank(), b.num_rank()) {
+        (Some(x), Some(y)) if y > x => b,
+        _ => a,
+    }
+}
+
+/// A value during evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum V<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Num(Num),
+    /// float8, or a float4 widened (exactly) to f64.
+    Float(f64),
+    Text(Cow<'a, str>),
+    Uuid([u8; 16]),
+    Array(Box<Arr<'a>>),
+}
+
+/// An array value: its elements in storage order and its dimensions (empty for `{}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arr<'a> {
+    pub items: Vec<V<'a>>,
+    pub dims: Vec<usize>,
+}
+
+impl V<'_> {
+    pub fn is_null(&self) -> bool {
+        matches!(self, V::Null)
+    }
+
+    pub fn into_static(self) -> V<'static> {
+        match self {
+            V::Null => V::Null,
+            V::Bool(b) => V::Bool(b),
+            V::Int(i) => V::Int(i),
+            V::Num(n) => V::Num(n),
+            V::Float(f) => V::Float(f),
+            V::Text(t) => V::Text(Cow::Owned(t.into_owned())),
+            V::Uuid(u) => V::Uuid(u),
+            V::Array(a) => V::Array(Box::new(Arr {
+                items: a.items.into_iter().map(V::into_static).collect(),
+                dims: a.dims,
+            })),
+        }
+    }
+}
+
+/// Parse a value in Postgres text form as `ty` (row values and constants).
+pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
+    Some(match ty {
+        Ty::Int2 | Ty::Int4 | Ty::Int8 => {
+            let v: i64 = text.trim().parse().ok()?;
+            let (lo, hi) = ty.int_range();
+            if v < lo || v > hi {
+                return None;
+            }
+            V::Int(v)
+        }
+        Ty::Numeric => V::Num(Num::parse(text)?),
+        Ty::Float4 => V::Float(parse_float(text, true)?),
+        Ty::Float8 => V::Float(parse_float(text, false)?),
+        Ty::Bool => V::Bool(parse_bool(text.as_bytes())?),
+        Ty::Text | Ty::Bpchar => V::Text(Cow::Borrowed(text)),
+        Ty::Uuid => V::Uuid(uuid_bytes(text)?),
+        Ty::Array(elem) => {
+            let (items, dims) = parse_array(text)?;
+            let items = items
+                .into_iter()
+                .map(|i| match i {
+                    None => Some(V::Null),
+                    Some(s) => parse_value(&s, *elem).map(V::into_static),
+                })
+                .collect::<Option<Vec<_>>>()?;
+            V::Array(Box::new(Arr { items, dims }))
+        }
+    })
+}
+
+/// Postgres array text (`{1,NULL,"a b"}`, nested braces for more dimensions, an optional
+/// `[lo:hi]=` prefix): the elements flattened (`None` = NULL) and the length of each dimension.
+pub fn parse_array(text: &str) -> Option<(Vec<Option<String>>, Vec<usize>)> {
+    let mut s = text.trim();
+    if s.starts_with('[') {
+        s = s[s.find('=')? + 1..].trim_start();
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let mut items = Vec::new();
+    let mut dims: Vec<usize> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
+    let mut i = 0;
+    let mut depth = 0usize;
+    while i < chars.len() {
+        match chars[i] {
+            '{' => {
+                depth += 1;
+                if counts.len() < depth {
+                    counts.push(0);
+                }
+                counts[depth - 1] = 0;
+                i += 1;
+            }
+            '}' => {
+                if depth == 0 {
+                    return None;
+                }
+                let n = counts[depth - 1];
+                if dims.len() < depth {
+                    dims.resize(depth, 0);
+                }
+                dims[depth - 1] = n;
+                depth -= 1;
+                if depth > 0 {
+                    counts[depth - 1] += 1;
+                }
+                i += 1;
+            }
+            ',' | ' ' | '\t' | '\n' => i += 1,
+            '"' => {
+                let mut v = String::new();
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    v.push(*chars.get(i)?);
+                    i += 1;
+                }
+                i += 1;
+                items.push(Some(v));
+                *counts.get_mut(depth.checked_sub(1)?)? += 1;
+            }
+            _ => {
+                let mut v = String::new();
+                while i < chars.len() && !matches!(chars[i], ',' | '}') {
+                    if chars[i] == '\\' {
+                        i += 1;
+                    }
+                    v.push(*chars.get(i)?);
+                    i += 1;
+                }
+                let v = v.trim().to_string();
+                items.push(if v.eq_ignore_ascii_case("NULL") {
+                    None
+                } else {
+                    Some(v)
+                });
+                *counts.get_mut(depth.checked_sub(1)?)? += 1;
+            }
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    if items.is_empty() {
+        dims.clear();
+    }
+    Some((items, dims))
+}
+
+/// Arithmetic operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    /// `^` on float8.
+    Pow,
+}
+
+impl ArOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            ArOp::Add => "+",
+            ArOp::Sub => "-",
+            ArOp::Mul => "*",
+            ArOp::Div => "/",
+            ArOp::Rem => "%",
+            ArOp::Pow => "^",
+        }
+    }
+}
+
+/// Supported functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// ASCII case mapping (the database's character classification is C).
+    Lower,
+    Upper,
+    /// Characters; of a `bpchar`, without its trailing spaces.
+    Length,
+    Abs,
+    Coalesce,
+    /// `nullif(a, b)`: the comparison `a = b` is made in `cmp`.
+    Nullif {
+        cmp: Ty,
+    },
+    Greatest,
+    Least,
+    /// `concat(...)`: each argument's text output, NULLs skipped.
+    Concat,
+    ArrayLength,
+    Cardinality,
+}
+
+impl Func {
+    fn sql(self) -> &'static str {
+        match self {
+            Func::Lower => "lower",
+            Func::Upper => "upper",
+            Func::Length => "length",
+            Func::Abs => "abs",
+            Func::Coalesce => "coalesce",
+            Func::Nullif { .. } => "nullif",
+            Func::Greatest => "greatest",
+            Func::Least => "least",
+            Func::Concat => "concat",
+            Func::ArrayLength => "array_length",
+            Func::Cardinality => "cardinality",
+        }
+    }
+}
+
+/// A typed value expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Col {
+        idx: usize,
+        ty: Ty,
+    },
+    Const {
+        v: V<'static>,
+        ty: Ty,
+    },
+    /// An implicit conversion Postgres inserts (int → numeric, numeric → float8, bpchar → text…).
+    Conv {
+        arg: Box<Scalar>,
+        to: Ty,
+    },
+    Neg(Box<Scalar>),
+    Arith {
+        op: ArOp,
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        ty: Ty,
+    },
+    /// `numeric ^ n` with a constant integer exponent.
+    PowN {
+        base: Box<Scalar>,
+        n: u32,
+    },
+    /// `text || text`.
+    Concat(Box<Scalar>, Box<Scalar>),
+    Func {
+        f: Func,
+        args: Vec<Scalar>,
+        ty: Ty,
+    },
+}
+
+impl Scalar {
+    pub fn ty(&self) -> Ty {
+        match self {
+            Scalar::Col { ty, .. } | Scalar::Const { ty, .. } => *ty,
+            Scalar::Conv { to, .. } => *to,
+            Scalar::Neg(a) => a.ty(),
+            Scalar::Arith { ty, .. } | Scalar::Func { ty, .. } => *ty,
+            Scalar::PowN { .. } => Ty::Numeric,
+            Scalar::Concat(..) => Ty::Text,
+        }
+    }
+
+    /// `self` converted to `to` (no node when it already has that type).
+    pub fn conv(self, to: Ty) -> Scalar {
+        if self.ty() == to {
+            return self;
+        }
+        if let Scalar::Const { v, ty } = &self {
+            if let Ok(v) = convert(v.clone(), *ty, to) {
+                return Scalar::Const {
+                    v: v.into_static(),
+                    ty: to,
+                };
+            }
+        }
+        Scalar::Conv {
+            arg: Box::new(self),
+            to,
+        }
+    }
+
+    /// The columns the expression reads.
+    pub fn columns(&self, out: &mut Vec<(usize, Ty)>) {
+        match self {
+            Scalar::Col { idx, ty } => out.push((*idx, *ty)),
+            Scalar::Const { .. } => {}
+            Scalar::Conv { arg, .. } | Scalar::Neg(arg) | Scalar::PowN { base: arg, .. } => {
+                arg.columns(out)
+            }
+            Scalar::Arith { l, r, .. } | Scalar::Concat(l, r) => {
+                l.columns(out);
+                r.columns(out);
+            }
+            Scalar::Func { args, .. } => args.iter().for_each(|a| a.columns(out)),
+        }
+    }
+
+    /// Evaluate on a row.
+    pub fn eval<'r>(&'r self, row: &'r dyn Row) -> Result<V<'r>, Fail> {
+        match self {
+            Scalar::Col { idx, ty } => match row.value(*idx) {
+                None => Ok(V::Null),
+                Some(bytes) => {
+                    let text = std::str::from_utf8(bytes).map_err(|_| Fail)?;
+                    parse_value(text, *ty).ok_or(Fail)
+                }
+            },
+            Scalar::Const { v, .. } => Ok(v.clone()),
+            Scalar::Conv { arg, to } => convert(arg.eval(row)?, arg.ty(), *to),
+            Scalar::Neg(arg) => negate(arg.eval(row)?, arg.ty()),
+            Scalar::Arith { op, l, r, ty } => {
+                let a = l.eval(row)?;
+                if a.is_null() {
+                    // Postgres still evaluates the right side (its errors count); so do we.
+                    r.eval(row)?;
+                    return Ok(V::Null);
+                }
+                let b = r.eval(row)?;
+                if b.is_null() {
+                    return Ok(V::Null);
+                }
+                arith(*op, a, b, *ty)
+            }
+            Scalar::PowN { base, n } => match base.eval(row)? {
+                V::Num(x) => Ok(V::Num(x.pow_int(*n))),
+                V::Null => Ok(V::Null),
+                _ => Err(Fail),
+            },
+            Scalar::Concat(l, r) => {
+                let a = l.eval(row)?;
+                let b = r.eval(row)?;
+                match (a, b) {
+                    (V::Text(x), V::Text(y)) => Ok(V::Text(Cow::Owned(format!("{x}{y}")))),
+                    _ => Ok(V::Null),
+                }
+            }
+            Scalar::Func { f, args, ty } => call(*f, args, *ty, row),
+        }
+    }
+
+    /// SQL for the snapshot query. Conversions are rendered as explicit casts, so the snapshot
+    /// computes in exactly the types evaluation uses.
+    pub fn render(&self, names: &[String], out: &mut String) {
+        match self {
+            Scalar::Col { idx, .. } => out.push_str(&quote_ident(&names[*idx])),
+            Scalar::Const { v, ty } => out.push_str(&const_sql(v, *ty)),
+            Scalar::Conv { arg, to } => {
+                out.push_str("CAST(");
+                arg.render(names, out);
+                out.push_str(" AS ");
+                out.push_str(&to.sql());
+                out.push(')');
+            }
+            Scalar::Neg(arg) => {
+                out.push_str("(- ");
+                arg.render(names, out);
+                out.push(')');
+            }
+            Scalar::Arith { op, l, r, .. } => {
+                out.push('(');
+                l.render(names, out);
+                out.push(' ');
+                out.push_str(op.sql());
+                out.push(' ');
+                r.render(names, out);
+                out.push(')');
+            }
+            Scalar::PowN { base, n } => {
+                out.push('(');
+                base.render(names, out);
+                out.push_str(&format!(" ^ CAST('{n}' AS numeric))"));
+            }
+            Scalar::Concat(l, r) => {
+                out.push('(');
+                l.render(names, out);
+                out.push_str(" || ");
+                r.render(names, out);
+                out.push(')');
+            }
+            Scalar::Func { f, args, .. } => {
+                out.push_str(f.sql());
+                out.push('(');
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    a.render(names, out);
+                }
+                out.push(')');
+            }
+        }
+    }
+}
+
+/// A constant as SQL: its text form cast to its type.
+pub fn const_sql(v: &V<'_>, ty: Ty) -> String {
+    match v {
+        V::Null => format!("CAST(NULL AS {})", ty.sql()),
+        V::Bool(b) => if *b { "true" } else { "false" }.to_string(),
+        _ => format!("CAST({} AS {})", quote_literal(&output(v, ty)), ty.sql()),
+    }
+}
+
+/// A value's text output (what Postgres' output function prints; floats in a form that reads
+/// back to the same value).
+pub fn output<'a>(v: &'a V<'a>, ty: Ty) -> Cow<'a, str> {
+    match v {
+        V::Null => Cow::Borrowed(""),
+        V::Bool(b) => Cow::Borrowed(if *b { "t" } else { "f" }),
+        V::Int(i) => Cow::Owned(i.to_string()),
+        V::Num(n) => Cow::Owned(n.to_string()),
+        V::Float(f) => Cow::Owned(float_text(*f)),
+        V::Text(t) => Cow::Borrowed(t),
+        V::Uuid(u) => {
+            let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+            Cow::Owned(canonical_uuid(&hex).unwrap_or(hex))
+        }
+        V::Array(a) => {
+            let elem = match ty {
+                Ty::Array(e) => *e,
+                other => other,
+            };
+            let mut s = String::from("{");
+            for (i, item) in a.items.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                match item {
+                    V::Null => s.push_str("NULL"),
+                    other => {
+                        let t = output(other, elem);
+                        let quote = t.is_empty()
+                            || t.eq_ignore_ascii_case("null")
+                            || t.chars()
+                                .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\' | ' '));
+                        if quote {
+                            s.push('"');
+                            for c in t.chars() {
+                                if matches!(c, '"' | '\\') {
+                                    s.push('\\');
+                                }
+                                s.push(c);
+                            }
+                            s.push('"');
+                        } else {
+                            s.push_str(&t);
+                        }
+                    }
+                }
+            }
+            s.push('}');
+            Cow::Owned(s)
+        }
+    }
+}
+
+/// Convert a value between types along Postgres' implicit casts.
+pub fn convert<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, Fail> {
+    if from == to || v.is_null() {
+        return Ok(v);
+    }
+    Ok(match (v, to) {
+        (V::Int(i), Ty::Int2 | Ty::Int4 | Ty::Int8) => {
+            let (lo, hi) = to.int_range();
+            if i < lo || i > hi {
+                return Err(Fail);
+            }
+            V::Int(i)
+        }
+        (V::Int(i), Ty::Numeric) => V::Num(Num::from_i64(i)),
+        (V::Int(i), Ty::Float4) => V::Float(f64::from(i as f32)),
+        (V::Int(i), Ty::Float8) => V::Float(i as f64),
+        (V::Num(n), Ty::Float8) => V::Float(n.to_f64()),
+        (V::Num(n), Ty::Float4) => V::Float(f64::from(n.to_f32()?)),
+        (V::Float(f), Ty::Float8) => V::Float(f),
+        (V::Float(f), Ty::Float4) => {
+            let g = f as f32;
+            if g.is_infinite() && f.is_finite() {
+                return Err(Fail);
+            }
+            V::Float(f64::from(g))
+        }
+        (V::Text(t), Ty::Text) if from == Ty::Bpchar => match t {
+            Cow::Borrowed(s) => V::Text(Cow::Borrowed(s.trim_end_matches(' '))),
+            Cow::Owned(s) => V::Text(Cow::Owned(s.trim_end_matches(' ').to_string())),
+        },
+        (V::Text(t), Ty::Text | Ty::Bpchar) => V::Text(t),
+        _ => return Err(Fail),
+    })
+}
+
+fn negate(v: V<'_>, ty: Ty) -> Result<V<'_>, Fail> {
+    Ok(match v {
+        V::Null => V::Null,
+        V::Int(i) => {
+            let (lo, _) = ty.int_range();
+            if i == lo {
+                return Err(Fail);
+            }
+            V::Int(-i)
+        }
+        V::Num(n) => V::Num(n.neg()),
+        V::Float(f) => V::Float(-f),
+        _ => return Err(Fail),
+    })
+}
+
+fn int_result(v: i128, ty: Ty) -> Result<V<'static>, Fail> {
+    let (lo, hi) = ty.int_range();
+    if v < i128::from(lo) || v > i128::from(hi) {
+        return Err(Fail);
+    }
+    Ok(V::Int(v as i64))
+}
+
+/// Float arithmetic with Postgres' overflow and underflow errors (in single precision for
+/// float4).
+fn float_op(op: ArOp, a: f64, b: f64, f4: bool) -> Result<f64, Fail> {
+    let r = if f4 {
+        let (x, y) = (a as f32, b as f32);
+        f64::from(match op {
+            ArOp::Add => x + y,
+            ArOp::Sub => x - y,
+            ArOp::Mul => x * y,
+            ArOp::Div => {
+                if y == 0.0 && !x.is_nan() {
+                    return Err(Fail);
+                }
+                x / y
+            }
+            _ => return Err(Fail),
+        })
+    } else {
+        match op {
+            ArOp::Add => a + b,
+            ArOp::Sub => a - b,
+            ArOp::Mul => a * b,
+            ArOp::Div => {
+                if b == 0.0 && !a.is_nan() {
+                    return Err(Fail);
+                }
+                a / b
+            }
+            ArOp::Pow => return float_pow(a, b),
+            ArOp::Rem => return Err(Fail),
+        }
+    };
+    let overflow = r.is_infinite() && a.is_finite() && b.is_finite();
+    let underflow = match op {
+        ArOp::Mul => r == 0.0 && a != 0.0 && b != 0.0,
+        ArOp::Div => r == 0.0 && a != 0.0 && b.is_finite(),
+        _ => false,
+    };
+    if overflow || underflow {
+        return Err(Fail);
+    }
+    Ok(r)
+}
+
+/// `float8 ^ float8` as Postgres' `dpow`.
+fn float_pow(a: f64, b: f64) -> Result<f64, Fail> {
+    if a.is_nan() {
+        return Ok(if b == 0.0 { 1.0 } else { f64::NAN });
+    }
+    if b.is_nan() {
+        return Ok(if a == 1.0 { 1.0 } else { f64::NAN });
+    }
+    if a == 0.0 && b < 0.0 {
+        return Err(Fail);
+    }
+    if a < 0.0 && b.floor() != b {
+        return Err(Fail);
+    }
+    let r = a.powf(b);
+    if (r.is_infinite() && a.is_finite() && b.is_finite())
+        || (r == 0.0 && a != 0.0 && b.is_finite() && a.is_finite())
+    {
+        return Err(Fail);
+    }
+    Ok(r)
+}
+
+fn arith<'a>(op: ArOp, a: V<'a>, b: V<'a>, ty: Ty) -> Result<V<'a>, Fail> {
+    match (a, b) {
+        (V::Int(x), V::Int(y)) => {
+            let (x, y) = (i128::from(x), i128::from(y));
+            let r = match op {
+                ArOp::Add => x + y,
+                ArOp::Sub => x - y,
+                ArOp::Mul => x * y,
+                ArOp::Div => {
+                    if y == 0 {
+                        return Err(Fail);
+                    }
+                    x / y
+                }
+                ArOp::Rem => {
+                    if y == 0 {
+                        return Err(Fail);
+                    }
+                    x % y
+                }
+                ArOp::Pow => return Err(Fail),
+            };
+            int_result(r, ty)
+        }
+        (V::Num(x), V::Num(y)) => Ok(V::Num(match op {
+            ArOp::Add => x.add(&y),
+            ArOp::Sub => x.sub(&y),
+            ArOp::Mul => x.mul(&y),
+            ArOp::Div => x.div(&y)?,
+            ArOp::Rem => x.rem(&y)?,
+            ArOp::Pow => return Err(Fail),
+        })),
+        (V::Float(x), V::Float(y)) => Ok(V::Float(float_op(op, x, y, ty == Ty::Float4)?)),
+        _ => Err(Fail),
+    }
+}
+
+/// Compare two non-NULL values of the same type `ty`.
+pub fn cmp_values(a: &V<'_>, b: &V<'_>, ty: Ty) -> Ordering {
+    match (a, b) {
+        (V::Int(x), V::Int(y)) => x.cmp(y),
+        (V::Num(x), V::Num(y)) => x.cmp_total(y),
+        (V::Float(x), V::Float(y)) => float_cmp(*x, *y),
+        (V::Bool(x), V::Bool(y)) => x.cmp(y),
+        (V::Uuid(x), V::Uuid(y)) => x.cmp(y),
+        (V::Text(x), V::Text(y)) => {
+            if ty == Ty::Bpchar {
+                x.trim_end_matches(' ').cmp(y.trim_end_matches(' '))
+            } else {
+                x.as_bytes().cmp(y.as_bytes())
+            }
+        }
+        (V::Array(x), V::Array(y)) => {
+            // Postgres: element by element (NULL above every value), then the element count,
+            // then the dimensions.
+            let elem = match ty {
+                Ty::Array(e) => *e,
+                t => t,
+            };
+            for (p, q) in x.items.iter().zip(&y.items) {
+                let o = match (p, q) {
+                    (V::Null, V::Null) => Ordering::Equal,
+                    (V::Null, _) => Ordering::Greater,
+                    (_, V::Null) => Ordering::Less,
+                    (p, q) => cmp_values(p, q, elem),
+                };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            x.items
+                .len()
+                .cmp(&y.items.len())
+                .then_with(|| x.dims.len().cmp(&y.dims.len()))
+                .then_with(|| x.dims.cmp(&y.dims))
+        }
+        _ => Ordering::Equal,
+    }
+}
+
+fn call<'r>(f: Func, args: &'r [Scalar], ty: Ty, row: &'r dyn Row) -> Result<V<'r>, Fail> {
+    let arg = |i: usize| -> Result<V<'r>, Fail> { args.get(i).ok_or(Fail)?.eval(row) };
+    Ok(match f {
+        Func::Lower | Func::Upper => match arg(0)? {
+            V::Text(t) => V::Text(Cow::Owned(if f == Func::Lower {
+                t.to_ascii_lowercase()
+            } else {
+                t.to_ascii_uppercase()
+            })),
+            _ => V::Null,
+        },
+        Func::Length => match arg(0)? {
+            V::Text(t) => {
+                let t = if args[0].ty() == Ty::Bpchar {
+                    t.trim_end_matches(' ')
+                } else {
+                    &t
+                };
+                V::Int(t.chars().count() as i64)
+            }
+            _ => V::Null,
+        },
+        Func::Abs => match arg(0)? {
+            V::Int(i) => {
+                let (lo, _) = ty.int_range();
+                if i == lo {
+                    return Err(Fail);
+                }
+                V::Int(i.abs())
+            }
+            V::Num(n) => V::Num(n.abs()),
+            V::Float(x) => V::Float(x.abs()),
+            _ => V::Null,
+        },
+        Func::Coalesce => {
+            for a in args {
+                let v = a.eval(row)?;
+                if !v.is_null() {
+                    return Ok(v);
+                }
+            }
+            V::Null
+        }
+        Func::Nullif { cmp } => {
+            let a = arg(0)?;
+            let b = arg(1)?;
+            if a.is_null() || b.is_null() {
+                return Ok(a);
+            }
+            let ca = convert(a.clone(), args[0].ty(), cmp)?;
+            let cb = convert(b, args[1].ty(), cmp)?;
+            if cmp_values(&ca, &cb, cmp) == Ordering::Equal {
+                V::Null
+            } else {
+                a
+            }
+        }
+        Func::Greatest | Func::Least => {
+            let mut best: Option<V<'r>> = None;
+            for a in args {
+                let v = a.eval(row)?;
+                if v.is_null() {
+                    continue;
+                }
+                best = Some(match best {
+                    None => v,
+                    Some(b) => {
+                        let o = cmp_values(&v, &b, ty);
+                        let take = if f == Func::Greatest {
+                            o == Ordering::Greater
+                        } else {
+                            o == Ordering::Less
+                        };
+                        if take {
+                            v
+                        } else {
+                            b
+                        }
+                    }
+                });
+            }
+            best.unwrap_or(V::Null)
+        }
+        Func::Concat => {
+            let mut s = String::new();
+            for a in args {
+                let v = a.eval(row)?;
+                if !v.is_null() {
+                    s.push_str(&output(&v, a.ty()));
+                }
+            }
+            V::Text(Cow::Owned(s))
+        }
+        Func::ArrayLength => match (arg(0)?, arg(1)?) {
+            (V::Array(a), V::Int(d)) => {
+                match usize::try_from(d - 1).ok().and_then(|d| a.dims.get(d)) {
+                    Some(n) => V::Int(*n as i64),
+                    None => V::Null,
+                }
+            }
+            _ => V::Null,
+        },
+        Func::Cardinality => match arg(0)? {
+            V::Array(a) => V::Int(a.items.len() as i64),
+            _ => V::Null,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_parse_like_postgres_prints_them() {
+        let (items, dims) = parse_array(r#"{1,NULL,3}"#).unwrap();
+        assert_eq!(items, vec![Some("1".into()), None, Some("3".into())]);
+        assert_eq!(dims, vec![3]);
+        let (items, dims) = parse_array(r#"{"a b","it's","",NULL,"\"q\""}"#).unwrap();
+        assert_eq!(
+            items,
+            vec![
+                Some("a b".into()),
+                Some("it's".into()),
+                Some(String::new()),
+                None,
+                Some("\"q\"".into())
+            ]
+        );
+        assert_eq!(dims, vec![5]);
+        assert_eq!(parse_array("{}").unwrap(), (vec![], vec![]));
+        assert_eq!(parse_array("{{1,2},{3,4},{5,6}}").unwrap().1, vec![3, 2]);
+        assert_eq!(parse_array("[0:1]={7,8}").unwrap().1, vec![2]);
+        assert!(parse_array("{1,2").is_none());
+    }
+
+    #[test]
+    fn integer_arithmetic_keeps_width_and_overflows_like_postgres() {
+        assert_eq!(
+            arith(ArOp::Add, V::Int(32767), V::Int(1), Ty::Int2),
+            Err(Fail)
+        );
+        assert_eq!(
+            arith(ArOp::Add, V::Int(32767), V::Int(1), Ty::Int4),
+            Ok(V::Int(32768))
+        );
+        assert_eq!(
+            arith(ArOp::Div, V::Int(-7), V::Int(2), Ty::Int4),
+            Ok(V::Int(-3))
+        );
+        assert_eq!(
+            arith(ArOp::Rem, V::Int(-7), V::Int(2), Ty::Int4),
+            Ok(V::Int(-1))
+        );
+        assert_eq!(
+            arith(ArOp::Rem, V::Int(i64::MIN), V::Int(-1), Ty::Int8),
+            Ok(V::Int(0))
+        );
+        assert_eq!(
+            arith(ArOp::Div, V::Int(i64::MIN), V::Int(-1), Ty::Int8),
+            Err(Fail)
+        );
+        assert_eq!(arith(ArOp::Div, V::Int(1), V::Int(0), Ty::Int8), Err(Fail));
+    }
+}

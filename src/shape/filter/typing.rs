@@ -1,0 +1,929 @@
+//! Typing of general value expressions (anything beyond `column op constant`): every node gets
+//! the type Postgres would give it, and the implicit conversions Postgres would insert are
+//! made explicit ([`Scalar::Conv`]), so that evaluation needs no type decisions.
+//!
+//! The rules follow Postgres' operator and function resolution for the supported types:
+//! - a string literal, parameter or NULL is `unknown` and takes its context's type (for `||`,
+//!   text);
+//! - integers of different widths combine into the wider; integer with numeric gives numeric;
+//!   anything with a float gives float8, except float4 with float4 (float4, computed in single
+//!   precision); `^` is float8 unless a numeric is involved (then numeric, with a constant
+//!   integer exponent);
+//! - comparisons: integers as integers, with numeric as numeric, with a float as float8; text
+//!   with text as text (a `bpchar` becomes text, losing its trailing spaces) unless both are
+//!   `bpchar` (trailing spaces ignored);
+//! - `coalesce`, `greatest`, `least` and multi-item `IN` lists use the common type (the widest
+//!   in int2 → int4 → int8 → numeric → float4 → float8; for text, the first argument's).
+
+use pg_query::protobuf::{a_const, node::Node as N, AExprKind, FuncCall, MinMaxOp, TypeName};
+use pg_query::Node;
+
+use super::num::Num;
+use super::parse::{loc, Typer};
+use super::scalar::{self, parse_value, wider, ArOp, Func, Scalar, Ty, V};
+use super::{CmpOp, Expr, LikeTok};
+
+/// A value expression before its type is settled.
+pub(super) enum Val {
+    Known(Scalar),
+    /// A string literal or parameter (`Some(text)`) or an untyped NULL (`None`): Postgres'
+    /// `unknown`, typed by its context.
+    Unknown(Option<String>),
+}
+
+impl Val {
+    fn is_null(&self) -> bool {
+        matches!(
+            self,
+            Val::Unknown(None) | Val::Known(Scalar::Const { v: V::Null, .. })
+        )
+    }
+
+    fn known_ty(&self) -> Option<Ty> {
+        match self {
+            Val::Known(s) => Some(s.ty()),
+            Val::Unknown(_) => None,
+        }
+    }
+
+    fn is_constant(&self) -> bool {
+        matches!(self, Val::Unknown(_) | Val::Known(Scalar::Const { .. }))
+    }
+}
+
+/// The comparison type of two operand types (see the module doc), if they compare at all.
+pub(super) fn cmp_type(a: Ty, b: Ty) -> Option<Ty> {
+    if let (Some(_), Some(_)) = (a.num_rank(), b.num_rank()) {
+        return Some(if a.is_float() || b.is_float() {
+            Ty::Float8
+        } else if a == Ty::Numeric || b == Ty::Numeric {
+            Ty::Numeric
+        } else {
+            Ty::Int8
+        });
+    }
+    if a.is_text() && b.is_text() {
+        return Some(if a == Ty::Bpchar && b == Ty::Bpchar {
+            Ty::Bpchar
+        } else {
+            Ty::Text
+        });
+    }
+    (a == b).then_some(a)
+}
+
+/// The common type of several types (Postgres' `select_common_type` for the supported ones).
+fn common_type(types: &[Ty]) -> Option<Ty> {
+    let first = *types.first()?;
+    let mut t = first;
+    for &u in &types[1..] {
+        if t.num_rank().is_some() && u.num_rank().is_some() {
+            t = wider(t, u);
+        } else if t.is_text() && u.is_text() || t == u {
+            // Text-like types convert both ways: the first one stays.
+        } else {
+            return None;
+        }
+    }
+    Some(t)
+}
+
+/// A constant of `ty` from its text (a literal or parameter), with Postgres' input errors.
+pub(super) fn const_of(text: &str, ty: Ty) -> Result<V<'static>, String> {
+    if text.contains('\0') {
+        return Err("invalid NUL character in constant".to_string());
+    }
+    match parse_value(text, ty) {
+        Some(v) => Ok(v.into_static()),
+        None if ty.is_int() && text.trim().parse::<i128>().is_ok() => Err(format!(
+            "value \"{text}\" is out of range for type {}",
+            ty.name()
+        )),
+        None => Err(format!(
+            "invalid input syntax for type {}: \"{text}\"",
+            ty.name()
+        )),
+    }
+}
+
+/// The type of a numeric literal: integers that fit are int4 or int8, others numeric.
+fn numeric_literal(text: &str) -> Result<Scalar, String> {
+    if let Ok(i) = text.parse::<i64>() {
+        let ty = if i32::try_from(i).is_ok() {
+            Ty::Int4
+        } else {
+            Ty::Int8
+        };
+        return Ok(Scalar::Const { v: V::Int(i), ty });
+    }
+    let n = Num::parse(text).ok_or_else(|| format!("invalid number {text}"))?;
+    Ok(Scalar::Const {
+        v: V::Num(n),
+        ty: Ty::Numeric,
+    })
+}
+
+fn is_ordering(op: CmpOp) -> bool {
+    !matches!(op, CmpOp::Eq | CmpOp::Ne)
+}
+
+impl Typer<'_> {
+    /// Type a value expression.
+    pub(super) fn value(&self, node: &Node) -> Result<Val, String> {
+        match node.node.as_ref() {
+            Some(N::ColumnRef(r)) => {
+                let Some((idx, _)) = self.column(node)? else {
+                    return Err(format!("{}invalid column reference", loc(r.location)));
+                };
+                let c = &self.table.columns[idx];
+                let ty = Ty::of_type(&c.type_name, c.dims).ok_or_else(|| {
+                    format!(
+                        "{}columns of type {} are not supported in where clauses yet (column {:?})",
+                        loc(r.location),
+                        c.type_name,
+                        c.name
+                    )
+                })?;
+                Ok(Val::Known(Scalar::Col { idx, ty }))
+            }
+            Some(N::AConst(c)) => {
+                if c.isnull {
+                    return Ok(Val::Unknown(None));
+                }
+                Ok(match &c.val {
+                    None => Val::Unknown(None),
+                    Some(a_const::Val::Ival(i)) => Val::Known(Scalar::Const {
+                        v: V::Int(i64::from(i.ival)),
+                        ty: Ty::Int4,
+                    }),
+                    Some(a_const::Val::Fval(f)) => Val::Known(numeric_literal(&f.fval)?),
+                    Some(a_const::Val::Boolval(b)) => Val::Known(Scalar::Const {
+                        v: V::Bool(b.boolval),
+                        ty: Ty::Bool,
+                    }),
+                    Some(a_const::Val::Sval(s)) => Val::Unknown(Some(s.sval.clone())),
+                    Some(a_const::Val::Bsval(_)) => {
+                        return Err(format!("{}bit strings are not supported", loc(c.location)))
+                    }
+                })
+            }
+            Some(N::ParamRef(p)) => match self.param(p)? {
+                super::value::RawConst::Str(s) => Ok(Val::Unknown(Some(s))),
+                _ => Err(format!("{}invalid parameter", loc(p.location))),
+            },
+            Some(N::TypeCast(t)) => self.cast(t),
+            Some(N::CoalesceExpr(c)) => self
+                .call(&loc(c.location), "coalesce", &c.args)
+                .map(Val::Known),
+            Some(N::MinMaxExpr(m)) => {
+                let name = if MinMaxOp::try_from(m.op) == Ok(MinMaxOp::IsLeast) {
+                    "least"
+                } else {
+                    "greatest"
+                };
+                self.call(&loc(m.location), name, &m.args).map(Val::Known)
+            }
+            Some(N::AExpr(a)) => {
+                let at = loc(a.location);
+                if AExprKind::try_from(a.kind) == Ok(AExprKind::AexprNullif) {
+                    let args: Vec<Node> = [a.lexpr.as_deref(), a.rexpr.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    return self.call(&at, "nullif", &args).map(Val::Known);
+                }
+                if AExprKind::try_from(a.kind) != Ok(AExprKind::AexprOp) {
+                    return Err(format!(
+                        "{at}a boolean expression cannot be used as a value"
+                    ));
+                }
+                let op = match a.name.last().and_then(|n| n.node.as_ref()) {
+                    Some(N::String(s)) => s.sval.as_str(),
+                    _ => return Err(format!("{at}unsupported operator")),
+                };
+                let Some(r) = a.rexpr.as_deref() else {
+                    return Err(format!("{at}unsupported operator {op}"));
+                };
+                let Some(l) = a.lexpr.as_deref() else {
+                    return self.unary(&at, op, r);
+                };
+                let ar = match op {
+                    "+" => ArOp::Add,
+                    "-" => ArOp::Sub,
+                    "*" => ArOp::Mul,
+                    "/" => ArOp::Div,
+                    "%" => ArOp::Rem,
+                    "^" => ArOp::Pow,
+                    "||" => return self.concat(&at, l, r).map(Val::Known),
+                    other => {
+                        return Err(format!(
+                            "{at}operator {other} cannot be used as a value here"
+                        ))
+                    }
+                };
+                self.arith(&at, ar, l, r).map(Val::Known)
+            }
+            Some(N::FuncCall(f)) => self.func(f).map(Val::Known),
+            Some(N::SubLink(s)) => Err(format!("{}subqueries are not supported", loc(s.location))),
+            _ => Err("unsupported expression in where clause".to_string()),
+        }
+    }
+
+    /// A value settled to a type: an `unknown` becomes a constant of `ty`.
+    pub(super) fn settle(&self, v: Val, ty: Ty) -> Result<Scalar, String> {
+        match v {
+            Val::Known(s) => Ok(s),
+            Val::Unknown(None) => Ok(Scalar::Const { v: V::Null, ty }),
+            Val::Unknown(Some(text)) => Ok(Scalar::Const {
+                v: const_of(&text, ty)?,
+                ty,
+            }),
+        }
+    }
+
+    /// Both operands of a binary operator: an `unknown` takes the other side's type (two
+    /// unknowns are text).
+    fn pair(&self, a: Val, b: Val) -> Result<(Scalar, Scalar), String> {
+        match (a.known_ty(), b.known_ty()) {
+            (Some(_), Some(_)) => Ok((self.settle(a, Ty::Text)?, self.settle(b, Ty::Text)?)),
+            (Some(t), None) => Ok((self.settle(a, t)?, self.settle(b, t)?)),
+            (None, Some(t)) => Ok((self.settle(a, t)?, self.settle(b, t)?)),
+            (None, None) => Ok((self.settle(a, Ty::Text)?, self.settle(b, Ty::Text)?)),
+        }
+    }
+
+    /// `l op r` between any two value expressions.
+    pub(super) fn compare_general(
+        &self,
+        at: &str,
+        op: CmpOp,
+        l: &Node,
+        r: &Node,
+    ) -> Result<Expr, String> {
+        let a = self.value(l)?;
+        let b = self.value(r)?;
+        self.compare_vals(at, op, a, b)
+    }
+
+    fn compare_vals(&self, at: &str, op: CmpOp, a: Val, b: Val) -> Result<Expr, String> {
+        let null = a.is_null() || b.is_null();
+        let (l, r) = self.pair(a, b)?;
+        let ty = cmp_type(l.ty(), r.ty()).ok_or_else(|| {
+            format!(
+                "{at}operator does not exist: {} {} {}",
+                l.ty().name(),
+                op.sql(),
+                r.ty().name()
+            )
+        })?;
+        if ty.is_text() {
+            self.check_collation(at, &[&l, &r], is_ordering(op))?;
+        }
+        if null {
+            return Ok(Expr::Const(None));
+        }
+        Ok(Expr::Cmp {
+            op,
+            l: Box::new(l.conv(ty)),
+            r: Box::new(r.conv(ty)),
+            ty,
+        })
+    }
+
+    /// `x [NOT] IN (…)` for a general `x`: with two or more constant items, all compared in
+    /// their common type with `x` (as Postgres does); otherwise item by item.
+    pub(super) fn in_general(
+        &self,
+        at: &str,
+        x: &Node,
+        items: &[Node],
+        negated: bool,
+    ) -> Result<Expr, String> {
+        let op = if negated { CmpOp::Ne } else { CmpOp::Eq };
+        let vals = items
+            .iter()
+            .map(|i| self.value(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lhs_ty = self.value(x)?.known_ty();
+        let consts: Vec<Ty> = vals
+            .iter()
+            .filter(|v| v.is_constant())
+            .filter_map(Val::known_ty)
+            .collect();
+        let common = if items.len() > 1 {
+            let mut types: Vec<Ty> = lhs_ty.into_iter().collect();
+            types.extend(consts);
+            if types.is_empty() {
+                Some(Ty::Text)
+            } else {
+                common_type(&types)
+            }
+        } else {
+            None
+        };
+        let mut terms = Vec::with_capacity(vals.len());
+        for v in vals {
+            let a = self.value(x)?;
+            terms.push(match common {
+                Some(ty) if v.is_constant() => {
+                    let l = self.settle(a, ty)?.conv(ty);
+                    if v.is_null() {
+                        Expr::Const(None)
+                    } else {
+                        let r = self.settle(v, ty)?.conv(ty);
+                        let cty = cmp_type(ty, ty).unwrap_or(ty);
+                        if cty.is_text() {
+                            self.check_collation(at, &[&l, &r], false)?;
+                        }
+                        Expr::Cmp {
+                            op,
+                            l: Box::new(l.conv(cty)),
+                            r: Box::new(r.conv(cty)),
+                            ty: cty,
+                        }
+                    }
+                }
+                _ => self.compare_vals(at, op, a, v)?,
+            });
+        }
+        Ok(if negated {
+            Expr::And(terms)
+        } else {
+            Expr::Or(terms)
+        })
+    }
+
+    /// `l IS [NOT] DISTINCT FROM r` between any two value expressions.
+    pub(super) fn distinct_general(
+        &self,
+        at: &str,
+        l: &Node,
+        r: &Node,
+        distinct: bool,
+    ) -> Result<Expr, String> {
+        let a = self.value(l)?;
+        let b = self.value(r)?;
+        // With an untyped NULL on one side this is an IS [NOT] NULL test of the other.
+        match (&a, &b) {
+            (Val::Unknown(None), Val::Unknown(None)) => return Ok(Expr::Const(Some(!distinct))),
+            (_, Val::Unknown(None)) | (Val::Unknown(None), _) => {
+                let other = if matches!(a, Val::Unknown(None)) {
+                    b
+                } else {
+                    a
+                };
+                return Ok(Expr::ValueIsNull {
+                    arg: Box::new(self.settle(other, Ty::Text)?),
+                    negated: distinct,
+                });
+            }
+            _ => {}
+        }
+        let (l, r) = self.pair(a, b)?;
+        let ty = cmp_type(l.ty(), r.ty()).ok_or_else(|| {
+            format!(
+                "{at}operator does not exist: {} IS DISTINCT FROM {}",
+                l.ty().name(),
+                r.ty().name()
+            )
+        })?;
+        if ty.is_text() {
+            self.check_collation(at, &[&l, &r], false)?;
+        }
+        Ok(Expr::Distinct {
+            l: Box::new(l.conv(ty)),
+            r: Box::new(r.conv(ty)),
+            ty,
+            not: !distinct,
+        })
+    }
+
+    /// The text operand of LIKE / ILIKE.
+    pub(super) fn like_arg(&self, at: &str, node: &Node, fold: bool) -> Result<Scalar, String> {
+        let arg = self.settle(self.value(node)?, Ty::Text)?;
+        if !arg.ty().is_text() {
+            return Err(format!(
+                "{at}operator does not exist: {} ~~ text (LIKE needs text)",
+                arg.ty().name()
+            ));
+        }
+        if fold {
+            self.check_fold(at, &arg)?;
+        }
+        Ok(arg)
+    }
+
+    /// `IS [NOT] NULL` of a value expression.
+    pub(super) fn value_is_null(&self, node: &Node, negated: bool) -> Result<Expr, String> {
+        let arg = self.settle(self.value(node)?, Ty::Text)?;
+        Ok(Expr::ValueIsNull {
+            arg: Box::new(arg),
+            negated,
+        })
+    }
+
+    fn unary(&self, at: &str, op: &str, r: &Node) -> Result<Val, String> {
+        let v = self.value(r)?;
+        let Val::Known(s) = v else {
+            return Err(format!("{at}operator is not unique: {op} unknown"));
+        };
+        if s.ty().num_rank().is_none() {
+            return Err(format!(
+                "{at}operator does not exist: {op} {}",
+                s.ty().name()
+            ));
+        }
+        match op {
+            "+" => Ok(Val::Known(s)),
+            "-" => Ok(Val::Known(match s {
+                Scalar::Const { v, ty } => {
+                    let v = match v {
+                        V::Null => V::Null,
+                        V::Int(i) if i == ty_min(ty) => {
+                            return Err(format!("{at}{} out of range", ty.name()))
+                        }
+                        V::Int(i) => V::Int(-i),
+                        V::Num(n) => V::Num(n.neg()),
+                        V::Float(f) => V::Float(-f),
+                        _ => return Err(format!("{at}unsupported negation")),
+                    };
+                    Scalar::Const { v, ty }
+                }
+                other => Scalar::Neg(Box::new(other)),
+            })),
+            _ => Err(format!("{at}unsupported operator {op}")),
+        }
+    }
+
+    fn arith(&self, at: &str, op: ArOp, l: &Node, r: &Node) -> Result<Scalar, String> {
+        let a = self.value(l)?;
+        let b = self.value(r)?;
+        if a.known_ty().is_none() && b.known_ty().is_none() {
+            return Err(format!(
+                "{at}operator is not unique: unknown {} unknown",
+                op.sql()
+            ));
+        }
+        let (a, b) = self.pair(a, b)?;
+        let (ta, tb) = (a.ty(), b.ty());
+        if ta.num_rank().is_none() || tb.num_rank().is_none() {
+            return Err(format!(
+                "{at}operator does not exist: {} {} {}",
+                ta.name(),
+                op.sql(),
+                tb.name()
+            ));
+        }
+        let any_float = ta.is_float() || tb.is_float();
+        let any_numeric = ta == Ty::Numeric || tb == Ty::Numeric;
+        let ty = match op {
+            ArOp::Pow if any_float || !any_numeric => Ty::Float8,
+            ArOp::Pow => return self.numeric_pow(at, a, b),
+            ArOp::Rem if any_float => {
+                return Err(format!(
+                    "{at}operator does not exist: {} % {}",
+                    ta.name(),
+                    tb.name()
+                ))
+            }
+            _ if any_float => {
+                if ta == Ty::Float4 && tb == Ty::Float4 {
+                    Ty::Float4
+                } else {
+                    Ty::Float8
+                }
+            }
+            _ if any_numeric => Ty::Numeric,
+            _ => wider(ta, tb),
+        };
+        Ok(Scalar::Arith {
+            op,
+            l: Box::new(a.conv(ty)),
+            r: Box::new(b.conv(ty)),
+            ty,
+        })
+    }
+
+    /// `numeric ^ n`: supported for a constant integer exponent from 0 to 64.
+    fn numeric_pow(&self, at: &str, base: Scalar, exp: Scalar) -> Result<Scalar, String> {
+        let exp = exp.conv(Ty::Numeric);
+        let n = match &exp {
+            Scalar::Const { v: V::Null, .. } => {
+                return Ok(Scalar::Const {
+                    v: V::Null,
+                    ty: Ty::Numeric,
+                })
+            }
+            Scalar::Const { v: V::Num(n), .. } => (0..=64u32)
+                .find(|k| n.cmp_total(&Num::from_i64(i64::from(*k))) == std::cmp::Ordering::Equal),
+            _ => None,
+        };
+        let n = n.ok_or_else(|| {
+            format!("{at}numeric ^ is supported with a constant integer exponent from 0 to 64")
+        })?;
+        Ok(Scalar::PowN {
+            base: Box::new(base.conv(Ty::Numeric)),
+            n,
+        })
+    }
+
+    /// `a || b` on text (unknown operands are text).
+    fn concat(&self, at: &str, l: &Node, r: &Node) -> Result<Scalar, String> {
+        let a = self.settle(self.value(l)?, Ty::Text)?;
+        let b = self.settle(self.value(r)?, Ty::Text)?;
+        if !a.ty().is_text() || !b.ty().is_text() {
+            return Err(format!(
+                "{at}|| is supported between text values (here {} || {})",
+                a.ty().name(),
+                b.ty().name()
+            ));
+        }
+        Ok(Scalar::Concat(
+            Box::new(a.conv(Ty::Text)),
+            Box::new(b.conv(Ty::Text)),
+        ))
+    }
+
+    /// `expr::type` / `CAST(expr AS type)`.
+    fn cast(&self, t: &pg_query::protobuf::TypeCast) -> Result<Val, String> {
+        let at = loc(t.location);
+        let arg = t.arg.as_deref().ok_or("cast without operand")?;
+        let to = cast_type(t.type_name.as_ref())
+            .ok_or_else(|| format!("{at}this cast is not supported in where clauses yet"))?;
+        match self.value(arg)? {
+            Val::Unknown(None) => Ok(Val::Known(Scalar::Const { v: V::Null, ty: to })),
+            Val::Unknown(Some(text)) => Ok(Val::Known(Scalar::Const {
+                v: const_of(&text, to).map_err(|e| format!("{at}{e}"))?,
+                ty: to,
+            })),
+            Val::Known(Scalar::Const { v, ty }) => Ok(Val::Known(Scalar::Const {
+                v: explicit_cast(v, ty, to).map_err(|e| format!("{at}{e}"))?,
+                ty: to,
+            })),
+            Val::Known(s) => {
+                let from = s.ty();
+                let widening = match (from.num_rank(), to.num_rank()) {
+                    (Some(x), Some(y)) => y >= x,
+                    _ => from.is_text() && to.is_text() || from == to,
+                };
+                if !widening {
+                    return Err(format!(
+                        "{at}casting an expression of type {} to {} is not supported yet",
+                        from.name(),
+                        to.name()
+                    ));
+                }
+                Ok(Val::Known(s.conv(to)))
+            }
+        }
+    }
+
+    fn func(&self, f: &FuncCall) -> Result<Scalar, String> {
+        let at = loc(f.location);
+        if f.agg_star || f.agg_distinct || f.over.is_some() || f.agg_filter.is_some() {
+            return Err(format!(
+                "{at}aggregate and window functions are not allowed in where clauses"
+            ));
+        }
+        let parts: Vec<&str> = f
+            .funcname
+            .iter()
+            .filter_map(|n| match n.node.as_ref() {
+                Some(N::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .collect();
+        let name = match parts.as_slice() {
+            [n] | ["pg_catalog", n] => *n,
+            _ => return Err(format!("{at}unknown function {}", parts.join("."))),
+        };
+        self.call(&at, name, &f.args)
+    }
+
+    /// A function call by name.
+    fn call(&self, at: &str, name: &str, args: &[Node]) -> Result<Scalar, String> {
+        let at = at.to_string();
+        let args = args
+            .iter()
+            .map(|a| self.value(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = args.len();
+        let arity = |n: usize| -> Result<(), String> {
+            if count == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{at}function {name} takes {n} argument{}",
+                    if n == 1 { "" } else { "s" }
+                ))
+            }
+        };
+        let mut args = args.into_iter();
+        let mut next = || args.next().ok_or_else(|| format!("{at}missing argument"));
+        match name {
+            "lower" | "upper" => {
+                arity(1)?;
+                let a = self.settle(next()?, Ty::Text)?;
+                if !a.ty().is_text() {
+                    return Err(format!(
+                        "{at}function {name}({}) does not exist",
+                        a.ty().name()
+                    ));
+                }
+                self.check_fold(&at, &a)?;
+                Ok(Scalar::Func {
+                    f: if name == "lower" {
+                        Func::Lower
+                    } else {
+                        Func::Upper
+                    },
+                    args: vec![a.conv(Ty::Text)],
+                    ty: Ty::Text,
+                })
+            }
+            "length" | "char_length" | "character_length" => {
+                arity(1)?;
+                let a = self.settle(next()?, Ty::Text)?;
+                if !a.ty().is_text() {
+                    return Err(format!(
+                        "{at}function {name}({}) is not supported",
+                        a.ty().name()
+                    ));
+                }
+                Ok(Scalar::Func {
+                    f: Func::Length,
+                    args: vec![a],
+                    ty: Ty::Int4,
+                })
+            }
+            "abs" => {
+                arity(1)?;
+                let a = match next()? {
+                    Val::Known(s) if s.ty().num_rank().is_some() => s,
+                    _ => return Err(format!("{at}abs needs a number")),
+                };
+                let ty = a.ty();
+                Ok(Scalar::Func {
+                    f: Func::Abs,
+                    args: vec![a],
+                    ty,
+                })
+            }
+            "coalesce" | "greatest" | "least" => {
+                let vals: Vec<Val> = std::iter::from_fn(|| next().ok()).collect();
+                if vals.is_empty() {
+                    return Err(format!("{at}{name} needs arguments"));
+                }
+                let known: Vec<Ty> = vals.iter().filter_map(Val::known_ty).collect();
+                let ty = if known.is_empty() {
+                    Ty::Text
+                } else {
+                    common_type(&known).ok_or_else(|| {
+                        format!("{at}{name} arguments of these types cannot be matched")
+                    })?
+                };
+                let args = vals
+                    .into_iter()
+                    .map(|v| self.settle(v, ty).map(|s| s.conv(ty)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let f = match name {
+                    "coalesce" => Func::Coalesce,
+                    "greatest" => Func::Greatest,
+                    _ => Func::Least,
+                };
+                if f != Func::Coalesce && ty.is_text() {
+                    let refs: Vec<&Scalar> = args.iter().collect();
+                    self.check_collation(&at, &refs, true)?;
+                }
+                Ok(Scalar::Func { f, args, ty })
+            }
+            "nullif" => {
+                arity(2)?;
+                let (a, b) = self.pair(next()?, next()?)?;
+                let (ta, tb) = (a.ty(), b.ty());
+                let cmp = cmp_type(ta, tb).ok_or_else(|| {
+                    format!(
+                        "{at}operator does not exist: {} = {}",
+                        ta.name(),
+                        tb.name()
+                    )
+                })?;
+                // The result has the type of the left operand of the `=` Postgres picks:
+                // unchanged across integer widths or float widths, else the comparison type.
+                let ty = if (ta.is_int() && tb.is_int()) || (ta.is_float() && tb.is_float()) {
+                    ta
+                } else {
+                    cmp
+                };
+                if cmp.is_text() {
+                    self.check_collation(&at, &[&a, &b], false)?;
+                }
+                Ok(Scalar::Func {
+                    f: Func::Nullif { cmp },
+                    args: vec![a.conv(ty), b],
+                    ty,
+                })
+            }
+            "concat" => {
+                let mut out = Vec::new();
+                for v in std::iter::from_fn(|| next().ok()) {
+                    let s = self.settle(v, Ty::Text)?;
+                    if s.ty().is_float() {
+                        return Err(format!(
+                            "{at}concat of floating-point values is not supported yet"
+                        ));
+                    }
+                    out.push(s);
+                }
+                Ok(Scalar::Func {
+                    f: Func::Concat,
+                    args: out,
+                    ty: Ty::Text,
+                })
+            }
+            "array_length" | "cardinality" => {
+                arity(if name == "cardinality" { 1 } else { 2 })?;
+                let a = match next()? {
+                    Val::Known(s) if matches!(s.ty(), Ty::Array(_)) => s,
+                    _ => return Err(format!("{at}{name} needs an array")),
+                };
+                let mut args = vec![a];
+                if name == "array_length" {
+                    let d = self.settle(next()?, Ty::Int4)?;
+                    if !d.ty().is_int() {
+                        return Err(format!("{at}array_length needs an integer dimension"));
+                    }
+                    args.push(d);
+                }
+                Ok(Scalar::Func {
+                    f: if name == "cardinality" {
+                        Func::Cardinality
+                    } else {
+                        Func::ArrayLength
+                    },
+                    args,
+                    ty: Ty::Int4,
+                })
+            }
+            "now" | "random" | "clock_timestamp" | "statement_timestamp" | "timeofday"
+            | "current_timestamp" | "transaction_timestamp" | "gen_random_uuid" | "nextval" => {
+                Err(format!(
+                    "{at}function {name} is not allowed in where clauses (its result changes between evaluations)"
+                ))
+            }
+            other => Err(format!(
+                "{at}function {other} is not supported in where clauses"
+            )),
+        }
+    }
+
+    /// Text comparison needs one collation; ordering needs a byte-order one (C, POSIX, or a
+    /// database default of C / POSIX / C.UTF-8).
+    pub(super) fn check_collation(
+        &self,
+        at: &str,
+        scalars: &[&Scalar],
+        ordering: bool,
+    ) -> Result<(), String> {
+        let mut cols = Vec::new();
+        for s in scalars {
+            s.columns(&mut cols);
+        }
+        let mut found: Option<&str> = None;
+        for (idx, ty) in cols {
+            if !ty.is_text() && !matches!(ty, Ty::Array(e) if e.is_text()) {
+                continue;
+            }
+            let c = self.collation(idx);
+            match found {
+                Some(f) if f != c => {
+                    return Err(format!(
+                        "{at}could not determine which collation to use for string comparison (columns with collations {f:?} and {c:?})"
+                    ))
+                }
+                _ => found = Some(c),
+            }
+        }
+        if !ordering {
+            return Ok(());
+        }
+        let c = found.unwrap_or("default");
+        let ok = match c {
+            "C" | "POSIX" | "ucs_basic" => true,
+            "default" => self.table.locale.byte_order(),
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        let name = if c == "default" {
+            format!("the database's {:?}", self.table.locale.collate)
+        } else {
+            format!("{c:?}")
+        };
+        Err(format!(
+            "{at}ordering comparisons on text are supported only under a byte-order collation (C, POSIX, C.UTF-8); the collation here is {name}"
+        ))
+    }
+
+    /// Case mapping (lower, upper, ILIKE) is supported where it is ASCII-only (C, POSIX).
+    pub(super) fn check_fold(&self, at: &str, s: &Scalar) -> Result<(), String> {
+        let mut cols = Vec::new();
+        s.columns(&mut cols);
+        let mut collations: Vec<&str> = cols
+            .iter()
+            .filter(|(_, ty)| ty.is_text())
+            .map(|(i, _)| self.collation(*i))
+            .collect();
+        if collations.is_empty() {
+            collations.push("default");
+        }
+        for c in collations {
+            let ok = match c {
+                "C" | "POSIX" => true,
+                "default" => self.table.locale.ascii_case(),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "{at}case-insensitive matching and lower/upper are supported only where the character classification is C or POSIX (here: {:?})",
+                    if c == "default" { self.table.locale.ctype.as_str() } else { c }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn collation(&self, idx: usize) -> &str {
+        match self.table.collations.get(idx).map(String::as_str) {
+            None | Some("") | Some("default") => "default",
+            Some(c) => c,
+        }
+    }
+}
+
+/// ASCII case folding of a compiled LIKE pattern (for ILIKE under a C character class).
+pub(super) fn fold_pattern(p: Vec<LikeTok>) -> Vec<LikeTok> {
+    p.into_iter()
+        .map(|t| match t {
+            LikeTok::Char(c) => LikeTok::Char(c.to_ascii_lowercase()),
+            other => other,
+        })
+        .collect()
+}
+
+fn ty_min(ty: Ty) -> i64 {
+    match ty {
+        Ty::Int2 => i16::MIN.into(),
+        Ty::Int4 => i32::MIN.into(),
+        _ => i64::MIN,
+    }
+}
+
+/// The type named by a cast (no type modifiers).
+fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
+    let t = t?;
+    if !t.typmods.is_empty() {
+        return None;
+    }
+    let name = match t.names.last()?.node.as_ref()? {
+        N::String(s) => s.sval.as_str(),
+        _ => return None,
+    };
+    Ty::of_type(name, i32::from(!t.array_bounds.is_empty()))
+}
+
+/// An explicit cast of a constant.
+fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, String> {
+    if from == to || matches!(v, V::Null) {
+        return Ok(v);
+    }
+    let out_of_range = || format!("{} out of range", to.name());
+    Ok(match (v, to) {
+        (V::Num(n), t) if t.is_int() => {
+            let r = n.round(0);
+            let i: i64 = r.to_string().parse().map_err(|_| out_of_range())?;
+            scalar::convert(V::Int(i), Ty::Int8, t).map_err(|_| out_of_range())?
+        }
+        (V::Float(f), t) if t.is_int() => {
+            if !f.is_finite() {
+                return Err(out_of_range());
+            }
+            let r = f.round_ties_even();
+            if !(-9.3e18..=9.3e18).contains(&r) {
+                return Err(out_of_range());
+            }
+            scalar::convert(V::Int(r as i64), Ty::Int8, t).map_err(|_| out_of_range())?
+        }
+        (v, t) if t.is_text() => {
+            let text = scalar::output(&v, from).into_owned();
+            V::Text(std::borrow::Cow::Owned(text))
+        }
+        (V::Text(s), t) => const_of(&s, t)?,
+        (v, t) if from.num_rank().is_some() && t.num_rank().is_some() && !from.is_float() => {
+            scalar::convert(v, from, t).map_err(|_| out_of_range())?
+        }
+        _ => return Err(format!("cannot cast type {} to {}", from.name(), to.name())),
+    })
+}
