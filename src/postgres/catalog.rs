@@ -41,6 +41,13 @@ pub struct TableInfo {
     /// detection is not affected by it.
     #[serde(default)]
     pub collations: Vec<String>,
+    /// Per column: the base type's name when the column's type is a domain, else empty.
+    #[serde(default)]
+    pub base_types: Vec<String>,
+    /// Per column: the labels of its enum type (or of its array's or domain's enum element
+    /// type) in declared order, else empty.
+    #[serde(default)]
+    pub enum_labels: Vec<Vec<String>>,
 }
 
 /// The database's default collation and character classification.
@@ -72,6 +79,22 @@ impl TableInfo {
         self.columns.iter().position(|c| c.name == name)
     }
 
+    /// The type name where clauses evaluate a column as: a domain's base type, else its own.
+    pub fn eval_type_name(&self, column: usize) -> &str {
+        match self.base_types.get(column) {
+            Some(b) if !b.is_empty() => b,
+            _ => &self.columns[column].type_name,
+        }
+    }
+
+    /// The enum labels of a column's type in declared order (empty if it is not an enum).
+    pub fn enum_labels(&self, column: usize) -> &[String] {
+        self.enum_labels
+            .get(column)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
     /// `"schema"."table"` for SQL.
     pub fn quoted_name(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
@@ -94,9 +117,14 @@ const TABLE_SQL: &str =
 const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, a.attndims, \
             t.typname::text, t.typcategory::text, coalesce(et.typname::text, ''), \
             coalesce(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0), \
-            coalesce(co.collname::text, '') \
+            coalesce(co.collname::text, ''), coalesce(bt.typname::text, ''), \
+            coalesce((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e \
+                      WHERE e.enumtypid = CASE WHEN t.typcategory = 'A' THEN t.typelem \
+                                               WHEN t.typtype = 'd' THEN t.typbasetype \
+                                               ELSE t.oid END), '{}') \
      FROM pg_attribute a \
      JOIN pg_type t ON t.oid = a.atttypid \
+     LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd' \
      LEFT JOIN pg_collation co ON co.oid = a.attcollation \
      LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
@@ -147,8 +175,12 @@ async fn load_columns(
     let rows = client.query(COLUMNS_SQL, &[&oid]).await?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut collations = Vec::with_capacity(rows.len());
+    let mut base_types = Vec::with_capacity(rows.len());
+    let mut enum_labels = Vec::with_capacity(rows.len());
     for r in &rows {
         collations.push(r.get::<_, String>(9));
+        base_types.push(r.get::<_, String>(10));
+        enum_labels.push(r.get::<_, Vec<String>>(11));
         let category: String = r.get(6);
         let is_array = category == "A";
         let elem: String = r.get(7);
@@ -173,6 +205,8 @@ async fn load_columns(
         provider: locale.get(2),
     };
     table.collations = collations;
+    table.base_types = base_types;
+    table.enum_labels = enum_labels;
     Ok(table)
 }
 
@@ -207,6 +241,8 @@ impl TableInfo {
             has_pk,
             locale: TextLocale::default(),
             collations: Vec::new(),
+            base_types: Vec::new(),
+            enum_labels: Vec::new(),
         }
     }
 }

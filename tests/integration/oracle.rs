@@ -50,6 +50,11 @@ pub const ENABLED: &[Group] = &[
     Group::Functions,
     Group::TextOrder,
     Group::ILike,
+    Group::AnyAll,
+    Group::Arrays,
+    Group::Enums,
+    Group::Domains,
+    Group::Bytea,
 ];
 
 const ROWS: usize = 60;

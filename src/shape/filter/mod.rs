@@ -9,8 +9,10 @@
 //! `IS [NOT] TRUE/FALSE/UNKNOWN`, bare boolean columns and constants; value expressions with
 //! arithmetic (`+ - * / % ^`, unary minus), `||`, casts of constants (and widening casts of
 //! expressions), and `lower upper length abs coalesce nullif greatest least concat array_length
-//! cardinality`; on int2/int4/int8, numeric (exact, with Postgres' result scales), float4/float8
-//! (NaN highest), boolean, text/varchar/bpchar and uuid columns, with three-valued logic.
+//! cardinality`; `op ANY/ALL (array)`, arrays with `= <> @> <@ &&` and `||`, `ARRAY[…]`; on
+//! int2/int4/int8, numeric (exact, with Postgres' result scales), float4/float8 (NaN highest),
+//! boolean, text/varchar/bpchar, uuid, bytea, enum (declared order) and domain (as their base
+//! type) columns and arrays of them, with three-valued logic.
 //! Text ordering needs a byte-order collation (C, POSIX, C.UTF-8) and case mapping (lower,
 //! upper, ILIKE) a C/POSIX character classification: elsewhere they are refused with a 400.
 //! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
@@ -119,6 +121,23 @@ pub enum Expr {
     ValueIsNull {
         arg: Box<Scalar>,
         negated: bool,
+    },
+    /// `x op ANY|ALL (arr)`: `x` of type `cmp`, the array's elements of `elem` (converted to
+    /// `cmp` for each comparison).
+    AnyAll {
+        op: CmpOp,
+        all: bool,
+        x: Box<Scalar>,
+        arr: Box<Scalar>,
+        elem: Ty,
+        cmp: Ty,
+    },
+    /// `l @> r`, `l <@ r`, `l && r` on arrays with elements of `elem`.
+    ArrayOp {
+        op: scalar::ArrayOp,
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        elem: Ty,
     },
     /// `l IS [NOT] DISTINCT FROM r` (`not`: IS NOT DISTINCT FROM), both of type `ty`.
     Distinct {
@@ -353,6 +372,22 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             }
         }
         Expr::ValueIsNull { arg, negated } => Some(arg.eval(row)?.is_null() != *negated),
+        Expr::AnyAll {
+            op,
+            all,
+            x,
+            arr,
+            elem,
+            cmp,
+        } => {
+            let xv = x.eval(row)?;
+            let av = arr.eval(row)?;
+            scalar::any_all(*op, *all, &xv, &av, *elem, *cmp)?
+        }
+        Expr::ArrayOp { op, l, r, elem } => match (l.eval(row)?, r.eval(row)?) {
+            (V::Array(a), V::Array(b)) => Some(op.holds(&a, &b, *elem)),
+            _ => None,
+        },
         Expr::Distinct { l, r, ty, not } => {
             let a = l.eval(row)?;
             let b = r.eval(row)?;
@@ -463,6 +498,26 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             out.push(')');
         }
         Expr::Cmp { op, l, r, .. } => {
+            out.push('(');
+            l.render(names, out);
+            out.push(' ');
+            out.push_str(op.sql());
+            out.push(' ');
+            r.render(names, out);
+            out.push(')');
+        }
+        Expr::AnyAll {
+            op, all, x, arr, ..
+        } => {
+            out.push('(');
+            x.render(names, out);
+            out.push(' ');
+            out.push_str(op.sql());
+            out.push_str(if *all { " ALL (" } else { " ANY (" });
+            arr.render(names, out);
+            out.push_str("))");
+        }
+        Expr::ArrayOp { op, l, r, .. } => {
             out.push('(');
             l.render(names, out);
             out.push(' ');

@@ -9,7 +9,7 @@ use pg_query::protobuf::{a_const, node::Node as N, AExprKind, BoolExprType, Bool
 use pg_query::protobuf::{NullTestType, TypeName};
 use pg_query::Node;
 
-use super::scalar::{Scalar, Ty};
+use super::scalar::{ArrayOp, Scalar, Ty};
 use super::value::{Family, Literal, RawConst};
 use super::{CmpOp, Expr, Operand, WhereClause};
 use crate::postgres::catalog::TableInfo;
@@ -188,6 +188,17 @@ impl Typer<'_> {
             Ok(AExprKind::AexprDistinct | AExprKind::AexprNotDistinct) => {
                 return self.distinct(&at, a, kind == Ok(AExprKind::AexprDistinct))
             }
+            Ok(AExprKind::AexprOpAny | AExprKind::AexprOpAll) => {
+                let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
+                    return Err(format!("{at}ANY/ALL needs two operands"));
+                };
+                let op = match a.name.last().and_then(|n| n.node.as_ref()) {
+                    Some(N::String(s)) => cmp_op(&s.sval),
+                    _ => None,
+                }
+                .ok_or_else(|| format!("{at}unsupported operator with ANY/ALL"))?;
+                return self.any_all(&at, op, l, r, kind == Ok(AExprKind::AexprOpAll));
+            }
             Ok(AExprKind::AexprLike) => return self.like(&at, a, false),
             Ok(AExprKind::AexprIlike) => return self.like(&at, a, true),
             _ => {
@@ -200,19 +211,20 @@ impl Typer<'_> {
             Some(N::String(s)) => s.sval.as_str(),
             _ => return Err(format!("{at}unsupported operator")),
         };
-        let op = match op_name {
-            "=" => CmpOp::Eq,
-            "<>" | "!=" => CmpOp::Ne,
-            "<" => CmpOp::Lt,
-            "<=" => CmpOp::Le,
-            ">" => CmpOp::Gt,
-            ">=" => CmpOp::Ge,
-            other => return Err(format!("{at}unsupported operator {other}")),
-        };
         let (l, r) = match (a.lexpr.as_deref(), a.rexpr.as_deref()) {
             (Some(l), Some(r)) => (l, r),
             _ => return Err(format!("{at}unsupported unary operator {op_name}")),
         };
+        let array_op = match op_name {
+            "@>" => Some(ArrayOp::Contains),
+            "<@" => Some(ArrayOp::ContainedBy),
+            "&&" => Some(ArrayOp::Overlaps),
+            _ => None,
+        };
+        if let Some(op) = array_op {
+            return self.array_op(&at, op, l, r);
+        }
+        let op = cmp_op(op_name).ok_or_else(|| format!("{at}unsupported operator {op_name}"))?;
         self.compare(&at, op, l, r)
     }
 
@@ -498,7 +510,7 @@ impl Typer<'_> {
         let family = if c.dims > 0 {
             None
         } else {
-            Family::of_type(&c.type_name)
+            Family::of_type(self.table.eval_type_name(idx))
         };
         Ok(Some((idx, family)))
     }
@@ -578,6 +590,18 @@ impl Typer<'_> {
             _ => Err("only constants can be compared with a column so far".to_string()),
         }
     }
+}
+
+fn cmp_op(name: &str) -> Option<CmpOp> {
+    Some(match name {
+        "=" => CmpOp::Eq,
+        "<>" | "!=" => CmpOp::Ne,
+        "<" => CmpOp::Lt,
+        "<=" => CmpOp::Le,
+        ">" => CmpOp::Gt,
+        ">=" => CmpOp::Ge,
+        _ => return None,
+    })
 }
 
 /// Is `node` a constant (a literal or parameter, possibly negated or cast)?

@@ -36,19 +36,45 @@ pub enum Ty {
     /// the value becomes `text`.
     Bpchar,
     Uuid,
+    Bytea,
+    /// An enum type, by its labels in declared order (interned: see [`intern_labels`]).
+    Enum(&'static [String]),
     /// A one-dimensional (or multi-dimensional) array of the element type.
     Array(&'static Ty),
+}
+
+/// Enum label lists, interned for the life of the process so that [`Ty`] stays `Copy`: one
+/// entry per distinct list ever seen (a handful per database; a new one only when an enum
+/// type changes).
+pub fn intern_labels(labels: &[String]) -> &'static [String] {
+    use std::sync::{Mutex, OnceLock};
+    static LISTS: OnceLock<Mutex<Vec<&'static [String]>>> = OnceLock::new();
+    let mut lists = LISTS
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(l) = lists.iter().find(|l| **l == labels) {
+        return l;
+    }
+    let leaked: &'static [String] = Box::leak(labels.to_vec().into_boxed_slice());
+    lists.push(leaked);
+    leaked
 }
 
 impl Ty {
     /// The type of a catalog type name (`dims > 0`: an array of it).
     pub fn of_type(type_name: &str, dims: i32) -> Option<Ty> {
         let base = Ty::scalar(type_name)?;
-        Some(if dims > 0 {
-            Ty::Array(base.as_static())
+        Some(base.array_if(dims > 0))
+    }
+
+    /// An array of `self` when `array`.
+    pub fn array_if(self, array: bool) -> Ty {
+        if array {
+            Ty::Array(self.as_static())
         } else {
-            base
-        })
+            self
+        }
     }
 
     /// A scalar type by its catalog or SQL name.
@@ -64,11 +90,28 @@ impl Ty {
             "text" | "varchar" | "name" => Ty::Text,
             "bpchar" | "char" => Ty::Bpchar,
             "uuid" => Ty::Uuid,
+            "bytea" => Ty::Bytea,
             _ => return None,
         })
     }
 
-    fn as_static(self) -> &'static Ty {
+    /// The type as a `'static` reference (for [`Ty::Array`]). Enum types are kept in a small
+    /// interned table of their own.
+    pub fn as_static(self) -> &'static Ty {
+        if let Ty::Enum(labels) = self {
+            use std::sync::{Mutex, OnceLock};
+            static ENUMS: OnceLock<Mutex<Vec<&'static Ty>>> = OnceLock::new();
+            let mut all = ENUMS
+                .get_or_init(|| Mutex::new(Vec::new()))
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(t) = all.iter().find(|t| ***t == Ty::Enum(labels)) {
+                return t;
+            }
+            let leaked: &'static Ty = Box::leak(Box::new(Ty::Enum(labels)));
+            all.push(leaked);
+            return leaked;
+        }
         match self {
             Ty::Int2 => &Ty::Int2,
             Ty::Int4 => &Ty::Int4,
@@ -80,7 +123,17 @@ impl Ty {
             Ty::Text => &Ty::Text,
             Ty::Bpchar => &Ty::Bpchar,
             Ty::Uuid => &Ty::Uuid,
+            Ty::Bytea => &Ty::Bytea,
+            Ty::Enum(_) => &Ty::Text,
             Ty::Array(e) => e,
+        }
+    }
+
+    /// The element type of an array type.
+    pub fn elem(self) -> Option<Ty> {
+        match self {
+            Ty::Array(e) => Some(*e),
+            _ => None,
         }
     }
 
@@ -122,6 +175,10 @@ impl Ty {
             Ty::Text => "text".into(),
             Ty::Bpchar => "bpchar".into(),
             Ty::Uuid => "uuid".into(),
+            Ty::Bytea => "bytea".into(),
+            // Rendered as text: constants of an enum type are compared with a column of
+            // that type, where Postgres converts them itself.
+            Ty::Enum(_) => "text".into(),
             Ty::Array(e) => format!("{}[]", e.sql()),
         }
     }
@@ -139,6 +196,8 @@ impl Ty {
             Ty::Text => "text".into(),
             Ty::Bpchar => "character".into(),
             Ty::Uuid => "uuid".into(),
+            Ty::Bytea => "bytea".into(),
+            Ty::Enum(_) => "enum".into(),
             Ty::Array(e) => format!("{}[]", e.name()),
         }
     }
@@ -171,6 +230,9 @@ pub enum V<'a> {
     Float(f64),
     Text(Cow<'a, str>),
     Uuid([u8; 16]),
+    Bytes(Vec<u8>),
+    /// An enum value by its position in the declared order.
+    Enum(u32),
     Array(Box<Arr<'a>>),
 }
 
@@ -195,6 +257,8 @@ impl V<'_> {
             V::Float(f) => V::Float(f),
             V::Text(t) => V::Text(Cow::Owned(t.into_owned())),
             V::Uuid(u) => V::Uuid(u),
+            V::Bytes(b) => V::Bytes(b),
+            V::Enum(e) => V::Enum(e),
             V::Array(a) => V::Array(Box::new(Arr {
                 items: a.items.into_iter().map(V::into_static).collect(),
                 dims: a.dims,
@@ -220,6 +284,8 @@ pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
         Ty::Bool => V::Bool(parse_bool(text.as_bytes())?),
         Ty::Text | Ty::Bpchar => V::Text(Cow::Borrowed(text)),
         Ty::Uuid => V::Uuid(uuid_bytes(text)?),
+        Ty::Bytea => V::Bytes(parse_bytea(text)?),
+        Ty::Enum(labels) => V::Enum(labels.iter().position(|l| l == text)? as u32),
         Ty::Array(elem) => {
             let (items, dims) = parse_array(text)?;
             let items = items
@@ -232,6 +298,42 @@ pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
             V::Array(Box::new(Arr { items, dims }))
         }
     })
+}
+
+/// Postgres `bytea` input: hex (`\x00ff`, whitespace between digit pairs allowed) or the
+/// escape format (bytes as characters, `\\` for a backslash, `\ooo` octal).
+pub fn parse_bytea(text: &str) -> Option<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix("\\x") {
+        let digits: Vec<u8> = hex
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(|b| (b as char).to_digit(16).map(|d| d as u8))
+            .collect::<Option<_>>()?;
+        if !digits.len().is_multiple_of(2) {
+            return None;
+        }
+        return Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect());
+    }
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = b.get(i + 1..i + 4)?;
+            if !oct.iter().all(|d| (b'0'..=b'7').contains(d)) || oct[0] > b'3' {
+                return None;
+            }
+            out.push((oct[0] - b'0') << 6 | (oct[1] - b'0') << 3 | (oct[2] - b'0'));
+            i += 4;
+        }
+    }
+    Some(out)
 }
 
 /// Postgres array text (`{1,NULL,"a b"}`, nested braces for more dimensions, an optional
@@ -340,6 +442,14 @@ impl ArOp {
     }
 }
 
+/// The three meanings of `||` with arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatKind {
+    Append,
+    Prepend,
+    Cat,
+}
+
 /// Supported functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Func {
@@ -410,6 +520,18 @@ pub enum Scalar {
     },
     /// `text || text`.
     Concat(Box<Scalar>, Box<Scalar>),
+    /// `ARRAY[a, b, …]` of type `ty` (items already of its element type).
+    ArrayCons {
+        items: Vec<Scalar>,
+        ty: Ty,
+    },
+    /// `array || element`, `element || array`, `array || array` of type `ty`.
+    ArrayCat {
+        kind: CatKind,
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        ty: Ty,
+    },
     Func {
         f: Func,
         args: Vec<Scalar>,
@@ -426,6 +548,7 @@ impl Scalar {
             Scalar::Arith { ty, .. } | Scalar::Func { ty, .. } => *ty,
             Scalar::PowN { .. } => Ty::Numeric,
             Scalar::Concat(..) => Ty::Text,
+            Scalar::ArrayCons { ty, .. } | Scalar::ArrayCat { ty, .. } => *ty,
         }
     }
 
@@ -456,11 +579,13 @@ impl Scalar {
             Scalar::Conv { arg, .. } | Scalar::Neg(arg) | Scalar::PowN { base: arg, .. } => {
                 arg.columns(out)
             }
-            Scalar::Arith { l, r, .. } | Scalar::Concat(l, r) => {
+            Scalar::Arith { l, r, .. } | Scalar::Concat(l, r) | Scalar::ArrayCat { l, r, .. } => {
                 l.columns(out);
                 r.columns(out);
             }
-            Scalar::Func { args, .. } => args.iter().for_each(|a| a.columns(out)),
+            Scalar::Func { args, .. } | Scalar::ArrayCons { items: args, .. } => {
+                args.iter().for_each(|a| a.columns(out))
+            }
         }
     }
 
@@ -504,6 +629,23 @@ impl Scalar {
                 }
             }
             Scalar::Func { f, args, ty } => call(*f, args, *ty, row),
+            Scalar::ArrayCons { items, .. } => {
+                let items = items
+                    .iter()
+                    .map(|i| i.eval(row))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let dims = if items.is_empty() {
+                    vec![]
+                } else {
+                    vec![items.len()]
+                };
+                Ok(V::Array(Box::new(Arr { items, dims })))
+            }
+            Scalar::ArrayCat { kind, l, r, .. } => {
+                let a = l.eval(row)?;
+                let b = r.eval(row)?;
+                Ok(array_cat(*kind, a, b))
+            }
         }
     }
 
@@ -546,6 +688,25 @@ impl Scalar {
                 r.render(names, out);
                 out.push(')');
             }
+            Scalar::ArrayCons { items, ty } => {
+                out.push_str("CAST(ARRAY[");
+                for (i, a) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    a.render(names, out);
+                }
+                out.push_str("] AS ");
+                out.push_str(&ty.sql());
+                out.push(')');
+            }
+            Scalar::ArrayCat { l, r, .. } => {
+                out.push('(');
+                l.render(names, out);
+                out.push_str(" || ");
+                r.render(names, out);
+                out.push(')');
+            }
             Scalar::Func { f, args, .. } => {
                 out.push_str(f.sql());
                 out.push('(');
@@ -566,6 +727,11 @@ pub fn const_sql(v: &V<'_>, ty: Ty) -> String {
     match v {
         V::Null => format!("CAST(NULL AS {})", ty.sql()),
         V::Bool(b) => if *b { "true" } else { "false" }.to_string(),
+        // An enum constant stays an untyped literal: Postgres types it from its context
+        // (the enum column it meets), as it did in the clause.
+        _ if matches!(ty, Ty::Enum(_)) || matches!(ty.elem(), Some(Ty::Enum(_))) => {
+            quote_literal(&output(v, ty))
+        }
         _ => format!("CAST({} AS {})", quote_literal(&output(v, ty)), ty.sql()),
     }
 }
@@ -584,6 +750,14 @@ pub fn output<'a>(v: &'a V<'a>, ty: Ty) -> Cow<'a, str> {
             let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
             Cow::Owned(canonical_uuid(&hex).unwrap_or(hex))
         }
+        V::Bytes(b) => {
+            let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
+            Cow::Owned(format!("\\x{hex}"))
+        }
+        V::Enum(e) => match ty {
+            Ty::Enum(labels) => Cow::Borrowed(labels.get(*e as usize).map_or("", String::as_str)),
+            _ => Cow::Owned(e.to_string()),
+        },
         V::Array(a) => {
             let elem = match ty {
                 Ty::Array(e) => *e,
@@ -794,6 +968,8 @@ pub fn cmp_values(a: &V<'_>, b: &V<'_>, ty: Ty) -> Ordering {
         (V::Float(x), V::Float(y)) => float_cmp(*x, *y),
         (V::Bool(x), V::Bool(y)) => x.cmp(y),
         (V::Uuid(x), V::Uuid(y)) => x.cmp(y),
+        (V::Bytes(x), V::Bytes(y)) => x.cmp(y),
+        (V::Enum(x), V::Enum(y)) => x.cmp(y),
         (V::Text(x), V::Text(y)) => {
             if ty == Ty::Bpchar {
                 x.trim_end_matches(' ').cmp(y.trim_end_matches(' '))
@@ -826,6 +1002,114 @@ pub fn cmp_values(a: &V<'_>, b: &V<'_>, ty: Ty) -> Ordering {
                 .then_with(|| x.dims.cmp(&y.dims))
         }
         _ => Ordering::Equal,
+    }
+}
+
+/// One-dimensional array concatenation, as `array_append` / `array_prepend` / `array_cat`:
+/// a NULL array counts as empty for append and prepend and is skipped by cat.
+fn array_cat<'a>(kind: CatKind, a: V<'a>, b: V<'a>) -> V<'a> {
+    let items = |v: V<'a>| -> Option<Vec<V<'a>>> {
+        match v {
+            V::Array(arr) => Some(arr.items),
+            _ => None,
+        }
+    };
+    let out = match kind {
+        CatKind::Append => {
+            let mut x = items(a).unwrap_or_default();
+            x.push(b);
+            x
+        }
+        CatKind::Prepend => {
+            let mut x = vec![a];
+            x.extend(items(b).unwrap_or_default());
+            x
+        }
+        CatKind::Cat => match (items(a), items(b)) {
+            (None, None) => return V::Null,
+            (Some(x), None) | (None, Some(x)) => x,
+            (Some(mut x), Some(y)) => {
+                x.extend(y);
+                x
+            }
+        },
+    };
+    let dims = if out.is_empty() {
+        vec![]
+    } else {
+        vec![out.len()]
+    };
+    V::Array(Box::new(Arr { items: out, dims }))
+}
+
+/// `x op ANY|ALL (array)`: ANY is true if some element satisfies `op`, ALL if every one does;
+/// NULL when that depends on NULL elements; an empty array gives false (ANY) / true (ALL)
+/// whatever `x` is. Elements are converted from `elem` to the comparison type `cmp`.
+pub fn any_all(
+    op: super::CmpOp,
+    all: bool,
+    x: &V<'_>,
+    arr: &V<'_>,
+    elem: Ty,
+    cmp: Ty,
+) -> Result<Option<bool>, Fail> {
+    let V::Array(a) = arr else {
+        return Ok(None);
+    };
+    if a.items.is_empty() {
+        return Ok(Some(all));
+    }
+    if x.is_null() {
+        return Ok(None);
+    }
+    let mut saw_null = false;
+    for item in &a.items {
+        if item.is_null() {
+            saw_null = true;
+            continue;
+        }
+        let item = convert(item.clone(), elem, cmp)?;
+        let hit = op.holds(cmp_values(x, &item, cmp));
+        if hit != all {
+            return Ok(Some(hit));
+        }
+    }
+    Ok(if saw_null { None } else { Some(all) })
+}
+
+/// Array containment and overlap (`@>`, `<@`, `&&`), elements compared with `=` of `elem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrayOp {
+    Contains,
+    ContainedBy,
+    Overlaps,
+}
+
+impl ArrayOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            ArrayOp::Contains => "@>",
+            ArrayOp::ContainedBy => "<@",
+            ArrayOp::Overlaps => "&&",
+        }
+    }
+
+    /// Postgres' `arraycontained` / `arrayoverlap`: NULL elements never match anything.
+    pub fn holds(self, a: &Arr<'_>, b: &Arr<'_>, elem: Ty) -> bool {
+        let eq = |x: &V<'_>, y: &V<'_>| {
+            !x.is_null() && !y.is_null() && cmp_values(x, y, elem) == Ordering::Equal
+        };
+        let within = |small: &Arr<'_>, big: &Arr<'_>| {
+            small
+                .items
+                .iter()
+                .all(|x| big.items.iter().any(|y| eq(x, y)))
+        };
+        match self {
+            ArrayOp::Contains => within(b, a),
+            ArrayOp::ContainedBy => within(a, b),
+            ArrayOp::Overlaps => a.items.iter().any(|x| b.items.iter().any(|y| eq(x, y))),
+        }
     }
 }
 

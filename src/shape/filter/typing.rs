@@ -20,7 +20,7 @@ use pg_query::Node;
 
 use super::num::Num;
 use super::parse::{loc, Typer};
-use super::scalar::{self, parse_value, wider, ArOp, Func, Scalar, Ty, V};
+use super::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, Func, Scalar, Ty, V};
 use super::{CmpOp, Expr, LikeTok};
 
 /// A value expression before its type is settled.
@@ -123,6 +123,11 @@ fn numeric_literal(text: &str) -> Result<Scalar, String> {
     })
 }
 
+/// Does comparing values of `ty` involve text collation?
+fn textual(ty: Ty) -> bool {
+    ty.is_text() || ty.elem().is_some_and(Ty::is_text)
+}
+
 fn is_ordering(op: CmpOp) -> bool {
     !matches!(op, CmpOp::Eq | CmpOp::Ne)
 }
@@ -136,7 +141,13 @@ impl Typer<'_> {
                     return Err(format!("{}invalid column reference", loc(r.location)));
                 };
                 let c = &self.table.columns[idx];
-                let ty = Ty::of_type(&c.type_name, c.dims).ok_or_else(|| {
+                let labels = self.table.enum_labels(idx);
+                let ty = if labels.is_empty() {
+                    Ty::of_type(self.table.eval_type_name(idx), c.dims)
+                } else {
+                    Some(Ty::Enum(scalar::intern_labels(labels)).array_if(c.dims > 0))
+                };
+                let ty = ty.ok_or_else(|| {
                     format!(
                         "{}columns of type {} are not supported in where clauses yet (column {:?})",
                         loc(r.location),
@@ -225,6 +236,9 @@ impl Typer<'_> {
                 self.arith(&at, ar, l, r).map(Val::Known)
             }
             Some(N::FuncCall(f)) => self.func(f).map(Val::Known),
+            Some(N::AArrayExpr(a)) => self
+                .array_cons(&loc(a.location), &a.elements)
+                .map(Val::Known),
             Some(N::SubLink(s)) => Err(format!("{}subqueries are not supported", loc(s.location))),
             _ => Err("unsupported expression in where clause".to_string()),
         }
@@ -277,7 +291,7 @@ impl Typer<'_> {
                 r.ty().name()
             )
         })?;
-        if ty.is_text() {
+        if textual(ty) {
             self.check_collation(at, &[&l, &r], is_ordering(op))?;
         }
         if null {
@@ -528,10 +542,162 @@ impl Typer<'_> {
         })
     }
 
-    /// `a || b` on text (unknown operands are text).
+    /// `ARRAY[…]`: the elements' common type (text if all are untyped).
+    fn array_cons(&self, at: &str, elements: &[Node]) -> Result<Scalar, String> {
+        let vals = elements
+            .iter()
+            .map(|e| self.value(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if vals.is_empty() {
+            return Err(format!("{at}cannot determine type of empty array"));
+        }
+        let known: Vec<Ty> = vals.iter().filter_map(Val::known_ty).collect();
+        let elem = if known.is_empty() {
+            Ty::Text
+        } else {
+            common_type(&known)
+                .ok_or_else(|| format!("{at}ARRAY elements of these types cannot be matched"))?
+        };
+        if elem.elem().is_some() {
+            return Err(format!("{at}multidimensional ARRAY[] is not supported"));
+        }
+        let items = vals
+            .into_iter()
+            .map(|v| self.settle(v, elem).map(|s| s.conv(elem)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scalar::ArrayCons {
+            items,
+            ty: elem.array_if(true),
+        })
+    }
+
+    /// `a || b` with an array on either side: append, prepend or concatenate (an untyped
+    /// operand is read as the array's type, as Postgres reads it).
+    fn array_concat(&self, at: &str, a: Val, b: Val) -> Result<Scalar, String> {
+        let (ta, tb) = (a.known_ty(), b.known_ty());
+        let arr = ta
+            .filter(|t| t.elem().is_some())
+            .or(tb.filter(|t| t.elem().is_some()))
+            .ok_or_else(|| format!("{at}|| needs an array"))?;
+        let elem = arr.elem().unwrap_or(Ty::Text);
+        let a = self.settle(a, arr)?;
+        let b = self.settle(b, arr)?;
+        let fits = |s: &Scalar| {
+            let t = s.ty();
+            t == elem || (t.is_int() && elem.is_int() && wider(t, elem) == elem)
+        };
+        let (kind, l, r) = match (a.ty().elem(), b.ty().elem()) {
+            (Some(_), Some(_)) if a.ty() == b.ty() => (CatKind::Cat, a, b),
+            (Some(_), None) if fits(&b) => (CatKind::Append, a, b.conv(elem)),
+            (None, Some(_)) if fits(&a) => (CatKind::Prepend, a.conv(elem), b),
+            _ => {
+                return Err(format!(
+                    "{at}|| between {} and {} is not supported",
+                    a.ty().name(),
+                    b.ty().name()
+                ))
+            }
+        };
+        Ok(Scalar::ArrayCat {
+            kind,
+            l: Box::new(l),
+            r: Box::new(r),
+            ty: arr,
+        })
+    }
+
+    /// `x op ANY|ALL (array)`.
+    pub(super) fn any_all(
+        &self,
+        at: &str,
+        op: CmpOp,
+        l: &Node,
+        r: &Node,
+        all: bool,
+    ) -> Result<Expr, String> {
+        let x = self.value(l)?;
+        let arr = self.value(r)?;
+        let (x, arr) = match (x.known_ty(), arr.known_ty()) {
+            (Some(t), None) => {
+                if t.elem().is_some() {
+                    return Err(format!("{at}arrays of arrays are not supported"));
+                }
+                (self.settle(x, t)?, self.settle(arr, t.array_if(true))?)
+            }
+            (None, Some(t)) => (
+                self.settle(x, t.elem().unwrap_or(Ty::Text))?,
+                self.settle(arr, t)?,
+            ),
+            _ => (
+                self.settle(x, Ty::Text)?,
+                self.settle(arr, Ty::Text.array_if(true))?,
+            ),
+        };
+        let elem = arr
+            .ty()
+            .elem()
+            .ok_or_else(|| format!("{at}op ANY/ALL (array) requires an array on the right side"))?;
+        let cmp = cmp_type(x.ty(), elem).ok_or_else(|| {
+            format!(
+                "{at}operator does not exist: {} {} {}",
+                x.ty().name(),
+                op.sql(),
+                elem.name()
+            )
+        })?;
+        if textual(cmp) {
+            self.check_collation(at, &[&x, &arr], is_ordering(op))?;
+        }
+        Ok(Expr::AnyAll {
+            op,
+            all,
+            x: Box::new(x.conv(cmp)),
+            arr: Box::new(arr),
+            elem,
+            cmp,
+        })
+    }
+
+    /// `@>`, `<@`, `&&` between arrays of the same type.
+    pub(super) fn array_op(
+        &self,
+        at: &str,
+        op: ArrayOp,
+        l: &Node,
+        r: &Node,
+    ) -> Result<Expr, String> {
+        let (a, b) = self.pair(self.value(l)?, self.value(r)?)?;
+        let elem = match (a.ty().elem(), b.ty().elem()) {
+            (Some(e), Some(f)) if e == f => e,
+            _ => {
+                return Err(format!(
+                    "{at}operator does not exist: {} {} {}",
+                    a.ty().name(),
+                    op.sql(),
+                    b.ty().name()
+                ))
+            }
+        };
+        if textual(elem) {
+            self.check_collation(at, &[&a, &b], false)?;
+        }
+        Ok(Expr::ArrayOp {
+            op,
+            l: Box::new(a),
+            r: Box::new(b),
+            elem,
+        })
+    }
+
+    /// `a || b` on text (unknown operands are text), or with an array on either side.
     fn concat(&self, at: &str, l: &Node, r: &Node) -> Result<Scalar, String> {
-        let a = self.settle(self.value(l)?, Ty::Text)?;
-        let b = self.settle(self.value(r)?, Ty::Text)?;
+        let (a, b) = (self.value(l)?, self.value(r)?);
+        let is_array = |v: &Val| v.known_ty().is_some_and(|t| t.elem().is_some());
+        if is_array(&a) || is_array(&b) {
+            return self.array_concat(at, a, b);
+        }
+        let a = self.settle(a, Ty::Text)?;
+        let b = self.settle(b, Ty::Text)?;
         if !a.ty().is_text() || !b.ty().is_text() {
             return Err(format!(
                 "{at}|| is supported between text values (here {} || {})",
