@@ -55,6 +55,7 @@ pub const ENABLED: &[Group] = &[
     Group::Enums,
     Group::Domains,
     Group::Bytea,
+    Group::Jsonb,
 ];
 
 const ROWS: usize = 60;

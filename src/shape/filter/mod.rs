@@ -12,12 +12,14 @@
 //! cardinality`; `op ANY/ALL (array)`, arrays with `= <> @> <@ &&` and `||`, `ARRAY[…]`; on
 //! int2/int4/int8, numeric (exact, with Postgres' result scales), float4/float8 (NaN highest),
 //! boolean, text/varchar/bpchar, uuid, bytea, enum (declared order) and domain (as their base
-//! type) columns and arrays of them, with three-valued logic.
+//! type) columns and arrays of them, with three-valued logic; jsonb with `-> ->> #> #>>`, `@>`,
+//! `<@`, `? ?| ?&` and equality (numbers by value, keys in jsonb order).
 //! Text ordering needs a byte-order collation (C, POSIX, C.UTF-8) and case mapping (lower,
 //! upper, ILIKE) a C/POSIX character classification: elsewhere they are refused with a 400.
 //! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
+mod json;
 mod num;
 mod parse;
 mod scalar;
@@ -139,6 +141,17 @@ pub enum Expr {
         r: Box<Scalar>,
         elem: Ty,
     },
+    /// `l @> r` on jsonb.
+    JsonContains {
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+    },
+    /// `doc ? key`, `doc ?| keys`, `doc ?& keys` (`any`: `?|`; `all`: `?&`).
+    JsonHas {
+        doc: Box<Scalar>,
+        keys: Box<Scalar>,
+        mode: JsonHasMode,
+    },
     /// `l IS [NOT] DISTINCT FROM r` (`not`: IS NOT DISTINCT FROM), both of type `ty`.
     Distinct {
         l: Box<Scalar>,
@@ -146,6 +159,24 @@ pub enum Expr {
         ty: Ty,
         not: bool,
     },
+}
+
+/// The three key-existence operators of jsonb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonHasMode {
+    One,
+    Any,
+    All,
+}
+
+impl JsonHasMode {
+    fn sql(self) -> &'static str {
+        match self {
+            JsonHasMode::One => "?",
+            JsonHasMode::Any => "?|",
+            JsonHasMode::All => "?&",
+        }
+    }
 }
 
 /// A compiled LIKE pattern element.
@@ -384,6 +415,25 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             let av = arr.eval(row)?;
             scalar::any_all(*op, *all, &xv, &av, *elem, *cmp)?
         }
+        Expr::JsonContains { l, r } => match (l.eval(row)?, r.eval(row)?) {
+            (V::Json(a), V::Json(b)) => Some(a.contains(&b)),
+            _ => None,
+        },
+        Expr::JsonHas { doc, keys, mode } => match (doc.eval(row)?, keys.eval(row)?) {
+            (V::Json(d), V::Text(k)) => Some(d.has_key(&k)),
+            (V::Json(d), V::Array(ks)) => {
+                let mut present = ks.items.iter().filter_map(|k| match k {
+                    V::Text(k) => Some(d.has_key(k)),
+                    _ => None,
+                });
+                Some(if *mode == JsonHasMode::All {
+                    present.all(|p| p)
+                } else {
+                    present.any(|p| p)
+                })
+            }
+            _ => None,
+        },
         Expr::ArrayOp { op, l, r, elem } => match (l.eval(row)?, r.eval(row)?) {
             (V::Array(a), V::Array(b)) => Some(op.holds(&a, &b, *elem)),
             _ => None,
@@ -516,6 +566,22 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             out.push_str(if *all { " ALL (" } else { " ANY (" });
             arr.render(names, out);
             out.push_str("))");
+        }
+        Expr::JsonContains { l, r } => {
+            out.push('(');
+            l.render(names, out);
+            out.push_str(" @> ");
+            r.render(names, out);
+            out.push(')');
+        }
+        Expr::JsonHas { doc, keys, mode } => {
+            out.push('(');
+            doc.render(names, out);
+            out.push(' ');
+            out.push_str(mode.sql());
+            out.push(' ');
+            keys.render(names, out);
+            out.push(')');
         }
         Expr::ArrayOp { op, l, r, .. } => {
             out.push('(');

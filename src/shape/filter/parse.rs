@@ -11,7 +11,7 @@ use pg_query::Node;
 
 use super::scalar::{ArrayOp, Scalar, Ty};
 use super::value::{Family, Literal, RawConst};
-use super::{CmpOp, Expr, Operand, WhereClause};
+use super::{CmpOp, Expr, JsonHasMode, Operand, WhereClause};
 use crate::postgres::catalog::TableInfo;
 
 const PREFIX: &str = "SELECT 1 WHERE ";
@@ -223,6 +223,15 @@ impl Typer<'_> {
         };
         if let Some(op) = array_op {
             return self.array_op(&at, op, l, r);
+        }
+        let has = match op_name {
+            "?" => Some(JsonHasMode::One),
+            "?|" => Some(JsonHasMode::Any),
+            "?&" => Some(JsonHasMode::All),
+            _ => None,
+        };
+        if let Some(mode) = has {
+            return self.json_has(&at, mode, l, r);
         }
         let op = cmp_op(op_name).ok_or_else(|| format!("{at}unsupported operator {op_name}"))?;
         self.compare(&at, op, l, r)

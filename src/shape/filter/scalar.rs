@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use super::json::Json;
 use super::num::{Fail, Num};
 use super::value::{canonical_uuid, float_cmp, float_text, parse_bool, parse_float, uuid_bytes};
 use super::Row;
@@ -37,6 +38,7 @@ pub enum Ty {
     Bpchar,
     Uuid,
     Bytea,
+    Jsonb,
     /// An enum type, by its labels in declared order (interned: see [`intern_labels`]).
     Enum(&'static [String]),
     /// A one-dimensional (or multi-dimensional) array of the element type.
@@ -91,6 +93,7 @@ impl Ty {
             "bpchar" | "char" => Ty::Bpchar,
             "uuid" => Ty::Uuid,
             "bytea" => Ty::Bytea,
+            "jsonb" => Ty::Jsonb,
             _ => return None,
         })
     }
@@ -124,6 +127,7 @@ impl Ty {
             Ty::Bpchar => &Ty::Bpchar,
             Ty::Uuid => &Ty::Uuid,
             Ty::Bytea => &Ty::Bytea,
+            Ty::Jsonb => &Ty::Jsonb,
             Ty::Enum(_) => &Ty::Text,
             Ty::Array(e) => e,
         }
@@ -176,6 +180,7 @@ impl Ty {
             Ty::Bpchar => "bpchar".into(),
             Ty::Uuid => "uuid".into(),
             Ty::Bytea => "bytea".into(),
+            Ty::Jsonb => "jsonb".into(),
             // Rendered as text: constants of an enum type are compared with a column of
             // that type, where Postgres converts them itself.
             Ty::Enum(_) => "text".into(),
@@ -197,6 +202,7 @@ impl Ty {
             Ty::Bpchar => "character".into(),
             Ty::Uuid => "uuid".into(),
             Ty::Bytea => "bytea".into(),
+            Ty::Jsonb => "jsonb".into(),
             Ty::Enum(_) => "enum".into(),
             Ty::Array(e) => format!("{}[]", e.name()),
         }
@@ -233,6 +239,7 @@ pub enum V<'a> {
     Bytes(Vec<u8>),
     /// An enum value by its position in the declared order.
     Enum(u32),
+    Json(Box<Json>),
     Array(Box<Arr<'a>>),
 }
 
@@ -259,6 +266,7 @@ impl V<'_> {
             V::Uuid(u) => V::Uuid(u),
             V::Bytes(b) => V::Bytes(b),
             V::Enum(e) => V::Enum(e),
+            V::Json(j) => V::Json(j),
             V::Array(a) => V::Array(Box::new(Arr {
                 items: a.items.into_iter().map(V::into_static).collect(),
                 dims: a.dims,
@@ -285,6 +293,7 @@ pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
         Ty::Text | Ty::Bpchar => V::Text(Cow::Borrowed(text)),
         Ty::Uuid => V::Uuid(uuid_bytes(text)?),
         Ty::Bytea => V::Bytes(parse_bytea(text)?),
+        Ty::Jsonb => V::Json(Box::new(Json::parse(text)?)),
         Ty::Enum(labels) => V::Enum(labels.iter().position(|l| l == text)? as u32),
         Ty::Array(elem) => {
             let (items, dims) = parse_array(text)?;
@@ -520,6 +529,13 @@ pub enum Scalar {
     },
     /// `text || text`.
     Concat(Box<Scalar>, Box<Scalar>),
+    /// `json -> key`, `->> key`, `#> path`, `#>> path` (`text`: the `>>` forms); the key is
+    /// text (object field), an integer (array element) or a text array (path).
+    JsonGet {
+        arg: Box<Scalar>,
+        key: Box<Scalar>,
+        text: bool,
+    },
     /// `ARRAY[a, b, …]` of type `ty` (items already of its element type).
     ArrayCons {
         items: Vec<Scalar>,
@@ -548,6 +564,8 @@ impl Scalar {
             Scalar::Arith { ty, .. } | Scalar::Func { ty, .. } => *ty,
             Scalar::PowN { .. } => Ty::Numeric,
             Scalar::Concat(..) => Ty::Text,
+            Scalar::JsonGet { text: true, .. } => Ty::Text,
+            Scalar::JsonGet { text: false, .. } => Ty::Jsonb,
             Scalar::ArrayCons { ty, .. } | Scalar::ArrayCat { ty, .. } => *ty,
         }
     }
@@ -579,7 +597,10 @@ impl Scalar {
             Scalar::Conv { arg, .. } | Scalar::Neg(arg) | Scalar::PowN { base: arg, .. } => {
                 arg.columns(out)
             }
-            Scalar::Arith { l, r, .. } | Scalar::Concat(l, r) | Scalar::ArrayCat { l, r, .. } => {
+            Scalar::Arith { l, r, .. }
+            | Scalar::Concat(l, r)
+            | Scalar::ArrayCat { l, r, .. }
+            | Scalar::JsonGet { arg: l, key: r, .. } => {
                 l.columns(out);
                 r.columns(out);
             }
@@ -646,6 +667,37 @@ impl Scalar {
                 let b = r.eval(row)?;
                 Ok(array_cat(*kind, a, b))
             }
+            Scalar::JsonGet { arg, key, text } => {
+                let doc = arg.eval(row)?;
+                let key = key.eval(row)?;
+                let V::Json(doc) = doc else {
+                    return Ok(V::Null);
+                };
+                let found = match &key {
+                    V::Text(k) => doc.get_key(k),
+                    V::Int(i) => doc.get_index(*i),
+                    V::Array(path) => {
+                        let steps: Vec<Option<String>> = path
+                            .items
+                            .iter()
+                            .map(|s| match s {
+                                V::Text(t) => Some(t.to_string()),
+                                _ => None,
+                            })
+                            .collect();
+                        doc.get_path(&steps)
+                    }
+                    _ => None,
+                };
+                Ok(match (found, text) {
+                    (None, _) => V::Null,
+                    (Some(j), true) => match j.as_text() {
+                        Some(t) => V::Text(Cow::Owned(t)),
+                        None => V::Null,
+                    },
+                    (Some(j), false) => V::Json(Box::new(j.clone())),
+                })
+            }
         }
     }
 
@@ -707,6 +759,19 @@ impl Scalar {
                 r.render(names, out);
                 out.push(')');
             }
+            Scalar::JsonGet { arg, key, text } => {
+                let path = key.ty().elem().is_some();
+                out.push('(');
+                arg.render(names, out);
+                out.push_str(match (path, *text) {
+                    (false, false) => " -> ",
+                    (false, true) => " ->> ",
+                    (true, false) => " #> ",
+                    (true, true) => " #>> ",
+                });
+                key.render(names, out);
+                out.push(')');
+            }
             Scalar::Func { f, args, .. } => {
                 out.push_str(f.sql());
                 out.push('(');
@@ -754,6 +819,7 @@ pub fn output<'a>(v: &'a V<'a>, ty: Ty) -> Cow<'a, str> {
             let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
             Cow::Owned(format!("\\x{hex}"))
         }
+        V::Json(j) => Cow::Owned(j.to_string()),
         V::Enum(e) => match ty {
             Ty::Enum(labels) => Cow::Borrowed(labels.get(*e as usize).map_or("", String::as_str)),
             _ => Cow::Owned(e.to_string()),
@@ -970,6 +1036,14 @@ pub fn cmp_values(a: &V<'_>, b: &V<'_>, ty: Ty) -> Ordering {
         (V::Uuid(x), V::Uuid(y)) => x.cmp(y),
         (V::Bytes(x), V::Bytes(y)) => x.cmp(y),
         (V::Enum(x), V::Enum(y)) => x.cmp(y),
+        // jsonb compares for equality only (ordering is refused when typing).
+        (V::Json(x), V::Json(y)) => {
+            if x.equals(y) {
+                Ordering::Equal
+            } else {
+                Ordering::Less
+            }
+        }
         (V::Text(x), V::Text(y)) => {
             if ty == Ty::Bpchar {
                 x.trim_end_matches(' ').cmp(y.trim_end_matches(' '))

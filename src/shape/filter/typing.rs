@@ -21,7 +21,7 @@ use pg_query::Node;
 use super::num::Num;
 use super::parse::{loc, Typer};
 use super::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, Func, Scalar, Ty, V};
-use super::{CmpOp, Expr, LikeTok};
+use super::{CmpOp, Expr, JsonHasMode, LikeTok};
 
 /// A value expression before its type is settled.
 pub(super) enum Val {
@@ -121,6 +121,14 @@ fn numeric_literal(text: &str) -> Result<Scalar, String> {
         v: V::Num(n),
         ty: Ty::Numeric,
     })
+}
+
+fn mode_sql(m: JsonHasMode) -> &'static str {
+    match m {
+        JsonHasMode::One => "?",
+        JsonHasMode::Any => "?|",
+        JsonHasMode::All => "?&",
+    }
 }
 
 /// Does comparing values of `ty` involve text collation?
@@ -227,6 +235,9 @@ impl Typer<'_> {
                     "%" => ArOp::Rem,
                     "^" => ArOp::Pow,
                     "||" => return self.concat(&at, l, r).map(Val::Known),
+                    "->" | "->>" | "#>" | "#>>" => {
+                        return self.json_get(&at, op, l, r).map(Val::Known)
+                    }
                     other => {
                         return Err(format!(
                             "{at}operator {other} cannot be used as a value here"
@@ -293,6 +304,11 @@ impl Typer<'_> {
         })?;
         if textual(ty) {
             self.check_collation(at, &[&l, &r], is_ordering(op))?;
+        }
+        if ty == Ty::Jsonb && is_ordering(op) {
+            return Err(format!(
+                "{at}ordering comparisons on jsonb are not supported (only = and <>)"
+            ));
         }
         if null {
             return Ok(Expr::Const(None));
@@ -658,7 +674,88 @@ impl Typer<'_> {
         })
     }
 
-    /// `@>`, `<@`, `&&` between arrays of the same type.
+    /// `json -> key` and friends.
+    fn json_get(&self, at: &str, op: &str, l: &Node, r: &Node) -> Result<Scalar, String> {
+        let doc = self.settle(self.value(l)?, Ty::Jsonb)?;
+        if doc.ty() != Ty::Jsonb {
+            return Err(format!(
+                "{at}operator does not exist: {} {op} (only jsonb is supported)",
+                doc.ty().name()
+            ));
+        }
+        let path = op.starts_with('#');
+        let key = self.value(r)?;
+        let key = if path {
+            self.settle(key, Ty::Text.array_if(true))?
+        } else {
+            self.settle(key, Ty::Text)?
+        };
+        let ok = if path {
+            key.ty().elem().is_some_and(Ty::is_text)
+        } else {
+            key.ty().is_text() || matches!(key.ty(), Ty::Int2 | Ty::Int4)
+        };
+        if !ok {
+            return Err(format!(
+                "{at}operator does not exist: jsonb {op} {}",
+                key.ty().name()
+            ));
+        }
+        let key = if key.ty().is_int() {
+            key.conv(Ty::Int4)
+        } else if path {
+            key
+        } else {
+            key.conv(Ty::Text)
+        };
+        Ok(Scalar::JsonGet {
+            arg: Box::new(doc),
+            key: Box::new(key),
+            text: op.ends_with(">>"),
+        })
+    }
+
+    /// `doc ? key`, `doc ?| keys`, `doc ?& keys`.
+    pub(super) fn json_has(
+        &self,
+        at: &str,
+        mode: JsonHasMode,
+        l: &Node,
+        r: &Node,
+    ) -> Result<Expr, String> {
+        let doc = self.settle(self.value(l)?, Ty::Jsonb)?;
+        let keys = if mode == JsonHasMode::One {
+            self.settle(self.value(r)?, Ty::Text)?
+        } else {
+            self.settle(self.value(r)?, Ty::Text.array_if(true))?
+        };
+        let ok = doc.ty() == Ty::Jsonb
+            && if mode == JsonHasMode::One {
+                keys.ty().is_text()
+            } else {
+                keys.ty().elem().is_some_and(Ty::is_text)
+            };
+        if !ok {
+            return Err(format!(
+                "{at}operator does not exist: {} {} {}",
+                doc.ty().name(),
+                mode_sql(mode),
+                keys.ty().name()
+            ));
+        }
+        let keys = if mode == JsonHasMode::One {
+            keys.conv(Ty::Text)
+        } else {
+            keys
+        };
+        Ok(Expr::JsonHas {
+            doc: Box::new(doc),
+            keys: Box::new(keys),
+            mode,
+        })
+    }
+
+    /// `@>`, `<@`, `&&` between arrays of the same type; `@>` / `<@` between jsonb values.
     pub(super) fn array_op(
         &self,
         at: &str,
@@ -667,6 +764,17 @@ impl Typer<'_> {
         r: &Node,
     ) -> Result<Expr, String> {
         let (a, b) = self.pair(self.value(l)?, self.value(r)?)?;
+        if a.ty() == Ty::Jsonb && b.ty() == Ty::Jsonb && op != ArrayOp::Overlaps {
+            let (l, r) = if op == ArrayOp::Contains {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            return Ok(Expr::JsonContains {
+                l: Box::new(l),
+                r: Box::new(r),
+            });
+        }
         let elem = match (a.ty().elem(), b.ty().elem()) {
             (Some(e), Some(f)) if e == f => e,
             _ => {
