@@ -13,12 +13,15 @@
 //! int2/int4/int8, numeric (exact, with Postgres' result scales), float4/float8 (NaN highest),
 //! boolean, text/varchar/bpchar, uuid, bytea, enum (declared order) and domain (as their base
 //! type) columns and arrays of them, with three-valued logic; jsonb with `-> ->> #> #>>`, `@>`,
-//! `<@`, `? ?| ?&` and equality (numbers by value, keys in jsonb order).
+//! `<@`, `? ?| ?&` and equality (numbers by value, keys in jsonb order); date, time, timestamp,
+//! timestamptz and interval with their arithmetic, `date_trunc`, `AT TIME ZONE` / `timezone()`
+//! (IANA zones from `chrono-tz`).
 //! Text ordering needs a byte-order collation (C, POSIX, C.UTF-8) and case mapping (lower,
 //! upper, ILIKE) a C/POSIX character classification: elsewhere they are refused with a 400.
 //! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
+mod datetime;
 mod json;
 mod num;
 mod parse;

@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use super::datetime::{self as dt, Interval};
 use super::json::Json;
 use super::num::{Fail, Num};
 use super::value::{canonical_uuid, float_cmp, float_text, parse_bool, parse_float, uuid_bytes};
@@ -31,14 +32,21 @@ pub enum Ty {
     Float4,
     Float8,
     Bool,
-    /// text, varchar, name.
+    /// text, name.
     Text,
+    /// `character varying`: text, except that it meets `bpchar` on bpchar's terms.
+    Varchar,
     /// `character(n)`: trailing spaces are insignificant in comparisons and are removed when
     /// the value becomes `text`.
     Bpchar,
     Uuid,
     Bytea,
     Jsonb,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    Interval,
     /// An enum type, by its labels in declared order (interned: see [`intern_labels`]).
     Enum(&'static [String]),
     /// A one-dimensional (or multi-dimensional) array of the element type.
@@ -89,11 +97,17 @@ impl Ty {
             "float4" | "real" => Ty::Float4,
             "float8" | "double precision" => Ty::Float8,
             "bool" | "boolean" => Ty::Bool,
-            "text" | "varchar" | "name" => Ty::Text,
+            "text" | "name" => Ty::Text,
+            "varchar" => Ty::Varchar,
             "bpchar" | "char" => Ty::Bpchar,
             "uuid" => Ty::Uuid,
             "bytea" => Ty::Bytea,
             "jsonb" => Ty::Jsonb,
+            "date" => Ty::Date,
+            "time" => Ty::Time,
+            "timestamp" => Ty::Timestamp,
+            "timestamptz" => Ty::Timestamptz,
+            "interval" => Ty::Interval,
             _ => return None,
         })
     }
@@ -124,10 +138,16 @@ impl Ty {
             Ty::Float8 => &Ty::Float8,
             Ty::Bool => &Ty::Bool,
             Ty::Text => &Ty::Text,
+            Ty::Varchar => &Ty::Varchar,
             Ty::Bpchar => &Ty::Bpchar,
             Ty::Uuid => &Ty::Uuid,
             Ty::Bytea => &Ty::Bytea,
             Ty::Jsonb => &Ty::Jsonb,
+            Ty::Date => &Ty::Date,
+            Ty::Time => &Ty::Time,
+            Ty::Timestamp => &Ty::Timestamp,
+            Ty::Timestamptz => &Ty::Timestamptz,
+            Ty::Interval => &Ty::Interval,
             Ty::Enum(_) => &Ty::Text,
             Ty::Array(e) => e,
         }
@@ -163,7 +183,17 @@ impl Ty {
     }
 
     pub fn is_text(self) -> bool {
-        matches!(self, Ty::Text | Ty::Bpchar)
+        matches!(self, Ty::Text | Ty::Varchar | Ty::Bpchar)
+    }
+
+    /// Position in the implicit cast chain date → timestamp → timestamptz.
+    pub fn dt_rank(self) -> Option<u8> {
+        Some(match self {
+            Ty::Date => 0,
+            Ty::Timestamp => 1,
+            Ty::Timestamptz => 2,
+            _ => return None,
+        })
     }
 
     /// The name used in rendered SQL casts.
@@ -177,10 +207,16 @@ impl Ty {
             Ty::Float8 => "float8".into(),
             Ty::Bool => "boolean".into(),
             Ty::Text => "text".into(),
+            Ty::Varchar => "varchar".into(),
             Ty::Bpchar => "bpchar".into(),
             Ty::Uuid => "uuid".into(),
             Ty::Bytea => "bytea".into(),
             Ty::Jsonb => "jsonb".into(),
+            Ty::Date => "date".into(),
+            Ty::Time => "time".into(),
+            Ty::Timestamp => "timestamp".into(),
+            Ty::Timestamptz => "timestamptz".into(),
+            Ty::Interval => "interval".into(),
             // Rendered as text: constants of an enum type are compared with a column of
             // that type, where Postgres converts them itself.
             Ty::Enum(_) => "text".into(),
@@ -199,10 +235,16 @@ impl Ty {
             Ty::Float8 => "double precision".into(),
             Ty::Bool => "boolean".into(),
             Ty::Text => "text".into(),
+            Ty::Varchar => "character varying".into(),
             Ty::Bpchar => "character".into(),
             Ty::Uuid => "uuid".into(),
             Ty::Bytea => "bytea".into(),
             Ty::Jsonb => "jsonb".into(),
+            Ty::Date => "date".into(),
+            Ty::Time => "time without time zone".into(),
+            Ty::Timestamp => "timestamp without time zone".into(),
+            Ty::Timestamptz => "timestamp with time zone".into(),
+            Ty::Interval => "interval".into(),
             Ty::Enum(_) => "enum".into(),
             Ty::Array(e) => format!("{}[]", e.name()),
         }
@@ -217,11 +259,15 @@ impl Ty {
     }
 }
 
-/// The wider of two types in Postgres' implicit numeric cast chain (its common type).
+/// The wider of two types in Postgres' implicit numeric (or date/timestamp) cast chain.
 pub fn wider(a: Ty, b: Ty) -> Ty {
     match (a.num_rank(), b.num_rank()) {
         (Some(x), Some(y)) if y > x => b,
-        _ => a,
+        (Some(_), Some(_)) => a,
+        _ => match (a.dt_rank(), b.dt_rank()) {
+            (Some(x), Some(y)) if y > x => b,
+            _ => a,
+        },
     }
 }
 
@@ -240,6 +286,13 @@ pub enum V<'a> {
     /// An enum value by its position in the declared order.
     Enum(u32),
     Json(Box<Json>),
+    /// Days since 2000-01-01 (±infinity at the ends).
+    Date(i32),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// timestamp or timestamptz (UTC): microseconds since 2000-01-01.
+    Ts(i64),
+    Interval(Interval),
     Array(Box<Arr<'a>>),
 }
 
@@ -267,6 +320,10 @@ impl V<'_> {
             V::Bytes(b) => V::Bytes(b),
             V::Enum(e) => V::Enum(e),
             V::Json(j) => V::Json(j),
+            V::Date(d) => V::Date(d),
+            V::Time(t) => V::Time(t),
+            V::Ts(t) => V::Ts(t),
+            V::Interval(i) => V::Interval(i),
             V::Array(a) => V::Array(Box::new(Arr {
                 items: a.items.into_iter().map(V::into_static).collect(),
                 dims: a.dims,
@@ -290,10 +347,15 @@ pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
         Ty::Float4 => V::Float(parse_float(text, true)?),
         Ty::Float8 => V::Float(parse_float(text, false)?),
         Ty::Bool => V::Bool(parse_bool(text.as_bytes())?),
-        Ty::Text | Ty::Bpchar => V::Text(Cow::Borrowed(text)),
+        Ty::Text | Ty::Varchar | Ty::Bpchar => V::Text(Cow::Borrowed(text)),
         Ty::Uuid => V::Uuid(uuid_bytes(text)?),
         Ty::Bytea => V::Bytes(parse_bytea(text)?),
         Ty::Jsonb => V::Json(Box::new(Json::parse(text)?)),
+        Ty::Date => V::Date(dt::parse_date(text)?),
+        Ty::Time => V::Time(dt::parse_time(text)?),
+        Ty::Timestamp => V::Ts(dt::parse_timestamp(text, false)?),
+        Ty::Timestamptz => V::Ts(dt::parse_timestamp(text, true)?),
+        Ty::Interval => V::Interval(dt::parse_interval(text)?),
         Ty::Enum(labels) => V::Enum(labels.iter().position(|l| l == text)? as u32),
         Ty::Array(elem) => {
             let (items, dims) = parse_array(text)?;
@@ -451,6 +513,92 @@ impl ArOp {
     }
 }
 
+/// Is `field` a unit `date_trunc` knows?
+pub fn date_trunc_field_ok(field: &str) -> bool {
+    dt::trunc(field, 0).is_some()
+}
+
+/// Is `zone` a time zone `timezone()` knows?
+pub fn zone_ok(zone: &str) -> bool {
+    dt::Zone::parse_posix(zone).is_some()
+}
+
+/// Date/time operators, by operand types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtOp {
+    /// date ± integer → date
+    DateAddDays,
+    DateSubDays,
+    /// date − date → integer
+    DateDiff,
+    /// date + time → timestamp
+    DateAddTime,
+    /// timestamp[tz] ± interval
+    TsAddIv,
+    TsSubIv,
+    /// timestamp[tz] − timestamp[tz] → interval
+    TsDiff,
+    IvAdd,
+    IvSub,
+    /// interval × / float8
+    IvMul,
+    IvDiv,
+}
+
+impl DtOp {
+    fn sql(self) -> &'static str {
+        match self {
+            DtOp::DateAddDays | DtOp::DateAddTime | DtOp::TsAddIv | DtOp::IvAdd => "+",
+            DtOp::DateSubDays | DtOp::DateDiff | DtOp::TsSubIv | DtOp::TsDiff | DtOp::IvSub => "-",
+            DtOp::IvMul => "*",
+            DtOp::IvDiv => "/",
+        }
+    }
+}
+
+fn date_op<'a>(op: DtOp, a: V<'a>, b: V<'a>) -> Result<V<'a>, Fail> {
+    Ok(match (op, a, b) {
+        (DtOp::DateAddDays, V::Date(d), V::Int(n)) => V::Date(dt::date_add_days(d, n).ok_or(Fail)?),
+        (DtOp::DateSubDays, V::Date(d), V::Int(n)) => {
+            V::Date(dt::date_add_days(d, n.checked_neg().ok_or(Fail)?).ok_or(Fail)?)
+        }
+        (DtOp::DateDiff, V::Date(x), V::Date(y)) => {
+            if [x, y]
+                .iter()
+                .any(|d| *d == dt::DATE_NEG_INF || *d == dt::DATE_POS_INF)
+            {
+                return Err(Fail);
+            }
+            V::Int(i64::from(x) - i64::from(y))
+        }
+        (DtOp::DateAddTime, V::Date(d), V::Time(t)) => {
+            let ts = dt::date_to_ts(d).ok_or(Fail)?;
+            if ts == dt::TS_NEG_INF || ts == dt::TS_POS_INF {
+                V::Ts(ts)
+            } else {
+                V::Ts(dt::valid_ts(ts.checked_add(t).ok_or(Fail)?).ok_or(Fail)?)
+            }
+        }
+        (DtOp::TsAddIv, V::Ts(t), V::Interval(i)) => V::Ts(dt::ts_add(t, &i).ok_or(Fail)?),
+        (DtOp::TsSubIv, V::Ts(t), V::Interval(i)) => {
+            V::Ts(dt::ts_add(t, &i.neg().ok_or(Fail)?).ok_or(Fail)?)
+        }
+        (DtOp::TsDiff, V::Ts(x), V::Ts(y)) => V::Interval(dt::ts_diff(x, y).ok_or(Fail)?),
+        (DtOp::IvAdd, V::Interval(x), V::Interval(y)) => V::Interval(x.add(&y).ok_or(Fail)?),
+        (DtOp::IvSub, V::Interval(x), V::Interval(y)) => {
+            V::Interval(x.add(&y.neg().ok_or(Fail)?).ok_or(Fail)?)
+        }
+        (DtOp::IvMul, V::Interval(x), V::Float(f)) => V::Interval(x.mul(f).ok_or(Fail)?),
+        (DtOp::IvDiv, V::Interval(x), V::Float(f)) => {
+            if f == 0.0 {
+                return Err(Fail);
+            }
+            V::Interval(x.mul(1.0 / f).ok_or(Fail)?)
+        }
+        _ => return Err(Fail),
+    })
+}
+
 /// The three meanings of `||` with arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatKind {
@@ -479,6 +627,11 @@ pub enum Func {
     Concat,
     ArrayLength,
     Cardinality,
+    /// `date_trunc(field, ts)` with a constant field (args: the field, the timestamp).
+    DateTrunc,
+    /// `timezone(zone, ts)` / `ts AT TIME ZONE zone` with a constant zone (args: the zone,
+    /// the value): timestamp → timestamptz or timestamptz → timestamp.
+    Timezone,
 }
 
 impl Func {
@@ -495,6 +648,8 @@ impl Func {
             Func::Concat => "concat",
             Func::ArrayLength => "array_length",
             Func::Cardinality => "cardinality",
+            Func::DateTrunc => "date_trunc",
+            Func::Timezone => "timezone",
         }
     }
 }
@@ -529,6 +684,13 @@ pub enum Scalar {
     },
     /// `text || text`.
     Concat(Box<Scalar>, Box<Scalar>),
+    /// Date/time arithmetic (operands already of the types `op` takes).
+    DateOp {
+        op: DtOp,
+        l: Box<Scalar>,
+        r: Box<Scalar>,
+        ty: Ty,
+    },
     /// `json -> key`, `->> key`, `#> path`, `#>> path` (`text`: the `>>` forms); the key is
     /// text (object field), an integer (array element) or a text array (path).
     JsonGet {
@@ -567,6 +729,7 @@ impl Scalar {
             Scalar::JsonGet { text: true, .. } => Ty::Text,
             Scalar::JsonGet { text: false, .. } => Ty::Jsonb,
             Scalar::ArrayCons { ty, .. } | Scalar::ArrayCat { ty, .. } => *ty,
+            Scalar::DateOp { ty, .. } => *ty,
         }
     }
 
@@ -600,6 +763,7 @@ impl Scalar {
             Scalar::Arith { l, r, .. }
             | Scalar::Concat(l, r)
             | Scalar::ArrayCat { l, r, .. }
+            | Scalar::DateOp { l, r, .. }
             | Scalar::JsonGet { arg: l, key: r, .. } => {
                 l.columns(out);
                 r.columns(out);
@@ -666,6 +830,14 @@ impl Scalar {
                 let a = l.eval(row)?;
                 let b = r.eval(row)?;
                 Ok(array_cat(*kind, a, b))
+            }
+            Scalar::DateOp { op, l, r, .. } => {
+                let a = l.eval(row)?;
+                let b = r.eval(row)?;
+                if a.is_null() || b.is_null() {
+                    return Ok(V::Null);
+                }
+                date_op(*op, a, b)
             }
             Scalar::JsonGet { arg, key, text } => {
                 let doc = arg.eval(row)?;
@@ -759,6 +931,15 @@ impl Scalar {
                 r.render(names, out);
                 out.push(')');
             }
+            Scalar::DateOp { op, l, r, .. } => {
+                out.push('(');
+                l.render(names, out);
+                out.push(' ');
+                out.push_str(op.sql());
+                out.push(' ');
+                r.render(names, out);
+                out.push(')');
+            }
             Scalar::JsonGet { arg, key, text } => {
                 let path = key.ty().elem().is_some();
                 out.push('(');
@@ -820,6 +1001,10 @@ pub fn output<'a>(v: &'a V<'a>, ty: Ty) -> Cow<'a, str> {
             Cow::Owned(format!("\\x{hex}"))
         }
         V::Json(j) => Cow::Owned(j.to_string()),
+        V::Date(d) => Cow::Owned(dt::format_date(*d)),
+        V::Time(t) => Cow::Owned(dt::format_time(*t)),
+        V::Ts(t) => Cow::Owned(dt::format_timestamp(*t, ty == Ty::Timestamptz)),
+        V::Interval(i) => Cow::Owned(i.input_text()),
         V::Enum(e) => match ty {
             Ty::Enum(labels) => Cow::Borrowed(labels.get(*e as usize).map_or("", String::as_str)),
             _ => Cow::Owned(e.to_string()),
@@ -889,11 +1074,14 @@ pub fn convert<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, Fail> {
             }
             V::Float(f64::from(g))
         }
-        (V::Text(t), Ty::Text) if from == Ty::Bpchar => match t {
+        (V::Text(t), Ty::Text | Ty::Varchar) if from == Ty::Bpchar => match t {
             Cow::Borrowed(s) => V::Text(Cow::Borrowed(s.trim_end_matches(' '))),
             Cow::Owned(s) => V::Text(Cow::Owned(s.trim_end_matches(' ').to_string())),
         },
-        (V::Text(t), Ty::Text | Ty::Bpchar) => V::Text(t),
+        (V::Text(t), Ty::Text | Ty::Varchar | Ty::Bpchar) => V::Text(t),
+        (V::Date(d), Ty::Timestamp | Ty::Timestamptz) => V::Ts(dt::date_to_ts(d).ok_or(Fail)?),
+        // Sessions run in UTC: a timestamp and its timestamptz are the same instant.
+        (V::Ts(t), Ty::Timestamp | Ty::Timestamptz) => V::Ts(t),
         _ => return Err(Fail),
     })
 }
@@ -910,6 +1098,7 @@ fn negate(v: V<'_>, ty: Ty) -> Result<V<'_>, Fail> {
         }
         V::Num(n) => V::Num(n.neg()),
         V::Float(f) => V::Float(-f),
+        V::Interval(i) => V::Interval(i.neg().ok_or(Fail)?),
         _ => return Err(Fail),
     })
 }
@@ -1036,6 +1225,10 @@ pub fn cmp_values(a: &V<'_>, b: &V<'_>, ty: Ty) -> Ordering {
         (V::Uuid(x), V::Uuid(y)) => x.cmp(y),
         (V::Bytes(x), V::Bytes(y)) => x.cmp(y),
         (V::Enum(x), V::Enum(y)) => x.cmp(y),
+        (V::Date(x), V::Date(y)) => x.cmp(y),
+        (V::Time(x), V::Time(y)) => x.cmp(y),
+        (V::Ts(x), V::Ts(y)) => x.cmp(y),
+        (V::Interval(x), V::Interval(y)) => x.span().cmp(&y.span()),
         // jsonb compares for equality only (ordering is refused when typing).
         (V::Json(x), V::Json(y)) => {
             if x.equals(y) {
@@ -1291,6 +1484,24 @@ fn call<'r>(f: Func, args: &'r [Scalar], ty: Ty, row: &'r dyn Row) -> Result<V<'
         },
         Func::Cardinality => match arg(0)? {
             V::Array(a) => V::Int(a.items.len() as i64),
+            _ => V::Null,
+        },
+        Func::DateTrunc => match (arg(0)?, arg(1)?) {
+            (V::Text(field), V::Ts(t)) => V::Ts(dt::trunc(&field, t).flatten().ok_or(Fail)?),
+            _ => V::Null,
+        },
+        Func::Timezone => match (arg(0)?, arg(1)?) {
+            (V::Text(zone), V::Ts(t)) => {
+                let zone = dt::Zone::parse_posix(&zone).ok_or(Fail)?;
+                V::Ts(
+                    if ty == Ty::Timestamptz {
+                        zone.utc_of(t)
+                    } else {
+                        zone.local_of(t)
+                    }
+                    .ok_or(Fail)?,
+                )
+            }
             _ => V::Null,
         },
     })

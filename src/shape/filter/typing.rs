@@ -20,7 +20,7 @@ use pg_query::Node;
 
 use super::num::Num;
 use super::parse::{loc, Typer};
-use super::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, Func, Scalar, Ty, V};
+use super::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Func, Scalar, Ty, V};
 use super::{CmpOp, Expr, JsonHasMode, LikeTok};
 
 /// A value expression before its type is settled.
@@ -62,12 +62,14 @@ pub(super) fn cmp_type(a: Ty, b: Ty) -> Option<Ty> {
             Ty::Int8
         });
     }
+    if let (Some(_), Some(_)) = (a.dt_rank(), b.dt_rank()) {
+        return Some(wider(a, b));
+    }
     if a.is_text() && b.is_text() {
-        return Some(if a == Ty::Bpchar && b == Ty::Bpchar {
-            Ty::Bpchar
-        } else {
-            Ty::Text
-        });
+        // bpchar's operators win against bpchar and varchar; with text, text's do (text is
+        // the preferred string type).
+        let bpchar = (a == Ty::Bpchar || b == Ty::Bpchar) && a != Ty::Text && b != Ty::Text;
+        return Some(if bpchar { Ty::Bpchar } else { Ty::Text });
     }
     (a == b).then_some(a)
 }
@@ -77,7 +79,9 @@ fn common_type(types: &[Ty]) -> Option<Ty> {
     let first = *types.first()?;
     let mut t = first;
     for &u in &types[1..] {
-        if t.num_rank().is_some() && u.num_rank().is_some() {
+        if (t.num_rank().is_some() && u.num_rank().is_some())
+            || (t.dt_rank().is_some() && u.dt_rank().is_some())
+        {
             t = wider(t, u);
         } else if t.is_text() && u.is_text() || t == u {
             // Text-like types convert both ways: the first one stays.
@@ -458,7 +462,7 @@ impl Typer<'_> {
         let Val::Known(s) = v else {
             return Err(format!("{at}operator is not unique: {op} unknown"));
         };
-        if s.ty().num_rank().is_none() {
+        if s.ty().num_rank().is_none() && s.ty() != Ty::Interval {
             return Err(format!(
                 "{at}operator does not exist: {op} {}",
                 s.ty().name()
@@ -494,6 +498,12 @@ impl Typer<'_> {
                 "{at}operator is not unique: unknown {} unknown",
                 op.sql()
             ));
+        }
+        let temporal = |t: Option<Ty>| {
+            t.is_some_and(|t| t.dt_rank().is_some() || matches!(t, Ty::Time | Ty::Interval))
+        };
+        if temporal(a.known_ty()) || temporal(b.known_ty()) {
+            return self.date_arith(at, op, a, b);
         }
         let (a, b) = self.pair(a, b)?;
         let (ta, tb) = (a.ty(), b.ty());
@@ -532,6 +542,83 @@ impl Typer<'_> {
             l: Box::new(a.conv(ty)),
             r: Box::new(b.conv(ty)),
             ty,
+        })
+    }
+
+    /// Arithmetic with a date, time, timestamp or interval operand.
+    fn date_arith(&self, at: &str, op: ArOp, a: Val, b: Val) -> Result<Scalar, String> {
+        // An untyped operand: an interval next to + (and next to an interval), a float next to
+        // * and /, otherwise the other operand's type (as Postgres' resolution picks).
+        let hint = |known: Ty| match op {
+            ArOp::Mul | ArOp::Div => Ty::Float8,
+            ArOp::Add => Ty::Interval,
+            _ if known == Ty::Interval => Ty::Interval,
+            _ => known,
+        };
+        let (a, b) = match (a.known_ty(), b.known_ty()) {
+            (Some(t), None) => (self.settle(a, t)?, self.settle(b, hint(t))?),
+            (None, Some(t)) => (self.settle(a, hint(t))?, self.settle(b, t)?),
+            _ => (self.settle(a, Ty::Text)?, self.settle(b, Ty::Text)?),
+        };
+        let (ta, tb) = (a.ty(), b.ty());
+        let is_ts = |t: Ty| matches!(t, Ty::Timestamp | Ty::Timestamptz);
+        let node = |op: DtOp, l: Scalar, r: Scalar, ty: Ty| Scalar::DateOp {
+            op,
+            l: Box::new(l),
+            r: Box::new(r),
+            ty,
+        };
+        Ok(match (op, ta, tb) {
+            (ArOp::Add, Ty::Date, t) if t.is_int() => {
+                node(DtOp::DateAddDays, a, b.conv(Ty::Int4), Ty::Date)
+            }
+            (ArOp::Add, t, Ty::Date) if t.is_int() => {
+                node(DtOp::DateAddDays, b, a.conv(Ty::Int4), Ty::Date)
+            }
+            (ArOp::Sub, Ty::Date, t) if t.is_int() => {
+                node(DtOp::DateSubDays, a, b.conv(Ty::Int4), Ty::Date)
+            }
+            (ArOp::Sub, Ty::Date, Ty::Date) => node(DtOp::DateDiff, a, b, Ty::Int4),
+            (ArOp::Add, Ty::Date, Ty::Time) => node(DtOp::DateAddTime, a, b, Ty::Timestamp),
+            (ArOp::Add, Ty::Time, Ty::Date) => node(DtOp::DateAddTime, b, a, Ty::Timestamp),
+            (ArOp::Add | ArOp::Sub, l, Ty::Interval) if is_ts(l) || l == Ty::Date => {
+                let ty = if l == Ty::Date { Ty::Timestamp } else { l };
+                let op = if op == ArOp::Add {
+                    DtOp::TsAddIv
+                } else {
+                    DtOp::TsSubIv
+                };
+                node(op, a.conv(ty), b, ty)
+            }
+            (ArOp::Add, Ty::Interval, r) if is_ts(r) || r == Ty::Date => {
+                let ty = if r == Ty::Date { Ty::Timestamp } else { r };
+                node(DtOp::TsAddIv, b.conv(ty), a, ty)
+            }
+            (ArOp::Sub, l, r)
+                if (is_ts(l) || is_ts(r)) && l.dt_rank().is_some() && r.dt_rank().is_some() =>
+            {
+                let ty = wider(l, r);
+                node(DtOp::TsDiff, a.conv(ty), b.conv(ty), Ty::Interval)
+            }
+            (ArOp::Add, Ty::Interval, Ty::Interval) => node(DtOp::IvAdd, a, b, Ty::Interval),
+            (ArOp::Sub, Ty::Interval, Ty::Interval) => node(DtOp::IvSub, a, b, Ty::Interval),
+            (ArOp::Mul, Ty::Interval, n) if n.num_rank().is_some() => {
+                node(DtOp::IvMul, a, b.conv(Ty::Float8), Ty::Interval)
+            }
+            (ArOp::Mul, n, Ty::Interval) if n.num_rank().is_some() => {
+                node(DtOp::IvMul, b, a.conv(Ty::Float8), Ty::Interval)
+            }
+            (ArOp::Div, Ty::Interval, n) if n.num_rank().is_some() => {
+                node(DtOp::IvDiv, a, b.conv(Ty::Float8), Ty::Interval)
+            }
+            _ => {
+                return Err(format!(
+                    "{at}operator does not exist: {} {} {}",
+                    ta.name(),
+                    op.sql(),
+                    tb.name()
+                ))
+            }
         })
     }
 
@@ -1038,6 +1125,56 @@ impl Typer<'_> {
                     },
                     args,
                     ty: Ty::Int4,
+                })
+            }
+            "date_trunc" | "timezone" => {
+                arity(2)?;
+                let first = self.settle(next()?, Ty::Text)?;
+                let Scalar::Const {
+                    v: V::Text(text), ..
+                } = &first
+                else {
+                    return Err(format!(
+                        "{at}{name} needs a constant as its first argument"
+                    ));
+                };
+                let x = self.settle(next()?, Ty::Timestamptz)?;
+                let x = if x.ty() == Ty::Date {
+                    x.conv(Ty::Timestamptz)
+                } else {
+                    x
+                };
+                if !matches!(x.ty(), Ty::Timestamp | Ty::Timestamptz) {
+                    return Err(format!(
+                        "{at}function {name}(text, {}) is not supported",
+                        x.ty().name()
+                    ));
+                }
+                let (f, ty) = if name == "date_trunc" {
+                    if scalar::date_trunc_field_ok(text) {
+                        (Func::DateTrunc, x.ty())
+                    } else {
+                        return Err(format!(
+                            "{at}unit \"{text}\" not recognized for type {}",
+                            x.ty().name()
+                        ));
+                    }
+                } else {
+                    if scalar::zone_ok(text) {
+                    } else {
+                        return Err(format!("{at}time zone \"{text}\" not recognized"));
+                    }
+                    let ty = if x.ty() == Ty::Timestamp {
+                        Ty::Timestamptz
+                    } else {
+                        Ty::Timestamp
+                    };
+                    (Func::Timezone, ty)
+                };
+                Ok(Scalar::Func {
+                    f,
+                    args: vec![first, x],
+                    ty,
                 })
             }
             "now" | "random" | "clock_timestamp" | "statement_timestamp" | "timeofday"
