@@ -479,7 +479,7 @@ fn routing(c: &mut Criterion) {
         Some((
             N_COL,
             Family::Integer,
-            index_key(Family::Integer, b"7").unwrap()
+            vec![index_key(Family::Integer, b"7").unwrap()]
         ))
     );
 

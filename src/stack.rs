@@ -438,7 +438,19 @@ impl Stack {
                     let _ = commands.send(Command::Remove {
                         handle: handle.clone(),
                     });
-                    registry.remove(&handle, Lifecycle::Failed(format!("{e:#}").into()));
+                    // A data exception (SQLSTATE class 22) comes from evaluating the where
+                    // clause on some row: the request was bad, not the service.
+                    let data_error = e
+                        .chain()
+                        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+                        .filter_map(|pg| pg.as_db_error())
+                        .find(|db| db.code().code().starts_with("22"))
+                        .map(|db| db.message().to_string());
+                    let state = match data_error {
+                        Some(msg) => Lifecycle::Rejected(msg.into()),
+                        None => Lifecycle::Failed(format!("{e:#}").into()),
+                    };
+                    registry.remove(&handle, state);
                 }
             }
         });

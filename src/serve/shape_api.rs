@@ -411,6 +411,12 @@ async fn decide(
             Ok(()) => {}
             Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),
             Err(State2::Gone) => return replacement(app, stack, req, ip).await,
+            Err(State2::Rejected(msg)) => {
+                return Err(ApiError::field(
+                    "where",
+                    format!("the where clause fails on the table's rows: {msg}"),
+                ));
+            }
             Err(State2::Failed(msg)) => {
                 tracing::warn!(handle = %shape.handle, error = %msg, "serving a failed shape");
                 return Err(ApiError::Unavailable {
@@ -514,6 +520,7 @@ async fn decide(
 enum State2 {
     Gone,
     Failed(String),
+    Rejected(String),
 }
 
 fn check_state(p: &Progress) -> Result<(), State2> {
@@ -521,6 +528,7 @@ fn check_state(p: &Progress) -> Result<(), State2> {
         Lifecycle::Active => Ok(()),
         Lifecycle::Gone => Err(State2::Gone),
         Lifecycle::Failed(m) => Err(State2::Failed(m.to_string())),
+        Lifecycle::Rejected(m) => Err(State2::Rejected(m.to_string())),
     }
 }
 

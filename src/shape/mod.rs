@@ -46,6 +46,10 @@ pub enum Lifecycle {
     Gone,
     /// The snapshot failed: requests answer 503 and the next one creates it again.
     Failed(Arc<str>),
+    /// The where clause raised an error on the table's data (division by zero, overflow…):
+    /// requests answer 400 with Postgres' message; retrying cannot help until the data or the
+    /// clause changes.
+    Rejected(Arc<str>),
 }
 
 /// A live shape.

@@ -1,8 +1,9 @@
 //! The routing index of one table: which shapes a change can touch, without testing them all.
 //!
-//! A shape whose where clause implies `column = constant` (the whole clause, or one conjunct of
-//! a top-level `AND`; see [`super::filter::WhereClause::eq_term`]) is filed under that column and
-//! the constant's key; every other shape is in `scan` and tested on every change. A change is
+//! A shape whose where clause implies `column = one of a few constants` (`=`, `IN`, an `OR` of
+//! equalities on one column, `= ANY ('{…}')`, alone or as a conjunct of a top-level `AND`; see
+//! [`super::filter::WhereClause::eq_term`]) is filed under that column and each constant's
+//! key; every other shape is in `scan` and tested on every change. A change is
 //! routed on each of its rows (the new row, and for updates and deletes the full old row): for
 //! each indexed column, the shapes filed under the row's key for that column. A shape filed
 //! under a key can only match a row with that key, so a shape the index leaves out matches
@@ -27,41 +28,46 @@ pub struct TableRoutes {
 /// Shapes by the key they require.
 type KeyedShapes = HashMap<Vec<u8>, Vec<usize>>;
 
-/// Where a shape is filed (from its clause's `eq_term`).
-pub type Term = Option<(usize, Family, Vec<u8>)>;
+/// Where a shape is filed (from its clause's `eq_term`): a column, its family, and the keys.
+pub type Term = Option<(usize, Family, Vec<Vec<u8>>)>;
 
 impl TableRoutes {
     pub fn add(&mut self, idx: usize, term: Term) {
         self.len += 1;
         match term {
             None => self.scan.push(idx),
-            Some((column, family, key)) => self
-                .eq
-                .entry(column)
-                .or_insert_with(|| (family, HashMap::new()))
-                .1
-                .entry(key)
-                .or_default()
-                .push(idx),
+            Some((column, family, keys)) => {
+                let by_key = &mut self
+                    .eq
+                    .entry(column)
+                    .or_insert_with(|| (family, HashMap::new()))
+                    .1;
+                for key in keys {
+                    by_key.entry(key).or_default().push(idx);
+                }
+            }
         }
     }
 
     pub fn remove(&mut self, idx: usize, term: &Term) {
         let removed = match term {
             None => remove_from(&mut self.scan, idx),
-            Some((column, _, key)) => {
+            Some((column, _, wanted)) => {
                 let Some((_, keys)) = self.eq.get_mut(column) else {
                     return;
                 };
-                let Some(list) = keys.get_mut(key) else {
-                    return;
-                };
-                let removed = remove_from(list, idx);
-                if list.is_empty() {
-                    keys.remove(key);
-                    if keys.is_empty() {
-                        self.eq.remove(column);
+                let mut removed = false;
+                for key in wanted {
+                    let Some(list) = keys.get_mut(key) else {
+                        continue;
+                    };
+                    removed |= remove_from(list, idx);
+                    if list.is_empty() {
+                        keys.remove(key);
                     }
+                }
+                if keys.is_empty() {
+                    self.eq.remove(column);
                 }
                 removed
             }
@@ -75,7 +81,7 @@ impl TableRoutes {
         self.len == 0
     }
 
-    /// Every shape of the table.
+    /// Every shape of the table (possibly with repeats).
     pub fn all(&self, out: &mut Vec<usize>) {
         out.extend_from_slice(&self.scan);
         for (_, keys) in self.eq.values() {
@@ -141,11 +147,11 @@ mod tests {
         let int = Family::Integer;
         let text = Family::Text { bpchar: false };
         let mut r = TableRoutes::default();
-        r.add(0, Some((1, int, key(int, "7"))));
-        r.add(1, Some((1, int, key(int, "8"))));
-        r.add(2, Some((2, text, key(text, "a"))));
+        r.add(0, Some((1, int, vec![key(int, "7")])));
+        r.add(1, Some((1, int, vec![key(int, "8")])));
+        r.add(2, Some((2, text, vec![key(text, "a")])));
         r.add(3, None);
-        r.add(4, Some((1, int, key(int, "7.0"))));
+        r.add(4, Some((1, int, vec![key(int, "7.0")])));
         let row = [Cell::Text(b"1"), Cell::Text(b"7"), Cell::Text(b"b")];
         assert_eq!(routed(&r, &[&row]), vec![0, 3, 4], "7 = 7.0 exactly");
         let old = [Cell::Text(b"1"), Cell::Text(b"8"), Cell::Text(b"a")];
@@ -163,14 +169,30 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, vec![0, 1, 2, 3, 4]);
 
-        r.remove(0, &Some((1, int, key(int, "7"))));
+        r.remove(0, &Some((1, int, vec![key(int, "7")])));
         r.remove(3, &None);
         assert_eq!(routed(&r, &[&row]), vec![4]);
-        r.remove(4, &Some((1, int, key(int, "7"))));
-        r.remove(1, &Some((1, int, key(int, "8"))));
-        r.remove(2, &Some((2, text, key(text, "a"))));
+        r.remove(4, &Some((1, int, vec![key(int, "7")])));
+        r.remove(1, &Some((1, int, vec![key(int, "8")])));
+        r.remove(2, &Some((2, text, vec![key(text, "a")])));
         assert!(r.is_empty());
         assert!(r.eq.is_empty(), "empty maps are dropped");
+    }
+
+    #[test]
+    fn a_shape_filed_under_several_keys_is_found_by_each_and_removed_from_all() {
+        let int = Family::Integer;
+        let mut r = TableRoutes::default();
+        let term = Some((1, int, vec![key(int, "3"), key(int, "5")]));
+        r.add(0, term.clone());
+        r.add(1, Some((1, int, vec![key(int, "5")])));
+        let row = |v: &'static [u8]| [Cell::Text(b"1"), Cell::Text(v)];
+        assert_eq!(routed(&r, &[&row(b"3")]), vec![0]);
+        assert_eq!(routed(&r, &[&row(b"5")]), vec![0, 1]);
+        assert_eq!(routed(&r, &[&row(b"4")]), Vec::<usize>::new());
+        r.remove(0, &term);
+        assert_eq!(routed(&r, &[&row(b"3")]), Vec::<usize>::new());
+        assert_eq!(routed(&r, &[&row(b"5")]), vec![1]);
     }
 
     #[test]

@@ -74,6 +74,32 @@ const CASES: &[Case] = &[
         clause: "n IN ($1, $2)",
         params: &["10", "105"],
     },
+    Case {
+        groups: &[
+            Group::Core,
+            Group::Logic,
+            Group::Functions,
+            Group::ColumnCompare,
+            Group::Arithmetic,
+        ],
+        clause: "lower(name) <> name OR price > n / 4.0",
+        params: &[],
+    },
+    Case {
+        groups: &[Group::Core, Group::Logic, Group::Arrays],
+        clause: "tags && '{7}' OR tags @> ARRAY[0, 1]",
+        params: &[],
+    },
+    Case {
+        groups: &[Group::Core, Group::Logic, Group::Jsonb],
+        clause: "doc @> '{\"kind\": \"order\"}' AND doc ->> 'qty' <> '3'",
+        params: &[],
+    },
+    Case {
+        groups: &[Group::Core, Group::Concat, Group::TextOrder],
+        clause: "name || '!' > 'item-2'",
+        params: &[],
+    },
 ];
 
 const SETUP: &str = "
@@ -197,6 +223,17 @@ const CLIENT_CASES: &[Case] = &[
         clause: "n % 2 = 0 AND score BETWEEN -500 AND 500 OR name LIKE 'a%' OR score IN (0, 1, -1)",
         params: &[],
     },
+    Case {
+        groups: &[
+            Group::Core,
+            Group::Logic,
+            Group::Functions,
+            Group::ColumnCompare,
+            Group::ILike,
+        ],
+        clause: "name ILIKE 'A%' OR score < n OR coalesce(lower(note), 'x') = 'x'",
+        params: &[],
+    },
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,4 +252,30 @@ async fn rich_where_clauses_through_the_official_client() {
         ran += 1;
     }
     assert!(ran >= 1, "the supported subset runs");
+}
+
+/// A clause that raises an error on some row (here a division by zero) cannot be synced:
+/// the shape request is a 400 naming the where clause and Postgres' error, not a 503 to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clause_failing_on_the_data_is_a_400() {
+    let url = fresh_db("where_e2e_fail").await;
+    let db = connect(&url).await;
+    db.batch_execute(SETUP).await.expect("setup");
+    let server = TestServer::start(&url).await;
+    let client = server.client();
+    let mut q = String::from("table=items&offset=-1&where=");
+    q.extend(form_urlencoded::byte_serialize(b"100 / (n - 25) > 1"));
+    let reply = client.get(&q).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.json());
+    let msg = reply.json()["errors"]["where"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("division by zero"), "{msg}");
+    // Once the data no longer fails, the same shape syncs.
+    db.batch_execute("UPDATE items SET n = 26 WHERE n = 25")
+        .await
+        .expect("fix");
+    let reply = client.get(&q).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
 }

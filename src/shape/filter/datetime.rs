@@ -843,10 +843,7 @@ mod tests {
         assert_eq!(ny.local_of(utc), parse_timestamp("2019-12-31 19:00", false));
         // A skipped local time takes the offset before the transition (EST).
         let gap = parse_timestamp("2024-03-10 02:30", false).unwrap();
-        assert_eq!(
-            ny.utc_of(gap),
-            parse_timestamp("2024-03-10 07:30+00", true)
-        );
+        assert_eq!(ny.utc_of(gap), parse_timestamp("2024-03-10 07:30+00", true));
         // SELECT timezone('-03:00', '2020-01-01 00:00'::timestamp) → 2019-12-31 21:00:00+00
         let minus3 = Zone::parse_posix("-03:00").unwrap();
         assert_eq!(

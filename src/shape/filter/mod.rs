@@ -282,20 +282,78 @@ impl WhereClause {
         &self.expr
     }
 
-    /// An equality every matching row satisfies, for the routing index: the clause is
-    /// `column = constant`, or an `AND` with such a conjunct. Returns the column, its family
-    /// and the constant's [`value::index_key`]: a row whose column has another key (or is NULL)
+    /// The equality every matching row satisfies, for the routing index: the clause requires
+    /// one column to equal one of a few constants (`column = c`, `column IN (…)`, an `OR` of
+    /// such equalities on one column, `column = ANY ('{…}')`, or an `AND` with such a
+    /// conjunct, the one with the fewest keys). Returns the column, its family and the
+    /// constants' [`value::index_key`]s: a row whose column has another key (or is NULL)
     /// cannot match.
-    pub fn eq_term(&self) -> Option<(usize, Family, Vec<u8>)> {
-        fn term(e: &Expr) -> Option<(usize, Family, Vec<u8>)> {
+    pub fn eq_term(&self) -> Option<(usize, Family, Vec<Vec<u8>>)> {
+        fn term(e: &Expr) -> Option<(usize, Family, Vec<Vec<u8>>)> {
             match e {
                 Expr::Compare {
                     column,
                     family,
                     op: CmpOp::Eq,
                     value,
-                } => Some((*column, *family, value.index_key(*family)?)),
-                Expr::And(items) => items.iter().find_map(term),
+                } => Some((*column, *family, vec![value.index_key(*family)?])),
+                Expr::And(items) => items
+                    .iter()
+                    .filter_map(term)
+                    .min_by_key(|(_, _, keys)| keys.len()),
+                Expr::Or(items) => {
+                    let mut it = items.iter();
+                    let (column, family, mut keys) = term(it.next()?)?;
+                    for e in it {
+                        let (c, f, k) = term(e)?;
+                        if c != column || f != family {
+                            return None;
+                        }
+                        keys.extend(k);
+                    }
+                    keys.sort_unstable();
+                    keys.dedup();
+                    Some((column, family, keys))
+                }
+                Expr::AnyAll {
+                    op: CmpOp::Eq,
+                    all: false,
+                    x,
+                    arr,
+                    elem,
+                    cmp,
+                } => {
+                    let Scalar::Col { idx, ty } = x.as_ref() else {
+                        return None;
+                    };
+                    let Scalar::Const { v: V::Array(a), .. } = arr.as_ref() else {
+                        return None;
+                    };
+                    // Only where the column's own equality decides (no conversion that could
+                    // make two different keys equal).
+                    let family = match (*ty, *cmp) {
+                        (t, Ty::Int8) if t.is_int() && elem.is_int() => Family::Integer,
+                        (Ty::Numeric, Ty::Numeric) if *elem == Ty::Numeric => Family::Numeric,
+                        (Ty::Text | Ty::Varchar, Ty::Text)
+                            if elem.is_text() && *elem != Ty::Bpchar =>
+                        {
+                            Family::Text { bpchar: false }
+                        }
+                        (Ty::Uuid, Ty::Uuid) => Family::Uuid,
+                        _ => return None,
+                    };
+                    let mut keys = Vec::with_capacity(a.items.len());
+                    for item in &a.items {
+                        if item.is_null() {
+                            continue;
+                        }
+                        let text = scalar::output(item, *elem);
+                        keys.push(value::index_key(family, text.as_bytes())?);
+                    }
+                    keys.sort_unstable();
+                    keys.dedup();
+                    Some((*idx, family, keys))
+                }
                 _ => None,
             }
         }

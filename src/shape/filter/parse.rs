@@ -786,6 +786,25 @@ mod tests {
     }
 
     #[test]
+    fn routing_terms_cover_in_lists_ors_and_any() {
+        let t = table();
+        let keys = |clause: &str| {
+            parse_where(clause, &t, &[])
+                .unwrap()
+                .eq_term()
+                .map(|(c, _, k)| (c, k.len()))
+        };
+        assert_eq!(keys("id = 3"), Some((0, 1)));
+        assert_eq!(keys("id IN (3, 5, 5.0)"), Some((0, 2)), "5 = 5.0: one key");
+        assert_eq!(keys("id = 3 OR id = 5"), Some((0, 2)));
+        assert_eq!(keys("id = ANY('{3,5,NULL}')"), Some((0, 2)));
+        assert_eq!(keys("id IN (3, 5) AND name = 'x'"), Some((1, 1)));
+        assert_eq!(keys("id = 3 OR name = 'x'"), None);
+        assert_eq!(keys("id NOT IN (3)"), None);
+        assert_eq!(keys("id > 3"), None);
+    }
+
+    #[test]
     fn in_between_and_distinct_follow_postgres() {
         let t = table();
         let m = |clause: &str, r: &R| parse_where(clause, &t, &[]).unwrap().matches(r);
