@@ -496,12 +496,15 @@ fn parse_ymd(s: &str, bc: bool) -> Option<i64> {
 
 fn strip_bc(s: &str) -> (&str, bool) {
     let t = s.trim();
-    if t.len() > 3 && t[t.len() - 3..].eq_ignore_ascii_case(" bc") {
-        (t[..t.len() - 3].trim_end(), true)
-    } else if t.len() > 3 && t[t.len() - 3..].eq_ignore_ascii_case(" ad") {
-        (t[..t.len() - 3].trim_end(), false)
-    } else {
-        (t, false)
+    let cut = t.len().saturating_sub(3);
+    match t.get(cut..) {
+        Some(tail) if t.len() > 3 && tail.eq_ignore_ascii_case(" bc") => {
+            (t[..cut].trim_end(), true)
+        }
+        Some(tail) if t.len() > 3 && tail.eq_ignore_ascii_case(" ad") => {
+            (t[..cut].trim_end(), false)
+        }
+        _ => (t, false),
     }
 }
 

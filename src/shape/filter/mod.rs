@@ -22,6 +22,8 @@
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
 mod datetime;
+#[cfg(test)]
+mod fuzz_tests;
 mod json;
 mod num;
 mod parse;
@@ -557,14 +559,25 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
                 None => "UNKNOWN",
             });
         }
+        Expr::And(items) | Expr::Or(items) if items.len() == 1 => render(&items[0], names, out),
         Expr::And(items) | Expr::Or(items) => {
             let sep = if matches!(expr, Expr::And(_)) {
                 " AND "
             } else {
                 " OR "
             };
+            // Nested ANDs in an AND (ORs in an OR) are one list, as Postgres parses them back.
+            fn flat<'e>(e: &'e Expr, and: bool, out: &mut Vec<&'e Expr>) {
+                match e {
+                    Expr::And(items) if and => items.iter().for_each(|i| flat(i, and, out)),
+                    Expr::Or(items) if !and => items.iter().for_each(|i| flat(i, and, out)),
+                    other => out.push(other),
+                }
+            }
+            let mut parts = Vec::new();
+            flat(expr, matches!(expr, Expr::And(_)), &mut parts);
             out.push('(');
-            for (i, e) in items.iter().enumerate() {
+            for (i, e) in parts.into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(sep);
                 }
@@ -609,13 +622,12 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             out.push(')');
         }
         Expr::Cmp { op, l, r, .. } => {
-            out.push('(');
+            // No parentheses, like `column op constant`: both parse back to the same thing.
             l.render(names, out);
             out.push(' ');
             out.push_str(op.sql());
             out.push(' ');
             r.render(names, out);
-            out.push(')');
         }
         Expr::AnyAll {
             op, all, x, arr, ..

@@ -148,6 +148,7 @@ impl Typer<'_> {
                 )),
             },
             Some(N::AConst(_)) | Some(N::TypeCast(_)) => match self.constant(node)? {
+                (raw, None | Some(Family::Bool)) if raw_is_null(&raw) => Ok(Expr::Const(None)),
                 (RawConst::Bool(b), _) => Ok(Expr::Const(Some(b))),
                 (RawConst::Str(s), Some(Family::Bool)) => {
                     match super::value::parse_bool(s.as_bytes()) {
@@ -372,6 +373,9 @@ impl Typer<'_> {
         let text = |node: &Node| -> Result<Option<String>, String> {
             match self.constant(node)? {
                 (raw, _) if raw_is_null(&raw) => Ok(None),
+                (RawConst::Str(s), _) if s.contains('\0') => {
+                    Err(format!("{at}invalid NUL character in constant"))
+                }
                 (RawConst::Str(s), None | Some(Family::Text { .. })) => Ok(Some(s)),
                 _ => Err(format!("{at}a LIKE pattern must be a string")),
             }
@@ -489,7 +493,23 @@ impl Typer<'_> {
     }
 
     /// If `node` is a column reference: its index and comparison family (None: unsupported type).
+    /// A cast of a column to its own type counts as the column.
     pub(super) fn column(&self, node: &Node) -> Result<Option<(usize, Option<Family>)>, String> {
+        if let Some(N::TypeCast(t)) = node.node.as_ref() {
+            let Some(arg) = t.arg.as_deref() else {
+                return Ok(None);
+            };
+            let Some(col) = self.column(arg)? else {
+                return Ok(None);
+            };
+            let c = &self.table.columns[col.0];
+            let own = Ty::of_type(self.table.eval_type_name(col.0), c.dims);
+            let cast = super::typing::cast_type(t.type_name.as_ref());
+            return Ok(
+                (own.is_some() && own == cast && self.table.enum_labels(col.0).is_empty())
+                    .then_some(col),
+            );
+        }
         let Some(N::ColumnRef(r)) = node.node.as_ref() else {
             return Ok(None);
         };
@@ -580,13 +600,21 @@ impl Typer<'_> {
                 Ok((raw, Some(family)))
             }
             Some(N::AExpr(a)) if a.lexpr.is_none() => {
-                // Unary minus on a numeric constant.
-                let minus = matches!(a.name.last().and_then(|n| n.node.as_ref()), Some(N::String(s)) if s.sval == "-");
-                match (minus, a.rexpr.as_deref().map(|r| self.constant(r))) {
-                    (true, Some(Ok((RawConst::Integer(s), None)))) => {
+                // Unary minus (or plus) on a numeric constant.
+                let sign = match a.name.last().and_then(|n| n.node.as_ref()) {
+                    Some(N::String(s)) if s.sval == "-" => Some(true),
+                    Some(N::String(s)) if s.sval == "+" => Some(false),
+                    _ => None,
+                };
+                match (sign, a.rexpr.as_deref().map(|r| self.constant(r))) {
+                    (
+                        Some(false),
+                        Some(Ok((raw @ (RawConst::Integer(_) | RawConst::Float(_)), None))),
+                    ) => Ok((raw, None)),
+                    (Some(true), Some(Ok((RawConst::Integer(s), None)))) => {
                         Ok((RawConst::Integer(negate(&s)), None))
                     }
-                    (true, Some(Ok((RawConst::Float(s), None)))) => {
+                    (Some(true), Some(Ok((RawConst::Float(s), None)))) => {
                         Ok((RawConst::Float(negate(&s)), None))
                     }
                     _ => Err(format!("{}unsupported expression", loc(a.location))),
@@ -620,7 +648,7 @@ fn is_const_node(node: &Node) -> bool {
         Some(N::TypeCast(t)) => t.arg.as_deref().is_some_and(is_const_node),
         Some(N::AExpr(a)) => {
             a.lexpr.is_none()
-                && matches!(a.name.last().and_then(|n| n.node.as_ref()), Some(N::String(s)) if s.sval == "-")
+                && matches!(a.name.last().and_then(|n| n.node.as_ref()), Some(N::String(s)) if s.sval == "-" || s.sval == "+")
                 && a.rexpr.as_deref().is_some_and(is_const_node)
         }
         _ => false,

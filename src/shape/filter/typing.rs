@@ -569,13 +569,13 @@ impl Typer<'_> {
             ty,
         };
         Ok(match (op, ta, tb) {
-            (ArOp::Add, Ty::Date, t) if t.is_int() => {
+            (ArOp::Add, Ty::Date, Ty::Int2 | Ty::Int4) => {
                 node(DtOp::DateAddDays, a, b.conv(Ty::Int4), Ty::Date)
             }
-            (ArOp::Add, t, Ty::Date) if t.is_int() => {
+            (ArOp::Add, Ty::Int2 | Ty::Int4, Ty::Date) => {
                 node(DtOp::DateAddDays, b, a.conv(Ty::Int4), Ty::Date)
             }
-            (ArOp::Sub, Ty::Date, t) if t.is_int() => {
+            (ArOp::Sub, Ty::Date, Ty::Int2 | Ty::Int4) => {
                 node(DtOp::DateSubDays, a, b.conv(Ty::Int4), Ty::Date)
             }
             (ArOp::Sub, Ty::Date, Ty::Date) => node(DtOp::DateDiff, a, b, Ty::Int4),
@@ -926,7 +926,12 @@ impl Typer<'_> {
                 let from = s.ty();
                 let widening = match (from.num_rank(), to.num_rank()) {
                     (Some(x), Some(y)) => y >= x,
-                    _ => from.is_text() && to.is_text() || from == to,
+                    _ => match (from.dt_rank(), to.dt_rank()) {
+                        // date → timestamp → timestamptz, and timestamptz → timestamp (the
+                        // same instant in the session's UTC).
+                        (Some(x), Some(y)) => y >= x || (x == 2 && y == 1),
+                        _ => from.is_text() && to.is_text() || from == to,
+                    },
                 };
                 if !widening {
                     return Err(format!(
@@ -1293,7 +1298,7 @@ fn ty_min(ty: Ty) -> i64 {
 }
 
 /// The type named by a cast (no type modifiers).
-fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
+pub(super) fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
     let t = t?;
     if !t.typmods.is_empty() {
         return None;
