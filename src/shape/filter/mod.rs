@@ -560,7 +560,7 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             });
         }
         Expr::And(items) | Expr::Or(items) if items.len() == 1 => render(&items[0], names, out),
-        Expr::And(items) | Expr::Or(items) => {
+        Expr::And(_) | Expr::Or(_) => {
             let sep = if matches!(expr, Expr::And(_)) {
                 " AND "
             } else {
