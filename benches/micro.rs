@@ -14,7 +14,7 @@
 //!   `WhereClause::matches`) on one decoded row per iteration, beside the floor of just reading
 //!   the value. Target P3: ≤ 0.5 µs per shape per change.
 //! - `routing`: `shape::route::TableRoutes::candidates` for one change on a table with 1, 1,000,
-//!   10,000 and 100,000 `n = k` shapes (filed by `WhereClause::eq_term`), alone and followed by
+//!   10,000 and 100,000 `n = k` shapes (filed by `WhereClause::route_term`), alone and followed by
 //!   the candidates' predicate checks. Target P2: routing is O(1) per change (the time must
 //!   not grow with the number of shapes), so 10k shapes keep ≥ 0.8 × the 1-shape rate.
 //! - `storage`: the `shapesync::storage` file store: group commit (`ShapeLogStore::commit`, one
@@ -468,14 +468,14 @@ fn routing(c: &mut Criterion) {
     const SIZES: [usize; 4] = [1, 1_000, 10_000, 100_000];
     let max = SIZES[SIZES.len() - 1];
     let table = table();
-    // Every shape is `n = k`; its term is what `WhereClause::eq_term` gives. The clauses are
+    // Every shape is `n = k`; its term is what `WhereClause::route_term` gives. The clauses are
     // compiled for real (pg_query), once, and shared by every size.
     let clauses: Vec<WhereClause> = (0..max)
         .map(|k| parse_where(&format!("n = {k}"), &table, &[]).unwrap())
         .collect();
-    let terms: Vec<_> = clauses.iter().map(WhereClause::eq_term).collect();
+    let terms: Vec<_> = clauses.iter().map(WhereClause::route_term).collect();
     assert_eq!(
-        terms[7],
+        clauses[7].eq_term(),
         Some((
             N_COL,
             Family::Integer,

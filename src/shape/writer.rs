@@ -150,7 +150,7 @@ impl Writer {
     fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) {
         let oid = shape.table.oid;
         let handle = shape.handle.clone();
-        let term = shape.filter.as_ref().and_then(|f| f.eq_term());
+        let term = shape.filter.as_ref().and_then(|f| f.route_term());
         let sink = Sink {
             shape,
             phase,
@@ -325,9 +325,11 @@ impl Writer {
         let op = txn.next_op;
         txn.next_op += 2;
         let (lsn, xid) = (txn.lsn, txn.xid);
-        let Some(routes) = self.routes.get(&rel.oid) else {
+        let Some(routes) = self.routes.get_mut(&rel.oid) else {
             return;
         };
+        routes.prepare();
+        let routes = &*routes;
         let old_full = match old {
             Some(OldTuple::Full(t)) => Some(cells(t, None)),
             _ => None,

@@ -34,7 +34,9 @@ mod value;
 pub use num::{Fail, Num};
 pub use parse::parse_where;
 pub use scalar::{Scalar, Ty, V};
-pub use value::{index_key, Family, Literal};
+pub use value::{index_key, Family, Literal, OrdKey};
+
+use crate::shape::route::{Filed, Filing, Span};
 
 use std::cmp::Ordering;
 
@@ -284,82 +286,26 @@ impl WhereClause {
         &self.expr
     }
 
-    /// The equality every matching row satisfies, for the routing index: the clause requires
-    /// one column to equal one of a few constants (`column = c`, `column IN (…)`, an `OR` of
-    /// such equalities on one column, `column = ANY ('{…}')`, or an `AND` with such a
-    /// conjunct, the one with the fewest keys). Returns the column, its family and the
-    /// constants' [`value::index_key`]s: a row whose column has another key (or is NULL)
-    /// cannot match.
+    /// The equality every matching row satisfies (the [`Self::route_term`] when it is one):
+    /// the column, its family and the constants' [`value::index_key`]s.
     pub fn eq_term(&self) -> Option<(usize, Family, Vec<Vec<u8>>)> {
-        fn term(e: &Expr) -> Option<(usize, Family, Vec<Vec<u8>>)> {
-            match e {
-                Expr::Compare {
-                    column,
-                    family,
-                    op: CmpOp::Eq,
-                    value,
-                } => Some((*column, *family, vec![value.index_key(*family)?])),
-                Expr::And(items) => items
-                    .iter()
-                    .filter_map(term)
-                    .min_by_key(|(_, _, keys)| keys.len()),
-                Expr::Or(items) => {
-                    let mut it = items.iter();
-                    let (column, family, mut keys) = term(it.next()?)?;
-                    for e in it {
-                        let (c, f, k) = term(e)?;
-                        if c != column || f != family {
-                            return None;
-                        }
-                        keys.extend(k);
-                    }
-                    keys.sort_unstable();
-                    keys.dedup();
-                    Some((column, family, keys))
-                }
-                Expr::AnyAll {
-                    op: CmpOp::Eq,
-                    all: false,
-                    x,
-                    arr,
-                    elem,
-                    cmp,
-                } => {
-                    let Scalar::Col { idx, ty } = x.as_ref() else {
-                        return None;
-                    };
-                    let Scalar::Const { v: V::Array(a), .. } = arr.as_ref() else {
-                        return None;
-                    };
-                    // Only where the column's own equality decides (no conversion that could
-                    // make two different keys equal).
-                    let family = match (*ty, *cmp) {
-                        (t, Ty::Int8) if t.is_int() && elem.is_int() => Family::Integer,
-                        (Ty::Numeric, Ty::Numeric) if *elem == Ty::Numeric => Family::Numeric,
-                        (Ty::Text | Ty::Varchar, Ty::Text)
-                            if elem.is_text() && *elem != Ty::Bpchar =>
-                        {
-                            Family::Text { bpchar: false }
-                        }
-                        (Ty::Uuid, Ty::Uuid) => Family::Uuid,
-                        _ => return None,
-                    };
-                    let mut keys = Vec::with_capacity(a.items.len());
-                    for item in &a.items {
-                        if item.is_null() {
-                            continue;
-                        }
-                        let text = scalar::output(item, *elem);
-                        keys.push(value::index_key(family, text.as_bytes())?);
-                    }
-                    keys.sort_unstable();
-                    keys.dedup();
-                    Some((*idx, family, keys))
-                }
-                _ => None,
-            }
+        match self.route_term()? {
+            Filed {
+                column,
+                family,
+                filing: Filing::Keys(keys),
+            } => Some((column, family, keys)),
+            _ => None,
         }
-        term(&self.expr)
+    }
+
+    /// A condition every matching row satisfies that the routing index can answer (see
+    /// [`crate::shape::route`]): one column equal to one of a few constants, within one of a
+    /// few ranges, or (an array) holding one of a few elements. From the whole clause or the
+    /// most selective conjunct of a top-level `AND`; an `OR` when all its branches give the
+    /// same kind of condition on the same column.
+    pub fn route_term(&self) -> Option<Filed> {
+        route(&self.expr)
     }
 
     /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes; a row on which
@@ -367,6 +313,274 @@ impl WhereClause {
     pub fn matches(&self, row: &dyn Row) -> bool {
         eval(&self.expr, row) == Ok(Some(true))
     }
+}
+
+/// The family a value of `elem` is keyed in when compared in `cmp` without conversions that
+/// could make different keys equal.
+fn key_family(elem: Ty, cmp: Ty) -> Option<Family> {
+    Some(match (elem, cmp) {
+        (e, Ty::Int8) if e.is_int() => Family::Integer,
+        (Ty::Numeric, Ty::Numeric) => Family::Numeric,
+        (Ty::Text | Ty::Varchar, Ty::Text) => Family::Text { bpchar: false },
+        (Ty::Uuid, Ty::Uuid) => Family::Uuid,
+        (Ty::Bool, Ty::Bool) => Family::Bool,
+        _ => return None,
+    })
+}
+
+/// The element family of an array type for `@>`, `<@`, `&&` (same element types on both sides).
+fn elem_family(elem: Ty) -> Option<Family> {
+    match elem {
+        e if e.is_int() => Some(Family::Integer),
+        Ty::Text | Ty::Varchar => key_family(elem, Ty::Text),
+        e => key_family(e, e),
+    }
+}
+
+/// Index keys of a constant array's non-NULL elements.
+fn elem_keys(arr: &Scalar, elem: Ty, family: Family) -> Option<Vec<Vec<u8>>> {
+    let Scalar::Const { v: V::Array(a), .. } = arr else {
+        return None;
+    };
+    let mut keys = Vec::with_capacity(a.items.len());
+    for item in a.items.iter().filter(|i| !i.is_null()) {
+        keys.push(value::index_key(
+            family,
+            scalar::output(item, elem).as_bytes(),
+        )?);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Some(keys)
+}
+
+/// An integer column widened for a comparison is, for equality, the column itself.
+fn strip_int_widening(s: &Scalar) -> &Scalar {
+    match s {
+        Scalar::Conv { arg, to } if to.is_int() && arg.ty().is_int() => arg,
+        other => other,
+    }
+}
+
+/// The smallest byte string above every string starting with `p` (None: there is none).
+fn prefix_end(p: &[u8]) -> Option<Vec<u8>> {
+    let mut end = p.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn route(e: &Expr) -> Option<Filed> {
+    let filed = |column, family, filing| {
+        Some(Filed {
+            column,
+            family,
+            filing,
+        })
+    };
+    match e {
+        Expr::Compare {
+            column,
+            family,
+            op,
+            value,
+        } => {
+            if *op == CmpOp::Eq {
+                return filed(
+                    *column,
+                    *family,
+                    Filing::Keys(vec![value.index_key(*family)?]),
+                );
+            }
+            if *family == Family::Bool {
+                return None;
+            }
+            let key = value.ord_key(*family)?;
+            let span = match op {
+                CmpOp::Gt => Span {
+                    lo: Some((key, false)),
+                    hi: None,
+                },
+                CmpOp::Ge => Span {
+                    lo: Some((key, true)),
+                    hi: None,
+                },
+                CmpOp::Lt => Span {
+                    lo: None,
+                    hi: Some((key, false)),
+                },
+                CmpOp::Le => Span {
+                    lo: None,
+                    hi: Some((key, true)),
+                },
+                _ => return None,
+            };
+            filed(*column, *family, Filing::Spans(vec![span]))
+        }
+        Expr::Like {
+            arg,
+            pattern,
+            negated: false,
+            fold: false,
+        } => {
+            let Scalar::Col {
+                idx,
+                ty: Ty::Text | Ty::Varchar,
+            } = arg.as_ref()
+            else {
+                return None;
+            };
+            let family = Family::Text { bpchar: false };
+            let mut prefix = String::new();
+            for t in pattern {
+                match t {
+                    LikeTok::Char(c) => prefix.push(*c),
+                    _ => break,
+                }
+            }
+            let exact = pattern.iter().all(|t| matches!(t, LikeTok::Char(_)));
+            if exact {
+                return filed(*idx, family, Filing::Keys(vec![prefix.into_bytes()]));
+            }
+            if prefix.is_empty() {
+                return None;
+            }
+            let hi = prefix_end(prefix.as_bytes()).map(|b| (OrdKey::Bytes(b), false));
+            let lo = Some((OrdKey::Bytes(prefix.into_bytes()), true));
+            filed(*idx, family, Filing::Spans(vec![Span { lo, hi }]))
+        }
+        Expr::AnyAll {
+            op: CmpOp::Eq,
+            all: false,
+            x,
+            arr,
+            elem,
+            cmp,
+        } => match (strip_int_widening(x), arr.as_ref()) {
+            (Scalar::Col { idx, ty }, Scalar::Const { .. }) => {
+                let family = key_family(*ty, *cmp).filter(|_| key_family(*elem, *cmp).is_some())?;
+                filed(*idx, family, Filing::Keys(elem_keys(arr, *elem, family)?))
+            }
+            (Scalar::Const { v, ty }, Scalar::Col { idx, .. }) if !v.is_null() => {
+                let family = key_family(*elem, *cmp).filter(|_| key_family(*ty, *cmp).is_some())?;
+                let key = value::index_key(family, scalar::output(v, *ty).as_bytes())?;
+                filed(*idx, family, Filing::Elems(vec![key]))
+            }
+            _ => None,
+        },
+        Expr::ArrayOp { op, l, r, elem } => {
+            let family = elem_family(*elem)?;
+            let (col, konst, any) = match (op, l.as_ref(), r.as_ref()) {
+                (scalar::ArrayOp::Contains, Scalar::Col { idx, .. }, k @ Scalar::Const { .. }) => {
+                    (*idx, k, false)
+                }
+                (
+                    scalar::ArrayOp::ContainedBy,
+                    k @ Scalar::Const { .. },
+                    Scalar::Col { idx, .. },
+                ) => (*idx, k, false),
+                (scalar::ArrayOp::Overlaps, Scalar::Col { idx, .. }, k @ Scalar::Const { .. })
+                | (scalar::ArrayOp::Overlaps, k @ Scalar::Const { .. }, Scalar::Col { idx, .. }) => {
+                    (*idx, k, true)
+                }
+                _ => return None,
+            };
+            let keys = elem_keys(konst, *elem, family)?;
+            if any {
+                filed(col, family, Filing::Elems(keys))
+            } else {
+                // Containing every element means containing the first one.
+                let first = keys.into_iter().next()?;
+                filed(col, family, Filing::Elems(vec![first]))
+            }
+        }
+        Expr::And(items) => {
+            let mut best: Option<Filed> = None;
+            let mut spans: Vec<(usize, Family, Span)> = Vec::new();
+            for f in items.iter().filter_map(route) {
+                match f.filing {
+                    Filing::Spans(mut s) if s.len() == 1 => {
+                        let span = s.pop()?;
+                        match spans
+                            .iter_mut()
+                            .find(|(c, fam, _)| *c == f.column && *fam == f.family)
+                        {
+                            Some(slot) => {
+                                let prev =
+                                    std::mem::replace(&mut slot.2, Span { lo: None, hi: None });
+                                slot.2 = prev.intersect(span);
+                            }
+                            None => spans.push((f.column, f.family, span)),
+                        }
+                    }
+                    _ => best = better(best, Some(f)),
+                }
+            }
+            for (column, family, span) in spans {
+                best = better(best, filed(column, family, Filing::Spans(vec![span])));
+            }
+            best
+        }
+        Expr::Or(items) => {
+            let mut it = items.iter();
+            let first = route(it.next()?)?;
+            let (column, family) = (first.column, first.family);
+            let mut filing = first.filing;
+            for e in it {
+                let f = route(e)?;
+                if f.column != column || f.family != family {
+                    return None;
+                }
+                filing = match (filing, f.filing) {
+                    (Filing::Keys(mut a), Filing::Keys(b)) => {
+                        a.extend(b);
+                        a.sort_unstable();
+                        a.dedup();
+                        Filing::Keys(a)
+                    }
+                    (Filing::Elems(mut a), Filing::Elems(b)) => {
+                        a.extend(b);
+                        a.sort_unstable();
+                        a.dedup();
+                        Filing::Elems(a)
+                    }
+                    (Filing::Spans(mut a), Filing::Spans(b)) => {
+                        a.extend(b);
+                        Filing::Spans(a)
+                    }
+                    _ => return None,
+                };
+            }
+            filed(column, family, filing)
+        }
+        _ => None,
+    }
+}
+
+/// The more selective of two filings: fewest keys, then element keys, then a bounded range,
+/// then any range.
+fn better(a: Option<Filed>, b: Option<Filed>) -> Option<Filed> {
+    fn rank(f: &Filed) -> (u8, usize) {
+        match &f.filing {
+            Filing::Keys(k) => (0, k.len()),
+            Filing::Elems(k) => (1, k.len()),
+            Filing::Spans(s) if s.iter().all(Span::bounded) => (2, s.len()),
+            Filing::Spans(s) => (3, s.len()),
+        }
+    }
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => Some(if rank(&b) < rank(&a) { b } else { a }),
+    }
+}
+
+/// The elements of an array in Postgres text form (`None` = NULL), for the routing index.
+pub fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
+    scalar::parse_array(text).map(|(items, _)| items)
 }
 
 /// Three-valued evaluation; `Err` where Postgres would raise an error (division by zero,

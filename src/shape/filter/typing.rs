@@ -668,10 +668,26 @@ impl Typer<'_> {
             .into_iter()
             .map(|v| self.settle(v, elem).map(|s| s.conv(elem)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Scalar::ArrayCons {
-            items,
-            ty: elem.array_if(true),
-        })
+        let ty = elem.array_if(true);
+        // All constant: one array constant (rendered as such, and indexable).
+        if items.iter().all(|i| matches!(i, Scalar::Const { .. })) {
+            let values = items
+                .into_iter()
+                .map(|i| match i {
+                    Scalar::Const { v, .. } => v,
+                    _ => V::Null,
+                })
+                .collect::<Vec<_>>();
+            let dims = vec![values.len()];
+            return Ok(Scalar::Const {
+                v: V::Array(Box::new(scalar::Arr {
+                    items: values,
+                    dims,
+                })),
+                ty,
+            });
+        }
+        Ok(Scalar::ArrayCons { items, ty })
     }
 
     /// `a || b` with an array on either side: append, prepend or concatenate (an untyped

@@ -219,6 +219,15 @@ impl Literal {
         self.sql.clone()
     }
 
+    /// The constant's [`OrdKey`] for a column of `family`.
+    pub fn ord_key(&self, family: Family) -> Option<OrdKey> {
+        let family = match family {
+            Family::Float { .. } => Family::Float { f4: false },
+            f => f,
+        };
+        OrdKey::of(family, self.norm.as_bytes())
+    }
+
     /// The constant's [`index_key`] for a column of `family`.
     pub fn index_key(&self, family: Family) -> Option<Vec<u8>> {
         // A float constant is kept as the float8 it compares as (already widened).
@@ -227,6 +236,56 @@ impl Literal {
             f => f,
         };
         index_key(family, self.norm.as_bytes())
+    }
+}
+
+/// A value in an order that agrees with its family's comparison operators, for the routing
+/// index's ranges: integers and numerics as exact decimals, floats in Postgres' order (NaN
+/// highest), text as bytes (ordering comparisons on text are only accepted under byte-order
+/// collations), `bpchar` without trailing spaces, uuids and booleans as bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrdKey {
+    Int(i128),
+    Num(super::num::Num),
+    Float(f64),
+    Bytes(Vec<u8>),
+}
+
+impl OrdKey {
+    /// The key of a value in Postgres text form (`None` if it does not parse).
+    pub fn of(family: Family, value: &[u8]) -> Option<OrdKey> {
+        let v = std::str::from_utf8(value).ok()?;
+        Some(match family {
+            Family::Integer | Family::Numeric => match v.trim().parse::<i128>() {
+                Ok(i) => OrdKey::Int(i),
+                Err(_) => OrdKey::Num(super::num::Num::parse(v)?),
+            },
+            Family::Float { f4 } => OrdKey::Float(parse_float(v, f4)?),
+            Family::Text { bpchar } => {
+                let v = if bpchar { v.trim_end_matches(' ') } else { v };
+                OrdKey::Bytes(v.as_bytes().to_vec())
+            }
+            Family::Uuid => OrdKey::Bytes(uuid_bytes(v)?.to_vec()),
+            Family::Bool => OrdKey::Bytes(vec![u8::from(parse_bool(value)?)]),
+        })
+    }
+
+    pub fn order(&self, other: &OrdKey) -> Ordering {
+        use super::num::Num;
+        let num = |k: &OrdKey| match k {
+            OrdKey::Int(i) => Num::parse(&i.to_string()),
+            OrdKey::Num(n) => Some(n.clone()),
+            _ => None,
+        };
+        match (self, other) {
+            (OrdKey::Int(a), OrdKey::Int(b)) => a.cmp(b),
+            (OrdKey::Float(a), OrdKey::Float(b)) => float_cmp(*a, *b),
+            (OrdKey::Bytes(a), OrdKey::Bytes(b)) => a.cmp(b),
+            (a, b) => match (num(a), num(b)) {
+                (Some(x), Some(y)) => x.cmp_total(&y),
+                _ => Ordering::Equal,
+            },
+        }
     }
 }
 
