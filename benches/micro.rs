@@ -74,7 +74,7 @@ fn column(name: &str, ty: &str, pk: Option<usize>) -> ColumnInfo {
 
 /// `public.items (id int8 primary key, name text, n int4, doc jsonb, created timestamptz)`.
 fn table() -> TableInfo {
-    TableInfo::new(
+    let mut t = TableInfo::new(
         RELATION,
         "public".into(),
         "items".into(),
@@ -85,7 +85,14 @@ fn table() -> TableInfo {
             column("doc", "jsonb", None),
             column("created", "timestamptz", None),
         ],
-    )
+    );
+    // The C locale, as the embedded Postgres uses (lower/upper need it).
+    t.locale = shapesync::postgres::catalog::TextLocale {
+        collate: "C".into(),
+        ctype: "C".into(),
+        provider: "c".into(),
+    };
+    t
 }
 
 /// Text values of row `i`, as Postgres sends them in a pgoutput tuple (~130 bytes of values).
@@ -428,6 +435,11 @@ fn predicate(c: &mut Criterion) {
         ("text_eq", "name = 'item-42'"),
         ("range_and", "n >= 100 AND n < 5000 AND id > 1000500"),
         ("param", "n > $1 AND name <> $2"),
+        // General expressions (typed values per shape: slower than the plain comparisons).
+        ("fn_lower", "lower(name) = 'item-42'"),
+        ("arith", "n * 2 + 1 > 10001"),
+        ("jsonb", "doc ->> 'kind' = 'order'"),
+        ("timestamptz", "created >= '2026-11-15'"),
     ];
 
     let mut g = c.benchmark_group("predicate");
@@ -521,6 +533,43 @@ fn routing(c: &mut Criterion) {
                     out.iter()
                         .filter(|&&idx| clauses[idx].matches(&CellRow(&row)))
                         .count()
+                })
+            },
+        );
+    }
+
+    // Range shapes: shape k requires 10k <= n < 10k + 10 (an interval tree lookup).
+    let range_clauses: Vec<WhereClause> = (0..max)
+        .map(|k| {
+            parse_where(
+                &format!("n >= {} AND n < {}", 10 * k, 10 * k + 10),
+                &table,
+                &[],
+            )
+            .unwrap()
+        })
+        .collect();
+    for &shapes in &SIZES {
+        let mut routes = TableRoutes::default();
+        for (idx, w) in range_clauses[..shapes].iter().enumerate() {
+            routes.add(idx, w.route_term());
+        }
+        routes.prepare();
+        let hit = (10 * (shapes / 2) + 3).to_string();
+        let mut row = base.clone();
+        row[N_COL] = Cell::Text(hit.as_bytes());
+        let rows: [&[Cell<'_>]; 1] = [&row];
+        let mut out = Vec::new();
+        routes.candidates(&rows, &mut out);
+        assert_eq!(out, vec![shapes / 2]);
+        g.bench_with_input(
+            BenchmarkId::new("range_candidates", shapes),
+            &shapes,
+            |b, _| {
+                b.iter(|| {
+                    out.clear();
+                    routes.candidates(black_box(&rows), &mut out);
+                    out.len()
                 })
             },
         );

@@ -47,7 +47,7 @@ fn column(name: &str, ty: &str, dims: i32, pk: Option<usize>) -> ColumnInfo {
 }
 
 fn table() -> TableInfo {
-    TableInfo::new(
+    let mut t = TableInfo::new(
         16384,
         "public".into(),
         "items".into(),
@@ -62,7 +62,14 @@ fn table() -> TableInfo {
             column("doc", "jsonb", 0, None),
             column("created", "timestamptz", 0, None),
         ],
-    )
+    );
+    // The C locale (ILIKE needs a C character classification).
+    t.locale = shapesync::postgres::catalog::TextLocale {
+        collate: "C".into(),
+        ctype: "C".into(),
+        provider: "c".into(),
+    };
+    t
 }
 
 /// A decoded change: column values in text form, `None` = NULL.

@@ -11,7 +11,9 @@ use super::num::Num;
 pub enum Json {
     Null,
     Bool(bool),
-    Num(Num),
+    /// A number as written (valid JSON number syntax); compared and printed as the `numeric`
+    /// it denotes, parsed only then (most lookups never look at most numbers).
+    Num(Box<str>),
     Str(String),
     Array(Vec<Json>),
     /// Keys unique, in jsonb order.
@@ -93,7 +95,10 @@ impl Json {
     /// jsonb equality (numbers by value, objects by their key sets).
     pub fn equals(&self, other: &Json) -> bool {
         match (self, other) {
-            (Json::Num(a), Json::Num(b)) => a.cmp_total(b) == Ordering::Equal,
+            (Json::Num(a), Json::Num(b)) => match (Num::parse(a), Num::parse(b)) {
+                (Some(x), Some(y)) => x.cmp_total(&y) == Ordering::Equal,
+                _ => a == b,
+            },
             (Json::Array(a), Json::Array(b)) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.equals(y))
             }
@@ -162,7 +167,10 @@ impl std::fmt::Display for Json {
         match self {
             Json::Null => f.write_str("null"),
             Json::Bool(b) => f.write_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => write!(f, "{n}"),
+            Json::Num(n) => match Num::parse(n) {
+                Some(v) => write!(f, "{v}"),
+                None => f.write_str(n),
+            },
             Json::Str(s) => write_str(f, s),
             Json::Array(items) => {
                 f.write_str("[")?;
@@ -303,11 +311,31 @@ impl Parser<'_> {
                 {
                     return None;
                 }
-                let n = Num::parse(text)?;
-                if matches!(n, Num::NaN | Num::PosInf | Num::NegInf) {
+                // digits [. digits] [e [+-] digits], checked without building the number.
+                let b = digits.as_bytes();
+                let mut i = b.iter().take_while(|c| c.is_ascii_digit()).count();
+                if b.get(i) == Some(&b'.') {
+                    let frac = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    if frac == 0 {
+                        return None;
+                    }
+                    i += 1 + frac;
+                }
+                if matches!(b.get(i), Some(b'e' | b'E')) {
+                    i += 1;
+                    if matches!(b.get(i), Some(b'+' | b'-')) {
+                        i += 1;
+                    }
+                    let exp = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    if exp == 0 {
+                        return None;
+                    }
+                    i += exp;
+                }
+                if i != b.len() {
                     return None;
                 }
-                Json::Num(n)
+                Json::Num(text.into())
             }
         };
         self.depth -= 1;
@@ -334,6 +362,18 @@ impl Parser<'_> {
             return None;
         }
         self.i += 1;
+        // Fast path: no escape before the closing quote.
+        let rest = &self.s[self.i..];
+        if let Some(end) = rest
+            .iter()
+            .position(|b| *b == b'"' || *b == b'\\' || *b < 0x20)
+        {
+            if rest[end] == b'"' {
+                let text = std::str::from_utf8(&rest[..end]).ok()?.to_string();
+                self.i += end + 1;
+                return Some(text);
+            }
+        }
         let mut out: Vec<u8> = Vec::new();
         loop {
             let b = *self.s.get(self.i)?;

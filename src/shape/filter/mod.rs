@@ -38,6 +38,7 @@ pub use value::{index_key, Family, Literal, OrdKey};
 
 use crate::shape::route::{Filed, Filing, Span};
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// A comparison operator.
@@ -580,7 +581,8 @@ fn better(a: Option<Filed>, b: Option<Filed>) -> Option<Filed> {
 
 /// The elements of an array in Postgres text form (`None` = NULL), for the routing index.
 pub fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
-    scalar::parse_array(text).map(|(items, _)| items)
+    scalar::parse_array(text)
+        .map(|(items, _)| items.into_iter().map(|i| i.map(Cow::into_owned)).collect())
 }
 
 /// Three-valued evaluation; `Err` where Postgres would raise an error (division by zero,

@@ -363,7 +363,8 @@ pub fn parse_value(text: &str, ty: Ty) -> Option<V<'_>> {
                 .into_iter()
                 .map(|i| match i {
                     None => Some(V::Null),
-                    Some(s) => parse_value(&s, *elem).map(V::into_static),
+                    Some(Cow::Borrowed(s)) => parse_value(s, *elem),
+                    Some(Cow::Owned(s)) => parse_value(&s, *elem).map(V::into_static),
                 })
                 .collect::<Option<Vec<_>>>()?;
             V::Array(Box::new(Arr { items, dims }))
@@ -409,20 +410,21 @@ pub fn parse_bytea(text: &str) -> Option<Vec<u8>> {
 
 /// Postgres array text (`{1,NULL,"a b"}`, nested braces for more dimensions, an optional
 /// `[lo:hi]=` prefix): the elements flattened (`None` = NULL) and the length of each dimension.
-pub fn parse_array(text: &str) -> Option<(Vec<Option<String>>, Vec<usize>)> {
+/// Elements without escapes borrow from the text.
+pub fn parse_array(text: &str) -> Option<(Vec<Option<Cow<'_, str>>>, Vec<usize>)> {
     let mut s = text.trim();
     if s.starts_with('[') {
         s = s[s.find('=')? + 1..].trim_start();
     }
-    let chars: Vec<char> = s.chars().collect();
+    let b = s.as_bytes();
     let mut items = Vec::new();
     let mut dims: Vec<usize> = Vec::new();
     let mut counts: Vec<usize> = Vec::new();
     let mut i = 0;
     let mut depth = 0usize;
-    while i < chars.len() {
-        match chars[i] {
-            '{' => {
+    while i < b.len() {
+        match b[i] {
+            b'{' => {
                 depth += 1;
                 if counts.len() < depth {
                     counts.push(0);
@@ -430,7 +432,7 @@ pub fn parse_array(text: &str) -> Option<(Vec<Option<String>>, Vec<usize>)> {
                 counts[depth - 1] = 0;
                 i += 1;
             }
-            '}' => {
+            b'}' => {
                 if depth == 0 {
                     return None;
                 }
@@ -445,35 +447,47 @@ pub fn parse_array(text: &str) -> Option<(Vec<Option<String>>, Vec<usize>)> {
                 }
                 i += 1;
             }
-            ',' | ' ' | '\t' | '\n' => i += 1,
-            '"' => {
-                let mut v = String::new();
+            b',' | b' ' | b'\t' | b'\n' => i += 1,
+            b'"' => {
                 i += 1;
-                while i < chars.len() && chars[i] != '"' {
-                    if chars[i] == '\\' {
+                let start = i;
+                let mut escaped = false;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        escaped = true;
                         i += 1;
                     }
-                    v.push(*chars.get(i)?);
                     i += 1;
                 }
+                if i >= b.len() {
+                    return None;
+                }
+                let raw = &s[start..i];
                 i += 1;
-                items.push(Some(v));
+                items.push(Some(if escaped {
+                    Cow::Owned(unescape(raw))
+                } else {
+                    Cow::Borrowed(raw)
+                }));
                 *counts.get_mut(depth.checked_sub(1)?)? += 1;
             }
             _ => {
-                let mut v = String::new();
-                while i < chars.len() && !matches!(chars[i], ',' | '}') {
-                    if chars[i] == '\\' {
+                let start = i;
+                let mut escaped = false;
+                while i < b.len() && !matches!(b[i], b',' | b'}') {
+                    if b[i] == b'\\' {
+                        escaped = true;
                         i += 1;
                     }
-                    v.push(*chars.get(i)?);
                     i += 1;
                 }
-                let v = v.trim().to_string();
-                items.push(if v.eq_ignore_ascii_case("NULL") {
+                let raw = s.get(start..i.min(b.len()))?.trim();
+                items.push(if !escaped && raw.eq_ignore_ascii_case("NULL") {
                     None
+                } else if escaped {
+                    Some(Cow::Owned(unescape(raw)))
                 } else {
-                    Some(v)
+                    Some(Cow::Borrowed(raw))
                 });
                 *counts.get_mut(depth.checked_sub(1)?)? += 1;
             }
@@ -486,6 +500,22 @@ pub fn parse_array(text: &str) -> Option<(Vec<Option<String>>, Vec<usize>)> {
         dims.clear();
     }
     Some((items, dims))
+}
+
+/// An array element with its backslash escapes removed.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Arithmetic operators.
@@ -1514,9 +1544,17 @@ mod tests {
     #[test]
     fn arrays_parse_like_postgres_prints_them() {
         let (items, dims) = parse_array(r#"{1,NULL,3}"#).unwrap();
+        let items: Vec<Option<String>> = items
+            .into_iter()
+            .map(|i| i.map(|c| c.into_owned()))
+            .collect();
         assert_eq!(items, vec![Some("1".into()), None, Some("3".into())]);
         assert_eq!(dims, vec![3]);
         let (items, dims) = parse_array(r#"{"a b","it's","",NULL,"\"q\""}"#).unwrap();
+        let items: Vec<Option<String>> = items
+            .into_iter()
+            .map(|i| i.map(|c| c.into_owned()))
+            .collect();
         assert_eq!(
             items,
             vec![
@@ -1528,7 +1566,7 @@ mod tests {
             ]
         );
         assert_eq!(dims, vec![5]);
-        assert_eq!(parse_array("{}").unwrap(), (vec![], vec![]));
+        assert!(parse_array("{}").unwrap().0.is_empty());
         assert_eq!(parse_array("{{1,2},{3,4},{5,6}}").unwrap().1, vec![3, 2]);
         assert_eq!(parse_array("[0:1]={7,8}").unwrap().1, vec![2]);
         assert!(parse_array("{1,2").is_none());
