@@ -408,10 +408,13 @@ pub fn parse_bytea(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Array elements in text form (`None` = NULL).
+pub type ArrayItems<'a> = Vec<Option<Cow<'a, str>>>;
+
 /// Postgres array text (`{1,NULL,"a b"}`, nested braces for more dimensions, an optional
 /// `[lo:hi]=` prefix): the elements flattened (`None` = NULL) and the length of each dimension.
 /// Elements without escapes borrow from the text.
-pub fn parse_array(text: &str) -> Option<(Vec<Option<Cow<'_, str>>>, Vec<usize>)> {
+pub fn parse_array(text: &str) -> Option<(ArrayItems<'_>, Vec<usize>)> {
     let mut s = text.trim();
     if s.starts_with('[') {
         s = s[s.find('=')? + 1..].trim_start();
