@@ -138,7 +138,9 @@ impl<T: Send + 'static> Parking<T> {
             gauge,
         } = ticket;
         let mut inner = lock(&self.inner);
-        let moved_on = *shape.subscribe().borrow() != observed;
+        // Subscribed before the comparison: a change after it wakes the watcher.
+        let rx = shape.subscribe();
+        let moved_on = rx.current() != observed;
         if inner.closed || moved_on || deadline <= Instant::now() {
             drop(inner);
             (self.resume)(Woken {
@@ -155,8 +157,6 @@ impl<T: Send + 'static> Parking<T> {
         match inner.by_shape.get_mut(&shape.handle) {
             Some((ids, _)) => ids.push(id),
             None => {
-                // Subscribed under the lock: any later change wakes the watcher.
-                let rx = shape.subscribe();
                 let watcher =
                     tokio::spawn(watch_shape(Arc::downgrade(self), shape.handle.clone(), rx));
                 inner
@@ -274,7 +274,7 @@ impl<T: Send + 'static> Parking<T> {
 async fn watch_shape<T: Send + 'static>(
     parking: std::sync::Weak<Parking<T>>,
     handle: ShapeHandle,
-    mut rx: tokio::sync::watch::Receiver<Progress>,
+    mut rx: crate::shape::progress::ProgressRx,
 ) {
     // An error means the shape itself is gone: its waiters replay too (and get 409).
     let _ = rx.changed().await;

@@ -406,7 +406,7 @@ async fn decide(
     let long_poll = app.long_poll;
     let mut shutdown = stack.shutdown_signal();
     loop {
-        let observed = progress.borrow_and_update().clone();
+        let observed = progress.borrow_and_update();
         match check_state(&observed) {
             Ok(()) => {}
             Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),

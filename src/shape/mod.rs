@@ -8,6 +8,7 @@ pub mod definition;
 pub mod filter;
 pub mod lifecycle;
 pub mod message;
+pub mod progress;
 pub mod registry;
 pub mod route;
 pub mod snapshot;
@@ -20,7 +21,6 @@ use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 use shapesync_storage::{LogOffset, ShapeLog};
-use tokio::sync::watch;
 
 use crate::postgres::catalog::{schema_header, TableInfo};
 use crate::shape::definition::Replica;
@@ -65,7 +65,7 @@ pub struct Shape {
     pub encoder: Arc<Encoder>,
     pub schema_header: Arc<str>,
     pub log: Arc<dyn ShapeLog>,
-    progress: watch::Sender<Progress>,
+    progress: progress::ProgressCell,
     /// Unix µs of the latest request for this shape: idle shapes are archived after the local
     /// retention, and the least recently used one is evicted at `--max-shapes`.
     last_used: AtomicU64,
@@ -153,7 +153,7 @@ impl Shape {
         let (table, encoder, schema_header) =
             shared_parts(meta.table, &compiled.selected, meta.def.replica);
         let snap = log.snapshot_state();
-        let (progress, _) = watch::channel(Progress {
+        let progress = progress::ProgressCell::new(Progress {
             latest: log.latest_offset(),
             sealed_chunks: snap.sealed_chunks,
             snapshot_finished: snap.finished,
@@ -183,18 +183,18 @@ impl Shape {
     }
 
     pub fn progress(&self) -> Progress {
-        self.progress.borrow().clone()
+        self.progress.get()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
+    pub fn subscribe(self: &Arc<Self>) -> progress::ProgressRx {
+        progress::ProgressRx::new(Arc::clone(self))
     }
 
     /// Publish what the log now holds (after a flush or a sealed snapshot chunk).
     pub fn publish_log_state(&self) {
         let latest = self.log.latest_offset();
         let snap = self.log.snapshot_state();
-        self.progress.send_if_modified(|p| {
+        self.progress.update(|p| {
             let changed = p.latest != latest
                 || p.sealed_chunks != snap.sealed_chunks
                 || p.snapshot_finished != snap.finished;
@@ -206,7 +206,10 @@ impl Shape {
     }
 
     pub fn set_state(&self, state: Lifecycle) {
-        self.progress.send_modify(|p| p.state = state);
+        self.progress.update(|p| {
+            p.state = state;
+            true
+        });
     }
 
     /// Record a request for this shape (see `last_used`).
@@ -221,11 +224,11 @@ impl Shape {
 
     /// Is a request waiting on this shape (a parked long-poll or an SSE stream)?
     pub fn has_waiters(&self) -> bool {
-        self.progress.receiver_count() > 0
+        self.progress.has_receivers()
     }
 
     pub fn is_active(&self) -> bool {
-        self.progress.borrow().state == Lifecycle::Active
+        self.progress.get().state == Lifecycle::Active
     }
 }
 
