@@ -438,13 +438,17 @@ impl Stack {
                     let _ = commands.send(Command::Remove {
                         handle: handle.clone(),
                     });
-                    // A data exception (SQLSTATE class 22) comes from evaluating the where
-                    // clause on some row: the request was bad, not the service.
+                    // A data exception (SQLSTATE class 22, or 0A000 for a NaN or infinity
+                    // cast to an integer) comes from evaluating the where clause on some
+                    // row: the request was bad, not the service.
                     let data_error = e
                         .chain()
                         .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
                         .filter_map(|pg| pg.as_db_error())
-                        .find(|db| db.code().code().starts_with("22"))
+                        .find(|db| {
+                            let code = db.code().code();
+                            code.starts_with("22") || code == "0A000"
+                        })
                         .map(|db| db.message().to_string());
                     let state = match data_error {
                         Some(msg) => Lifecycle::Rejected(msg.into()),

@@ -56,6 +56,7 @@ pub const ENABLED: &[Group] = &[
     Group::Bytea,
     Group::Jsonb,
     Group::DateTime,
+    Group::Casts,
 ];
 
 const ROWS: usize = 60;
@@ -292,12 +293,15 @@ impl Oracle {
         }
     }
 
-    /// Data exceptions (class 22: division by zero, overflow, out of range…) are runtime
-    /// errors; anything else means the generator produced an invalid clause.
+    /// Data exceptions (class 22: division by zero, overflow, out of range…, and 0A000 for a
+    /// NaN or infinity cast to an integer) are runtime errors; anything else means the
+    /// generator produced an invalid clause.
     fn runtime_error_or_fail(&self, clause: &str, e: &tokio_postgres::Error) {
-        let runtime = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || *c == SqlState::PROGRAM_LIMIT_EXCEEDED);
+        let runtime = e.code().is_some_and(|c| {
+            c.code().starts_with("22")
+                || *c == SqlState::PROGRAM_LIMIT_EXCEEDED
+                || *c == SqlState::FEATURE_NOT_SUPPORTED
+        });
         if !runtime {
             self.fail(format!(
                 "Postgres rejects a generated clause (generator bug)\n  clause: {clause}\n  error: {e:?}"

@@ -1081,12 +1081,117 @@ pub fn output<'a>(v: &'a V<'a>, ty: Ty) -> Cow<'a, str> {
     }
 }
 
-/// Convert a value between types along Postgres' implicit casts.
+/// Can `CAST(x AS to)` of a value of `from` be evaluated (beyond Postgres' implicit casts)?
+pub fn explicit_cast_ok(from: Ty, to: Ty) -> bool {
+    let text_out = |t: Ty| {
+        t.num_rank().is_some() && !t.is_float()
+            || matches!(
+                t,
+                Ty::Bool
+                    | Ty::Uuid
+                    | Ty::Date
+                    | Ty::Time
+                    | Ty::Timestamp
+                    | Ty::Timestamptz
+                    | Ty::Jsonb
+                    | Ty::Enum(_)
+            )
+            || t.is_text()
+    };
+    let text_in = |t: Ty| {
+        t.num_rank().is_some()
+            || matches!(
+                t,
+                Ty::Bool
+                    | Ty::Uuid
+                    | Ty::Bytea
+                    | Ty::Date
+                    | Ty::Time
+                    | Ty::Timestamp
+                    | Ty::Timestamptz
+                    | Ty::Interval
+                    | Ty::Jsonb
+            )
+            || t.is_text()
+    };
+    (from.num_rank().is_some() && to.num_rank().is_some())
+        || (to.is_text() && text_out(from))
+        || (from.is_text() && text_in(to))
+        || (from.dt_rank().is_some() && to.dt_rank().is_some())
+}
+
+/// `%g` with `digits` significant digits (how Postgres turns a float into numeric).
+fn g_format(v: f64, digits: usize) -> String {
+    let s = format!("{:.*e}", digits.saturating_sub(1), v);
+    match s.split_once('e') {
+        Some((mant, exp)) => {
+            let mant = if mant.contains('.') {
+                mant.trim_end_matches('0').trim_end_matches('.')
+            } else {
+                mant
+            };
+            format!("{mant}e{exp}")
+        }
+        None => s,
+    }
+}
+
+/// Convert a value between types: Postgres' implicit casts, and the explicit ones
+/// [`explicit_cast_ok`] admits (rounding numbers to integers, float to numeric, anything to
+/// and from text, timestamps to dates).
 pub fn convert<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, Fail> {
     if from == to || v.is_null() {
         return Ok(v);
     }
+    if to.is_text() && !from.is_text() {
+        // The type's text output (booleans as `true` / `false`, as `bool::text` gives).
+        let text = match &v {
+            V::Bool(b) => if *b { "true" } else { "false" }.to_string(),
+            V::Float(_) => return Err(Fail),
+            other => output(other, from).into_owned(),
+        };
+        return Ok(V::Text(Cow::Owned(text)));
+    }
+    if from.is_text() && !to.is_text() {
+        let V::Text(t) = &v else {
+            return Err(Fail);
+        };
+        return parse_value(t, to).map(V::into_static).ok_or(Fail);
+    }
     Ok(match (v, to) {
+        (V::Num(n), Ty::Int2 | Ty::Int4 | Ty::Int8) => {
+            let i: i64 = match n.round(0) {
+                r @ Num::Fin { .. } => r.to_string().parse().map_err(|_| Fail)?,
+                _ => return Err(Fail),
+            };
+            return convert(V::Int(i), Ty::Int8, to);
+        }
+        (V::Float(f), Ty::Int2 | Ty::Int4 | Ty::Int8) => {
+            let r = f.round_ties_even();
+            // [-2^63, 2^63), as FLOAT8_FITS_IN_INT64.
+            if !r.is_finite()
+                || !(-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&r)
+            {
+                return Err(Fail);
+            }
+            return convert(V::Int(r as i64), Ty::Int8, to);
+        }
+        (V::Float(f), Ty::Numeric) => V::Num(if f.is_nan() {
+            Num::NaN
+        } else if f.is_infinite() {
+            if f > 0.0 {
+                Num::PosInf
+            } else {
+                Num::NegInf
+            }
+        } else {
+            Num::parse(&g_format(f, if from == Ty::Float4 { 6 } else { 15 })).ok_or(Fail)?
+        }),
+        (V::Ts(t), Ty::Date) => V::Date(match t {
+            dt::TS_NEG_INF => dt::DATE_NEG_INF,
+            dt::TS_POS_INF => dt::DATE_POS_INF,
+            t => dt::valid_date(t.div_euclid(dt::DAY)).ok_or(Fail)?,
+        }),
         (V::Int(i), Ty::Int2 | Ty::Int4 | Ty::Int8) => {
             let (lo, hi) = to.int_range();
             if i < lo || i > hi {
@@ -1102,7 +1207,7 @@ pub fn convert<'a>(v: V<'a>, from: Ty, to: Ty) -> Result<V<'a>, Fail> {
         (V::Float(f), Ty::Float8) => V::Float(f),
         (V::Float(f), Ty::Float4) => {
             let g = f as f32;
-            if g.is_infinite() && f.is_finite() {
+            if (g.is_infinite() && f.is_finite()) || (g == 0.0 && f != 0.0) {
                 return Err(Fail);
             }
             V::Float(f64::from(g))

@@ -949,14 +949,20 @@ impl Typer<'_> {
                         _ => from.is_text() && to.is_text() || from == to,
                     },
                 };
-                if !widening {
+                if widening {
+                    return Ok(Val::Known(s.conv(to)));
+                }
+                if !scalar::explicit_cast_ok(from, to) {
                     return Err(format!(
-                        "{at}casting an expression of type {} to {} is not supported yet",
+                        "{at}casting an expression of type {} to {} is not supported",
                         from.name(),
                         to.name()
                     ));
                 }
-                Ok(Val::Known(s.conv(to)))
+                Ok(Val::Known(Scalar::Conv {
+                    arg: Box::new(s),
+                    to,
+                }))
             }
         }
     }

@@ -50,6 +50,9 @@ pub enum Group {
     Domains,
     /// jsonb `-> ->> #>> @> ? ?| ?&` and equality.
     Jsonb,
+    /// Explicit casts of expressions (`(x)::type`): narrowing numbers, to and from text,
+    /// timestamps to dates.
+    Casts,
 }
 
 impl Group {
@@ -76,6 +79,7 @@ impl Group {
         Group::Enums,
         Group::Domains,
         Group::Jsonb,
+        Group::Casts,
     ];
 
     pub fn bit(self) -> u32 {

@@ -333,10 +333,19 @@ impl<'a> Gen<'a> {
         if self.has(Group::DateTime) && matches!(ty, Ty::Date | Ty::Ts | Ty::Tz | Ty::Interval) {
             kinds.push(3);
         }
+        if self.has(Group::Casts)
+            && matches!(
+                ty,
+                Ty::Int | Ty::Num | Ty::Float | Ty::Text | Ty::Date | Ty::Ts
+            )
+        {
+            kinds.push(4);
+        }
         if kinds.is_empty() {
             return self.column(ty);
         }
         match self.pick(&kinds) {
+            4 => self.cast(ty, depth - 1),
             0 => self.arithmetic(ty, depth - 1),
             1 => self.function(ty, depth - 1),
             2 => {
@@ -503,6 +512,51 @@ impl<'a> Gen<'a> {
                 }
             },
         }
+    }
+
+    /// `(x)::type` producing `ty` from an expression of another type.
+    fn cast(&mut self, ty: Ty, depth: u32) -> S {
+        self.mark(Group::Casts);
+        let (src, target) = match ty {
+            Ty::Int => self.pick(&[
+                (Ty::Num, "int4"),
+                (Ty::Num, "int8"),
+                (Ty::Float, "int4"),
+                (Ty::Float, "int8"),
+                (Ty::Int, "int2"),
+            ]),
+            Ty::Num => self.pick(&[(Ty::Int, "numeric"), (Ty::Float, "numeric")]),
+            Ty::Float => self.pick(&[
+                (Ty::Num, "float8"),
+                (Ty::Num, "real"),
+                (Ty::Float, "float4"),
+                (Ty::Int, "float4"),
+            ]),
+            Ty::Text => self.pick(&[
+                (Ty::Int, "text"),
+                (Ty::Num, "text"),
+                (Ty::Bool, "text"),
+                (Ty::Uuid, "text"),
+                (Ty::Date, "text"),
+                (Ty::Ts, "text"),
+                (Ty::Tz, "text"),
+                (Ty::Text, "varchar"),
+                (Ty::Enum, "text"),
+            ]),
+            Ty::Date => self.pick(&[(Ty::Tz, "date"), (Ty::Ts, "date"), (Ty::Text, "date")]),
+            _ => self.pick(&[(Ty::Tz, "timestamp"), (Ty::Date, "timestamp")]),
+        };
+        if src.group() != Group::Core {
+            self.mark(src.group());
+        }
+        let a = if src == Ty::Text && ty == Ty::Date {
+            // Text that parses as a date (other text would raise an error on every row).
+            S::plain("(d::text)")
+        } else {
+            self.operand(src, depth)
+        };
+        let target = S::plain(target);
+        s!("({})::{}", a, target)
     }
 
     fn interval_operand(&mut self, depth: u32) -> S {
