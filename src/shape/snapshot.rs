@@ -34,7 +34,7 @@ pub fn copy_sql(shape: &Shape) -> String {
     );
     if let Some(f) = &shape.filter {
         sql.push_str(" WHERE ");
-        sql.push_str(f.sql());
+        sql.push_str(&f.sql(&shape.table));
     }
     sql.push_str(") TO STDOUT");
     sql

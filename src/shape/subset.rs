@@ -130,10 +130,10 @@ impl Subset {
             cols.join(", "),
             shape.table.quoted_name()
         );
-        let conds: Vec<&str> = [shape.filter.as_ref(), self.filter.as_ref()]
+        let conds: Vec<String> = [shape.filter.as_ref(), self.filter.as_ref()]
             .into_iter()
             .flatten()
-            .map(WhereClause::sql)
+            .map(|w| w.sql(&shape.table))
             .collect();
         if !conds.is_empty() {
             sql.push_str(" WHERE ");

@@ -248,7 +248,7 @@ impl Oracle {
 
     /// `WhereClause::sql()` must mean the same to Postgres as the original clause.
     async fn check_rendering(&self, wc: &WhereClause, original: &str, expected: &Verdicts) {
-        let rendered = wc.sql();
+        let rendered = &wc.sql(&self.table);
         let got = match self.pg_verdicts(rendered).await {
             Some(v) => v,
             None => self.fail(format!(

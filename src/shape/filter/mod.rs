@@ -268,19 +268,20 @@ pub trait Row {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WhereClause {
     expr: Expr,
-    sql: String,
 }
 
 impl WhereClause {
-    pub fn new(expr: Expr, column_names: &[String]) -> Self {
-        let mut sql = String::new();
-        render(&expr, column_names, &mut sql);
-        WhereClause { expr, sql }
+    pub fn new(expr: Expr) -> Self {
+        WhereClause { expr }
     }
 
-    /// The clause as SQL, rendered from the validated expression.
-    pub fn sql(&self) -> &str {
-        &self.sql
+    /// The clause as SQL over `table`'s columns, rendered from the validated expression (on
+    /// demand: only snapshot and subset queries need it, and idle shapes should not keep it).
+    pub fn sql(&self, table: &crate::postgres::catalog::TableInfo) -> String {
+        let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        let mut sql = String::new();
+        render(&self.expr, &names, &mut sql);
+        sql
     }
 
     pub fn expr(&self) -> &Expr {

@@ -87,7 +87,10 @@ pub enum RawConst {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Literal {
     norm: String,
-    sql: String,
+    /// How it renders: `None` a plain quoted literal (an untyped text constant), else cast to
+    /// this family's type (booleans as `true` / `false`). Rendered on demand: the text is
+    /// only needed for a snapshot query, and every idle shape would keep it (target P7).
+    sql_as: Option<Family>,
     /// The constant parsed once, so evaluation only parses the row's value (target P3).
     parsed: Parsed,
 }
@@ -95,8 +98,9 @@ pub struct Literal {
 /// A constant in the form its family compares in.
 #[derive(Debug, Clone, PartialEq)]
 enum Parsed {
-    /// An integer constant (fast path against integer text), with its exact decimal.
-    Int(i128, Decimal),
+    /// An integer constant (fast path against integer text; its exact decimal is made when a
+    /// row's value is not an integer).
+    Int(i128),
     Dec(Decimal),
     Float(f64),
     Uuid([u8; 16]),
@@ -193,16 +197,15 @@ impl Literal {
                 float_text(v)
             }
         };
-        let sql = match target {
-            Family::Bool => if norm == "t" { "true" } else { "false" }.to_string(),
-            Family::Text { .. } if cast.is_none() => quote_literal(&text),
-            t => format!("CAST({} AS {})", quote_literal(&norm), t.sql_type()),
+        let sql_as = match target {
+            Family::Text { .. } if cast.is_none() => None,
+            t => Some(t),
         };
         let parsed = match target {
             Family::Integer | Family::Numeric => {
                 let dec = Decimal::parse(norm.trim()).ok_or("invalid number")?;
                 match norm.trim().parse::<i128>() {
-                    Ok(i) => Parsed::Int(i, dec),
+                    Ok(i) => Parsed::Int(i),
                     Err(_) => Parsed::Dec(dec),
                 }
             }
@@ -212,11 +215,20 @@ impl Literal {
             Family::Uuid => Parsed::Uuid(uuid_bytes(&norm).ok_or("invalid uuid")?),
             _ => Parsed::Other,
         };
-        Ok(Literal { norm, sql, parsed })
+        Ok(Literal {
+            norm,
+            sql_as,
+            parsed,
+        })
     }
 
     pub fn sql(&self) -> String {
-        self.sql.clone()
+        match self.sql_as {
+            // A bpchar constant renders without its trailing spaces: the same value to bpchar.
+            None => quote_literal(&self.norm),
+            Some(Family::Bool) => if self.norm == "t" { "true" } else { "false" }.to_string(),
+            Some(t) => format!("CAST({} AS {})", quote_literal(&self.norm), t.sql_type()),
+        }
     }
 
     /// The constant's [`OrdKey`] for a column of `family`.
@@ -402,9 +414,9 @@ pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> 
     let v = std::str::from_utf8(value).ok()?;
     match (family, &lit.parsed) {
         (Family::Float { f4 }, Parsed::Float(l)) => Some(float_cmp(parse_float(v, f4)?, *l)),
-        (Family::Integer | Family::Numeric, Parsed::Int(l, dec)) => match v.parse::<i128>() {
+        (Family::Integer | Family::Numeric, Parsed::Int(l)) => match v.parse::<i128>() {
             Ok(i) => Some(i.cmp(l)),
-            Err(_) => Some(Decimal::parse(v)?.cmp_total(dec)),
+            Err(_) => Some(Decimal::parse(v)?.cmp_total(&Decimal::parse(&l.to_string())?)),
         },
         (Family::Integer | Family::Numeric, Parsed::Dec(dec)) => {
             Some(Decimal::parse(v)?.cmp_total(dec))
