@@ -85,6 +85,9 @@ pub struct Stack {
     /// creation storm does not open one Postgres connection per shape.
     snapshot_conns: Arc<std::sync::Mutex<Vec<tokio_postgres::Client>>>,
     max_snapshots: usize,
+    /// The database's locale (collation and character class), loaded once: where clauses
+    /// consult it for text ordering and case mapping.
+    locale: tokio::sync::OnceCell<catalog::TextLocale>,
     shutdown: watch::Sender<bool>,
     /// Set when the tenant is removed.
     removed: std::sync::atomic::AtomicBool,
@@ -244,6 +247,7 @@ impl Stack {
             snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
             snapshot_conns: Arc::new(std::sync::Mutex::new(Vec::new())),
             max_snapshots: cfg.max_snapshots.max(1),
+            locale: tokio::sync::OnceCell::new(),
             shutdown,
             removed: std::sync::atomic::AtomicBool::new(false),
             task: std::sync::Mutex::new(None),
@@ -343,7 +347,15 @@ impl Stack {
         }
         self.make_room().await;
         let admin = self.admin().await?;
-        let table = match catalog::load_table(&admin, &def.schema, &def.table).await {
+        let locale = match self
+            .locale
+            .get_or_try_init(|| catalog::load_locale(&admin))
+            .await
+        {
+            Ok(l) => l.clone(),
+            Err(e) => return Err(ShapeError::Database(e.to_string())),
+        };
+        let table = match catalog::load_table_in(&admin, &def.schema, &def.table, locale).await {
             Ok(t) => t,
             Err(e @ CatalogError::NotFound(_)) => {
                 return Err(ShapeError::Invalid("table", e.to_string()))

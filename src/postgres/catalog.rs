@@ -117,25 +117,58 @@ const TABLE_SQL: &str =
 const COLUMNS_SQL: &str = "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, a.attndims, \
             t.typname::text, t.typcategory::text, coalesce(et.typname::text, ''), \
             coalesce(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0), \
-            coalesce(co.collname::text, ''), coalesce(bt.typname::text, ''), \
-            coalesce((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e \
-                      WHERE e.enumtypid = CASE WHEN t.typcategory = 'A' THEN t.typelem \
-                                               WHEN t.typtype = 'd' THEN t.typbasetype \
-                                               ELSE t.oid END), '{}') \
+            CASE WHEN a.attcollation = 0 THEN '' \
+                 ELSE (SELECT co.collname::text FROM pg_collation co WHERE co.oid = a.attcollation) END, \
+            CASE WHEN t.typtype = 'd' \
+                 THEN (SELECT bt.typname::text FROM pg_type bt WHERE bt.oid = t.typbasetype) \
+                 ELSE '' END, \
+            CASE WHEN t.typtype = 'e' OR et.typtype = 'e' \
+                      OR (t.typtype = 'd' AND (SELECT bt.typtype FROM pg_type bt WHERE bt.oid = t.typbasetype) = 'e') \
+                 THEN (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e \
+                       WHERE e.enumtypid = CASE WHEN t.typcategory = 'A' THEN t.typelem \
+                                                WHEN t.typtype = 'd' THEN t.typbasetype \
+                                                ELSE t.oid END) \
+                 ELSE '{}' END \
      FROM pg_attribute a \
      JOIN pg_type t ON t.oid = a.atttypid \
-     LEFT JOIN pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd' \
-     LEFT JOIN pg_collation co ON co.oid = a.attcollation \
      LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
      LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
      ORDER BY a.attnum";
 
-/// Load a table's metadata. Identifiers are bound as parameters, never spliced into SQL.
+/// The database's locale; `datlocprovider` read through jsonb so that servers before 15
+/// (without the column) answer too. It never changes for a database: callers that load many
+/// tables load it once ([`load_table_in`]).
+const LOCALE_SQL: &str = "SELECT d.datcollate::text, d.datctype::text, \
+     coalesce(to_jsonb(d) ->> 'datlocprovider', '') FROM pg_database d \
+     WHERE d.datname = current_database()";
+
+pub async fn load_locale(client: &tokio_postgres::Client) -> Result<TextLocale, CatalogError> {
+    let r = client.query_one(LOCALE_SQL, &[]).await?;
+    Ok(TextLocale {
+        collate: r.get(0),
+        ctype: r.get(1),
+        provider: r.get(2),
+    })
+}
+
+/// Load a table's metadata (and the database's locale). Identifiers are bound as parameters,
+/// never spliced into SQL.
 pub async fn load_table(
     client: &tokio_postgres::Client,
     schema: &str,
     name: &str,
+) -> Result<TableInfo, CatalogError> {
+    let locale = load_locale(client).await?;
+    load_table_in(client, schema, name, locale).await
+}
+
+/// [`load_table`] with the database's locale already known.
+pub async fn load_table_in(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    name: &str,
+    locale: TextLocale,
 ) -> Result<TableInfo, CatalogError> {
     let rows = client.query(TABLE_SQL, &[&schema, &name]).await?;
     let Some(row) = rows.first() else {
@@ -146,7 +179,9 @@ pub async fn load_table(
         )));
     };
     let oid: u32 = row.get(0);
-    load_columns(client, oid, schema.to_string(), name.to_string()).await
+    let mut table = load_columns(client, oid, schema.to_string(), name.to_string()).await?;
+    table.locale = locale;
+    Ok(table)
 }
 
 const TABLE_BY_OID_SQL: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
@@ -198,23 +233,11 @@ async fn load_columns(
         });
     }
     let mut table = TableInfo::new(oid, schema, name, columns);
-    let locale = client.query_one(LOCALE_SQL, &[]).await?;
-    table.locale = TextLocale {
-        collate: locale.get(0),
-        ctype: locale.get(1),
-        provider: locale.get(2),
-    };
     table.collations = collations;
     table.base_types = base_types;
     table.enum_labels = enum_labels;
     Ok(table)
 }
-
-/// The database's locale; `datlocprovider` read through jsonb so that servers before 15
-/// (without the column) answer too.
-const LOCALE_SQL: &str = "SELECT d.datcollate::text, d.datctype::text, \
-     coalesce(to_jsonb(d) ->> 'datlocprovider', '') FROM pg_database d \
-     WHERE d.datname = current_database()";
 
 impl TableInfo {
     pub fn new(oid: u32, schema: String, name: String, columns: Vec<ColumnInfo>) -> Self {
