@@ -77,8 +77,9 @@ struct Sink {
     /// thousands of shapes stays linear).
     in_touched: bool,
     in_dirty: bool,
-    /// Where the routing index files this shape, and the last change routed to it (dedup).
-    term: Term,
+    /// The last change routed to this shape (dedup). Where the routing index files it is not
+    /// kept: it is derived again from the where clause when the shape leaves (an idle shape
+    /// then holds one copy of its keys, in the index: target P7).
     seen: u64,
 }
 
@@ -161,7 +162,6 @@ impl Writer {
             dirty: false,
             in_touched: false,
             in_dirty: false,
-            term: term.clone(),
             seen: 0,
         };
         let idx = match self.free.pop() {
@@ -187,7 +187,8 @@ impl Writer {
             v.retain(|&i| i != idx);
         }
         if let Some(r) = self.routes.get_mut(&oid) {
-            r.remove(idx, &sink.term);
+            let term: Term = sink.shape.filter.as_ref().and_then(|f| f.route_term());
+            r.remove(idx, &term);
             if r.is_empty() {
                 self.routes.remove(&oid);
             }
