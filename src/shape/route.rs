@@ -116,13 +116,18 @@ pub struct TableRoutes {
 /// Shapes by the key they require.
 type KeyedShapes = HashMap<Vec<u8>, Vec<usize>>;
 
-/// The ranges filed for one column, with an interval tree rebuilt when they changed.
+/// The ranges filed for one column: an interval tree of them as they were at its last build,
+/// and the ranges added since (looked at one by one). The tree is rebuilt once enough changed
+/// (a quarter of the ranges, at least 32), so a creation storm costs O(log n) per shape
+/// amortized, not a rebuild per change. Ranges removed since the build may still come out of
+/// the tree: extra candidates, which their where clause then rejects.
 #[derive(Debug)]
 struct Spans {
     family: Family,
     entries: Vec<(Span, usize)>,
     tree: Option<Box<Tree>>,
-    dirty: bool,
+    pending: Vec<(Span, usize)>,
+    stale: usize,
 }
 
 impl TableRoutes {
@@ -145,10 +150,13 @@ impl TableRoutes {
                     family,
                     entries: Vec::new(),
                     tree: None,
-                    dirty: false,
+                    pending: Vec::new(),
+                    stale: 0,
                 });
-                s.entries.extend(spans.into_iter().map(|span| (span, idx)));
-                s.dirty = true;
+                for span in spans {
+                    s.entries.push((span.clone(), idx));
+                    s.pending.push((span, idx));
+                }
             }
         }
     }
@@ -164,8 +172,9 @@ impl TableRoutes {
                     Some(s) => {
                         let before = s.entries.len();
                         s.entries.retain(|(_, i)| *i != idx);
+                        s.pending.retain(|(_, i)| *i != idx);
                         let removed = s.entries.len() != before;
-                        s.dirty |= removed;
+                        s.stale += before - s.entries.len();
                         if s.entries.is_empty() {
                             self.spans.remove(column);
                         }
@@ -183,13 +192,14 @@ impl TableRoutes {
         self.len == 0
     }
 
-    /// Rebuild the interval trees whose ranges changed (before routing; routing without it is
-    /// still correct, only slower).
+    /// Rebuild the interval trees whose ranges changed enough (before routing; routing is
+    /// correct either way, only slower with many ranges pending).
     pub fn prepare(&mut self) {
         for s in self.spans.values_mut() {
-            if s.dirty {
+            if s.pending.len() + s.stale > (s.entries.len() / 4).max(32) {
                 s.tree = Tree::build(s.entries.clone());
-                s.dirty = false;
+                s.pending.clear();
+                s.stale = 0;
             }
         }
     }
@@ -260,16 +270,17 @@ impl TableRoutes {
                 match row.get(*column) {
                     Some(Cell::Null) => {}
                     Some(Cell::Text(v)) => match OrdKey::of(s.family, v) {
-                        Some(key) => match (&s.tree, s.dirty) {
-                            (Some(tree), false) => tree.stab(&key, out),
-                            (None, false) => {}
-                            _ => out.extend(
-                                s.entries
+                        Some(key) => {
+                            if let Some(tree) = &s.tree {
+                                tree.stab(&key, out);
+                            }
+                            out.extend(
+                                s.pending
                                     .iter()
                                     .filter(|(span, _)| span.contains(&key))
                                     .map(|(_, i)| *i),
-                            ),
-                        },
+                            );
+                        }
                         None => out.extend(s.entries.iter().map(|(_, i)| *i)),
                     },
                     Some(Cell::Unknown) | None => out.extend(s.entries.iter().map(|(_, i)| *i)),
