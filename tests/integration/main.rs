@@ -2,6 +2,7 @@
 
 mod cdn;
 mod client_e2e;
+mod collation;
 mod crash;
 mod deployment;
 mod disk_full;
