@@ -708,9 +708,16 @@ async fn routed_shapes_receive_exactly_their_rows() {
             "tag = 'even' AND grp = 1",
             "grp > 3",
             "tag IS NULL OR grp = 0",
+            "grp IN (1, 3)",
+            "grp < 2 OR grp > 4",
+            "amount BETWEEN 1 AND 2",
+            "tag LIKE 'ev%'",
         ]
         .map(String::from),
     );
+    // Enough range shapes on one column for the interval tree to be built (and rebuilt as
+    // shapes come and go), each covering five ids.
+    clauses.extend((0..44).map(|k| format!("id >= {} AND id < {}", 5 * k, 5 * k + 5)));
     let mut followers = Vec::new();
     for clause in &clauses {
         let q: String = form_urlencoded::Serializer::new(String::new())
