@@ -83,10 +83,10 @@ impl Interval {
                 * 86_400.0,
         );
         if sec_rem.abs() >= 86_400.0 {
-            days += (sec_rem / 86_400.0) as i32;
+            days = days.checked_add((sec_rem / 86_400.0) as i32)?;
             sec_rem -= f64::from((sec_rem / 86_400.0) as i32) * 86_400.0;
         }
-        days += month_rem_days as i32;
+        days = days.checked_add(month_rem_days as i32)?;
         let t = (self.micros as f64 * factor + sec_rem * 1e6).round_ties_even();
         if t.is_nan() || !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&t) {
             return None;
@@ -710,9 +710,9 @@ fn parse_iso_interval(s: &str) -> Option<Interval> {
                 } else {
                     let v: i64 = num.parse().ok()?;
                     match u {
-                        'Y' => iv.months = iv.months.checked_add(i32::try_from(v * 12).ok()?)?,
+                        'Y' => iv.months = iv.months.checked_add(i32::try_from(v.checked_mul(12)?).ok()?)?,
                         'M' => iv.months = iv.months.checked_add(i32::try_from(v).ok()?)?,
-                        'W' => iv.days = iv.days.checked_add(i32::try_from(v * 7).ok()?)?,
+                        'W' => iv.days = iv.days.checked_add(i32::try_from(v.checked_mul(7)?).ok()?)?,
                         'D' => iv.days = iv.days.checked_add(i32::try_from(v).ok()?)?,
                         _ => return None,
                     }

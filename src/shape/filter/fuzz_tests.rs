@@ -147,6 +147,14 @@ const TOKENS: &[&str] = &[
     " AT TIME ZONE 'UTC'",
     "CASE WHEN true THEN 1 END",
     "EXISTS",
+    "1e9223372036854775807",
+    "'P9223372036854775807Y'::interval",
+    "array_length(ia, -9223372036854775808)",
+    "9223372036854775807 * 9223372036854775807",
+    "'1e-9223372036854775808'",
+    "num ^ 64",
+    "'99999-12-31'::date + 2147483647",
+    "ts - interval '-178000000 years'",
 ];
 
 struct Rng(u64);

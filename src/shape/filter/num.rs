@@ -63,7 +63,7 @@ impl Num {
             Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
             None => (rest, 0),
         };
-        if exp.abs() > MAX_INPUT_EXPONENT {
+        if exp.unsigned_abs() > MAX_INPUT_EXPONENT as u64 {
             return None;
         }
         let (int, frac) = match mantissa.find('.') {

@@ -549,7 +549,7 @@ impl Decimal {
         let digits: Vec<u8> = all[lead..].to_vec();
         let trail = digits.iter().rev().take_while(|b| **b == b'0').count();
         let digits = digits[..digits.len() - trail].to_vec();
-        let exp = int.len() as i64 - lead as i64 + exp10;
+        let exp = (int.len() as i64 - lead as i64).checked_add(exp10)?;
         Some(Decimal::Finite {
             neg: neg && !digits.is_empty(),
             exp: if digits.is_empty() { 0 } else { exp },
