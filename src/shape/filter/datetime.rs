@@ -710,9 +710,17 @@ fn parse_iso_interval(s: &str) -> Option<Interval> {
                 } else {
                     let v: i64 = num.parse().ok()?;
                     match u {
-                        'Y' => iv.months = iv.months.checked_add(i32::try_from(v.checked_mul(12)?).ok()?)?,
+                        'Y' => {
+                            iv.months = iv
+                                .months
+                                .checked_add(i32::try_from(v.checked_mul(12)?).ok()?)?
+                        }
                         'M' => iv.months = iv.months.checked_add(i32::try_from(v).ok()?)?,
-                        'W' => iv.days = iv.days.checked_add(i32::try_from(v.checked_mul(7)?).ok()?)?,
+                        'W' => {
+                            iv.days = iv
+                                .days
+                                .checked_add(i32::try_from(v.checked_mul(7)?).ok()?)?
+                        }
                         'D' => iv.days = iv.days.checked_add(i32::try_from(v).ok()?)?,
                         _ => return None,
                     }

@@ -1613,7 +1613,10 @@ fn call<'r>(f: Func, args: &'r [Scalar], ty: Ty, row: &'r dyn Row) -> Result<V<'
         }
         Func::ArrayLength => match (arg(0)?, arg(1)?) {
             (V::Array(a), V::Int(d)) => {
-                match usize::try_from(d.saturating_sub(1)).ok().and_then(|d| a.dims.get(d)) {
+                match usize::try_from(d.saturating_sub(1))
+                    .ok()
+                    .and_then(|d| a.dims.get(d))
+                {
                     Some(n) => V::Int(*n as i64),
                     None => V::Null,
                 }
