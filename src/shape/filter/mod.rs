@@ -178,7 +178,7 @@ pub enum JsonHasMode {
 }
 
 impl JsonHasMode {
-    fn sql(self) -> &'static str {
+    pub fn sql(self) -> &'static str {
         match self {
             JsonHasMode::One => "?",
             JsonHasMode::Any => "?|",
@@ -586,6 +586,23 @@ pub fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
         .map(|(items, _)| items.into_iter().map(|i| i.map(Cow::into_owned)).collect())
 }
 
+/// AND (`decisive` false) or OR (`decisive` true) in three-valued logic with failures.
+fn connective(items: &[Expr], decisive: bool, row: &dyn Row) -> Result<Option<bool>, Fail> {
+    let (mut unknown, mut failed) = (false, false);
+    for e in items {
+        match eval(e, row) {
+            Ok(Some(v)) if v == decisive => return Ok(Some(decisive)),
+            Ok(Some(_)) => {}
+            Ok(None) => unknown = true,
+            Err(_) => failed = true,
+        }
+    }
+    if failed {
+        return Err(Fail);
+    }
+    Ok(if unknown { None } else { Some(!decisive) })
+}
+
 /// Three-valued evaluation; `Err` where Postgres would raise an error (division by zero,
 /// overflow). `AND` is false if any part is false even when another part fails, and `OR` true
 /// if any part is true: Postgres may evaluate the parts in any order and stop early, so a
@@ -618,44 +635,9 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             let v = eval(expr, row)?;
             Some((v == *target) != *negated)
         }
-        Expr::And(items) => {
-            let (mut unknown, mut failed) = (false, false);
-            for e in items {
-                match eval(e, row) {
-                    Ok(Some(false)) => return Ok(Some(false)),
-                    Ok(None) => unknown = true,
-                    Ok(Some(true)) => {}
-                    Err(_) => failed = true,
-                }
-            }
-            if failed {
-                return Err(Fail);
-            }
-            if unknown {
-                None
-            } else {
-                Some(true)
-            }
-        }
-        Expr::Or(items) => {
-            let (mut unknown, mut failed) = (false, false);
-            for e in items {
-                match eval(e, row) {
-                    Ok(Some(true)) => return Ok(Some(true)),
-                    Ok(None) => unknown = true,
-                    Ok(Some(false)) => {}
-                    Err(_) => failed = true,
-                }
-            }
-            if failed {
-                return Err(Fail);
-            }
-            if unknown {
-                None
-            } else {
-                Some(false)
-            }
-        }
+        // AND stops at FALSE, OR at TRUE; a failure counts only if nothing decided.
+        Expr::And(items) => return connective(items, false, row),
+        Expr::Or(items) => return connective(items, true, row),
         Expr::Not(e) => eval(e, row)?.map(|b| !b),
         Expr::Like {
             arg,
@@ -857,31 +839,11 @@ fn render(expr: &Expr, names: &[String], out: &mut String) {
             arr.render(names, out);
             out.push_str("))");
         }
-        Expr::JsonContains { l, r } => {
-            out.push('(');
-            l.render(names, out);
-            out.push_str(" @> ");
-            r.render(names, out);
-            out.push(')');
-        }
+        Expr::JsonContains { l, r } => scalar::render_binary(l, "@>", r, names, out),
         Expr::JsonHas { doc, keys, mode } => {
-            out.push('(');
-            doc.render(names, out);
-            out.push(' ');
-            out.push_str(mode.sql());
-            out.push(' ');
-            keys.render(names, out);
-            out.push(')');
+            scalar::render_binary(doc, mode.sql(), keys, names, out)
         }
-        Expr::ArrayOp { op, l, r, .. } => {
-            out.push('(');
-            l.render(names, out);
-            out.push(' ');
-            out.push_str(op.sql());
-            out.push(' ');
-            r.render(names, out);
-            out.push(')');
-        }
+        Expr::ArrayOp { op, l, r, .. } => scalar::render_binary(l, op.sql(), r, names, out),
         Expr::ValueIsNull { arg, negated } => {
             out.push('(');
             arg.render(names, out);

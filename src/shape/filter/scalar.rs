@@ -250,7 +250,7 @@ impl Ty {
         }
     }
 
-    fn int_range(self) -> (i64, i64) {
+    pub fn int_range(self) -> (i64, i64) {
         match self {
             Ty::Int2 => (i16::MIN.into(), i16::MAX.into()),
             Ty::Int4 => (i32::MIN.into(), i32::MAX.into()),
@@ -924,26 +924,14 @@ impl Scalar {
                 arg.render(names, out);
                 out.push(')');
             }
-            Scalar::Arith { op, l, r, .. } => {
-                out.push('(');
-                l.render(names, out);
-                out.push(' ');
-                out.push_str(op.sql());
-                out.push(' ');
-                r.render(names, out);
-                out.push(')');
-            }
+            Scalar::Arith { op, l, r, .. } => render_binary(l, op.sql(), r, names, out),
             Scalar::PowN { base, n } => {
                 out.push('(');
                 base.render(names, out);
                 out.push_str(&format!(" ^ CAST('{n}' AS numeric))"));
             }
-            Scalar::Concat(l, r) => {
-                out.push('(');
-                l.render(names, out);
-                out.push_str(" || ");
-                r.render(names, out);
-                out.push(')');
+            Scalar::Concat(l, r) | Scalar::ArrayCat { l, r, .. } => {
+                render_binary(l, "||", r, names, out)
             }
             Scalar::ArrayCons { items, ty } => {
                 out.push_str("CAST(ARRAY[");
@@ -957,34 +945,15 @@ impl Scalar {
                 out.push_str(&ty.sql());
                 out.push(')');
             }
-            Scalar::ArrayCat { l, r, .. } => {
-                out.push('(');
-                l.render(names, out);
-                out.push_str(" || ");
-                r.render(names, out);
-                out.push(')');
-            }
-            Scalar::DateOp { op, l, r, .. } => {
-                out.push('(');
-                l.render(names, out);
-                out.push(' ');
-                out.push_str(op.sql());
-                out.push(' ');
-                r.render(names, out);
-                out.push(')');
-            }
+            Scalar::DateOp { op, l, r, .. } => render_binary(l, op.sql(), r, names, out),
             Scalar::JsonGet { arg, key, text } => {
-                let path = key.ty().elem().is_some();
-                out.push('(');
-                arg.render(names, out);
-                out.push_str(match (path, *text) {
-                    (false, false) => " -> ",
-                    (false, true) => " ->> ",
-                    (true, false) => " #> ",
-                    (true, true) => " #>> ",
-                });
-                key.render(names, out);
-                out.push(')');
+                let op = match (key.ty().elem().is_some(), *text) {
+                    (false, false) => "->",
+                    (false, true) => "->>",
+                    (true, false) => "#>",
+                    (true, true) => "#>>",
+                };
+                render_binary(arg, op, key, names, out)
             }
             Scalar::Func { f, args, .. } => {
                 out.push_str(f.sql());
@@ -999,6 +968,17 @@ impl Scalar {
             }
         }
     }
+}
+
+/// `(l op r)` as SQL.
+pub fn render_binary(l: &Scalar, op: &str, r: &Scalar, names: &[String], out: &mut String) {
+    out.push('(');
+    l.render(names, out);
+    out.push(' ');
+    out.push_str(op);
+    out.push(' ');
+    r.render(names, out);
+    out.push(')');
 }
 
 /// A constant as SQL: its text form cast to its type.

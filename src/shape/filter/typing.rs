@@ -127,14 +127,6 @@ fn numeric_literal(text: &str) -> Result<Scalar, String> {
     })
 }
 
-fn mode_sql(m: JsonHasMode) -> &'static str {
-    match m {
-        JsonHasMode::One => "?",
-        JsonHasMode::Any => "?|",
-        JsonHasMode::All => "?&",
-    }
-}
-
 /// Does comparing values of `ty` involve text collation?
 fn textual(ty: Ty) -> bool {
     ty.is_text() || ty.elem().is_some_and(Ty::is_text)
@@ -474,7 +466,7 @@ impl Typer<'_> {
                 Scalar::Const { v, ty } => {
                     let v = match v {
                         V::Null => V::Null,
-                        V::Int(i) if i == ty_min(ty) => {
+                        V::Int(i) if i == ty.int_range().0 => {
                             return Err(format!("{at}{} out of range", ty.name()))
                         }
                         V::Int(i) => V::Int(-i),
@@ -842,7 +834,7 @@ impl Typer<'_> {
             return Err(format!(
                 "{at}operator does not exist: {} {} {}",
                 doc.ty().name(),
-                mode_sql(mode),
+                mode.sql(),
                 keys.ty().name()
             ));
         }
@@ -1311,14 +1303,6 @@ pub(super) fn fold_pattern(p: Vec<LikeTok>) -> Vec<LikeTok> {
         .collect()
 }
 
-fn ty_min(ty: Ty) -> i64 {
-    match ty {
-        Ty::Int2 => i16::MIN.into(),
-        Ty::Int4 => i32::MIN.into(),
-        _ => i64::MIN,
-    }
-}
-
 /// The type named by a cast (no type modifiers).
 pub(super) fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
     let t = t?;
@@ -1337,31 +1321,17 @@ fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, String> 
     if from == to || matches!(v, V::Null) {
         return Ok(v);
     }
-    let out_of_range = || format!("{} out of range", to.name());
-    Ok(match (v, to) {
-        (V::Num(n), t) if t.is_int() => {
-            let r = n.round(0);
-            let i: i64 = r.to_string().parse().map_err(|_| out_of_range())?;
-            scalar::convert(V::Int(i), Ty::Int8, t).map_err(|_| out_of_range())?
+    // Text input keeps Postgres' input error messages; everything else is the evaluator's own
+    // conversion, so a cast of a constant means what the same cast of a column means.
+    if let V::Text(s) = &v {
+        if !to.is_text() {
+            return const_of(s, to);
         }
-        (V::Float(f), t) if t.is_int() => {
-            if !f.is_finite() {
-                return Err(out_of_range());
-            }
-            let r = f.round_ties_even();
-            if !(-9.3e18..=9.3e18).contains(&r) {
-                return Err(out_of_range());
-            }
-            scalar::convert(V::Int(r as i64), Ty::Int8, t).map_err(|_| out_of_range())?
-        }
-        (v, t) if t.is_text() => {
-            let text = scalar::output(&v, from).into_owned();
-            V::Text(std::borrow::Cow::Owned(text))
-        }
-        (V::Text(s), t) => const_of(&s, t)?,
-        (v, t) if from.num_rank().is_some() && t.num_rank().is_some() && !from.is_float() => {
-            scalar::convert(v, from, t).map_err(|_| out_of_range())?
-        }
-        _ => return Err(format!("cannot cast type {} to {}", from.name(), to.name())),
-    })
+    }
+    if !scalar::explicit_cast_ok(from, to) {
+        return Err(format!("cannot cast type {} to {}", from.name(), to.name()));
+    }
+    scalar::convert(v, from, to)
+        .map(V::into_static)
+        .map_err(|_| format!("{} out of range", to.name()))
 }
