@@ -1,22 +1,28 @@
-//! Compaction of one sealed change chunk (pure): later changes to a key are merged into one
-//! message at the position of the key's last change, so the chunk carries each key's net
-//! effect. Design and what is not done yet: ARCHITECTURE.md "Compaction".
+//! Compaction of one sealed change chunk (pure): a run of updates to one key is merged into one
+//! update at the position of the run's last update, so a hot row costs one message per chunk
+//! instead of one per change. Design: ARCHITECTURE.md "Compaction".
 //!
-//! Applying the compacted chunk to the state a client had at the chunk's **start** gives the
-//! same state as applying the original chunk (tested below against a model). Clients holding an
-//! offset strictly inside a compacted chunk cannot be served from it (they saw some of the merged
-//! changes): such offsets must answer 409. Chunk boundaries do not move (the end offset of the
-//! chunk is unchanged; entries keep their own offsets, a subset of the original ones).
+//! **Every offset stays valid.** Only updates are merged, and the merged update sits where the
+//! run ended and carries every column the run changed (later values win). A client at the
+//! chunk's start applies it once; a client holding an offset inside the run (it read part of
+//! the chunk as the log's head before it was sealed) has applied some of the run and gets the
+//! merged update, which rewrites those columns to the values the run ended with: the same state
+//! as the original log gives. Inserts and deletes are kept as they are (merging an insert with a
+//! later update, or dropping an insert…delete pair, would be wrong for a client that saw the
+//! insert), so no reader ever needs a 409. Tested below for every offset of random chunks.
 //!
-//! Merge rules per key, in log order (A = what is accumulated, B = the next change):
-//! - insert + update → insert (values merged, later wins)
-//! - update + update → update (values merged, later wins; `old_value` keeps the earliest)
-//! - insert + delete → nothing (the key never existed for a client at the chunk's start)
-//! - update + delete → delete
-//! - delete + insert → both kept, in order (a new row under the same key)
+//! Chunk boundaries do not move: the chunk's last entry is never merged away (it ends any run it
+//! belongs to), and the kept entries keep their own offsets, a subset of the original ones.
+//!
+//! Merged headers: those of the run's last update, with `txids` the union of the run's (a client
+//! waiting for a transaction id still sees it) and `last: true` moved back to the message before
+//! it in its transaction when an update carrying it is merged away. `old_value` (replica `full`)
+//! keeps each column's earliest old value.
 //!
 //! Messages that are not plain changes (control messages, primary-key changes carrying
-//! key-change headers) are barriers: changes are never merged across them.
+//! key-change headers) end every run: nothing merges across them.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -25,97 +31,103 @@ use shapesync_storage::LogOffset;
 /// Why a chunk is left as it is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompactError {
-    #[error("entry at {0} is not JSON")]
+    #[error("entry at {0} is not a JSON object")]
     NotJson(LogOffset),
-    /// A sequence no log produces (e.g. an insert of a present key): refuse rather than guess.
-    #[error("unexpected {1} after {2} for one key at {0}")]
-    Sequence(LogOffset, String, String),
+    #[error("entry at {0} is out of order")]
+    Order(LogOffset),
 }
 
-/// Compacts the entries of one sealed change chunk (offsets strictly increasing).
+/// One output slot: the entry as stored, and its parsed form where needed.
+struct Slot {
+    offset: LogOffset,
+    bytes: Bytes,
+    /// The parsed message: kept for updates (they may merge), parsed on demand otherwise.
+    msg: Option<Map<String, Value>>,
+    /// The message was rewritten (merged, or given `last: true`): serialise `msg`.
+    edited: bool,
+}
+
+/// Compacts the entries of one sealed change chunk (offsets strictly increasing). Returns the
+/// kept entries; unchanged ones keep their exact bytes.
 pub fn compact_chunk(
     entries: &[(LogOffset, Bytes)],
 ) -> Result<Vec<(LogOffset, Bytes)>, CompactError> {
-    // Output slots in order; `None` once a slot was merged into a later one.
-    let mut out: Vec<Option<(LogOffset, Map<String, Value>)>> = Vec::with_capacity(entries.len());
-    let mut open: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Option<Slot>> = Vec::with_capacity(entries.len());
+    // Key → slot of the open run's (merged) update.
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    let mut prev: Option<LogOffset> = None;
     for (offset, bytes) in entries {
+        if prev.is_some_and(|p| p >= *offset) {
+            return Err(CompactError::Order(*offset));
+        }
+        prev = Some(*offset);
         let msg: Map<String, Value> =
             serde_json::from_slice(bytes).map_err(|_| CompactError::NotJson(*offset))?;
         let key = msg.get("key").and_then(Value::as_str).map(str::to_owned);
-        let op = operation(&msg).map(str::to_owned);
-        let plain = key.is_some() && op.is_some() && !has_key_change(&msg);
-        let (Some(key), Some(op), true) = (key, op, plain) else {
-            open.clear(); // barrier
-            out.push(Some((*offset, msg)));
+        let op = operation(&msg);
+        let Some(key) = key.filter(|_| op.is_some() && !has_key_change(&msg)) else {
+            runs.clear(); // a barrier
+            out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
         };
-        let Some(&slot) = open.get(&key) else {
-            open.insert(key, out.len());
-            out.push(Some((*offset, msg)));
+        if op != Some("update") {
+            runs.remove(&key);
+            out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
-        };
-        // `open` only points at filled slots; if one were empty, keep the message as it is.
-        let Some((prev_at, prev)) = out[slot].take() else {
-            open.insert(key, out.len());
-            out.push(Some((*offset, msg)));
-            continue;
-        };
-        let prev_op = operation(&prev).unwrap_or_default().to_owned();
-        let merged = merge(*offset, msg, (prev_at, prev), &prev_op, &op)?;
-        match merged {
-            Merged::One(m) => {
-                open.insert(key, out.len());
-                out.push(Some((*offset, m)));
-            }
-            Merged::Nothing => {
-                open.remove(&key);
-            }
-            Merged::Both(first, second) => {
-                out[slot] = Some(first);
-                open.insert(key, out.len());
-                out.push(Some((*offset, second)));
-            }
         }
+        let earlier = runs.get(&key).and_then(|&i| out[i].take().map(|s| (i, s)));
+        let slot = match earlier {
+            Some((
+                at,
+                Slot {
+                    msg: Some(e),
+                    offset: was,
+                    ..
+                },
+            )) => {
+                if is_last(&e) {
+                    pass_last_back(&mut out[..at], was.tx())?;
+                }
+                Slot {
+                    offset: *offset,
+                    bytes: bytes.clone(),
+                    msg: Some(merge(msg, &e)),
+                    edited: true,
+                }
+            }
+            // Run slots always hold their parsed update; keep the message as it is otherwise.
+            _ => Slot::new(*offset, bytes, Some(msg)),
+        };
+        runs.insert(key, out.len());
+        out.push(Some(slot));
     }
     Ok(out
         .into_iter()
         .flatten()
-        .map(|(o, m)| (o, Bytes::from(Value::Object(m).to_string())))
+        .map(|s| {
+            let bytes = match (s.edited, s.msg) {
+                (true, Some(m)) => Bytes::from(Value::Object(m).to_string()),
+                _ => s.bytes,
+            };
+            (s.offset, bytes)
+        })
         .collect())
 }
 
-enum Merged {
-    One(Map<String, Value>),
-    Nothing,
-    /// The earlier message stays where it was (with its offset); the later one is new.
-    Both((LogOffset, Map<String, Value>), Map<String, Value>),
+impl Slot {
+    fn new(offset: LogOffset, bytes: &Bytes, msg: Option<Map<String, Value>>) -> Slot {
+        Slot {
+            offset,
+            bytes: bytes.clone(),
+            msg,
+            edited: false,
+        }
+    }
 }
 
-fn merge(
-    offset: LogOffset,
-    msg: Map<String, Value>,
-    (prev_at, prev): (LogOffset, Map<String, Value>),
-    prev_op: &str,
-    op: &str,
-) -> Result<Merged, CompactError> {
-    Ok(match (prev_op, op) {
-        ("insert", "update") => Merged::One(with_values(msg, &prev, "insert")),
-        ("update", "update") => Merged::One(with_values(msg, &prev, "update")),
-        ("insert", "delete") => Merged::Nothing,
-        ("update", "delete") => Merged::One(msg),
-        ("delete", "insert") => Merged::Both((prev_at, prev), msg),
-        (a, b) => return Err(CompactError::Sequence(offset, b.into(), a.into())),
-    })
-}
-
-/// `msg` (the later change) with `prev`'s values underneath its own, as operation `op`.
-fn with_values(
-    mut msg: Map<String, Value>,
-    prev: &Map<String, Value>,
-    op: &str,
-) -> Map<String, Value> {
-    let mut value = prev
+/// The later update `msg` with the earlier one's values underneath its own.
+fn merge(mut msg: Map<String, Value>, earlier: &Map<String, Value>) -> Map<String, Value> {
+    let mut value = earlier
         .get("value")
         .and_then(Value::as_object)
         .cloned()
@@ -124,24 +136,68 @@ fn with_values(
         value.extend(later.clone());
     }
     msg.insert("value".into(), Value::Object(value));
-    if op == "insert" {
-        msg.remove("old_value");
-    } else if let Some(Value::Object(earlier)) = prev.get("old_value") {
+    if let Some(Value::Object(first)) = earlier.get("old_value") {
         let mut old = match msg.get("old_value") {
             Some(Value::Object(o)) => o.clone(),
             _ => Map::new(),
         };
-        old.extend(earlier.clone()); // the earliest old value wins
+        old.extend(first.clone()); // the earliest old value wins
         msg.insert("old_value".into(), Value::Object(old));
     }
+    let earlier_txids = earlier
+        .get("headers")
+        .and_then(|h| h.get("txids"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Object(h)) = msg.get_mut("headers") {
-        h.insert("operation".into(), Value::String(op.into()));
+        if let Some(Value::Array(later)) = h.get_mut("txids") {
+            let mut all = earlier_txids;
+            for t in later.drain(..) {
+                if !all.contains(&t) {
+                    all.push(t);
+                }
+            }
+            *later = all;
+        }
     }
     msg
 }
 
+/// An update carrying `last: true` for its transaction is merged away: the transaction's
+/// previous kept message (entries of one transaction share the offset's `tx`) becomes its last.
+fn pass_last_back(before: &mut [Option<Slot>], tx: u64) -> Result<(), CompactError> {
+    for slot in before.iter_mut().rev().flatten() {
+        if slot.offset.tx() != tx {
+            return Ok(()); // nothing of the transaction is kept before it
+        }
+        if slot.msg.is_none() {
+            let parsed = serde_json::from_slice(&slot.bytes)
+                .map_err(|_| CompactError::NotJson(slot.offset))?;
+            slot.msg = Some(parsed);
+        }
+        let Some(msg) = slot.msg.as_mut().filter(|m| operation(m).is_some()) else {
+            continue;
+        };
+        if let Some(Value::Object(h)) = msg.get_mut("headers") {
+            h.insert("last".into(), Value::Bool(true));
+            slot.edited = true;
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+fn header<'a>(msg: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    msg.get("headers")?.get(name)
+}
+
+fn is_last(msg: &Map<String, Value>) -> bool {
+    header(msg, "last").and_then(Value::as_bool) == Some(true)
+}
+
 fn operation(msg: &Map<String, Value>) -> Option<&str> {
-    let op = msg.get("headers")?.get("operation")?.as_str()?;
+    let op = header(msg, "operation")?.as_str()?;
     matches!(op, "insert" | "update" | "delete").then_some(op)
 }
 
@@ -153,8 +209,9 @@ fn has_key_change(msg: &Map<String, Value>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
+    use rand::{Rng, SeedableRng};
     use serde_json::json;
 
     use super::*;
@@ -177,7 +234,7 @@ mod tests {
                 ),
                 "update" => state
                     .get_mut(key)
-                    .unwrap_or_else(|| panic!("update of absent {key}"))
+                    .unwrap_or_else(|| panic!("update of absent {key} at {o}"))
                     .extend(value),
                 "delete" => assert!(state.remove(key).is_some(), "delete of absent {key} at {o}"),
                 other => panic!("{other}"),
@@ -185,13 +242,32 @@ mod tests {
         }
     }
 
-    fn change(tx: u64, op: u64, key: &str, operation: &str, value: Value) -> (LogOffset, Bytes) {
-        let m = json!({"key": key, "value": value, "headers": {"operation": operation, "lsn": tx.to_string()}});
+    fn msg(
+        tx: u64,
+        op: u64,
+        key: &str,
+        operation: &str,
+        value: Value,
+        last: bool,
+    ) -> (LogOffset, Bytes) {
+        let mut headers = json!({"operation": operation, "lsn": tx.to_string(), "txids": [tx]});
+        if last {
+            headers["last"] = json!(true);
+        }
+        let m = json!({"key": key, "value": value, "headers": headers});
         (LogOffset::new(tx, op), Bytes::from(m.to_string()))
     }
 
+    fn change(tx: u64, op: u64, key: &str, operation: &str, value: Value) -> (LogOffset, Bytes) {
+        msg(tx, op, key, operation, value, false)
+    }
+
+    fn parse(b: &Bytes) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
     #[test]
-    fn merges_to_the_net_effect_and_keeps_order() {
+    fn merges_update_runs_and_keeps_inserts_and_deletes() {
         let before: State = [(
             "b".to_string(),
             json!({"id":"b","n":"0"}).as_object().unwrap().clone(),
@@ -210,46 +286,60 @@ mod tests {
         ];
         let compacted = compact_chunk(&chunk).unwrap();
         let offsets: Vec<String> = compacted.iter().map(|(o, _)| o.to_string()).collect();
-        // a: insert+update+update → insert at 15_0; b: updates+delete → delete at 14_0, then
-        // the new insert at 14_2; c: insert+delete → nothing.
-        assert_eq!(offsets, ["14_0", "14_2", "15_0"]);
+        // a: insert kept, its two updates merged at 15_0; b: two updates merged at 12_2, then
+        // delete and insert kept; c: kept.
+        assert_eq!(
+            offsets,
+            ["10_0", "12_0", "12_2", "13_0", "14_0", "14_2", "15_0"]
+        );
         let (mut want, mut got) = (before.clone(), before);
         apply(&mut want, &chunk);
         apply(&mut got, &compacted);
         assert_eq!(got, want);
-        let a: Value = serde_json::from_slice(&compacted[2].1).unwrap();
-        assert_eq!(a["headers"]["operation"], "insert");
+        let a = parse(&compacted[6].1);
+        assert_eq!(a["headers"]["operation"], "update");
         assert_eq!(a["value"], json!({"id":"a","n":"2","t":"y"}));
+        assert_eq!(a["headers"]["txids"], json!([11, 15]));
+        assert_eq!(
+            compacted[0].1, chunk[0].1,
+            "untouched entries keep their bytes"
+        );
     }
 
     #[test]
-    fn barriers_and_bad_sequences() {
+    fn barriers_and_bad_input() {
         let pk_change = (
             LogOffset::new(11, 0),
-            Bytes::from(json!({"key":"a","value":{"id":"a"},"headers":{"operation":"delete","key_change_to":"z"}}).to_string()),
+            Bytes::from(json!({"key":"a","value":{"id":"a"},"headers":{"operation":"update","key_change_to":"z"}}).to_string()),
+        );
+        let control = (
+            LogOffset::new(13, 0),
+            Bytes::from(json!({"headers":{"control":"x"}}).to_string()),
         );
         let chunk = vec![
             change(10, 0, "a", "update", json!({"id":"a","n":"1"})),
             pk_change,
-            change(12, 0, "z", "update", json!({"id":"z","n":"2"})),
+            change(12, 0, "a", "update", json!({"id":"a","n":"2"})),
+            control,
+            change(14, 0, "a", "update", json!({"id":"a","n":"3"})),
         ];
         assert_eq!(
             compact_chunk(&chunk).unwrap().len(),
-            3,
+            5,
             "nothing merges across a barrier"
         );
-        let bad = vec![
-            change(10, 0, "a", "insert", json!({"id":"a"})),
-            change(11, 0, "a", "insert", json!({"id":"a"})),
-        ];
-        assert!(matches!(
-            compact_chunk(&bad),
-            Err(CompactError::Sequence(..))
-        ));
         let not_json = vec![(LogOffset::new(1, 0), Bytes::from_static(b"{"))];
         assert_eq!(
             compact_chunk(&not_json),
             Err(CompactError::NotJson(LogOffset::new(1, 0)))
+        );
+        let unordered = vec![
+            change(2, 0, "a", "update", json!({})),
+            change(1, 0, "a", "update", json!({})),
+        ];
+        assert_eq!(
+            compact_chunk(&unordered),
+            Err(CompactError::Order(LogOffset::new(1, 0)))
         );
     }
 
@@ -264,8 +354,123 @@ mod tests {
             mk(2, json!({"n":"3","t":"y"}), json!({"n":"2","t":"x"})),
         ];
         let out = compact_chunk(&chunk).unwrap();
-        let m: Value = serde_json::from_slice(&out[0].1).unwrap();
+        let m = parse(&out[0].1);
         assert_eq!(m["old_value"], json!({"n":"1","t":"x"}));
         assert_eq!(m["value"], json!({"n":"3","t":"y"}));
+    }
+
+    #[test]
+    fn last_marker_moves_back_within_its_transaction() {
+        let chunk = vec![
+            msg(10, 0, "b", "insert", json!({"id":"b"}), false),
+            msg(10, 2, "a", "update", json!({"n":"1"}), true),
+            msg(11, 0, "a", "update", json!({"n":"2"}), true),
+        ];
+        let out = compact_chunk(&chunk).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(parse(&out[0].1)["headers"]["last"], true);
+        assert_eq!(parse(&out[1].1)["headers"]["last"], true);
+    }
+
+    /// A random chunk as a shape log holds it: transactions of changes to a few keys, each
+    /// transaction's last message marked, sometimes a primary-key change.
+    fn random_chunk(rng: &mut rand::rngs::StdRng, before: &State) -> Vec<(LogOffset, Bytes)> {
+        let keys = ["a", "b", "c", "d"];
+        let mut present: BTreeSet<String> = before.keys().cloned().collect();
+        let mut out = Vec::new();
+        let txs = rng.random_range(1..12u64);
+        for t in 0..txs {
+            let tx = 100 + t * 3;
+            let n = rng.random_range(1..5u64);
+            for i in 0..n {
+                let key = keys[rng.random_range(0..keys.len())];
+                let last = i + 1 == n;
+                let col = ["x", "y", "z"][rng.random_range(0..3)];
+                let v = json!({ col: format!("{tx}.{i}") });
+                let op = if !present.contains(key) {
+                    present.insert(key.into());
+                    "insert"
+                } else if rng.random_bool(0.2) {
+                    present.remove(key);
+                    "delete"
+                } else {
+                    "update"
+                };
+                let mut m = msg(tx, i * 2, key, op, v, last);
+                if op == "update" && rng.random_bool(0.05) {
+                    let mut j = parse(&m.1);
+                    j["headers"]["key_change_to"] = json!(key);
+                    m.1 = Bytes::from(j.to_string());
+                }
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_offset_stays_valid_on_random_chunks() {
+        let seed = std::env::var("SHAPESYNC_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut shrunk = 0;
+        for case in 0..2_000 {
+            let before: State = if rng.random_bool(0.5) {
+                [("a".to_string(), Map::new())].into()
+            } else {
+                State::new()
+            };
+            let chunk = random_chunk(&mut rng, &before);
+            let compacted = compact_chunk(&chunk).unwrap();
+            shrunk += chunk.len() - compacted.len();
+            assert_eq!(
+                compacted.last().map(|e| e.0),
+                chunk.last().map(|e| e.0),
+                "case {case}: the chunk's end survives"
+            );
+            let mut want = before.clone();
+            apply(&mut want, &chunk);
+            // Every offset a client may hold: the chunk's start and each entry's offset.
+            let mut at = before.clone();
+            for cut in 0..=chunk.len() {
+                if cut > 0 {
+                    apply(&mut at, &chunk[cut - 1..cut]);
+                }
+                let after = cut.checked_sub(1).map(|i| chunk[i].0);
+                let rest: Vec<_> = compacted
+                    .iter()
+                    .filter(|(o, _)| after.is_none_or(|a| *o > a))
+                    .cloned()
+                    .collect();
+                let mut got = at.clone();
+                apply(&mut got, &rest);
+                assert_eq!(got, want, "case {case}, client at {after:?}");
+            }
+            // Transactions: each one's last kept message, and only it, says `last`; no
+            // transaction id is lost.
+            let mut last_of: BTreeMap<u64, LogOffset> = BTreeMap::new();
+            let (mut ids_before, mut ids_after) = (BTreeSet::new(), BTreeSet::new());
+            for (o, b) in &chunk {
+                for t in parse(b)["headers"]["txids"].as_array().unwrap() {
+                    ids_before.insert(t.as_u64().unwrap());
+                }
+                let _ = o;
+            }
+            for (o, _) in &compacted {
+                last_of.insert(o.tx(), *o);
+            }
+            for (o, b) in &compacted {
+                let m = parse(b);
+                for t in m["headers"]["txids"].as_array().unwrap() {
+                    ids_after.insert(t.as_u64().unwrap());
+                }
+                let marked = m["headers"]["last"] == json!(true);
+                assert_eq!(marked, last_of[&o.tx()] == *o, "case {case}: last at {o}");
+            }
+            assert_eq!(ids_after, ids_before, "case {case}");
+        }
+        assert!(shrunk > 1_000, "the random chunks do compact ({shrunk})");
     }
 }
