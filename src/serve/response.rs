@@ -42,11 +42,24 @@ pub fn cache_control(kind: CacheKind, ages: CacheAges) -> String {
     }
 }
 
-/// `"<handle>:<requested offset>:<chunk end>"`, plus a unique suffix for empty answers.
-pub fn etag(handle: &str, requested: &str, end: &str, unique: Option<u128>) -> String {
-    match unique {
-        Some(n) => format!("\"{handle}:{requested}:{end}:{n}\""),
-        None => format!("\"{handle}:{requested}:{end}\""),
+/// What a response's body is, beyond (handle, requested offset, chunk end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The chunk as it was written.
+    Stored,
+    /// The chunk's compacted form: another body for the same URL, so another tag.
+    Compacted,
+    /// An empty answer (`offset=now`, a live timeout): unique each time.
+    Unique(u128),
+}
+
+/// `"<handle>:<requested offset>:<chunk end>"`, plus `:c` for a compacted chunk or a unique
+/// suffix for empty answers.
+pub fn etag(handle: &str, requested: &str, end: &str, variant: Variant) -> String {
+    match variant {
+        Variant::Stored => format!("\"{handle}:{requested}:{end}\""),
+        Variant::Compacted => format!("\"{handle}:{requested}:{end}:c\""),
+        Variant::Unique(n) => format!("\"{handle}:{requested}:{end}:{n}\""),
     }
 }
 
@@ -122,12 +135,19 @@ mod tests {
 
     #[test]
     fn etags_and_revalidation() {
-        let e = etag("h", "0_0", "12_4", None);
+        let e = etag("h", "0_0", "12_4", Variant::Stored);
         assert_eq!(e, "\"h:0_0:12_4\"");
         assert!(if_none_match("\"x\", \"h:0_0:12_4\"", &e));
         assert!(if_none_match("h:0_0:12_4", &e));
         assert!(!if_none_match("\"h:0_0:12_5\"", &e));
-        assert_eq!(etag("h", "1_0", "1_0", Some(7)), "\"h:1_0:1_0:7\"");
+        assert_eq!(
+            etag("h", "1_0", "1_0", Variant::Unique(7)),
+            "\"h:1_0:1_0:7\""
+        );
+        assert_eq!(
+            etag("h", "1_0", "2_0", Variant::Compacted),
+            "\"h:1_0:2_0:c\""
+        );
     }
 
     #[test]

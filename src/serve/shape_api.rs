@@ -16,7 +16,7 @@ use shapesync_storage::{LogOffset, ReadResult};
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
 use super::parking::{ParkTicket, Parkable, Parked, Replayed};
-use super::response::{cache_control, etag, if_none_match, CacheKind};
+use super::response::{cache_control, etag, if_none_match, CacheKind, Variant};
 use super::subset_api::SubsetParts;
 use super::AppState;
 use crate::shape::definition::ShapeHandle;
@@ -214,7 +214,8 @@ enum Outcome {
         end: LogOffset,
         up_to_date: Option<u64>,
         has_data: bool,
-        unique_etag: bool,
+        /// The chunk's compacted form (`None`: an empty answer, unique each time).
+        compacted: Option<bool>,
     },
     /// The handle is stale: refetch the active shape (None: the database itself is gone).
     MustRefetch(Option<Arc<Shape>>),
@@ -270,7 +271,7 @@ async fn serve(
             found.chunk.end,
             None,
             true,
-            false,
+            Some(found.chunk.compacted),
         ),
         Outcome::Subset(shape, parts) => {
             super::subset_api::respond(app, &tenant.stack, shape, parts).await?
@@ -284,7 +285,7 @@ async fn serve(
             end,
             up_to_date,
             has_data,
-            unique_etag,
+            compacted,
         } => respond(
             app,
             headers,
@@ -294,7 +295,7 @@ async fn serve(
             end,
             up_to_date,
             has_data,
-            unique_etag,
+            compacted,
         ),
     })
 }
@@ -391,7 +392,7 @@ async fn decide(
             entries: Vec::new(),
             end: latest,
             has_data: false,
-            unique_etag: true,
+            compacted: None,
         });
     };
 
@@ -447,7 +448,11 @@ async fn decide(
         let latest = shape.log.latest_offset();
         let (wait_until, timeout_outcome) = match read {
             ReadResult::NotReady => (started + SNAPSHOT_WAIT, None),
-            ReadResult::Chunk { entries, end } => {
+            ReadResult::Chunk {
+                entries,
+                end,
+                compacted,
+            } => {
                 let head = end >= latest.max(requested) && !requested.is_before_all();
                 let out_of_bounds = requested > latest
                     && !requested.is_snapshot()
@@ -464,7 +469,7 @@ async fn decide(
                         end,
                         up_to_date: head.then_some(lsn),
                         has_data: true,
-                        unique_etag: false,
+                        compacted: Some(compacted),
                     });
                 }
                 if out_of_bounds {
@@ -503,7 +508,7 @@ async fn decide(
                     end,
                     up_to_date: Some(stack.latest_lsn().max(end.tx())),
                     has_data: false,
-                    unique_etag: true,
+                    compacted: None,
                 });
             }
             if started.elapsed() >= SNAPSHOT_WAIT {
@@ -542,16 +547,20 @@ fn respond(
     end: LogOffset,
     up_to_date: Option<u64>,
     has_data: bool,
-    unique_etag: bool,
+    compacted: Option<bool>,
 ) -> Response {
     let end_text = end.to_string();
-    let unique = unique_etag.then(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    });
-    let tag = etag(handle, &req.offset_text, &end_text, unique);
+    let variant = match compacted {
+        Some(false) => Variant::Stored,
+        Some(true) => Variant::Compacted,
+        None => Variant::Unique(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        ),
+    };
+    let tag = etag(handle, &req.offset_text, &end_text, variant);
     let kind = if req.offset == RequestOffset::At(LogOffset::BEFORE_ALL) {
         CacheKind::Initial
     } else if req.live {

@@ -95,7 +95,7 @@ async fn stream_events(
                 _ => return,
             }
         };
-        if let ReadResult::Chunk { entries, end } = read {
+        if let ReadResult::Chunk { entries, end, .. } = read {
             if !entries.is_empty() {
                 let latest = shape.log.latest_offset();
                 let mut out =

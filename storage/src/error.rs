@@ -36,6 +36,10 @@ pub enum StoreError {
     /// failed `flush` or `commit` keeps its buffer and is simply called again.)
     #[error("an earlier write to this log failed; the log is read-only")]
     LogFailed,
+    /// `store_compacted` was given entries that cannot replace the chunk, or no sealed chunk
+    /// ends at the offset, or the chunk is already compacted.
+    #[error("invalid compaction: {0}")]
+    InvalidCompaction(String),
     /// `commit` was given a log that another store implementation created.
     #[error("commit given a log of another store")]
     ForeignLog,

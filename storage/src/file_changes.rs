@@ -27,12 +27,17 @@ use crate::file_log::CHANGES_FILE;
 use crate::file_scan::{
     create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
 };
+use crate::file_store::write_atomic;
+use crate::object_tier::codec::{decode_chunk, encode_chunk};
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
     LOG_HEADER_LEN,
 };
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
-use crate::{check_change_offset, LogOffset, SnapshotState, StoreError};
+use crate::{
+    check_change_offset, check_compacted, CompactionCandidate, LogOffset, SealedRead,
+    SnapshotState, StoreError,
+};
 
 /// Buffered bytes beyond this move to the spill file (a transaction of any size is held in
 /// memory only up to about this much per shape).
@@ -105,7 +110,12 @@ impl ChangeFile {
     /// Opens and recovers: replays the records, re-deriving chunk boundaries with the
     /// threshold from the header, and truncates at the first record that does not validate
     /// (bad frame, bad checksum, bad body, or an offset not above the previous one).
-    pub(crate) fn open(dir: &Arc<Path>) -> Result<ChangeFile, StoreError> {
+    /// `compacted`: ends named by compacted chunk files; a file whose chunk is not sealed in
+    /// the recovered log is removed.
+    pub(crate) fn open(
+        dir: &Arc<Path>,
+        compacted: Vec<LogOffset>,
+    ) -> Result<ChangeFile, StoreError> {
         let (file, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
         let mut chunker = Chunker::new(threshold);
         let mut seals = Vec::new();
@@ -130,6 +140,13 @@ impl ChangeFile {
         let mut index = ChangeIndex::new(LOG_HEADER_LEN as u64);
         if let Some(latest) = last {
             index.publish(seals, end, latest);
+        }
+        for end in compacted {
+            if index.sealed_range(end).is_some() {
+                index.mark_offered(end, true);
+            } else {
+                std::fs::remove_file(dir.join(compacted_name(end)))?;
+            }
         }
         drop(file);
         Ok(ChangeFile::assemble(
@@ -362,6 +379,73 @@ impl ChangeFile {
         Ok(entries)
     }
 
+    /// The compacted form of the sealed chunk ending at `end`, if it has one. A compacted file
+    /// that cannot be read or does not verify is dropped: readers get the original chunk (which
+    /// is always there), and the damage is reported by the next `store_compacted` never
+    /// touching it again.
+    pub(crate) fn read_compacted(&self, end: LogOffset) -> Option<Vec<(LogOffset, Bytes)>> {
+        if !self.index_ref().is_compacted(end) {
+            return None;
+        }
+        let read = std::fs::read(self.file.dir().join(compacted_name(end)));
+        let decoded = read
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| decode_chunk(&Bytes::from(bytes)));
+        let entries: Option<Vec<(LogOffset, Bytes)>> = match decoded {
+            Ok(d) if d.compacted => d.entries.into_iter().map(|(o, e)| Some((o?, e))).collect(),
+            _ => None,
+        };
+        match entries.filter(|e| e.last().map(|l| l.0) == Some(end)) {
+            Some(entries) => Some(entries),
+            None => {
+                self.index_mut().drop_compacted(end);
+                None
+            }
+        }
+    }
+
+    /// The oldest sealed chunk not offered to compaction yet, whole.
+    pub(crate) fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError> {
+        let Some((from, to, end)) = self.index_ref().compaction_candidate() else {
+            return Ok(None);
+        };
+        Ok(Some((end, self.read_with_offsets(from, to)?)))
+    }
+
+    /// See `ShapeLog::store_compacted`: the compacted form is written to its own file
+    /// (tmp + fsync + rename + fsync of the directory) before readers are pointed at it.
+    pub(crate) fn store_compacted(
+        &self,
+        end: LogOffset,
+        entries: Option<&[(LogOffset, Bytes)]>,
+    ) -> Result<(), StoreError> {
+        let (range, done) = {
+            let index = self.index_ref();
+            (index.sealed_range(end), index.is_compacted(end))
+        };
+        let Some((from, to)) = range else {
+            return Err(StoreError::InvalidCompaction(format!(
+                "no sealed chunk ends at {end}"
+            )));
+        };
+        if let Some(entries) = entries {
+            if done {
+                return Err(StoreError::InvalidCompaction(format!(
+                    "the chunk ending at {end} is already compacted"
+                )));
+            }
+            check_compacted(&self.read_with_offsets(from, to)?, entries)?;
+            let body = encode_chunk(&SealedRead::Changes {
+                entries: entries.to_vec(),
+                compacted: true,
+            });
+            let name = compacted_name(end);
+            write_atomic(self.file.dir(), &name, &format!("{name}.tmp"), &body)?;
+        }
+        self.index_mut().mark_offered(end, entries.is_some());
+        Ok(())
+    }
+
     /// Is `end` the end of a sealed (durable) change chunk?
     pub(crate) fn is_sealed_end(&self, end: LogOffset) -> bool {
         self.index_ref().is_sealed_end(end)
@@ -394,6 +478,21 @@ impl ChangeFile {
     pub(crate) fn size_bytes(&self) -> u64 {
         self.index_ref().durable_end()
     }
+}
+
+/// `compacted-<tx>_<op>.chunk`: the compacted form of the sealed chunk ending at that offset.
+pub(crate) fn compacted_name(end: LogOffset) -> String {
+    format!("compacted-{end}.chunk")
+}
+
+/// The chunk end named by a compacted chunk file name, if it is one.
+pub(crate) fn parse_compacted_name(name: &str) -> Option<LogOffset> {
+    let end: LogOffset = name
+        .strip_prefix("compacted-")?
+        .strip_suffix(".chunk")?
+        .parse()
+        .ok()?;
+    (end.tx() > 0 && end.op().is_some()).then_some(end)
 }
 
 fn corrupt(from: u64, at: usize, what: impl std::fmt::Debug) -> StoreError {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::file_changes::ChangeFile;
 use crate::file_snapshot::SnapshotFile;
 use crate::seek::Plan;
-use crate::{LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError};
+use crate::{
+    CompactionCandidate, LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError,
+};
 
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
 pub(crate) const CHANGES_FILE: &str = "changes.log";
@@ -32,13 +34,18 @@ impl FileLog {
         })
     }
 
-    /// Opens both files, truncating torn tails.
-    pub(crate) fn open(id: &str, dir: &Path) -> Result<FileLog, StoreError> {
+    /// Opens both files, truncating torn tails; `compacted`: the ends named by the directory's
+    /// compacted chunk files.
+    pub(crate) fn open(
+        id: &str,
+        dir: &Path,
+        compacted: Vec<LogOffset>,
+    ) -> Result<FileLog, StoreError> {
         let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
             snapshot: SnapshotFile::open(&shared)?,
-            changes: ChangeFile::open(&shared)?,
+            changes: ChangeFile::open(&shared, compacted)?,
         })
     }
 
@@ -89,14 +96,28 @@ impl ShapeLog for FileLog {
             Plan::Snapshot(k) => ReadResult::Chunk {
                 entries: self.snapshot.read_chunk(k)?,
                 end: LogOffset::snapshot_chunk(k),
+                compacted: false,
             },
-            Plan::Changes { from, to, end } => ReadResult::Chunk {
-                entries: self.changes.read_entries(from, to, after)?,
-                end,
+            Plan::Changes { from, to, end } => match self.changes.read_compacted(end) {
+                Some(stored) => ReadResult::Chunk {
+                    entries: stored
+                        .into_iter()
+                        .filter(|(o, _)| *o > after)
+                        .map(|(_, json)| json)
+                        .collect(),
+                    end,
+                    compacted: true,
+                },
+                None => ReadResult::Chunk {
+                    entries: self.changes.read_entries(from, to, after)?,
+                    end,
+                    compacted: false,
+                },
             },
             Plan::Empty { end } => ReadResult::Chunk {
                 entries: Vec::new(),
                 end,
+                compacted: false,
             },
         })
     }
@@ -109,12 +130,31 @@ impl ShapeLog for FileLog {
                 entries: self.snapshot.read_chunk(k)?,
             }),
             Plan::Changes { from, to, end } if self.changes.is_sealed_end(end) => {
-                Some(SealedRead::Changes {
-                    entries: self.changes.read_with_offsets(from, to)?,
+                Some(match self.changes.read_compacted(end) {
+                    Some(entries) => SealedRead::Changes {
+                        entries,
+                        compacted: true,
+                    },
+                    None => SealedRead::Changes {
+                        entries: self.changes.read_with_offsets(from, to)?,
+                        compacted: false,
+                    },
                 })
             }
             _ => None,
         })
+    }
+
+    fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError> {
+        self.changes.compaction_candidate()
+    }
+
+    fn store_compacted(
+        &self,
+        end: LogOffset,
+        entries: Option<&[(LogOffset, bytes::Bytes)]>,
+    ) -> Result<(), StoreError> {
+        self.changes.store_compacted(end, entries)
     }
 
     fn latest_offset(&self) -> LogOffset {

@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::commit_log::{self, CommitLog};
 use crate::commit_record::BatchBuilder;
-use crate::file_changes::Staged;
+use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
 use crate::file_scan::sync_dir;
 use crate::record::{decode_meta, encode_meta};
 use crate::{
-    validate_id, CommitStats, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig, StoreError,
+    validate_id, CommitStats, LogOffset, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig,
+    StoreError,
 };
 
 const META_FILE: &str = "meta";
@@ -101,7 +102,7 @@ impl FileStore {
 
     /// Opens one shape directory; `None` if it has no valid meta (then it is removed).
     fn open_one(&self, id: &str, path: &Path) -> Result<Option<(Vec<u8>, FileLog)>, StoreError> {
-        remove_tmp_files(path)?;
+        let compacted = scan_shape_dir(path)?;
         let meta = match fs::read(path.join(META_FILE)) {
             Ok(bytes) => decode_meta(&bytes),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -111,7 +112,7 @@ impl FileStore {
             fs::remove_dir_all(path)?;
             return Ok(None);
         };
-        Ok(Some((meta, FileLog::open(id, path)?)))
+        Ok(Some((meta, FileLog::open(id, path, compacted)?)))
     }
 }
 
@@ -281,17 +282,20 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> i
     sync_dir(dir)
 }
 
-/// Removes leftover `*.tmp` files of an interrupted atomic write.
-fn remove_tmp_files(dir: &Path) -> io::Result<()> {
+/// Removes leftover `*.tmp` files of an interrupted atomic write from a shape directory, and
+/// returns the chunk ends of its compacted chunk files (one directory listing for both).
+fn scan_shape_dir(dir: &Path) -> io::Result<Vec<LogOffset>> {
+    let mut compacted = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let is_tmp = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(TMP_SUFFIX));
-        if is_tmp && entry.file_type()?.is_file() {
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or_default();
+        if name.ends_with(TMP_SUFFIX) && entry.file_type()?.is_file() {
             fs::remove_file(entry.path())?;
+        } else if let Some(end) = parse_compacted_name(name) {
+            compacted.push(end);
         }
     }
-    Ok(())
+    compacted.sort_unstable();
+    Ok(compacted)
 }

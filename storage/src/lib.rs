@@ -74,6 +74,8 @@ pub enum ReadResult {
     Chunk {
         entries: Vec<bytes::Bytes>,
         end: LogOffset,
+        /// The entries come from the chunk's compacted form ([`ShapeLog::store_compacted`]).
+        compacted: bool,
     },
     /// The requested snapshot chunk is not sealed yet; the caller waits and retries.
     NotReady,
@@ -126,6 +128,43 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
     /// only once the snapshot is finished). `None` when it is not sealed yet, or when there is
     /// nothing after `after`. Used to copy sealed chunks to the object-store tier.
     fn read_sealed(&self, after: LogOffset) -> Result<Option<SealedRead>, StoreError>;
+    /// The oldest sealed change chunk not offered to compaction yet, whole: `(end, entries
+    /// with offsets)`. Chunks given to [`ShapeLog::store_compacted`] since the log was opened,
+    /// and every chunk up to the last one stored compacted, count as offered.
+    fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError>;
+    /// Stores `entries` as the compacted form of the sealed change chunk ending at `end`
+    /// (durably, before returning): from then on readers of that chunk get them instead of its
+    /// entries, with `compacted: true`. `None` leaves the chunk as it is. Either way the chunk
+    /// stops being a candidate. `entries` must be a non-empty subset of the chunk's offsets
+    /// that keeps its last one; a chunk is compacted at most once.
+    fn store_compacted(
+        &self,
+        end: LogOffset,
+        entries: Option<&[(LogOffset, bytes::Bytes)]>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A sealed change chunk offered to compaction: its end offset and every entry.
+pub type CompactionCandidate = (LogOffset, Vec<(LogOffset, bytes::Bytes)>);
+
+/// Checks that `compacted` may replace the sealed chunk `original` (see
+/// [`ShapeLog::store_compacted`]).
+pub(crate) fn check_compacted(
+    original: &[(LogOffset, bytes::Bytes)],
+    compacted: &[(LogOffset, bytes::Bytes)],
+) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::InvalidCompaction(why.to_owned()));
+    if compacted.last().map(|e| e.0) != original.last().map(|e| e.0) {
+        return bad("the compacted form must keep the chunk's last offset");
+    }
+    let mut from = original.iter().map(|e| e.0);
+    for (offset, _) in compacted {
+        // Offsets strictly increasing and each one the chunk's: one pass over both.
+        if !from.any(|o| o == *offset) {
+            return bad("offsets must be a subset of the chunk's, in order");
+        }
+    }
+    Ok(())
 }
 
 /// A sealed chunk read whole by [`ShapeLog::read_sealed`].
@@ -136,6 +175,8 @@ pub enum SealedRead {
     /// A sealed change chunk: every entry with its offset; the chunk ends at the last one.
     Changes {
         entries: Vec<(LogOffset, bytes::Bytes)>,
+        /// The chunk's compacted form ([`ShapeLog::store_compacted`]).
+        compacted: bool,
     },
 }
 

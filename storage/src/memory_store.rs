@@ -12,8 +12,8 @@ use bytes::Bytes;
 use crate::chunking::Chunker;
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{
-    check_change_offset, validate_id, LogOffset, OpenedLog, ReadResult, SealedRead, ShapeLog,
-    ShapeLogStore, SnapshotState, StoreConfig, StoreError,
+    check_change_offset, check_compacted, validate_id, CompactionCandidate, LogOffset, OpenedLog,
+    ReadResult, SealedRead, ShapeLog, ShapeLogStore, SnapshotState, StoreConfig, StoreError,
 };
 
 /// A stored shape: its metadata and its log.
@@ -94,6 +94,8 @@ struct MemChanges {
     entries: Vec<(LogOffset, Bytes)>,
     index: ChangeIndex<usize>,
     bytes: u64,
+    /// Compacted forms of sealed chunks, by chunk end.
+    compacted: BTreeMap<LogOffset, Arc<[(LogOffset, Bytes)]>>,
 }
 
 /// Writer-private change state: what `flush` will publish.
@@ -132,6 +134,7 @@ impl MemoryLog {
                 entries: Vec::new(),
                 index: ChangeIndex::new(0),
                 bytes: 0,
+                compacted: BTreeMap::new(),
             }),
             writer: Mutex::new(MemChangeWriter {
                 pending: Vec::new(),
@@ -247,19 +250,26 @@ impl ShapeLog for MemoryLog {
                 ReadResult::Chunk {
                     entries,
                     end: LogOffset::snapshot_chunk(k),
+                    compacted: false,
                 }
             }
-            Plan::Changes { from, to, end } => ReadResult::Chunk {
-                entries: c.entries[from..to]
-                    .iter()
-                    .filter(|(o, _)| *o > after)
-                    .map(|(_, b)| b.clone())
-                    .collect(),
-                end,
-            },
+            Plan::Changes { from, to, end } => {
+                let compacted = c.compacted.get(&end);
+                let stored = compacted.map_or(&c.entries[from..to], |e| &e[..]);
+                ReadResult::Chunk {
+                    entries: stored
+                        .iter()
+                        .filter(|(o, _)| *o > after)
+                        .map(|(_, b)| b.clone())
+                        .collect(),
+                    end,
+                    compacted: compacted.is_some(),
+                }
+            }
             Plan::Empty { end } => ReadResult::Chunk {
                 entries: Vec::new(),
                 end,
+                compacted: false,
             },
         })
     }
@@ -277,12 +287,45 @@ impl ShapeLog for MemoryLog {
                 entries.map(|entries| SealedRead::Snapshot { k, entries })
             }
             Plan::Changes { from, to, end } if c.index.is_sealed_end(end) => {
+                let compacted = c.compacted.get(&end);
                 Some(SealedRead::Changes {
-                    entries: c.entries[from..to].to_vec(),
+                    entries: compacted.map_or(&c.entries[from..to], |e| &e[..]).to_vec(),
+                    compacted: compacted.is_some(),
                 })
             }
             _ => None,
         })
+    }
+
+    fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError> {
+        let c = self.changes_ref();
+        Ok(c.index
+            .compaction_candidate()
+            .map(|(from, to, end)| (end, c.entries[from..to].to_vec())))
+    }
+
+    fn store_compacted(
+        &self,
+        end: LogOffset,
+        entries: Option<&[(LogOffset, Bytes)]>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.changes.write().unwrap_or_else(|e| e.into_inner());
+        let Some((from, to)) = c.index.sealed_range(end) else {
+            return Err(StoreError::InvalidCompaction(format!(
+                "no sealed chunk ends at {end}"
+            )));
+        };
+        if let Some(entries) = entries {
+            if c.compacted.contains_key(&end) {
+                return Err(StoreError::InvalidCompaction(format!(
+                    "the chunk ending at {end} is already compacted"
+                )));
+            }
+            check_compacted(&c.entries[from..to], entries)?;
+            c.compacted.insert(end, entries.into());
+        }
+        c.index.mark_offered(end, entries.is_some());
+        Ok(())
     }
 
     fn latest_offset(&self) -> LogOffset {

@@ -26,6 +26,11 @@ pub(crate) struct ChangeIndex<P> {
     durable_end: P,
     /// Offset of the last durable entry, if any.
     latest: Option<LogOffset>,
+    /// Ends of the sealed chunks stored compacted, ascending (readers get the compacted form).
+    compacted: Vec<LogOffset>,
+    /// Sealed chunks before this index were offered to compaction (since the log was opened,
+    /// or they precede a compacted one).
+    offered: usize,
 }
 
 impl<P: Copy> ChangeIndex<P> {
@@ -35,7 +40,50 @@ impl<P: Copy> ChangeIndex<P> {
             sealed: Vec::new(),
             durable_end: base,
             latest: None,
+            compacted: Vec::new(),
+            offered: 0,
         }
+    }
+
+    /// The oldest sealed chunk not offered to compaction yet: `(from, to, end)`.
+    pub(crate) fn compaction_candidate(&self) -> Option<(P, P, LogOffset)> {
+        let chunk = self.sealed.get(self.offered)?;
+        Some((self.chunk_start(self.offered), chunk.end_pos, chunk.end))
+    }
+
+    /// The position range of the sealed chunk ending at `end`.
+    pub(crate) fn sealed_range(&self, end: LogOffset) -> Option<(P, P)> {
+        let i = self.sealed.binary_search_by(|c| c.end.cmp(&end)).ok()?;
+        Some((self.chunk_start(i), self.sealed[i].end_pos))
+    }
+
+    fn chunk_start(&self, i: usize) -> P {
+        match i.checked_sub(1) {
+            Some(prev) => self.sealed[prev].end_pos,
+            None => self.base,
+        }
+    }
+
+    /// The sealed chunk ending at `end` was offered to compaction, and is now stored compacted
+    /// if `compacted`. No effect for an offset that is not a sealed chunk's end.
+    pub(crate) fn mark_offered(&mut self, end: LogOffset, compacted: bool) {
+        let Ok(i) = self.sealed.binary_search_by(|c| c.end.cmp(&end)) else {
+            return;
+        };
+        self.offered = self.offered.max(i + 1);
+        if let (true, Err(at)) = (compacted, self.compacted.binary_search(&end)) {
+            self.compacted.insert(at, end);
+        }
+    }
+
+    /// Readers stop using the compacted form of the chunk ending at `end` (it is damaged).
+    pub(crate) fn drop_compacted(&mut self, end: LogOffset) {
+        self.compacted.retain(|&e| e != end);
+    }
+
+    /// Is the sealed chunk ending at `end` stored compacted?
+    pub(crate) fn is_compacted(&self, end: LogOffset) -> bool {
+        !self.compacted.is_empty() && self.compacted.binary_search(&end).is_ok()
     }
 
     /// Latest durable offset, or `0_inf` when no change is durable.
@@ -75,11 +123,7 @@ impl<P: Copy> ChangeIndex<P> {
         // The first entry > after lives in the first chunk whose end is > after: entries of
         // chunk i are <= end_i, entries of chunk i+1 are > end_i. Binary search.
         let i = self.sealed.partition_point(|c| c.end <= after);
-        let start = if i == 0 {
-            self.base
-        } else {
-            self.sealed[i - 1].end_pos
-        };
+        let start = self.chunk_start(i);
         Some(match self.sealed.get(i) {
             Some(chunk) => (start, chunk.end_pos, chunk.end),
             None => (start, self.durable_end, self.latest_offset()),

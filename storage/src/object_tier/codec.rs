@@ -12,17 +12,27 @@ use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{LogOffset, SealedRead, SnapshotState};
 
 pub(crate) const CHUNK_MAGIC: [u8; 4] = *b"SSOC";
-pub(crate) const CHUNK_VERSION: u16 = 1;
+/// Version 2 added kind 3; version 1 objects (kinds 1 and 2) are still read.
+pub(crate) const CHUNK_VERSION: u16 = 2;
 const CHUNK_HEADER_LEN: usize = 11;
 const KIND_SNAPSHOT: u8 = 1;
 const KIND_CHANGES: u8 = 2;
+/// The compacted form of a change chunk (same body as kind 2).
+const KIND_COMPACTED: u8 = 3;
 pub(crate) const MANIFEST_FORMAT: u32 = 1;
 
 /// Encodes a sealed chunk as an object body.
 pub(crate) fn encode_chunk(chunk: &SealedRead) -> Vec<u8> {
     let (kind, count) = match chunk {
         SealedRead::Snapshot { entries, .. } => (KIND_SNAPSHOT, entries.len()),
-        SealedRead::Changes { entries } => (KIND_CHANGES, entries.len()),
+        SealedRead::Changes {
+            entries,
+            compacted: false,
+        } => (KIND_CHANGES, entries.len()),
+        SealedRead::Changes {
+            entries,
+            compacted: true,
+        } => (KIND_COMPACTED, entries.len()),
     };
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 64 * count);
     out.extend_from_slice(&CHUNK_MAGIC);
@@ -35,7 +45,7 @@ pub(crate) fn encode_chunk(chunk: &SealedRead) -> Vec<u8> {
                 encode_frame(&mut out, &[e]);
             }
         }
-        SealedRead::Changes { entries } => {
+        SealedRead::Changes { entries, .. } => {
             for (o, e) in entries {
                 encode_change(&mut out, o.tx(), o.op().unwrap_or(0), e);
             }
@@ -44,8 +54,14 @@ pub(crate) fn encode_chunk(chunk: &SealedRead) -> Vec<u8> {
     out
 }
 
-/// A decoded chunk object: entries with their offsets (`None` for snapshot rows).
-pub(crate) type DecodedChunk = Vec<(Option<LogOffset>, Bytes)>;
+/// A decoded chunk object.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct DecodedChunk {
+    /// Entries with their offsets (`None` for snapshot rows).
+    pub(crate) entries: Vec<(Option<LogOffset>, Bytes)>,
+    /// A compacted change chunk (kind 3).
+    pub(crate) compacted: bool,
+}
 
 /// Decodes and verifies a chunk object; `Err` says what is wrong.
 pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
@@ -54,13 +70,17 @@ pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
         return Err("bad magic".into());
     }
     let version = u16::from_le_bytes([header[4], header[5]]);
-    if version != CHUNK_VERSION {
+    if !(1..=CHUNK_VERSION).contains(&version) {
         return Err(format!("unsupported chunk object version {version}"));
     }
     let kind = header[6];
     let count = u32::from_le_bytes([header[7], header[8], header[9], header[10]]) as usize;
-    if kind != KIND_SNAPSHOT && kind != KIND_CHANGES {
-        return Err(format!("unknown chunk kind {kind}"));
+    let known = match version {
+        1 => [KIND_SNAPSHOT, KIND_CHANGES].contains(&kind),
+        _ => [KIND_SNAPSHOT, KIND_CHANGES, KIND_COMPACTED].contains(&kind),
+    };
+    if !known {
+        return Err(format!("unknown chunk kind {kind} in version {version}"));
     }
     let mut out = Vec::with_capacity(count.min(1 << 16));
     let mut at = CHUNK_HEADER_LEN;
@@ -84,7 +104,10 @@ pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
     if out.len() != count {
         return Err(format!("{} entries, header says {count}", out.len()));
     }
-    Ok(out)
+    Ok(DecodedChunk {
+        entries: out,
+        compacted: kind == KIND_COMPACTED,
+    })
 }
 
 /// One shape's manifest: everything the bucket holds for it. Each manifest is complete (it
@@ -256,11 +279,32 @@ mod tests {
                 (o("5_0"), Bytes::from_static(b"{\"a\":1}")),
                 (o("5_2"), Bytes::from_static(b"{\"b\":2}")),
             ],
+            compacted: false,
         };
         let bytes = Bytes::from(encode_chunk(&c));
         let back = decode_chunk(&bytes).expect("decode");
-        assert_eq!(back.len(), 2);
-        assert_eq!(back[1], (Some(o("5_2")), Bytes::from_static(b"{\"b\":2}")));
+        assert!(!back.compacted);
+        assert_eq!(back.entries.len(), 2);
+        assert_eq!(
+            back.entries[1],
+            (Some(o("5_2")), Bytes::from_static(b"{\"b\":2}"))
+        );
+        let SealedRead::Changes { entries, .. } = c else {
+            unreachable!()
+        };
+        let compacted = SealedRead::Changes {
+            entries,
+            compacted: true,
+        };
+        let mut v = encode_chunk(&compacted);
+        assert_eq!(v[6], KIND_COMPACTED);
+        assert!(
+            decode_chunk(&Bytes::from(v.clone()))
+                .expect("decode")
+                .compacted
+        );
+        v[4] = 1; // kind 3 does not exist in version 1
+        assert!(decode_chunk(&Bytes::from(v)).is_err());
         for cut in [3, 12, bytes.len() - 1] {
             assert!(decode_chunk(&bytes.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -273,7 +317,7 @@ mod tests {
             entries: vec![Bytes::from_static(b"{}")],
         };
         let back = decode_chunk(&Bytes::from(encode_chunk(&s))).expect("decode");
-        assert_eq!(back, vec![(None, Bytes::from_static(b"{}"))]);
+        assert_eq!(back.entries, vec![(None, Bytes::from_static(b"{}"))]);
     }
 
     #[test]

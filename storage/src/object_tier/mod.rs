@@ -49,6 +49,8 @@ pub struct RemoteChunk {
     /// The entries after the requested offset, up to and including `end`.
     pub entries: Vec<Bytes>,
     pub end: LogOffset,
+    /// The object holds the chunk's compacted form.
+    pub compacted: bool,
 }
 
 /// A bucket (or a folder of one) holding shape chunks.
@@ -175,7 +177,7 @@ impl ObjectTier {
                     let state = log.snapshot_state();
                     (ChunkRef::Snapshot(*k), *k + 1 == state.sealed_chunks)
                 }
-                SealedRead::Changes { entries } => {
+                SealedRead::Changes { entries, .. } => {
                     let Some(&(end, _)) = entries.last() else {
                         break;
                     };
@@ -275,6 +277,7 @@ impl ObjectTier {
         let bytes = self.store.get(&path).await?.bytes().await?;
         let decoded = decode_chunk(&bytes).map_err(|e| TierError::Corrupt(path.to_string(), e))?;
         let entries = decoded
+            .entries
             .into_iter()
             .filter(|(o, _)| o.is_none_or(|o| o > after))
             .map(|(_, json)| json)
@@ -282,6 +285,7 @@ impl ObjectTier {
         Ok(Some(RemoteChunk {
             entries,
             end: chunk.end(),
+            compacted: decoded.compacted,
         }))
     }
 

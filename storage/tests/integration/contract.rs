@@ -7,6 +7,8 @@ use shapesync_storage::{LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotSta
 
 use crate::support::{entry, off, read, s, wait_until, Fixture};
 
+type Entries = Vec<(LogOffset, bytes::Bytes)>;
+
 const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
 
 macro_rules! contract_suite {
@@ -31,6 +33,7 @@ macro_rules! contract_suite {
             case!(store_lifecycle);
             case!(read_sealed_only_returns_sealed_chunks);
             case!(group_commit_across_logs);
+            case!(compaction_replaces_sealed_chunks);
         }
     };
 }
@@ -310,7 +313,7 @@ fn concurrent_reader_while_writing(make: Make) {
         wait_until("the reader to reach the final offset", || {
             match log.read(after).unwrap() {
                 ReadResult::NotReady => {}
-                ReadResult::Chunk { entries, end } => {
+                ReadResult::Chunk { entries, end, .. } => {
                     assert!(end >= after || after.is_before_all());
                     got.extend(entries.iter().map(|b| b.to_vec()));
                     after = end;
@@ -398,6 +401,7 @@ fn read_sealed_only_returns_sealed_chunks(make: Make) {
             (off("10_0"), bytes::Bytes::from(entry(0, 49))),
             (off("10_2"), bytes::Bytes::from(entry(1, 49))),
         ],
+        compacted: false,
     };
     assert_eq!(log.read_sealed(off("0_1")).unwrap(), Some(want.clone()));
     assert_eq!(
@@ -411,7 +415,7 @@ fn read_sealed_only_returns_sealed_chunks(make: Make) {
     log.flush().unwrap();
     assert!(matches!(
         log.read_sealed(off("10_2")).unwrap(),
-        Some(SealedRead::Changes { entries }) if entries.len() == 2
+        Some(SealedRead::Changes { entries, .. }) if entries.len() == 2
     ));
 }
 
@@ -471,4 +475,83 @@ fn group_commit_across_logs(make: Make) {
         }
         at = end_a;
     }
+}
+
+/// Compaction: candidates are the sealed change chunks in order, each offered once; a stored
+/// compacted form (a subset of the chunk's offsets keeping its end) replaces the chunk for
+/// every read inside it, flagged `compacted`; anything else is refused and changes nothing.
+fn compaction_replaces_sealed_chunks(make: Make) {
+    let fx = make(100);
+    let log = new_log(&fx);
+    log.finish_snapshot(END).unwrap();
+    assert_eq!(log.compaction_candidate().unwrap(), None);
+    // 50 bytes each: every second entry seals a change chunk.
+    let offsets = ["10_0", "10_2", "20_0", "20_2", "30_0"];
+    for (i, o) in offsets.iter().enumerate() {
+        log.append_change(off(o), &entry(i, 49)).unwrap();
+    }
+    assert_eq!(log.compaction_candidate().unwrap(), None, "not durable yet");
+    log.flush().unwrap();
+    let b = |i: usize| bytes::Bytes::from(entry(i, 49));
+    let first: Entries = vec![(off("10_0"), b(0)), (off("10_2"), b(1))];
+    assert_eq!(
+        log.compaction_candidate().unwrap(),
+        Some((off("10_2"), first))
+    );
+    log.store_compacted(off("10_2"), None).unwrap();
+    let second: Entries = vec![(off("20_0"), b(2)), (off("20_2"), b(3))];
+    assert_eq!(
+        log.compaction_candidate().unwrap(),
+        Some((off("20_2"), second))
+    );
+    let merged = bytes::Bytes::from_static(br#"{"merged":true}"#);
+    let refused: [(&str, Entries); 4] = [
+        ("30_0", vec![(off("30_0"), merged.clone())]), // the open tail
+        ("20_2", vec![(off("20_0"), merged.clone())]), // drops the end
+        (
+            "20_2",
+            vec![(off("20_1"), b(2)), (off("20_2"), merged.clone())],
+        ), // not its offset
+        ("20_2", vec![]),
+    ];
+    for (end, entries) in refused {
+        let err = log.store_compacted(off(end), Some(&entries)).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidCompaction(_)), "{err}");
+    }
+    let before = read(&*log, "20_0");
+    assert_eq!(before.0.len(), 1, "nothing changed: {before:?}");
+    let compacted: Entries = vec![(off("20_2"), merged.clone())];
+    log.store_compacted(off("20_2"), Some(&compacted)).unwrap();
+    assert_eq!(log.compaction_candidate().unwrap(), None);
+    let again = log.store_compacted(off("20_2"), Some(&compacted));
+    assert!(matches!(again, Err(StoreError::InvalidCompaction(_))));
+    // At the chunk's start and inside it: the compacted form, flagged.
+    for after in ["10_2", "20_0", "15_0"] {
+        assert_eq!(
+            log.read(off(after)).unwrap(),
+            ReadResult::Chunk {
+                entries: vec![merged.clone()],
+                end: off("20_2"),
+                compacted: true,
+            },
+            "read after {after}"
+        );
+    }
+    // Other chunks as they were.
+    match log.read(off("0_inf")).unwrap() {
+        ReadResult::Chunk {
+            entries,
+            end,
+            compacted,
+        } => assert_eq!((entries.len(), end, compacted), (2, off("10_2"), false)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(read(&*log, "20_2"), (vec![s(&entry(4, 49))], off("30_0")));
+    assert_eq!(
+        log.read_sealed(off("10_2")).unwrap(),
+        Some(SealedRead::Changes {
+            entries: compacted,
+            compacted: true,
+        })
+    );
 }

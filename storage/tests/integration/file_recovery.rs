@@ -269,3 +269,63 @@ fn interrupted_create_and_temp_files_are_cleaned() {
     assert!(!dir.path().join("stray.tmp").exists());
     assert!(dir.path().join("README").exists());
 }
+
+/// A compacted chunk is its own file: it survives a reopen (and later candidates start after
+/// it); a damaged one is ignored in favour of the original chunk; a leftover `.tmp` of an
+/// interrupted write and a file naming no sealed chunk are removed on open.
+#[test]
+fn compacted_chunks_across_reopen_and_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+    log.finish_snapshot(END).unwrap();
+    for (i, o) in ["10_0", "10_2", "20_0", "20_2", "30_0", "30_2", "40_0"]
+        .iter()
+        .enumerate()
+    {
+        log.append_change(off(o), &entry(i, 49)).unwrap();
+    }
+    log.flush().unwrap();
+    let (end, _) = log.compaction_candidate().unwrap().unwrap();
+    assert_eq!(end, off("10_2"));
+    log.store_compacted(end, None).unwrap();
+    let (end, entries2) = log.compaction_candidate().unwrap().unwrap();
+    assert_eq!(end, off("20_2"));
+    let kept = vec![entries2[1].clone()];
+    log.store_compacted(end, Some(&kept)).unwrap();
+    let want = read(&*log, "20_0");
+    assert_eq!(want, (vec![s(&entries2[1].1)], off("20_2")));
+    drop(log);
+    fs::write(shape_file(dir.path(), "compacted-30_2.chunk.tmp"), b"half").unwrap();
+    fs::write(shape_file(dir.path(), "compacted-99_0.chunk"), b"stale").unwrap();
+
+    let (_, _, log) = reopen(dir.path());
+    assert!(!shape_file(dir.path(), "compacted-30_2.chunk.tmp").exists());
+    assert!(!shape_file(dir.path(), "compacted-99_0.chunk").exists());
+    assert_eq!(read(&*log, "20_0"), want, "the compacted form survives");
+    assert!(matches!(
+        log.read(off("10_2")).unwrap(),
+        ReadResult::Chunk {
+            compacted: true,
+            ..
+        }
+    ));
+    // Chunks before the compacted one are not offered again; later ones are.
+    let (next, _) = log.compaction_candidate().unwrap().unwrap();
+    assert_eq!(next, off("30_2"));
+
+    // Damage: one flipped byte. The original chunk is served, and stays served.
+    let path = shape_file(dir.path(), "compacted-20_2.chunk");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    fs::write(&path, &bytes).unwrap();
+    for _ in 0..2 {
+        match log.read(off("20_0")).unwrap() {
+            ReadResult::Chunk {
+                entries, compacted, ..
+            } => assert_eq!((entries.len(), compacted), (1, false)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read(&*log, "10_2").0.len(), 2, "the original chunk");
+    }
+}

@@ -67,6 +67,35 @@ fn write_fixture(dir: &Path) {
     changes.set_len(18).unwrap();
 }
 
+/// The changes of the `v2-compacted` fixture: two chunks of three at threshold 170.
+const COMPACTED_CHANGES: [(u64, u64); 6] = [(10, 0), (10, 2), (11, 0), (20, 0), (21, 0), (22, 0)];
+
+/// Writes the `v2-compacted` fixture (store format v2 plus a compacted chunk file, chunk
+/// object version 2, kind 3): shape `a` with an empty finished snapshot and the changes above
+/// (chunks ending at 11_0 and 22_0), the first chunk stored compacted as its 10_2 and 11_0
+/// entries, and the store checkpointed.
+fn write_compacted_fixture(dir: &Path) {
+    let store = FileStore::open(dir, cfg(170)).unwrap();
+    let a = store.create("a", b"meta of a").unwrap();
+    a.finish_snapshot(END).unwrap();
+    for (tx, op) in COMPACTED_CHANGES {
+        a.append_change(LogOffset::new(tx, op), &change(tx, op))
+            .unwrap();
+    }
+    store.commit(std::slice::from_ref(&a)).unwrap();
+    store.checkpoint().unwrap();
+    let (end, entries) = a.compaction_candidate().unwrap().unwrap();
+    assert_eq!((end, entries.len()), (LogOffset::new(11, 0), 3));
+    a.store_compacted(end, Some(&entries[1..])).unwrap();
+}
+
+#[test]
+#[ignore = "writes a fixture; run by hand with SHAPESYNC_WRITE_FIXTURES=<dir>"]
+fn write_compacted_fixture_with_current_code() {
+    let dir = std::env::var("SHAPESYNC_WRITE_FIXTURES").expect("SHAPESYNC_WRITE_FIXTURES");
+    write_compacted_fixture(Path::new(&dir));
+}
+
 #[test]
 #[ignore = "writes a fixture; run by hand with SHAPESYNC_WRITE_FIXTURES=<dir>"]
 fn write_fixture_with_current_code() {
@@ -148,4 +177,37 @@ fn format_v2_fixture_with_a_pending_commit_log_reads_exactly() {
     let wal = std::fs::metadata(fixture_dir("v2").join("commit.wal")).unwrap();
     assert!(wal.len() > 18, "the fixture holds un-checkpointed batches");
     check_fixture("v2");
+}
+
+/// A compacted chunk file as written by the code that introduced it: read in place of the
+/// chunk, flagged, and the rest of the log unchanged.
+#[test]
+fn format_v2_compacted_chunk_fixture_reads_exactly() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_dir("v2-compacted"), copy.path());
+    assert!(copy.path().join("a/compacted-11_0.chunk").exists());
+    let store = FileStore::open(copy.path(), cfg(1 << 20)).unwrap();
+    let all = store.open_all().unwrap();
+    assert_eq!(all.len(), 1);
+    let a = &all[0].2;
+    let mut want = vec![String::from_utf8(END.to_vec()).unwrap()];
+    for (tx, op) in &COMPACTED_CHANGES[1..] {
+        want.push(String::from_utf8(change(*tx, *op)).unwrap());
+    }
+    assert_eq!(follow(&**a), want);
+    for after in ["0_inf", "10_0"] {
+        match a.read(after.parse().unwrap()).unwrap() {
+            shapesync_storage::ReadResult::Chunk {
+                entries,
+                end,
+                compacted,
+            } => assert_eq!(
+                (entries.len(), end, compacted),
+                (2, LogOffset::new(11, 0), true)
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let next = a.compaction_candidate().unwrap().map(|c| c.0);
+    assert_eq!(next, Some(LogOffset::new(22, 0)));
 }

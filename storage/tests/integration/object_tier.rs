@@ -38,7 +38,15 @@ fn filled(fx: &Fixture, id: &str) -> Arc<dyn ShapeLog> {
 
 fn local(log: &dyn ShapeLog, after: &str) -> RemoteChunk {
     match log.read(off(after)).expect("read") {
-        ReadResult::Chunk { entries, end } => RemoteChunk { entries, end },
+        ReadResult::Chunk {
+            entries,
+            end,
+            compacted,
+        } => RemoteChunk {
+            entries,
+            end,
+            compacted,
+        },
         ReadResult::NotReady => panic!("not ready"),
     }
 }
@@ -49,6 +57,10 @@ async fn bucket_serves_exactly_the_sealed_chunks() {
         for (tier, _dir) in buckets() {
             let fx = make(100);
             let log = filled(&fx, "1-100");
+            // The second change chunk is stored compacted: it is uploaded in that form.
+            log.store_compacted(off("10_2"), None).unwrap();
+            let (end, chunk) = log.compaction_candidate().unwrap().expect("candidate");
+            log.store_compacted(end, Some(&chunk[1..])).unwrap();
             let mut state = None;
             let n = tier
                 .sync("1-100", b"{\"m\":1}", &log, &mut state)
@@ -72,6 +84,16 @@ async fn bucket_serves_exactly_the_sealed_chunks() {
                 let remote = tier.read(&m, off(after)).await.unwrap();
                 assert_eq!(remote, Some(local(&*log, after)), "after {after}");
             }
+            let second = tier.read(&m, off("10_2")).await.unwrap().expect("chunk");
+            assert!(second.compacted && second.entries.len() == 1, "{second:?}");
+            assert!(
+                !tier
+                    .read(&m, off("0_inf"))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .compacted
+            );
             for after in ["20_1", "30_0", "99_0"] {
                 let remote = tier.read(&m, off(after)).await.unwrap();
                 assert_eq!(remote, None, "{after} is past the sealed part");

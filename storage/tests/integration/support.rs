@@ -44,7 +44,7 @@ pub fn entry(i: usize, len: usize) -> Vec<u8> {
 /// Unwraps a `Chunk` into (entries as strings, end).
 pub fn chunk(r: ReadResult) -> (Vec<String>, LogOffset) {
     match r {
-        ReadResult::Chunk { entries, end } => (
+        ReadResult::Chunk { entries, end, .. } => (
             entries
                 .iter()
                 .map(|b| String::from_utf8(b.to_vec()).expect("utf8"))
