@@ -117,6 +117,10 @@ struct ServeArgs {
     /// used (clients holding its handle get 409 past what the object store holds).
     #[arg(long, env = "SHAPESYNC_MAX_SHAPES")]
     max_shapes: Option<usize>,
+    /// Compact sealed change chunks: runs of updates to one row are merged into one update, so
+    /// clients reading old chunks get each row's net change (every offset stays valid).
+    #[arg(long, env = "SHAPESYNC_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
+    compaction: bool,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -178,6 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.object_store_url = args.object_store_url;
     cfg.local_retention = args.local_retention.map(Duration::from_secs);
     cfg.max_shapes = args.max_shapes;
+    cfg.compaction = args.compaction;
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;

@@ -191,6 +191,9 @@ pub struct TenantSample {
     pub lag_seconds: f64,
     /// Flush (fsync batch) latency of that tenant.
     pub fsync: Arc<Histogram>,
+    /// Sealed change chunks stored compacted, and the JSON bytes that saved.
+    pub compacted_chunks: u64,
+    pub compaction_saved_bytes: u64,
 }
 
 impl TenantSample {
@@ -354,11 +357,28 @@ const TENANT_GAUGES: &[TenantGauge] = &[
     }),
 ];
 
+const TENANT_COUNTERS: &[TenantGauge] = &[
+    (
+        "shapesync_compacted_chunks_total",
+        "Sealed change chunks stored compacted.",
+        |t| Value::Uint(t.compacted_chunks),
+    ),
+    (
+        "shapesync_compaction_saved_bytes_total",
+        "Bytes of JSON that compaction removed from sealed chunks.",
+        |t| Value::Uint(t.compaction_saved_bytes),
+    ),
+];
+
 fn render_tenants(out: &mut String, tenants: &[TenantSample]) {
     let mut tenants: Vec<&TenantSample> = tenants.iter().collect();
     tenants.sort_by(|a, b| a.database_id.cmp(&b.database_id));
-    for (name, help, value) in TENANT_GAUGES {
-        header(out, name, "gauge", help);
+    let families = TENANT_GAUGES
+        .iter()
+        .map(|f| (f, "gauge"))
+        .chain(TENANT_COUNTERS.iter().map(|f| (f, "counter")));
+    for ((name, help, value), kind) in families {
+        header(out, name, kind, help);
         for t in &tenants {
             sample(
                 out,
@@ -423,6 +443,8 @@ mod tests {
             server_wal_end,
             lag_seconds: 0.25,
             fsync,
+            compacted_chunks: 2,
+            compaction_saved_bytes: 70,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Config {
     pub local_retention: Option<Duration>,
     /// Shape cap per database; the least recently used shape is evicted beyond it.
     pub max_shapes: Option<usize>,
+    /// Compact sealed change chunks (on by default).
+    pub compaction: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -84,6 +86,7 @@ impl Config {
             object_store_url: None,
             local_retention: None,
             max_shapes: None,
+            compaction: true,
         }
     }
 }
@@ -140,6 +143,7 @@ impl Server {
                     },
                     local_retention: cfg.local_retention,
                     max_shapes: cfg.max_shapes,
+                    compaction: cfg.compaction,
                 },
             },
             default,

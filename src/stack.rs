@@ -116,6 +116,9 @@ pub struct ReplicationStats {
     pub caught_up_at_micros: AtomicU64,
     /// Flush (fsync batch) latency.
     pub fsync: Arc<crate::metrics::Histogram>,
+    /// Sealed change chunks stored compacted, and the bytes of JSON that saved readers.
+    pub compacted_chunks: AtomicU64,
+    pub compaction_saved_bytes: AtomicU64,
 }
 
 impl ReplicationStats {

@@ -140,6 +140,12 @@ async fn metrics(
                 server_wal_end: st.server_wal_end.load(std::sync::atomic::Ordering::Relaxed),
                 lag_seconds: st.lag_seconds(),
                 fsync: Arc::clone(&st.fsync),
+                compacted_chunks: st
+                    .compacted_chunks
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                compaction_saved_bytes: st
+                    .compaction_saved_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }
         })
         .collect();

@@ -7,6 +7,7 @@
 //! next tick, after any upload of that shape that was under way.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use crate::postgres::catalog::schema_header;
 use crate::stack::Stack;
 
 /// How a stack's shapes are kept.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LifecycleConfig {
+    /// Compact sealed change chunks (runs of updates to one key merged; see `compaction`).
+    pub compaction: bool,
     /// Where sealed chunks are copied (this tenant's folder of the bucket).
     pub tier: Option<ObjectTier>,
     /// A shape nobody requested for this long is archived: with a tier, its sealed chunks stay
@@ -32,8 +35,28 @@ pub struct LifecycleConfig {
     pub max_shapes: Option<usize>,
 }
 
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            compaction: true,
+            tier: None,
+            local_retention: None,
+            max_shapes: None,
+        }
+    }
+}
+
 /// How often the lifecycle task looks for new sealed chunks and idle shapes.
 const TICK: Duration = Duration::from_millis(200);
+
+/// Sealed chunks offered to compaction per tick at most (each one is read, merged and, if
+/// worth it, written and fsynced on the blocking pool), so a backlog after a restart or a
+/// burst of sealed chunks is worked through without starving other blocking work.
+const COMPACTIONS_PER_TICK: usize = 4;
+
+/// A compacted form is stored only if it saves at least a tenth of the chunk's bytes: below
+/// that, a second copy on disk costs more than the bytes it saves readers.
+const MIN_SAVING_DIVISOR: usize = 10;
 
 /// A sealed chunk of an archived (or foreign) shape, read from the bucket.
 #[derive(Debug)]
@@ -162,6 +185,10 @@ pub async fn run(
             return;
         };
         let shapes = stack.registry.shapes();
+        if cfg.compaction {
+            // Before uploading: a chunk compacted now is uploaded in its compacted form.
+            compact_some(&stack, shapes.clone()).await;
+        }
         // A set, not a scan of `shapes` per entry: with 10,000 shapes that was 10^8 handle
         // comparisons every tick.
         if !uploaded.is_empty() {
@@ -186,6 +213,67 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Offers up to `COMPACTIONS_PER_TICK` sealed change chunks to compaction, oldest first per
+/// shape, on the blocking pool (chunk reads, JSON merging and the fsync of the result).
+async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
+    let stats = Arc::clone(&stack.stats);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut budget = COMPACTIONS_PER_TICK;
+        for shape in shapes {
+            while budget > 0 && shape.is_active() {
+                match compact_next(&shape, &stats) {
+                    Ok(true) => budget -= 1,
+                    Ok(false) => break,
+                    Err(e) => {
+                        // Retried next tick (the chunk is still the candidate). A shape
+                        // removed meanwhile is not active any more and skipped.
+                        if shape.is_active() {
+                            tracing::warn!(handle = %shape.handle, error = %e, "compacting a chunk failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+    });
+    if let Err(e) = task.await {
+        tracing::warn!(error = %e, "the compaction task failed");
+    }
+}
+
+/// Compacts the shape's oldest sealed change chunk not offered yet. `Ok(false)`: none.
+fn compact_next(
+    shape: &Shape,
+    stats: &crate::stack::ReplicationStats,
+) -> Result<bool, shapesync_storage::StoreError> {
+    let Some((end, entries)) = shape.log.compaction_candidate()? else {
+        return Ok(false);
+    };
+    let size = |e: &[(LogOffset, bytes::Bytes)]| e.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let before = size(&entries);
+    let compacted = match super::compaction::compact_chunk(&entries) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(handle = %shape.handle, chunk_end = %end, error = %e, "chunk left uncompacted");
+            None
+        }
+    };
+    let worth = compacted.filter(|c| before - size(c) >= before.div_ceil(MIN_SAVING_DIVISOR));
+    shape.log.store_compacted(end, worth.as_deref())?;
+    if let Some(c) = &worth {
+        let after = size(c);
+        stats.compacted_chunks.fetch_add(1, Ordering::Relaxed);
+        stats
+            .compaction_saved_bytes
+            .fetch_add((before - after) as u64, Ordering::Relaxed);
+        tracing::debug!(handle = %shape.handle, chunk_end = %end, entries_before = entries.len(), entries_after = c.len(), bytes_before = before, bytes_after = after, "compacted a chunk");
+    }
+    Ok(true)
 }
 
 /// This task's knowledge of one shape's bucket copy.

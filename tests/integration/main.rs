@@ -3,6 +3,7 @@
 mod cdn;
 mod client_e2e;
 mod collation;
+mod compaction;
 mod crash;
 mod deployment;
 mod disk_full;

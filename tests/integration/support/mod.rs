@@ -239,6 +239,7 @@ impl ShapeClient {
 /// A client that follows one shape like the official client does, materializing its rows and
 /// failing on anything inconsistent (an insert of a present key, an update or delete of an
 /// absent one, a repeated or decreasing offset).
+#[derive(Clone)]
 pub struct Follower {
     pub client: ShapeClient,
     pub shape_query: String,
