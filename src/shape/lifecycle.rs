@@ -49,10 +49,11 @@ impl Default for LifecycleConfig {
 /// How often the lifecycle task looks for new sealed chunks and idle shapes.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Sealed chunks offered to compaction per tick at most (each one is read, merged and, if
-/// worth it, written and fsynced on the blocking pool), so a backlog after a restart or a
-/// burst of sealed chunks is worked through without starving other blocking work.
-const COMPACTIONS_PER_TICK: usize = 4;
+/// Bytes of sealed chunks offered to compaction per tick at most (at least one chunk): each
+/// is read, merged and, if worth it, written and fsynced on the blocking pool. 4 MiB per 200 ms
+/// tick is about a fifth of a core, so a backlog (after a restart, or a burst of sealed chunks)
+/// is worked through without starving replication.
+const COMPACTION_BYTES_PER_TICK: usize = 4 << 20;
 
 /// A compacted form is stored only if it saves at least a tenth of the chunk's bytes: below
 /// that, a second copy on disk costs more than the bytes it saves readers.
@@ -202,6 +203,10 @@ pub async fn run(
             shape.log.release_idle_files();
             // Upload state is kept only with a tier (an entry per shape otherwise cost ~400 B
             // of every idle shape's memory for nothing).
+            // Uploads come after this tick's compaction, so a chunk compacted in time goes to
+            // the bucket in its compacted form. Uploads never wait for compaction: with a
+            // backlog beyond the compaction budget some chunks are uploaded as written (both
+            // forms are correct for every offset; objects are write-once).
             if let Some(tier) = &cfg.tier {
                 let entry = uploaded.entry(shape.handle.clone()).or_default();
                 sync_shape(tier, &shape, entry).await;
@@ -220,12 +225,12 @@ pub async fn run(
 async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
     let stats = Arc::clone(&stack.stats);
     let task = tokio::task::spawn_blocking(move || {
-        let mut budget = COMPACTIONS_PER_TICK;
+        let mut budget = COMPACTION_BYTES_PER_TICK;
         for shape in shapes {
-            while budget > 0 && shape.is_active() {
+            while budget > 0 && shape.is_active() && shape.log.has_compaction_candidate() {
                 match compact_next(&shape, &stats) {
-                    Ok(true) => budget -= 1,
-                    Ok(false) => break,
+                    Ok(Some(bytes)) => budget = budget.saturating_sub(bytes.max(1)),
+                    Ok(None) => break,
                     Err(e) => {
                         // Retried next tick (the chunk is still the candidate). A shape
                         // removed meanwhile is not active any more and skipped.
@@ -246,13 +251,14 @@ async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
     }
 }
 
-/// Compacts the shape's oldest sealed change chunk not offered yet. `Ok(false)`: none.
+/// Compacts the shape's oldest sealed change chunk not offered yet; returns its bytes of JSON
+/// (`None`: no chunk to offer).
 fn compact_next(
     shape: &Shape,
     stats: &crate::stack::ReplicationStats,
-) -> Result<bool, shapesync_storage::StoreError> {
+) -> Result<Option<usize>, shapesync_storage::StoreError> {
     let Some((end, entries)) = shape.log.compaction_candidate()? else {
-        return Ok(false);
+        return Ok(None);
     };
     let size = |e: &[(LogOffset, bytes::Bytes)]| e.iter().map(|(_, b)| b.len()).sum::<usize>();
     let before = size(&entries);
@@ -273,7 +279,7 @@ fn compact_next(
             .fetch_add((before - after) as u64, Ordering::Relaxed);
         tracing::debug!(handle = %shape.handle, chunk_end = %end, entries_before = entries.len(), entries_after = c.len(), bytes_before = before, bytes_after = after, "compacted a chunk");
     }
-    Ok(true)
+    Ok(Some(before))
 }
 
 /// This task's knowledge of one shape's bucket copy.

@@ -404,6 +404,10 @@ impl ChangeFile {
         }
     }
 
+    pub(crate) fn has_compaction_candidate(&self) -> bool {
+        self.index_ref().has_compaction_candidate()
+    }
+
     /// The oldest sealed chunk not offered to compaction yet, whole.
     pub(crate) fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError> {
         let Some((from, to, end)) = self.index_ref().compaction_candidate() else {

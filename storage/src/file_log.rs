@@ -149,6 +149,10 @@ impl ShapeLog for FileLog {
         self.changes.compaction_candidate()
     }
 
+    fn has_compaction_candidate(&self) -> bool {
+        self.changes.has_compaction_candidate()
+    }
+
     fn store_compacted(
         &self,
         end: LogOffset,

@@ -132,6 +132,8 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
     /// with offsets)`. Chunks given to [`ShapeLog::store_compacted`] since the log was opened,
     /// and every chunk up to the last one stored compacted, count as offered.
     fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError>;
+    /// Whether [`ShapeLog::compaction_candidate`] has a chunk to offer (cheap: no read).
+    fn has_compaction_candidate(&self) -> bool;
     /// Stores `entries` as the compacted form of the sealed change chunk ending at `end`
     /// (durably, before returning): from then on readers of that chunk get them instead of its
     /// entries, with `compacted: true`. `None` leaves the chunk as it is. Either way the chunk

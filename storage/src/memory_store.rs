@@ -304,6 +304,10 @@ impl ShapeLog for MemoryLog {
             .map(|(from, to, end)| (end, c.entries[from..to].to_vec())))
     }
 
+    fn has_compaction_candidate(&self) -> bool {
+        self.changes_ref().index.has_compaction_candidate()
+    }
+
     fn store_compacted(
         &self,
         end: LogOffset,

@@ -51,6 +51,11 @@ impl<P: Copy> ChangeIndex<P> {
         Some((self.chunk_start(self.offered), chunk.end_pos, chunk.end))
     }
 
+    /// Is a sealed chunk waiting to be offered to compaction?
+    pub(crate) fn has_compaction_candidate(&self) -> bool {
+        self.offered < self.sealed.len()
+    }
+
     /// The position range of the sealed chunk ending at `end`.
     pub(crate) fn sealed_range(&self, end: LogOffset) -> Option<(P, P)> {
         let i = self.sealed.binary_search_by(|c| c.end.cmp(&end)).ok()?;

@@ -491,7 +491,9 @@ fn compaction_replaces_sealed_chunks(make: Make) {
         log.append_change(off(o), &entry(i, 49)).unwrap();
     }
     assert_eq!(log.compaction_candidate().unwrap(), None, "not durable yet");
+    assert!(!log.has_compaction_candidate());
     log.flush().unwrap();
+    assert!(log.has_compaction_candidate());
     let b = |i: usize| bytes::Bytes::from(entry(i, 49));
     let first: Entries = vec![(off("10_0"), b(0)), (off("10_2"), b(1))];
     assert_eq!(
@@ -523,6 +525,7 @@ fn compaction_replaces_sealed_chunks(make: Make) {
     let compacted: Entries = vec![(off("20_2"), merged.clone())];
     log.store_compacted(off("20_2"), Some(&compacted)).unwrap();
     assert_eq!(log.compaction_candidate().unwrap(), None);
+    assert!(!log.has_compaction_candidate());
     let again = log.store_compacted(off("20_2"), Some(&compacted));
     assert!(matches!(again, Err(StoreError::InvalidCompaction(_))));
     // At the chunk's start and inside it: the compacted form, flagged.
