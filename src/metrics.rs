@@ -671,8 +671,10 @@ mod tests {
         let odd = "we\"ird\\id\nx";
         let text = render(&http, &[tenant(odd, 5, 9), tenant("b", 1, 1)]);
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 11);
+        assert_eq!(types.len(), 13);
         assert_eq!(types["shapesync_http_requests_total"], "counter");
+        assert_eq!(types["shapesync_compacted_chunks_total"], "counter");
+        assert!(text.contains("shapesync_compaction_saved_bytes_total{database_id=\"b\"} 70\n"));
         assert_eq!(types["shapesync_fsync_duration_seconds"], "histogram");
         let ids: Vec<String> = text
             .lines()
@@ -687,7 +689,7 @@ mod tests {
     fn empty_families_still_print_help_and_type() {
         let text = render(&HttpMetrics::default(), &[]);
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 11);
+        assert_eq!(types.len(), 13);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
