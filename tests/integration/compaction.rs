@@ -76,10 +76,6 @@ async fn hot_rows_compact_and_every_offset_stays_valid() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(
-        live.changes_seen >= updates,
-        "the live client saw each update"
-    );
 
     // A compacted chunk revalidates against its own ETag.
     let (q, tag) = tags
