@@ -21,6 +21,10 @@
 //!   fsync per batch) of 100 records of ~220 bytes (1 shape × 100, and 100 shapes × 1), and the
 //!   read of one ~1 MB change chunk (page cache). Physical limits: ~280 MB/s sequential disk
 //!   writes but ~430 fsyncs/s, hence group commit (P1/P2 durability).
+//! - `compaction`: `shape::compaction::compact_chunk` on a ~1 MB sealed chunk of updates to 100
+//!   hot rows (merged to 100 updates), in bytes/s, beside its floor: parsing every entry of the
+//!   chunk into a JSON map (which the merge must do). It runs in the background, at most 4 MiB of
+//!   chunks per 200 ms, so it must do well over 20 MB/s to keep up with its budget.
 //!
 //! Run with `cargo bench --bench micro` (about 2 minutes) or `cargo bench --bench micro --
 //! --quick`; one group with e.g. `cargo bench --bench micro -- routing`. Not part of the test
@@ -662,12 +666,61 @@ fn storage(c: &mut Criterion) {
     g.finish();
 }
 
+/// A sealed chunk of ~1 MB: updates to 100 hot rows, 5 per transaction, as the writer makes them.
+fn hot_update_chunk() -> Vec<(LogOffset, Bytes)> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut tx = 1_000u64;
+    while bytes < 1 << 20 {
+        tx += 1;
+        for op in 0..5u64 {
+            let k = (tx * 5 + op) % 100;
+            let json = format!(
+                r#"{{"key":"\"public\".\"items\"/\"{k}\"","value":{{"id":"{k}","n":"{tx}","note":"updated in {tx}"}},"headers":{{"operation":"update","relation":["public","items"],"lsn":"{tx}","op_position":{},"txids":[{tx}]{}}}}}"#,
+                op * 2,
+                if op == 4 { r#","last":true"# } else { "" }
+            );
+            bytes += json.len();
+            out.push((LogOffset::new(tx, op * 2), Bytes::from(json)));
+        }
+    }
+    out
+}
+
+fn compaction(c: &mut Criterion) {
+    let chunk = hot_update_chunk();
+    let bytes: usize = chunk.iter().map(|(_, b)| b.len()).sum();
+    let merged = shapesync::shape::compaction::compact_chunk(&chunk).unwrap();
+    assert_eq!(merged.len(), 100, "one update per hot row");
+    let mut g = c.benchmark_group("compaction");
+    configure(&mut g);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let id = format!("{}KB_{}_entries", bytes / 1000, chunk.len());
+    g.bench_function(BenchmarkId::new("compact_chunk", &id), |b| {
+        b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&chunk)).unwrap())
+    });
+    g.bench_function(BenchmarkId::new("floor_parse_each_entry", &id), |b| {
+        b.iter(|| {
+            chunk
+                .iter()
+                .map(|(_, e)| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(e)
+                        .unwrap()
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     pgoutput_decode,
     json_encode,
     predicate,
     routing,
-    storage
+    storage,
+    compaction
 );
 criterion_main!(benches);

@@ -91,7 +91,7 @@ pub fn compact_chunk(
                 Slot {
                     offset: *offset,
                     bytes: bytes.clone(),
-                    msg: Some(merge(msg, &e)),
+                    msg: Some(merge(msg, e)),
                     edited: true,
                 }
             }
@@ -125,36 +125,37 @@ impl Slot {
     }
 }
 
-/// The later update `msg` with the earlier one's values underneath its own.
-fn merge(mut msg: Map<String, Value>, earlier: &Map<String, Value>) -> Map<String, Value> {
-    let mut value = earlier
-        .get("value")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(Value::Object(later)) = msg.get("value") {
-        value.extend(later.clone());
+/// The later update `msg` with the earlier one's values underneath its own. Takes both by
+/// value: a run of n updates costs O(n) moves, not O(n²) copies of what was accumulated.
+fn merge(mut msg: Map<String, Value>, mut earlier: Map<String, Value>) -> Map<String, Value> {
+    let mut value = match earlier.remove("value") {
+        Some(Value::Object(v)) => v,
+        _ => Map::new(),
+    };
+    if let Some(Value::Object(later)) = msg.remove("value") {
+        value.extend(later);
     }
     msg.insert("value".into(), Value::Object(value));
-    if let Some(Value::Object(first)) = earlier.get("old_value") {
-        let mut old = match msg.get("old_value") {
-            Some(Value::Object(o)) => o.clone(),
-            _ => Map::new(),
-        };
-        old.extend(first.clone()); // the earliest old value wins
+    if let Some(Value::Object(mut old)) = earlier.remove("old_value") {
+        // The earliest old value of each column wins.
+        if let Some(Value::Object(later)) = msg.remove("old_value") {
+            for (k, v) in later {
+                old.entry(k).or_insert(v);
+            }
+        }
         msg.insert("old_value".into(), Value::Object(old));
     }
-    let earlier_txids = earlier
-        .get("headers")
-        .and_then(|h| h.get("txids"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let earlier_txids = match earlier.get_mut("headers").and_then(|h| h.get_mut("txids")) {
+        Some(Value::Array(t)) => std::mem::take(t),
+        _ => Vec::new(),
+    };
     if let Some(Value::Object(h)) = msg.get_mut("headers") {
         if let Some(Value::Array(later)) = h.get_mut("txids") {
+            // Transaction ids of a run ascend with its offsets; one transaction's updates of
+            // the key are adjacent, so comparing with the last one removes every repeat.
             let mut all = earlier_txids;
             for t in later.drain(..) {
-                if !all.contains(&t) {
+                if all.last() != Some(&t) {
                     all.push(t);
                 }
             }
