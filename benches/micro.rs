@@ -22,8 +22,9 @@
 //!   read of one ~1 MB change chunk (page cache). Physical limits: ~280 MB/s sequential disk
 //!   writes but ~430 fsyncs/s, hence group commit (P1/P2 durability).
 //! - `compaction`: `shape::compaction::compact_chunk` on a ~1 MB sealed chunk of updates to 100
-//!   hot rows (merged to 100 updates), in bytes/s, beside its floor: parsing every entry of the
-//!   chunk into a JSON map (which the merge must do). It runs in the background, at most 4 MiB of
+//!   hot rows (merged to 100 updates) and on one where no row repeats (nothing to merge: only
+//!   keys and operations are read), in bytes/s, beside the floor of the merging case: parsing
+//!   every entry of the chunk into a JSON map. It runs in the background, at most 4 MiB of
 //!   chunks per 200 ms, so it must do well over 20 MB/s to keep up with its budget.
 //!
 //! Run with `cargo bench --bench micro` (about 2 minutes) or `cargo bench --bench micro --
@@ -666,15 +667,16 @@ fn storage(c: &mut Criterion) {
     g.finish();
 }
 
-/// A sealed chunk of ~1 MB: updates to 100 hot rows, 5 per transaction, as the writer makes them.
-fn hot_update_chunk() -> Vec<(LogOffset, Bytes)> {
+/// A sealed chunk of ~1 MB: updates to `rows` rows in turn, 5 per transaction, as the writer
+/// makes them (100 hot rows; or so many rows that none repeats).
+fn update_chunk(rows: u64) -> Vec<(LogOffset, Bytes)> {
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut tx = 1_000u64;
     while bytes < 1 << 20 {
         tx += 1;
         for op in 0..5u64 {
-            let k = (tx * 5 + op) % 100;
+            let k = (tx * 5 + op) % rows;
             let json = format!(
                 r#"{{"key":"\"public\".\"items\"/\"{k}\"","value":{{"id":"{k}","n":"{tx}","note":"updated in {tx}"}},"headers":{{"operation":"update","relation":["public","items"],"lsn":"{tx}","op_position":{},"txids":[{tx}]{}}}}}"#,
                 op * 2,
@@ -688,17 +690,28 @@ fn hot_update_chunk() -> Vec<(LogOffset, Bytes)> {
 }
 
 fn compaction(c: &mut Criterion) {
-    let chunk = hot_update_chunk();
+    let chunk = update_chunk(100);
     let bytes: usize = chunk.iter().map(|(_, b)| b.len()).sum();
     let merged = shapesync::shape::compaction::compact_chunk(&chunk).unwrap();
     assert_eq!(merged.len(), 100, "one update per hot row");
+    let distinct = update_chunk(u64::MAX);
+    let kept = shapesync::shape::compaction::compact_chunk(&distinct).unwrap();
+    assert_eq!(kept, distinct, "nothing to merge");
     let mut g = c.benchmark_group("compaction");
     configure(&mut g);
     g.throughput(Throughput::Bytes(bytes as u64));
     let id = format!("{}KB_{}_entries", bytes / 1000, chunk.len());
-    g.bench_function(BenchmarkId::new("compact_chunk", &id), |b| {
+    g.bench_function(BenchmarkId::new("compact_chunk_100_hot_rows", &id), |b| {
         b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&chunk)).unwrap())
     });
+    let distinct_bytes: usize = distinct.iter().map(|(_, b)| b.len()).sum();
+    g.throughput(Throughput::Bytes(distinct_bytes as u64));
+    let distinct_id = format!("{}KB_{}_entries", distinct_bytes / 1000, distinct.len());
+    g.bench_function(
+        BenchmarkId::new("compact_chunk_no_repeats", distinct_id),
+        |b| b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&distinct)).unwrap()),
+    );
+    g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function(BenchmarkId::new("floor_parse_each_entry", &id), |b| {
         b.iter(|| {
             chunk

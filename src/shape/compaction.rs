@@ -41,7 +41,7 @@ pub enum CompactError {
 struct Slot {
     offset: LogOffset,
     bytes: Bytes,
-    /// The parsed message: kept for updates (they may merge), parsed on demand otherwise.
+    /// The parsed message, once it was needed (a merge, or the `last` fix-up).
     msg: Option<Map<String, Value>>,
     /// The message was rewritten (merged, or given `last: true`): serialise `msg`.
     edited: bool,
@@ -61,33 +61,30 @@ pub fn compact_chunk(
             return Err(CompactError::Order(*offset));
         }
         prev = Some(*offset);
-        let msg: Map<String, Value> =
+        // What the merge decisions need, without building the message's values.
+        let head: Head<'_> =
             serde_json::from_slice(bytes).map_err(|_| CompactError::NotJson(*offset))?;
-        let key = msg.get("key").and_then(Value::as_str).map(str::to_owned);
-        let op = operation(&msg);
-        let Some(key) = key.filter(|_| op.is_some() && !has_key_change(&msg)) else {
+        let plain = head.headers.as_ref().is_some_and(Headers::plain_change);
+        let Some(key) = head.key.filter(|_| plain) else {
             runs.clear(); // a barrier
             out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
         };
-        if op != Some("update") {
+        let key = key.into_owned();
+        if head.headers.as_ref().and_then(|h| h.operation.as_deref()) != Some("update") {
             runs.remove(&key);
             out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
         }
         let earlier = runs.get(&key).and_then(|&i| out[i].take().map(|s| (i, s)));
         let slot = match earlier {
-            Some((
-                at,
-                Slot {
-                    msg: Some(e),
-                    offset: was,
-                    ..
-                },
-            )) => {
+            Some((at, earlier)) => {
+                let tx = earlier.offset.tx();
+                let e = earlier.parsed()?;
                 if is_last(&e) {
-                    pass_last_back(&mut out[..at], was.tx())?;
+                    pass_last_back(&mut out[..at], tx)?;
                 }
+                let msg = parse(*offset, bytes)?;
                 Slot {
                     offset: *offset,
                     bytes: bytes.clone(),
@@ -95,8 +92,7 @@ pub fn compact_chunk(
                     edited: true,
                 }
             }
-            // Run slots always hold their parsed update; keep the message as it is otherwise.
-            _ => Slot::new(*offset, bytes, Some(msg)),
+            None => Slot::new(*offset, bytes, None),
         };
         runs.insert(key, out.len());
         out.push(Some(slot));
@@ -122,6 +118,48 @@ impl Slot {
             msg,
             edited: false,
         }
+    }
+
+    /// The slot's message, parsed if it was not yet.
+    fn parsed(self) -> Result<Map<String, Value>, CompactError> {
+        match self.msg {
+            Some(m) => Ok(m),
+            None => parse(self.offset, &self.bytes),
+        }
+    }
+}
+
+fn parse(offset: LogOffset, bytes: &[u8]) -> Result<Map<String, Value>, CompactError> {
+    serde_json::from_slice(bytes).map_err(|_| CompactError::NotJson(offset))
+}
+
+/// The parts of a message that decide what merges (everything else is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    headers: Option<Headers<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Headers<'a> {
+    #[serde(borrow, default)]
+    operation: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    key_change_to: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    key_change_from: Option<serde::de::IgnoredAny>,
+}
+
+impl Headers<'_> {
+    /// An insert, update or delete that is not half of a primary-key change.
+    fn plain_change(&self) -> bool {
+        matches!(
+            self.operation.as_deref(),
+            Some("insert" | "update" | "delete")
+        ) && self.key_change_to.is_none()
+            && self.key_change_from.is_none()
     }
 }
 
@@ -200,12 +238,6 @@ fn is_last(msg: &Map<String, Value>) -> bool {
 fn operation(msg: &Map<String, Value>) -> Option<&str> {
     let op = header(msg, "operation")?.as_str()?;
     matches!(op, "insert" | "update" | "delete").then_some(op)
-}
-
-fn has_key_change(msg: &Map<String, Value>) -> bool {
-    msg.get("headers")
-        .and_then(Value::as_object)
-        .is_some_and(|h| h.contains_key("key_change_to") || h.contains_key("key_change_from"))
 }
 
 #[cfg(test)]
