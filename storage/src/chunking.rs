@@ -33,6 +33,20 @@ impl Chunker {
         }
     }
 
+    /// The state after `running` bytes of an open chunk (as recorded by `running`).
+    pub(crate) fn resume(threshold: u64, running: u64) -> Chunker {
+        Chunker { threshold, running }
+    }
+
+    /// Bytes of the open chunk so far.
+    pub(crate) fn running(&self) -> u64 {
+        self.running
+    }
+
+    pub(crate) fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
     /// Closes the open chunk regardless of size (end of the snapshot).
     pub(crate) fn reset(&mut self) {
         self.running = 0;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::commit_record::{decode_batch, decode_wal_header, encode_wal_header, WAL_HEADER_LEN};
 use crate::file_log::CHANGES_FILE;
 use crate::file_scan::{open_log_file, scan_records, sync_dir};
+use crate::file_segments::{file_offset, parse_segment_name, FIRST_BASE};
 use crate::record::CHANGES_MAGIC;
 use crate::{validate_id, StoreError};
 
@@ -113,7 +114,7 @@ impl CommitLog {
     /// the log is open) or, on open, up to the first batch that does not validate. Entries of
     /// shapes that no longer exist are skipped. Returns the number of entries written.
     fn replay(&mut self, limit: Option<u64>) -> Result<usize, StoreError> {
-        let mut files: HashMap<String, Option<File>> = HashMap::new();
+        let mut files: HashMap<String, Option<ShapeSegments>> = HashMap::new();
         let mut failed = None;
         let mut replayed = 0;
         let dir = &self.dir;
@@ -132,7 +133,7 @@ impl CommitLog {
                     .entry(id.to_owned())
                     .or_insert_with(|| open_changes(dir, id));
                 let Some(file) = file else { continue };
-                if let Err(err) = file.write_all_at(&body[e.bytes], e.pos) {
+                if let Err(err) = file.write_at(e.pos, &body[e.bytes]) {
                     failed = Some(err);
                     return false;
                 }
@@ -148,17 +149,43 @@ impl CommitLog {
     }
 }
 
-/// The `changes.log` of shape `id` if it exists with a valid header (anything else is left
-/// to `open_all`, which removes incomplete shapes and reports damaged ones).
-fn open_changes(dir: &Path, id: &str) -> Option<File> {
+/// The change segment files of one shape, by base (ascending; the first is `changes.log`).
+struct ShapeSegments(Vec<(u64, File)>);
+
+impl ShapeSegments {
+    /// Writes `bytes` at logical position `pos`, in the segment holding it (a commit-log entry
+    /// never spans segments: a batch is written to one).
+    fn write_at(&self, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let i = self.0.partition_point(|(b, _)| *b <= pos).saturating_sub(1);
+        match self.0.get(i) {
+            Some((base, file)) if *base <= pos => file.write_all_at(bytes, file_offset(*base, pos)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The change segments of shape `id` if its first one exists with a valid header (anything
+/// else is left to `open_all`, which removes incomplete shapes and reports damaged ones).
+fn open_changes(dir: &Path, id: &str) -> Option<ShapeSegments> {
     validate_id(id).ok()?;
     let shape = dir.join(id);
     if !shape.join("meta").exists() {
         return None;
     }
-    open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC)
-        .ok()
-        .map(|(f, _)| f)
+    let first = open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC)
+        .ok()?
+        .0;
+    let mut segments = vec![(FIRST_BASE, first)];
+    for entry in std::fs::read_dir(&shape).ok()?.flatten() {
+        let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) else {
+            continue;
+        };
+        if let Ok((file, _)) = open_log_file(&entry.path(), CHANGES_MAGIC) {
+            segments.push((base, file));
+        }
+    }
+    segments.sort_by_key(|(b, _)| *b);
+    Some(ShapeSegments(segments))
 }
 
 /// Removes the commit log's leftover temporary file (a crash while creating it).

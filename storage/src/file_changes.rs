@@ -24,14 +24,15 @@ use bytes::Bytes;
 
 use crate::chunking::Chunker;
 use crate::file_log::CHANGES_FILE;
-use crate::file_scan::{
-    create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
+use crate::file_scan::{create_log_file, open_log_file, scan_records, truncate_tail};
+use crate::file_segments::{
+    create_segment, decode_index, encode_index, file_offset, index_name, segment_bytes,
+    segment_name, SegmentFiles, SegmentIndex, FIRST_BASE,
 };
 use crate::file_store::write_atomic;
 use crate::object_tier::codec::{decode_chunk, encode_chunk};
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
-    LOG_HEADER_LEN,
 };
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{
@@ -47,9 +48,9 @@ pub(crate) const SPILL_BYTES: usize = 8 << 20;
 pub(crate) const SPILL_FILE: &str = "changes.spill.tmp";
 
 pub(crate) struct ChangeFile {
-    /// Shared handle (opened on demand, closed while idle): positional reads and writes
-    /// only, so no cursor is shared.
-    file: LazyFile,
+    /// The segment files (the newest one used opened on demand, closed while idle):
+    /// positional reads and writes only, so no cursor is shared.
+    file: SegmentFiles,
     /// std RwLock: held for index lookups and publication only, never across I/O or `.await`.
     index: RwLock<ChangeIndex<u64>>,
     /// Serialises the (single) writer; readers never take it. Held across the write and
@@ -65,8 +66,10 @@ struct ChangeWriter {
     chunker: Chunker,
     /// Last appended offset (buffered or durable).
     last: Option<LogOffset>,
-    /// File position where `buf` will be written (= the durable end).
+    /// Logical position where `buf` will be written (= the durable end).
     write_pos: u64,
+    /// Logical position where the segment being written starts.
+    active_base: u64,
     /// `chunker` and `last` as of the durable end, restored by `discard_unflushed`.
     durable_chunker: Chunker,
     durable_last: Option<LogOffset>,
@@ -98,46 +101,74 @@ pub(crate) enum Staged {
 impl ChangeFile {
     pub(crate) fn create(dir: &Arc<Path>, threshold: u64) -> Result<ChangeFile, StoreError> {
         let file = create_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC, threshold)?;
-        let index = ChangeIndex::new(LOG_HEADER_LEN as u64);
+        let index = ChangeIndex::new(FIRST_BASE);
         Ok(ChangeFile::assemble(
-            LazyFile::new(dir, CHANGES_FILE, file),
+            SegmentFiles::new(dir, Some((FIRST_BASE, file))),
             index,
             Chunker::new(threshold),
             None,
         ))
     }
 
-    /// Opens and recovers: replays the records, re-deriving chunk boundaries with the
-    /// threshold from the header, and truncates at the first record that does not validate
+    /// Opens and recovers. Finished segments are taken from their index files (a missing or
+    /// damaged one is rebuilt by scanning the segment, which must then end exactly where the
+    /// next one starts); the last segment is scanned, re-deriving chunk boundaries with the
+    /// threshold from the header, and truncated at the first record that does not validate
     /// (bad frame, bad checksum, bad body, or an offset not above the previous one).
-    /// `compacted`: ends named by compacted chunk files; a file whose chunk is not sealed in
-    /// the recovered log is removed.
+    /// `segments`: the bases of the later segment files found; `compacted`: ends named by
+    /// compacted chunk files (a file whose chunk is not sealed in the recovered log is
+    /// removed).
     pub(crate) fn open(
         dir: &Arc<Path>,
+        segments: Vec<u64>,
         compacted: Vec<LogOffset>,
     ) -> Result<ChangeFile, StoreError> {
-        let (file, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
+        let (_, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
+        let mut bases = vec![FIRST_BASE];
+        bases.extend(segments);
         let mut chunker = Chunker::new(threshold);
         let mut seals = Vec::new();
         let mut last = None;
-        let end = scan_records(&file, |body, end_pos| {
-            let Some((offset, json)) = decode_change_body(body) else {
-                return false;
-            };
-            if check_change_offset(offset, last).is_err() {
-                return false;
+        let mut end = FIRST_BASE;
+        for (i, &base) in bases.iter().enumerate() {
+            let next = bases.get(i + 1).copied();
+            if let Some(next) = next {
+                let ix = std::fs::read(dir.join(index_name(base)))
+                    .ok()
+                    .and_then(|b| decode_index(&b))
+                    .filter(|ix| ix.base == base && ix.end == next && ix.threshold == threshold)
+                    .filter(|ix| last.is_none_or(|l| ix.last > l));
+                if let Some(ix) = ix {
+                    seals.extend(ix.seals);
+                    last = Some(ix.last);
+                    chunker = Chunker::resume(threshold, ix.running);
+                    end = next;
+                    continue;
+                }
             }
-            last = Some(offset);
-            if chunker.add(json.len()) {
-                seals.push(SealedChunk {
-                    end: offset,
-                    end_pos,
-                });
+            let scanned = scan_segment(
+                dir,
+                base,
+                threshold,
+                &mut chunker,
+                &mut last,
+                &mut seals,
+                next.is_none(),
+            )?;
+            match next {
+                Some(next) if scanned != next => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: damaged at {scanned}, before the next segment at {next}",
+                        segment_name(base)
+                    )));
+                }
+                _ => end = scanned,
             }
-            true
-        })?;
-        truncate_tail(&file, end)?;
-        let mut index = ChangeIndex::new(LOG_HEADER_LEN as u64);
+        }
+        let mut index = ChangeIndex::new(FIRST_BASE);
+        for &base in &bases[1..] {
+            index.push_segment(base);
+        }
         if let Some(latest) = last {
             index.publish(seals, end, latest);
         }
@@ -148,9 +179,8 @@ impl ChangeFile {
                 std::fs::remove_file(dir.join(compacted_name(end)))?;
             }
         }
-        drop(file);
         Ok(ChangeFile::assemble(
-            LazyFile::closed(dir, CHANGES_FILE),
+            SegmentFiles::new(dir, None),
             index,
             chunker,
             last,
@@ -158,12 +188,13 @@ impl ChangeFile {
     }
 
     fn assemble(
-        file: LazyFile,
+        file: SegmentFiles,
         index: ChangeIndex<u64>,
         chunker: Chunker,
         last: Option<LogOffset>,
     ) -> ChangeFile {
         let write_pos = index.durable_end();
+        let active_base = index.segments().last().copied().unwrap_or(FIRST_BASE);
         ChangeFile {
             file,
             index: RwLock::new(index),
@@ -173,6 +204,7 @@ impl ChangeFile {
                 chunker,
                 last,
                 write_pos,
+                active_base,
                 durable_chunker: chunker,
                 durable_last: last,
                 spill: None,
@@ -230,7 +262,7 @@ impl ChangeFile {
 
     /// Writes every pending byte (spilled, then buffered) at the durable end, without fsync.
     fn write_pending(&self, file: &File, w: &ChangeWriter) -> std::io::Result<()> {
-        let mut at = w.write_pos;
+        let mut at = file_offset(w.active_base, w.write_pos);
         if let Some(spill) = &w.spill {
             let mut piece = vec![0u8; 1 << 20];
             let mut from = 0u64;
@@ -274,7 +306,8 @@ impl ChangeFile {
         if len == 0 {
             return Ok(self.latest_offset());
         }
-        let file = self.file.get()?;
+        self.roll_if_full(&mut w)?;
+        let file = self.file.get(w.active_base)?;
         self.write_pending(&file, &w)
             .and_then(|()| file.sync_data())?;
         Ok(self.publish_locked(&mut w, len))
@@ -286,20 +319,53 @@ impl ChangeFile {
     /// never holds more than `SPILL_BYTES` per shape). Nothing becomes visible. On error
     /// nothing changes and the call can be repeated.
     pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<Staged, StoreError> {
-        let w = self.writer()?;
+        let mut w = self.writer()?;
         let len = w.pending_len();
         if len == 0 {
             return Ok(Staged::Nothing);
         }
-        let file = self.file.get()?;
+        self.roll_if_full(&mut w)?;
+        let file = self.file.get(w.active_base)?;
         if w.spill.is_some() {
             self.write_pending(&file, &w)
                 .and_then(|()| file.sync_data())?;
             return Ok(Staged::Synced(len));
         }
-        file.write_all_at(&w.buf, w.write_pos)?;
+        file.write_all_at(&w.buf, file_offset(w.active_base, w.write_pos))?;
         record(w.write_pos, &w.buf);
         Ok(Staged::Logged(len))
+    }
+
+    /// At the start of a write batch: if the active segment is full, finish it (fsync, then
+    /// its index file) and start the next segment at the durable end. A batch is never split
+    /// across segments, so every commit-log entry lies in one segment. On failure nothing
+    /// changed that matters: the batch goes to the same segment on the retry, or the retry
+    /// rolls again (rewriting the same index and segment files).
+    fn roll_if_full(&self, w: &mut ChangeWriter) -> Result<(), StoreError> {
+        let threshold = w.durable_chunker.threshold();
+        let Some(last) = w.durable_last else {
+            return Ok(());
+        };
+        if w.write_pos - w.active_base < segment_bytes(threshold) {
+            return Ok(());
+        }
+        let dir = self.file.dir();
+        self.file.get(w.active_base)?.sync_data()?;
+        let ix = SegmentIndex {
+            threshold,
+            base: w.active_base,
+            end: w.write_pos,
+            last,
+            running: w.durable_chunker.running(),
+            seals: self.index_ref().sealed_between(w.active_base, w.write_pos),
+        };
+        let name = index_name(ix.base);
+        write_atomic(dir, &name, &format!("{name}.tmp"), &encode_index(&ix))?;
+        let file = create_segment(dir, w.write_pos, threshold)?;
+        drop(file);
+        w.active_base = w.write_pos;
+        self.index_mut().push_segment(w.write_pos);
+        Ok(())
     }
 
     /// Group commit, phase 2 (after the commit log fsync): publishes the `len` staged bytes.
@@ -362,7 +428,15 @@ impl ChangeFile {
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let buf = read_range(&*self.file.get()?, from, to)?;
+        let later = self.index_ref().segments().to_vec();
+        let buf = if later.is_empty() {
+            self.file.read(&[FIRST_BASE], from, to)?
+        } else {
+            let mut bases = Vec::with_capacity(later.len() + 1);
+            bases.push(FIRST_BASE);
+            bases.extend(later);
+            self.file.read(&bases, from, to)?
+        };
         let mut entries = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -482,6 +556,48 @@ impl ChangeFile {
     pub(crate) fn size_bytes(&self) -> u64 {
         self.index_ref().durable_end()
     }
+}
+
+/// Scans the segment starting at `base` (its header must carry `threshold`), continuing the
+/// chunking state, the last offset and the seals of the segments before it. Returns the logical
+/// end of its last valid record; the last segment (`truncate`) is cut there, durably.
+fn scan_segment(
+    dir: &Path,
+    base: u64,
+    threshold: u64,
+    chunker: &mut Chunker,
+    last: &mut Option<LogOffset>,
+    seals: &mut Vec<SealedChunk<u64>>,
+    truncate: bool,
+) -> Result<u64, StoreError> {
+    let name = segment_name(base);
+    let (file, header_threshold) = open_log_file(&dir.join(&*name), CHANGES_MAGIC)?;
+    if header_threshold != threshold {
+        return Err(StoreError::Corrupt(format!(
+            "{name}: threshold {header_threshold}, the log's is {threshold}"
+        )));
+    }
+    let logical = |file_pos: u64| base + file_pos - FIRST_BASE;
+    let end = scan_records(&file, |body, end_pos| {
+        let Some((offset, json)) = decode_change_body(body) else {
+            return false;
+        };
+        if check_change_offset(offset, *last).is_err() {
+            return false;
+        }
+        *last = Some(offset);
+        if chunker.add(json.len()) {
+            seals.push(SealedChunk {
+                end: offset,
+                end_pos: logical(end_pos),
+            });
+        }
+        true
+    })?;
+    if truncate {
+        truncate_tail(&file, end)?;
+    }
+    Ok(logical(end))
 }
 
 /// `compacted-<tx>_<op>.chunk`: the compacted form of the sealed chunk ending at that offset.

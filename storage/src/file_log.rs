@@ -34,18 +34,19 @@ impl FileLog {
         })
     }
 
-    /// Opens both files, truncating torn tails; `compacted`: the ends named by the directory's
-    /// compacted chunk files.
+    /// Opens both parts, truncating torn tails; `segments` and `compacted`: the bases of the
+    /// later change segment files and the ends of the compacted chunk files in the directory.
     pub(crate) fn open(
         id: &str,
         dir: &Path,
+        segments: Vec<u64>,
         compacted: Vec<LogOffset>,
     ) -> Result<FileLog, StoreError> {
         let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
             snapshot: SnapshotFile::open(&shared)?,
-            changes: ChangeFile::open(&shared, compacted)?,
+            changes: ChangeFile::open(&shared, segments, compacted)?,
         })
     }
 

@@ -162,11 +162,6 @@ impl LazyFile {
         true
     }
 
-    /// The directory of the file.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub(crate) fn is_open(&self) -> bool {
         self.handle
             .lock()

@@ -24,6 +24,7 @@ use crate::commit_record::BatchBuilder;
 use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
 use crate::file_scan::sync_dir;
+use crate::file_segments::parse_segment_name;
 use crate::record::{decode_meta, encode_meta};
 use crate::{
     validate_id, CommitStats, LogOffset, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig,
@@ -102,7 +103,7 @@ impl FileStore {
 
     /// Opens one shape directory; `None` if it has no valid meta (then it is removed).
     fn open_one(&self, id: &str, path: &Path) -> Result<Option<(Vec<u8>, FileLog)>, StoreError> {
-        let compacted = scan_shape_dir(path)?;
+        let (segments, compacted) = scan_shape_dir(path)?;
         let meta = match fs::read(path.join(META_FILE)) {
             Ok(bytes) => decode_meta(&bytes),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -112,7 +113,7 @@ impl FileStore {
             fs::remove_dir_all(path)?;
             return Ok(None);
         };
-        Ok(Some((meta, FileLog::open(id, path, compacted)?)))
+        Ok(Some((meta, FileLog::open(id, path, segments, compacted)?)))
     }
 }
 
@@ -283,8 +284,10 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> i
 }
 
 /// Removes leftover `*.tmp` files of an interrupted atomic write from a shape directory, and
-/// returns the chunk ends of its compacted chunk files (one directory listing for both).
-fn scan_shape_dir(dir: &Path) -> io::Result<Vec<LogOffset>> {
+/// returns the bases of its later change segments and the chunk ends of its compacted chunk
+/// files, ascending (one directory listing for all three).
+fn scan_shape_dir(dir: &Path) -> io::Result<(Vec<u64>, Vec<LogOffset>)> {
+    let mut segments = Vec::new();
     let mut compacted = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -294,8 +297,11 @@ fn scan_shape_dir(dir: &Path) -> io::Result<Vec<LogOffset>> {
             fs::remove_file(entry.path())?;
         } else if let Some(end) = parse_compacted_name(name) {
             compacted.push(end);
+        } else if let Some(base) = parse_segment_name(name) {
+            segments.push(base);
         }
     }
+    segments.sort_unstable();
     compacted.sort_unstable();
-    Ok(compacted)
+    Ok((segments, compacted))
 }

@@ -4,7 +4,7 @@
 //! chunks `0_0`, `0_1`, … and closed by the `snapshot-end` control message) and the **change**
 //! part (replicated changes at offsets `<tx>_<op>`, made visible only once durable). Readers
 //! follow the seek algorithm of protocol.md §3.2 and get whole chunks back as zero-copy
-//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (store version 2).
+//! `Bytes` slices. The byte format is documented in `storage/FORMAT.md` (store version 3).
 //! Durability: changes of many logs are made durable together by [`ShapeLogStore::commit`]
 //! (group commit: one fsync per batch through the store's commit log).
 //!
@@ -20,7 +20,9 @@
 //! - `commit_record` / `commit_log`: the store's commit log (`commit.wal`): codec (pure) and
 //!   I/O (append + one fsync per batch, checkpoint, replay on open).
 //! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
-//!   `file_changes` (`changes.log`), with `file_scan` for crash recovery and positional reads.
+//!   `file_changes` (the change part: `changes.log` and later segments, whose files and
+//!   persisted chunk index are `file_segments`), with `file_scan` for crash recovery and
+//!   positional reads. `file_changes` also keeps compacted chunks (`compacted-<end>.chunk`).
 //! - `object_tier`: the object-store tier: sealed chunks copied write-once to a bucket with a
 //!   numbered manifest per shape, and reads of them by any process sharing the bucket
 //!   (`object_tier::codec` is its pure object format).
@@ -35,6 +37,7 @@ mod error;
 mod file_changes;
 mod file_log;
 mod file_scan;
+mod file_segments;
 mod file_snapshot;
 mod file_store;
 mod memory_store;

@@ -9,7 +9,7 @@
 use crate::{LogOffset, SnapshotState};
 
 /// A sealed change chunk: entries up to and including `end`, stored before position `end_pos`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SealedChunk<P> {
     pub(crate) end: LogOffset,
     pub(crate) end_pos: P,
@@ -31,6 +31,8 @@ pub(crate) struct ChangeIndex<P> {
     /// Sealed chunks before this index were offered to compaction (since the log was opened,
     /// or they precede a compacted one).
     offered: usize,
+    /// Positions where the log's later segment files start (file store; ascending).
+    segments: Vec<P>,
 }
 
 impl<P: Copy> ChangeIndex<P> {
@@ -42,7 +44,30 @@ impl<P: Copy> ChangeIndex<P> {
             latest: None,
             compacted: Vec::new(),
             offered: 0,
+            segments: Vec::new(),
         }
+    }
+
+    /// Positions where later segments start, ascending (the first segment starts at `base`).
+    pub(crate) fn segments(&self) -> &[P] {
+        &self.segments
+    }
+
+    /// A new segment starts at `base` (past every segment so far).
+    pub(crate) fn push_segment(&mut self, base: P) {
+        self.segments.push(base);
+    }
+
+    /// The sealed chunks ending in `(from, to]` (positions).
+    pub(crate) fn sealed_between(&self, from: P, to: P) -> Vec<SealedChunk<P>>
+    where
+        P: PartialOrd,
+    {
+        self.sealed
+            .iter()
+            .filter(|c| c.end_pos > from && c.end_pos <= to)
+            .copied()
+            .collect()
     }
 
     /// The oldest sealed chunk not offered to compaction yet: `(from, to, end)`.

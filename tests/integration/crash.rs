@@ -6,7 +6,8 @@
 //! Each transaction `k` (committed one after the other by one connection) inserts row `k` and
 //! updates row `k / 2`, so the inserts the client sees must be exactly `1, 2, 3, …` and its
 //! materialized rows must equal the table at the end (the follower also fails on any
-//! duplicate change or inconsistent operation).
+//! duplicate change or inconsistent operation). Chunks are small (4 KiB), so change logs roll
+//! over to new segment files and sealed chunks are offered to compaction throughout.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -54,6 +55,9 @@ async fn spawn(url: &str, storage: &Path, stream_id: &str) -> Proc {
         .arg(storage)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--long-poll-timeout-ms", "1000"])
+        // Small chunks: the change log rolls over to new segment files (16 KiB) and sealed
+        // chunks are compacted while the process is being killed.
+        .args(["--chunk-bytes", "4096"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -175,4 +179,27 @@ async fn sigkill_under_load_loses_and_repeats_nothing() {
     );
     server.child.kill().expect("kill");
     server.child.wait().expect("reap");
+    assert!(
+        count_files(storage.path(), "changes-") > 0,
+        "the change log rolled over to new segments"
+    );
+}
+
+/// Files under `dir` (recursively) whose name starts with `prefix`.
+fn count_files(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        count_files(&path, prefix)
+                    } else {
+                        usize::from(e.file_name().to_string_lossy().starts_with(prefix))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -355,3 +355,37 @@ fn idle_logs_close_their_files_and_reopen_them_on_demand() {
         vec![s(&entry(1, 40)), s(&entry(2, 40))]
     );
 }
+
+/// With several change segments (4 KiB each at threshold 100), committed batches are replayed
+/// into the segment that holds their position: after a power cut that loses the unsynced
+/// active segments (finished ones were fsynced when they were finished), every change is back.
+#[test]
+fn replay_reaches_the_right_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 80);
+    for i in 0..2 {
+        let shape = dir.path().join(format!("s{i}"));
+        let mut segments: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&shape)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                let base = name
+                    .strip_prefix("changes-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()?;
+                Some((base, e.path()))
+            })
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 2, "rolled: {segments:?}");
+        cut(&segments.last().unwrap().1, HEADER);
+    }
+    let (store, logs) = reopen(dir.path());
+    assert!(store.commit_stats().replayed_entries > 0);
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(changes(&**log), expected(i, 80));
+        assert_eq!(log.latest_offset(), LogOffset::new(80, 2));
+    }
+}

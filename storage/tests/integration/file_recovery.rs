@@ -329,3 +329,131 @@ fn compacted_chunks_across_reopen_and_damage() {
         assert_eq!(read(&*log, "10_2").0.len(), 2, "the original chunk");
     }
 }
+
+/// Every answer a client can get from the change part: from `0_inf` and from each offset.
+fn change_reads(log: &dyn ShapeLog, offsets: &[LogOffset]) -> Vec<(Vec<String>, LogOffset)> {
+    std::iter::once(LogOffset::LAST_BEFORE_REAL)
+        .chain(offsets.iter().copied())
+        .map(|o| read(log, &o.to_string()))
+        .collect()
+}
+
+fn names(dir: &Path, prefix: &str, suffix: &str) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(dir.join("s1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        .collect();
+    out.sort_by_key(|n| n.len());
+    out
+}
+
+/// The change part rolls over to new segment files (4 KiB at threshold 100); each finished
+/// segment's part of the chunk index is written beside it, so opening reads the indexes and
+/// scans only the last segment. A missing or damaged index is rebuilt by scanning; a torn tail
+/// of the last segment is cut; damage inside a finished segment that must be scanned is an
+/// error, never a silent truncation of the segments after it. Reads equal the memory store's
+/// throughout, and writing continues (and rolls) after a reopen.
+#[test]
+fn segments_roll_and_open_from_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new(cfg(100));
+    let mem_log = mem.create("s1", b"m").unwrap();
+    let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+    let mut offsets = Vec::new();
+    let append = |logs: [&Arc<dyn ShapeLog>; 2], offsets: &mut Vec<LogOffset>, n: u64| {
+        let start = offsets.len() as u64;
+        for i in start..start + n {
+            let o = LogOffset::new(10 + i / 3, (i % 3) * 2);
+            for l in logs {
+                l.append_change(o, &entry(i as usize, 30 + i as usize % 25))
+                    .unwrap();
+                if i % 7 == 6 {
+                    l.flush().unwrap();
+                }
+            }
+            offsets.push(o);
+        }
+        for l in logs {
+            l.flush().unwrap();
+        }
+    };
+    for l in [&log, &mem_log] {
+        l.finish_snapshot(END).unwrap();
+    }
+    append([&log, &mem_log], &mut offsets, 600);
+    let want = change_reads(&*mem_log, &offsets);
+    assert_eq!(change_reads(&*log, &offsets), want);
+    let segments = names(dir.path(), "changes-", ".log");
+    let indexes = names(dir.path(), "chunks-", ".idx");
+    assert!(segments.len() >= 5, "{segments:?}");
+    assert_eq!(
+        indexes.len(),
+        segments.len(),
+        "one index per finished segment"
+    );
+    drop(log);
+
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(
+        change_reads(&*log, &offsets),
+        want,
+        "opened from the indexes"
+    );
+    drop(log);
+    let s1 = dir.path().join("s1");
+    fs::remove_file(s1.join(&indexes[0])).unwrap();
+    fs::write(s1.join(&indexes[2]), b"SSCI garbage").unwrap();
+    let mut bytes = fs::read(s1.join(&indexes[3])).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 1;
+    fs::write(s1.join(&indexes[3]), bytes).unwrap();
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(
+        change_reads(&*log, &offsets),
+        want,
+        "indexes rebuilt by scanning"
+    );
+
+    // Writing continues in the last segment and rolls again, exactly like the memory store.
+    append([&log, &mem_log], &mut offsets, 300);
+    let want = change_reads(&*mem_log, &offsets);
+    assert_eq!(change_reads(&*log, &offsets), want);
+    assert!(names(dir.path(), "changes-", ".log").len() > segments.len());
+    drop(log);
+
+    // A torn tail of the last segment is cut.
+    let last = names(dir.path(), "changes-", ".log").pop().unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(s1.join(&last))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2]).unwrap();
+    drop(f);
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(change_reads(&*log, &offsets), want, "torn tail cut");
+    drop(log);
+
+    // Damage inside a finished segment: with its index, opening does not even read it (only
+    // the last segment is scanned) ...
+    let first_later = &names(dir.path(), "changes-", ".log")[0];
+    let base: u64 = first_later["changes-".len()..first_later.len() - 4]
+        .parse()
+        .unwrap();
+    let seg = s1.join(first_later);
+    let len_before = fs::metadata(&seg).unwrap().len();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[200] ^= 0x40;
+    fs::write(&seg, bytes).unwrap();
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(log.latest_offset(), *offsets.last().unwrap());
+    drop(log);
+    // ... and without it: an error, nothing truncated.
+    fs::remove_file(s1.join(format!("chunks-{base}.idx"))).unwrap();
+    let err = store(dir.path(), 100)
+        .open_all()
+        .err()
+        .expect("damage is reported");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert_eq!(fs::metadata(&seg).unwrap().len(), len_before);
+}
