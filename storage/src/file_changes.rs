@@ -179,12 +179,10 @@ impl ChangeFile {
                 std::fs::remove_file(dir.join(compacted_name(end)))?;
             }
         }
-        Ok(ChangeFile::assemble(
-            SegmentFiles::new(dir, None),
-            index,
-            chunker,
-            last,
-        ))
+        let log = ChangeFile::assemble(SegmentFiles::new(dir, None), index, chunker, last);
+        // A crash may have come between a compaction and the reclaim it allowed.
+        log.reclaim_compacted()?;
+        Ok(log)
     }
 
     fn assemble(
@@ -365,6 +363,9 @@ impl ChangeFile {
         drop(file);
         w.active_base = w.write_pos;
         self.index_mut().push_segment(w.write_pos);
+        // Chunks of the finished segment may all be compacted already. Best effort: a failure
+        // here costs only disk space, and the next compaction or opening tries again.
+        let _ = self.reclaim_compacted();
         Ok(())
     }
 
@@ -521,7 +522,30 @@ impl ChangeFile {
             write_atomic(self.file.dir(), &name, &format!("{name}.tmp"), &body)?;
         }
         self.index_mut().mark_offered(end, entries.is_some());
+        if entries.is_some() {
+            self.reclaim_compacted()?;
+        }
         Ok(())
+    }
+
+    /// Gives back the disk space of finished segments whose every chunk is stored compacted:
+    /// nobody reads their records any more (reads, uploads and compaction use the compacted
+    /// files), and opening the log takes their index files. The file is cut to its header,
+    /// not removed, so the segment layout stays visible. Idempotent. Returns the bytes freed.
+    pub(crate) fn reclaim_compacted(&self) -> Result<u64, StoreError> {
+        let segments = self.index_ref().fully_compacted_segments();
+        let mut freed = 0;
+        for (start, _) in segments {
+            let path = self.file.dir().join(&*segment_name(start));
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            if len > FIRST_BASE {
+                file.set_len(FIRST_BASE)?;
+                file.sync_all()?;
+                freed += len - FIRST_BASE;
+            }
+        }
+        Ok(freed)
     }
 
     /// Is `end` the end of a sealed (durable) change chunk?

@@ -109,10 +109,25 @@ impl ShapeLog for FileLog {
                     end,
                     compacted: true,
                 },
-                None => ReadResult::Chunk {
-                    entries: self.changes.read_entries(from, to, after)?,
-                    end,
-                    compacted: false,
+                None => match self.changes.read_entries(from, to, after) {
+                    Ok(entries) => ReadResult::Chunk {
+                        entries,
+                        end,
+                        compacted: false,
+                    },
+                    // Compacted (and its segment reclaimed) between the check and the read.
+                    Err(e) => match self.changes.read_compacted(end) {
+                        Some(stored) => ReadResult::Chunk {
+                            entries: stored
+                                .into_iter()
+                                .filter(|(o, _)| *o > after)
+                                .map(|(_, json)| json)
+                                .collect(),
+                            end,
+                            compacted: true,
+                        },
+                        None => return Err(e),
+                    },
                 },
             },
             Plan::Empty { end } => ReadResult::Chunk {

@@ -58,6 +58,44 @@ impl<P: Copy> ChangeIndex<P> {
         self.segments.push(base);
     }
 
+    /// The finished segments (every one but the last) whose every overlapping chunk is stored
+    /// compacted: their originals are read by nobody any more. `[start, end)` each.
+    pub(crate) fn fully_compacted_segments(&self) -> Vec<(P, P)>
+    where
+        P: Ord,
+    {
+        if self.compacted.is_empty() {
+            return Vec::new();
+        }
+        let starts: Vec<P> = std::iter::once(self.base)
+            .chain(self.segments.iter().copied())
+            .collect();
+        let mut out = Vec::new();
+        for w in starts.windows(2) {
+            let (start, end) = (w[0], w[1]);
+            // Chunks overlapping [start, end): those ending after `start` and starting before
+            // `end`; the open tail chunk (never compacted) counts as one.
+            let first = self.sealed.partition_point(|c| c.end_pos <= start);
+            let mut overlapping = 0;
+            let mut all_compacted = true;
+            for (i, c) in self.sealed.iter().enumerate().skip(first) {
+                if self.chunk_start(i) >= end {
+                    break;
+                }
+                overlapping += 1;
+                all_compacted &= self.is_compacted(c.end);
+            }
+            let tail_start = self.sealed.last().map_or(self.base, |c| c.end_pos);
+            if tail_start < end && self.durable_end > tail_start {
+                all_compacted = false;
+            }
+            if overlapping > 0 && all_compacted {
+                out.push((start, end));
+            }
+        }
+        out
+    }
+
     /// The sealed chunks ending in `(from, to]` (positions).
     pub(crate) fn sealed_between(&self, from: P, to: P) -> Vec<SealedChunk<P>>
     where
@@ -257,6 +295,34 @@ mod tests {
         };
         assert_eq!(plan(LogOffset::snapshot_chunk(1), &DONE, &ix), all);
         assert_eq!(plan(LogOffset::snapshot_chunk(u64::MAX), &DONE, &ix), all);
+    }
+
+    #[test]
+    fn segments_whose_chunks_are_all_compacted() {
+        // Chunks [0,2) [2,4) [4,6) [6,8), tail [8,9); segments start at 0, 3, 6, 8.
+        let mut ix = ChangeIndex::new(0usize);
+        let sealed = (1..=4).map(|i| SealedChunk {
+            end: LogOffset::new(i * 10, 0),
+            end_pos: 2 * i as usize,
+        });
+        ix.publish(sealed, 9, LogOffset::new(45, 0));
+        for base in [3, 6, 8] {
+            ix.push_segment(base);
+        }
+        assert!(ix.fully_compacted_segments().is_empty());
+        ix.mark_offered(LogOffset::new(10, 0), true);
+        assert!(
+            ix.fully_compacted_segments().is_empty(),
+            "[0,3) also holds chunk 2"
+        );
+        ix.mark_offered(LogOffset::new(20, 0), true);
+        assert_eq!(ix.fully_compacted_segments(), [(0, 3)]);
+        ix.mark_offered(LogOffset::new(40, 0), true);
+        // [6,8) holds chunk 4 only; [3,6) also holds chunk 3.
+        assert_eq!(ix.fully_compacted_segments(), [(0, 3), (6, 8)]);
+        ix.mark_offered(LogOffset::new(30, 0), true);
+        // The last segment [8, …) is never finished.
+        assert_eq!(ix.fully_compacted_segments(), [(0, 3), (3, 6), (6, 8)]);
     }
 
     #[test]

@@ -457,3 +457,65 @@ fn segments_roll_and_open_from_their_indexes() {
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     assert_eq!(fs::metadata(&seg).unwrap().len(), len_before);
 }
+
+/// Once every chunk overlapping a finished segment is stored compacted, the segment's records
+/// are given back (the file is cut to its header): reads, reopening and writing go on exactly
+/// as in the memory store given the same compactions.
+#[test]
+fn fully_compacted_segments_give_their_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryStore::new(cfg(100));
+    let mem_log = mem.create("s1", b"m").unwrap();
+    let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+    let mut offsets = Vec::new();
+    for l in [&log, &mem_log] {
+        l.finish_snapshot(END).unwrap();
+    }
+    for i in 0..400u64 {
+        let o = LogOffset::new(10 + i, 0);
+        for l in [&log, &mem_log] {
+            l.append_change(o, &entry(i as usize, 40)).unwrap();
+            if i % 5 == 4 {
+                l.flush().unwrap();
+            }
+        }
+        offsets.push(o);
+    }
+    for l in [&log, &mem_log] {
+        l.flush().unwrap();
+    }
+    let segments = names(dir.path(), "changes-", ".log");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let s1 = dir.path().join("s1");
+    let size = |name: &str| fs::metadata(s1.join(name)).unwrap().len();
+    let before: u64 = segments.iter().map(|n| size(n)).sum::<u64>() + size("changes.log");
+    // Compact every sealed chunk down to its last entry, in both stores.
+    while let Some((end, entries)) = log.compaction_candidate().unwrap() {
+        let kept = [entries.last().unwrap().clone()];
+        log.store_compacted(end, Some(&kept)).unwrap();
+        mem_log.store_compacted(end, Some(&kept)).unwrap();
+    }
+    let want = change_reads(&*mem_log, &offsets);
+    assert_eq!(change_reads(&*log, &offsets), want);
+    assert_eq!(size("changes.log"), 18, "the first segment is given back");
+    let after: u64 = segments.iter().map(|n| size(n)).sum::<u64>() + size("changes.log");
+    assert!(after * 3 < before, "{before} bytes → {after}");
+    drop(log);
+    let (_, _, log) = reopen(dir.path());
+    assert_eq!(change_reads(&*log, &offsets), want, "after a reopen");
+    // Writing goes on, and so does compaction.
+    for i in 400..500u64 {
+        let o = LogOffset::new(10 + i, 0);
+        for l in [&log, &mem_log] {
+            l.append_change(o, &entry(i as usize, 40)).unwrap();
+        }
+        offsets.push(o);
+    }
+    for l in [&log, &mem_log] {
+        l.flush().unwrap();
+    }
+    assert_eq!(
+        change_reads(&*log, &offsets),
+        change_reads(&*mem_log, &offsets)
+    );
+}
