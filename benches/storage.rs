@@ -6,6 +6,7 @@
 //! - fsyncs per committed batch (counted by the store), against the one-per-dirty-shape of a
 //!   per-log flush, and records/s of both paths side by side;
 //! - read throughput of one change chunk, against a raw positional read of the same bytes;
+//! - opening one ~200 MB log from its segments' persisted chunk indexes, against scanning it;
 //! - restart (open + recover) with 10,000 shapes on disk (target P11: < 1 s).
 //!
 //! Run with `cargo bench --bench storage` (`SHAPESYNC_BENCH_DIR` picks the disk, default the
@@ -205,6 +206,48 @@ fn restart(dir: &Path, n: usize) -> (f64, f64) {
     (times[0], times[1])
 }
 
+/// One shape with ~200 MB of change records (default 10 MiB chunks, so 40 MiB segments):
+/// open + recover with the finished segments' chunk indexes, and with them removed (every
+/// segment scanned, as before store format 3). Best of 3 each, in seconds.
+fn large_log_open(dir: &Path) -> (f64, f64, u64) {
+    let bytes = {
+        let store = FileStore::open(dir, StoreConfig::default()).unwrap();
+        let log = store.create("big", b"m").unwrap();
+        log.finish_snapshot(END).unwrap();
+        let record = json(0, 500);
+        for i in 0..400_000u64 {
+            log.append_change(LogOffset::new(1 + i, 0), &record)
+                .unwrap();
+            if i % 10_000 == 9_999 {
+                log.flush().unwrap();
+            }
+        }
+        log.flush().unwrap();
+        log.size_bytes()
+    };
+    let best_open = || {
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let store = FileStore::open(dir, StoreConfig::default()).unwrap();
+                assert_eq!(store.open_all().unwrap().len(), 1);
+                started.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let indexed = best_open();
+    let mut removed = 0;
+    for entry in fs::read_dir(dir.join("big")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "idx") {
+            fs::remove_file(path).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed >= 3, "the log has several finished segments");
+    (indexed, best_open(), bytes)
+}
+
 /// Two descriptors per open shape log (until idle logs are closed): raise the soft limit
 /// (and the hard one when allowed) so that `shapes` logs can be open; returns how many can.
 fn raise_fd_limit(shapes: usize) -> usize {
@@ -296,6 +339,19 @@ fn main() {
         raw,
         ours / raw
     );
+    let d = tmp("ss-big");
+    let (indexed, scanned, bytes) = large_log_open(d.path());
+    println!(
+        "{:<58} {:>12.3} {:>12.3} {:>8.2}",
+        format!(
+            "open one {} MB log: chunk indexes vs scanning all (s)",
+            bytes / 1_000_000
+        ),
+        indexed,
+        scanned,
+        indexed / scanned
+    );
+    drop(d);
     let d = tmp("ss-restart");
     let shapes = raise_fd_limit(shapes);
     let (best, median) = restart(d.path(), shapes);
