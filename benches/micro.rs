@@ -23,7 +23,8 @@
 //!   writes but ~430 fsyncs/s, hence group commit (P1/P2 durability).
 //! - `compaction`: `shape::compaction::compact_chunk` on a ~1 MB sealed chunk of updates to 100
 //!   hot rows (merged to 100 updates) and on one where no row repeats (nothing to merge: only
-//!   keys and operations are read), in bytes/s, beside the floor of the merging case: parsing
+//!   keys and operations are read), and the first pass `may_merge` that answers the latter
+//!   without building anything, in bytes/s, beside the floor of the merging case: parsing
 //!   every entry of the chunk into a JSON map. It runs in the background, at most 4 MiB of
 //!   chunks per 200 ms, so it must do well over 20 MB/s to keep up with its budget.
 //!
@@ -708,8 +709,13 @@ fn compaction(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(distinct_bytes as u64));
     let distinct_id = format!("{}KB_{}_entries", distinct_bytes / 1000, distinct.len());
     g.bench_function(
-        BenchmarkId::new("compact_chunk_no_repeats", distinct_id),
+        BenchmarkId::new("compact_chunk_no_repeats", &distinct_id),
         |b| b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&distinct)).unwrap()),
+    );
+    assert!(!shapesync::shape::compaction::may_merge(&distinct));
+    g.bench_function(
+        BenchmarkId::new("may_merge_no_repeats", &distinct_id),
+        |b| b.iter(|| shapesync::shape::compaction::may_merge(black_box(&distinct))),
     );
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function(BenchmarkId::new("floor_parse_each_entry", &id), |b| {

@@ -220,15 +220,16 @@ pub async fn run(
     }
 }
 
-/// Offers up to `COMPACTIONS_PER_TICK` sealed change chunks to compaction, oldest first per
-/// shape, on the blocking pool (chunk reads, JSON merging and the fsync of the result).
+/// Offers up to `COMPACTION_BYTES_PER_TICK` of sealed change chunks to compaction, oldest
+/// first per shape, on the compaction worker (chunk reads, JSON merging and the fsync of the
+/// result).
 async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
     let stats = Arc::clone(&stack.stats);
-    let task = tokio::task::spawn_blocking(move || {
+    let done = on_compaction_worker(move |scratch| {
         let mut budget = COMPACTION_BYTES_PER_TICK;
         for shape in shapes {
             while budget > 0 && shape.is_active() && shape.log.has_compaction_candidate() {
-                match compact_next(&shape, &stats) {
+                match compact_next(&shape, &stats, scratch) {
                     Ok(Some(bytes)) => budget = budget.saturating_sub(bytes.max(1)),
                     Ok(None) => break,
                     Err(e) => {
@@ -245,10 +246,51 @@ async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
                 break;
             }
         }
-    });
-    if let Err(e) = task.await {
-        tracing::warn!(error = %e, "the compaction task failed");
+    })
+    .await;
+    if done.is_none() {
+        tracing::warn!("the compaction worker is gone");
     }
+}
+
+/// What the compaction worker keeps between chunks, so that deciding a chunk allocates nothing
+/// in the steady state.
+#[derive(Default)]
+struct Scratch {
+    probe: super::compaction::MergeProbe,
+    chunk: Vec<u8>,
+}
+
+type CompactionJob = Box<dyn FnOnce(&mut Scratch) + Send>;
+
+/// Runs `job` on the process's one compaction thread and waits for it. One thread for every
+/// stack: its memory (the scratch, and the transient buffers of a full compaction) lives in one
+/// allocator arena instead of spreading over the blocking pool's threads, where glibc kept
+/// ~10–30 MB per thread that had once compacted a 10 MB chunk.
+async fn on_compaction_worker<R: Send + 'static>(
+    job: impl FnOnce(&mut Scratch) -> R + Send + 'static,
+) -> Option<R> {
+    static WORKER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<CompactionJob>>> =
+        std::sync::OnceLock::new();
+    let sender = WORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<CompactionJob>();
+        std::thread::Builder::new()
+            .name("shapesync-compaction".into())
+            .spawn(move || {
+                let mut scratch = Scratch::default();
+                for job in rx {
+                    job(&mut scratch);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: CompactionJob = Box::new(move |scratch| {
+        let _ = tx.send(job(scratch));
+    });
+    sender.as_ref()?.send(job).ok()?;
+    rx.await.ok()
 }
 
 /// Compacts the shape's oldest sealed change chunk not offered yet; returns its bytes of JSON
@@ -256,12 +298,33 @@ async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
 fn compact_next(
     shape: &Shape,
     stats: &crate::stack::ReplicationStats,
+    scratch: &mut Scratch,
 ) -> Result<Option<usize>, shapesync_storage::StoreError> {
+    // A first pass over the chunk read into the scratch buffer answers most chunks (nothing
+    // to merge) without building anything.
+    let Scratch { probe, chunk } = scratch;
+    probe.reset();
+    let mut before = 0;
+    let visited = shape
+        .log
+        .visit_compaction_candidate(chunk, &mut |_, json| {
+            before += json.len();
+            probe.add(json);
+        })?;
+    if chunk.capacity() > 64 << 20 {
+        *chunk = Vec::new(); // a rare huge chunk: do not keep its buffer
+    }
+    let Some(end) = visited else {
+        return Ok(None);
+    };
+    if !probe.may_merge() {
+        shape.log.store_compacted(end, None)?;
+        return Ok(Some(before));
+    }
     let Some((end, entries)) = shape.log.compaction_candidate()? else {
         return Ok(None);
     };
     let size = |e: &[(LogOffset, bytes::Bytes)]| e.iter().map(|(_, b)| b.len()).sum::<usize>();
-    let before = size(&entries);
     let compacted = match super::compaction::compact_chunk(&entries) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -269,14 +332,15 @@ fn compact_next(
             None
         }
     };
-    let worth = compacted.filter(|c| before - size(c) >= before.div_ceil(MIN_SAVING_DIVISOR));
+    let worth =
+        compacted.filter(|c| before.saturating_sub(size(c)) >= before.div_ceil(MIN_SAVING_DIVISOR));
     shape.log.store_compacted(end, worth.as_deref())?;
     if let Some(c) = &worth {
         let after = size(c);
         stats.compacted_chunks.fetch_add(1, Ordering::Relaxed);
         stats
             .compaction_saved_bytes
-            .fetch_add((before - after) as u64, Ordering::Relaxed);
+            .fetch_add(before.saturating_sub(after) as u64, Ordering::Relaxed);
         tracing::debug!(handle = %shape.handle, chunk_end = %end, entries_before = entries.len(), entries_after = c.len(), bytes_before = before, bytes_after = after, "compacted a chunk");
     }
     Ok(Some(before))

@@ -33,6 +33,7 @@ use crate::file_store::write_atomic;
 use crate::object_tier::codec::{decode_chunk, encode_chunk};
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
+    FRAME_HEADER_LEN,
 };
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 use crate::{
@@ -489,6 +490,61 @@ impl ChangeFile {
             return Ok(None);
         };
         Ok(Some((end, self.read_with_offsets(from, to)?)))
+    }
+
+    /// See `ShapeLog::visit_compaction_candidate`: the chunk is read in pieces of at most
+    /// `VISIT_PIECE` bytes into `scratch` (more only for an entry larger than that), so the
+    /// caller's memory stays small whatever the chunk size.
+    pub(crate) fn visit_compaction_candidate(
+        &self,
+        scratch: &mut Vec<u8>,
+        visit: &mut dyn FnMut(LogOffset, &[u8]),
+    ) -> Result<Option<LogOffset>, StoreError> {
+        const VISIT_PIECE: u64 = 256 << 10;
+        let (range, bases) = {
+            let index = self.index_ref();
+            let bases: Vec<u64> = std::iter::once(FIRST_BASE)
+                .chain(index.segments().iter().copied())
+                .collect();
+            (index.compaction_candidate(), bases)
+        };
+        let Some((from, to, end)) = range else {
+            return Ok(None);
+        };
+        let mut at = from;
+        while at < to {
+            // One piece: at least the next whole frame, at most VISIT_PIECE if that holds it.
+            let mut header = Vec::new();
+            self.file.read_into(
+                &bases,
+                at,
+                (at + FRAME_HEADER_LEN as u64).min(to),
+                &mut header,
+            )?;
+            let first = header
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+                .ok_or_else(|| corrupt(at, 0, "short frame header"))?;
+            let want = (FRAME_HEADER_LEN as u64 + first).max(VISIT_PIECE);
+            self.file
+                .read_into(&bases, at, (at + want).min(to), scratch)?;
+            let mut pos = 0;
+            while pos < scratch.len() {
+                let Ok((body, len)) = parse_frame(&scratch[pos..], false) else {
+                    break; // a frame cut by the piece's end: it starts the next piece
+                };
+                let body = &scratch[pos + body.start..pos + body.end];
+                let (offset, json) =
+                    decode_change_body(body).ok_or_else(|| corrupt(at, pos, "body"))?;
+                visit(offset, &body[json]);
+                pos += len;
+            }
+            if pos == 0 {
+                return Err(corrupt(at, 0, "frame larger than its chunk"));
+            }
+            at += pos as u64;
+        }
+        Ok(Some(end))
     }
 
     /// See `ShapeLog::store_compacted`: the compacted form is written to its own file

@@ -165,6 +165,14 @@ impl ShapeLog for FileLog {
         self.changes.compaction_candidate()
     }
 
+    fn visit_compaction_candidate(
+        &self,
+        scratch: &mut Vec<u8>,
+        visit: &mut dyn FnMut(LogOffset, &[u8]),
+    ) -> Result<Option<LogOffset>, StoreError> {
+        self.changes.visit_compaction_candidate(scratch, visit)
+    }
+
     fn has_compaction_candidate(&self) -> bool {
         self.changes.has_compaction_candidate()
     }

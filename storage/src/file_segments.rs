@@ -223,9 +223,23 @@ impl SegmentFiles {
     /// Reads logical range `[from, to)`, which may cross segment boundaries: `bases` are the
     /// segments' bases, ascending, the first being `FIRST_BASE`.
     pub(crate) fn read(&self, bases: &[u64], from: u64, to: u64) -> io::Result<Bytes> {
+        let mut buf = Vec::new();
+        self.read_into(bases, from, to, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// `read` into a caller's buffer (its capacity is reused).
+    pub(crate) fn read_into(
+        &self,
+        bases: &[u64],
+        from: u64,
+        to: u64,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let len = usize::try_from(to.saturating_sub(from))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
-        let mut buf = vec![0u8; len];
+        buf.clear();
+        buf.resize(len, 0);
         let mut at = from;
         while at < to {
             let i = bases.partition_point(|&b| b <= at).saturating_sub(1);
@@ -235,7 +249,7 @@ impl SegmentFiles {
             self.get(base)?.read_exact_at(part, file_offset(base, at))?;
             at = seg_end;
         }
-        Ok(Bytes::from(buf))
+        Ok(())
     }
 
     /// Closes the cached handle unless it was used since the last call. True if closed now.

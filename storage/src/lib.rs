@@ -135,6 +135,14 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
     /// with offsets)`. Chunks given to [`ShapeLog::store_compacted`] since the log was opened,
     /// and every chunk up to the last one stored compacted, count as offered.
     fn compaction_candidate(&self) -> Result<Option<CompactionCandidate>, StoreError>;
+    /// The same chunk as [`ShapeLog::compaction_candidate`], visited entry by entry without
+    /// building anything: read into `scratch` (its capacity is reused), so a caller deciding
+    /// whether a chunk is worth compacting allocates nothing per chunk. Returns its end.
+    fn visit_compaction_candidate(
+        &self,
+        scratch: &mut Vec<u8>,
+        visit: &mut dyn FnMut(LogOffset, &[u8]),
+    ) -> Result<Option<LogOffset>, StoreError>;
     /// Whether [`ShapeLog::compaction_candidate`] has a chunk to offer (cheap: no read).
     fn has_compaction_candidate(&self) -> bool;
     /// Stores `entries` as the compacted form of the sealed change chunk ending at `end`

@@ -304,6 +304,21 @@ impl ShapeLog for MemoryLog {
             .map(|(from, to, end)| (end, c.entries[from..to].to_vec())))
     }
 
+    fn visit_compaction_candidate(
+        &self,
+        _scratch: &mut Vec<u8>,
+        visit: &mut dyn FnMut(LogOffset, &[u8]),
+    ) -> Result<Option<LogOffset>, StoreError> {
+        let c = self.changes_ref();
+        let Some((from, to, end)) = c.index.compaction_candidate() else {
+            return Ok(None);
+        };
+        for (offset, json) in &c.entries[from..to] {
+            visit(*offset, json);
+        }
+        Ok(Some(end))
+    }
+
     fn has_compaction_candidate(&self) -> bool {
         self.changes_ref().index.has_compaction_candidate()
     }

@@ -498,8 +498,16 @@ fn compaction_replaces_sealed_chunks(make: Make) {
     let first: Entries = vec![(off("10_0"), b(0)), (off("10_2"), b(1))];
     assert_eq!(
         log.compaction_candidate().unwrap(),
-        Some((off("10_2"), first))
+        Some((off("10_2"), first.clone()))
     );
+    let mut visited: Entries = Vec::new();
+    let mut scratch = Vec::new();
+    let end = log
+        .visit_compaction_candidate(&mut scratch, &mut |o, json| {
+            visited.push((o, bytes::Bytes::copy_from_slice(json)))
+        })
+        .unwrap();
+    assert_eq!((end, visited), (Some(off("10_2")), first), "the same chunk");
     log.store_compacted(off("10_2"), None).unwrap();
     let second: Entries = vec![(off("20_0"), b(2)), (off("20_2"), b(3))];
     assert_eq!(

@@ -519,3 +519,41 @@ fn fully_compacted_segments_give_their_space_back() {
         change_reads(&*mem_log, &offsets)
     );
 }
+
+/// `visit_compaction_candidate` reads a chunk in pieces: entries cut by a piece's end, and an
+/// entry larger than a piece, come out whole, the same as `compaction_candidate` gives them.
+#[test]
+fn visiting_a_large_chunk_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = store(dir.path(), 1 << 20).create("s1", b"m").unwrap();
+    log.finish_snapshot(END).unwrap();
+    for i in 0..1_100u64 {
+        let len = if i == 500 {
+            300_000
+        } else {
+            600 + (i as usize * 37) % 900
+        };
+        log.append_change(LogOffset::new(10 + i, 0), &entry(i as usize, len))
+            .unwrap();
+        if i % 100 == 99 {
+            log.flush().unwrap();
+        }
+    }
+    log.flush().unwrap();
+    let (end, want) = log.compaction_candidate().unwrap().expect("a sealed chunk");
+    assert!(want.iter().map(|e| e.1.len()).sum::<usize>() > 900_000);
+    let mut got = Vec::new();
+    let mut scratch = Vec::new();
+    let visited = log
+        .visit_compaction_candidate(&mut scratch, &mut |o, json| {
+            got.push((o, bytes::Bytes::copy_from_slice(json)))
+        })
+        .unwrap();
+    assert_eq!(visited, Some(end));
+    assert_eq!(got, want);
+    assert!(
+        scratch.capacity() < 600_000,
+        "read in pieces: {}",
+        scratch.capacity()
+    );
+}
