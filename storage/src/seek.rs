@@ -26,6 +26,13 @@ pub(crate) struct ChangeIndex<P> {
     durable_end: P,
     /// Offset of the last durable entry, if any.
     latest: Option<LogOffset>,
+    /// Compaction and segment state, allocated once there is any: most logs (small, idle
+    /// shapes) have none, and this index is part of every idle shape's memory (target P7).
+    more: Option<Box<More<P>>>,
+}
+
+#[derive(Debug)]
+struct More<P> {
     /// Ends of the sealed chunks stored compacted, ascending (readers get the compacted form).
     compacted: Vec<LogOffset>,
     /// Sealed chunks before this index were offered to compaction (since the log was opened,
@@ -42,20 +49,32 @@ impl<P: Copy> ChangeIndex<P> {
             sealed: Vec::new(),
             durable_end: base,
             latest: None,
-            compacted: Vec::new(),
-            offered: 0,
-            segments: Vec::new(),
+            more: None,
         }
+    }
+
+    fn offered(&self) -> usize {
+        self.more.as_ref().map_or(0, |m| m.offered)
+    }
+
+    fn more_mut(&mut self) -> &mut More<P> {
+        self.more.get_or_insert_with(|| {
+            Box::new(More {
+                compacted: Vec::new(),
+                offered: 0,
+                segments: Vec::new(),
+            })
+        })
     }
 
     /// Positions where later segments start, ascending (the first segment starts at `base`).
     pub(crate) fn segments(&self) -> &[P] {
-        &self.segments
+        self.more.as_ref().map_or(&[], |m| &m.segments)
     }
 
     /// A new segment starts at `base` (past every segment so far).
     pub(crate) fn push_segment(&mut self, base: P) {
-        self.segments.push(base);
+        self.more_mut().segments.push(base);
     }
 
     /// The finished segments (every one but the last) whose every overlapping chunk is stored
@@ -64,11 +83,11 @@ impl<P: Copy> ChangeIndex<P> {
     where
         P: Ord,
     {
-        if self.compacted.is_empty() {
+        if self.more.as_ref().is_none_or(|m| m.compacted.is_empty()) {
             return Vec::new();
         }
         let starts: Vec<P> = std::iter::once(self.base)
-            .chain(self.segments.iter().copied())
+            .chain(self.segments().iter().copied())
             .collect();
         let mut out = Vec::new();
         for w in starts.windows(2) {
@@ -110,13 +129,14 @@ impl<P: Copy> ChangeIndex<P> {
 
     /// The oldest sealed chunk not offered to compaction yet: `(from, to, end)`.
     pub(crate) fn compaction_candidate(&self) -> Option<(P, P, LogOffset)> {
-        let chunk = self.sealed.get(self.offered)?;
-        Some((self.chunk_start(self.offered), chunk.end_pos, chunk.end))
+        let offered = self.offered();
+        let chunk = self.sealed.get(offered)?;
+        Some((self.chunk_start(offered), chunk.end_pos, chunk.end))
     }
 
     /// Is a sealed chunk waiting to be offered to compaction?
     pub(crate) fn has_compaction_candidate(&self) -> bool {
-        self.offered < self.sealed.len()
+        self.offered() < self.sealed.len()
     }
 
     /// The position range of the sealed chunk ending at `end`.
@@ -138,20 +158,25 @@ impl<P: Copy> ChangeIndex<P> {
         let Ok(i) = self.sealed.binary_search_by(|c| c.end.cmp(&end)) else {
             return;
         };
-        self.offered = self.offered.max(i + 1);
-        if let (true, Err(at)) = (compacted, self.compacted.binary_search(&end)) {
-            self.compacted.insert(at, end);
+        let more = self.more_mut();
+        more.offered = more.offered.max(i + 1);
+        if let (true, Err(at)) = (compacted, more.compacted.binary_search(&end)) {
+            more.compacted.insert(at, end);
         }
     }
 
     /// Readers stop using the compacted form of the chunk ending at `end` (it is damaged).
     pub(crate) fn drop_compacted(&mut self, end: LogOffset) {
-        self.compacted.retain(|&e| e != end);
+        if let Some(m) = self.more.as_mut() {
+            m.compacted.retain(|&e| e != end);
+        }
     }
 
     /// Is the sealed chunk ending at `end` stored compacted?
     pub(crate) fn is_compacted(&self, end: LogOffset) -> bool {
-        !self.compacted.is_empty() && self.compacted.binary_search(&end).is_ok()
+        self.more
+            .as_ref()
+            .is_some_and(|m| !m.compacted.is_empty() && m.compacted.binary_search(&end).is_ok())
     }
 
     /// Latest durable offset, or `0_inf` when no change is durable.
