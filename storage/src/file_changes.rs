@@ -124,7 +124,8 @@ impl ChangeFile {
         segments: Vec<u64>,
         compacted: Vec<LogOffset>,
     ) -> Result<ChangeFile, StoreError> {
-        let (_, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
+        let (first, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
+        let mut first = Some(first);
         let mut bases = vec![FIRST_BASE];
         bases.extend(segments);
         let mut chunker = Chunker::new(threshold);
@@ -150,6 +151,7 @@ impl ChangeFile {
             let scanned = scan_segment(
                 dir,
                 base,
+                first.take().filter(|_| base == FIRST_BASE),
                 threshold,
                 &mut chunker,
                 &mut last,
@@ -638,12 +640,14 @@ impl ChangeFile {
     }
 }
 
-/// Scans the segment starting at `base` (its header must carry `threshold`), continuing the
+/// Scans the segment starting at `base` (`open`: its file, already opened and checked), whose
+/// header must carry `threshold`, continuing the
 /// chunking state, the last offset and the seals of the segments before it. Returns the logical
 /// end of its last valid record; the last segment (`truncate`) is cut there, durably.
 fn scan_segment(
     dir: &Path,
     base: u64,
+    open: Option<File>,
     threshold: u64,
     chunker: &mut Chunker,
     last: &mut Option<LogOffset>,
@@ -651,7 +655,10 @@ fn scan_segment(
     truncate: bool,
 ) -> Result<u64, StoreError> {
     let name = segment_name(base);
-    let (file, header_threshold) = open_log_file(&dir.join(&*name), CHANGES_MAGIC)?;
+    let (file, header_threshold) = match open {
+        Some(file) => (file, threshold),
+        None => open_log_file(&dir.join(&*name), CHANGES_MAGIC)?,
+    };
     if header_threshold != threshold {
         return Err(StoreError::Corrupt(format!(
             "{name}: threshold {header_threshold}, the log's is {threshold}"
