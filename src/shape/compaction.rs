@@ -128,6 +128,7 @@ pub fn compact_chunk(
     // Key → slot of the open run's (merged) update.
     let mut runs: HashMap<String, usize> = HashMap::new();
     let mut prev: Option<LogOffset> = None;
+    let first_tx = entries.first().map_or(0, |e| e.0.tx());
     for (offset, bytes) in entries {
         if prev.is_some_and(|p| p >= *offset) {
             return Err(CompactError::Order(*offset));
@@ -151,17 +152,29 @@ pub fn compact_chunk(
         let earlier = runs.get(&key).and_then(|&i| out[i].take().map(|s| (i, s)));
         let slot = match earlier {
             Some((at, earlier)) => {
-                let tx = earlier.offset.tx();
+                let (was, was_bytes, was_edited) =
+                    (earlier.offset, earlier.bytes.clone(), earlier.edited);
                 let e = earlier.parsed()?;
-                if is_last(&e) {
-                    pass_last_back(&mut out[..at], tx)?;
-                }
-                let msg = parse(*offset, bytes)?;
-                Slot {
-                    offset: *offset,
-                    bytes: bytes.clone(),
-                    msg: Some(merge(msg, e)),
-                    edited: true,
+                let passed = !is_last(&e) || pass_last_back(&mut out[..at], was.tx())?;
+                if !passed && was.tx() == first_tx {
+                    // Its transaction began in the previous chunk (a boundary may fall inside
+                    // one) and nothing else of it is kept here: merging this update away
+                    // would lose the transaction's `last` marker. Keep it; a run starts anew.
+                    out[at] = Some(Slot {
+                        offset: was,
+                        bytes: was_bytes,
+                        msg: Some(e),
+                        edited: was_edited,
+                    });
+                    Slot::new(*offset, bytes, None)
+                } else {
+                    let msg = parse(*offset, bytes)?;
+                    Slot {
+                        offset: *offset,
+                        bytes: bytes.clone(),
+                        msg: Some(merge(msg, e)),
+                        edited: true,
+                    }
                 }
             }
             None => Slot::new(*offset, bytes, None),
@@ -277,10 +290,11 @@ fn merge(mut msg: Map<String, Value>, mut earlier: Map<String, Value>) -> Map<St
 
 /// An update carrying `last: true` for its transaction is merged away: the transaction's
 /// previous kept message (entries of one transaction share the offset's `tx`) becomes its last.
-fn pass_last_back(before: &mut [Option<Slot>], tx: u64) -> Result<(), CompactError> {
+/// Returns whether there was one.
+fn pass_last_back(before: &mut [Option<Slot>], tx: u64) -> Result<bool, CompactError> {
     for slot in before.iter_mut().rev().flatten() {
         if slot.offset.tx() != tx {
-            return Ok(()); // nothing of the transaction is kept before it
+            return Ok(false); // nothing of the transaction is kept before it
         }
         if slot.msg.is_none() {
             let parsed = serde_json::from_slice(&slot.bytes)
@@ -294,9 +308,9 @@ fn pass_last_back(before: &mut [Option<Slot>], tx: u64) -> Result<(), CompactErr
             h.insert("last".into(), Value::Bool(true));
             slot.edited = true;
         }
-        return Ok(());
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 fn header<'a>(msg: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -523,13 +537,27 @@ mod tests {
         let mut shrunk = 0;
         let mut maybe = 0;
         for case in 0..2_000 {
-            let before: State = if rng.random_bool(0.5) {
+            let mut before: State = if rng.random_bool(0.5) {
                 [("a".to_string(), Map::new())].into()
             } else {
                 State::new()
             };
-            let chunk = random_chunk(&mut rng, &before);
+            let mut chunk = random_chunk(&mut rng, &before);
+            // Half the cases start at a random entry, often inside a transaction (a chunk
+            // boundary may fall inside one): what came before is the client's state.
+            if rng.random_bool(0.5) {
+                let start = rng.random_range(0..chunk.len());
+                apply(&mut before, &chunk[..start]);
+                chunk.drain(..start);
+            }
             let compacted = compact_chunk(&chunk).unwrap();
+            let t0 = chunk[0].0.tx();
+            assert!(
+                compacted
+                    .iter()
+                    .any(|(o, b)| o.tx() == t0 && parse(b)["headers"]["last"] == json!(true)),
+                "case {case}: the first transaction keeps its last marker"
+            );
             shrunk += chunk.len() - compacted.len();
             if !may_merge(&chunk) {
                 assert_eq!(compacted, chunk, "case {case}: nothing merges");
