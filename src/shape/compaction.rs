@@ -100,7 +100,7 @@ impl MergeProbe {
     /// Ready for the next chunk (memory kept, up to a bound).
     pub fn reset(&mut self) {
         self.updated.clear();
-        self.updated.shrink_to(1 << 20);
+        self.updated.shrink_to(1 << 16);
         self.maybe = false;
     }
 }

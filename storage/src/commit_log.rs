@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::commit_record::{decode_batch, decode_wal_header, encode_wal_header, WAL_HEADER_LEN};
 use crate::file_log::CHANGES_FILE;
 use crate::file_scan::{open_log_file, scan_records, sync_dir};
-use crate::file_segments::{file_offset, parse_segment_name, FIRST_BASE};
+use crate::file_segments::{file_offset, parse_segment_name, segment_name, FIRST_BASE};
 use crate::record::CHANGES_MAGIC;
 use crate::{validate_id, StoreError};
 
@@ -54,7 +54,8 @@ impl CommitLog {
         let mut header = [0u8; WAL_HEADER_LEN];
         file.read_exact_at(&mut header, 0)
             .map_err(|e| StoreError::Corrupt(format!("{WAL_FILE}: header: {e}")))?;
-        decode_wal_header(&header).map_err(|e| StoreError::Corrupt(format!("{WAL_FILE}: {e}")))?;
+        let version = decode_wal_header(&header)
+            .map_err(|e| StoreError::Corrupt(format!("{WAL_FILE}: {e}")))?;
         let mut log = CommitLog {
             file,
             dir: dir.to_owned(),
@@ -65,6 +66,11 @@ impl CommitLog {
         let replayed = log.replay(None)?;
         if replayed > 0 || log.file.metadata()?.len() > WAL_HEADER_LEN as u64 {
             log.checkpoint()?;
+        }
+        if version < crate::commit_record::WAL_VERSION {
+            // An older store, replayed and empty now: from here on it is this version's.
+            crate::file_store::write_atomic(dir, WAL_FILE, WAL_TMP, &encode_wal_header())?;
+            log.file = OpenOptions::new().read(true).write(true).open(&path)?;
         }
         Ok((log, replayed))
     }
@@ -129,9 +135,16 @@ impl CommitLog {
                 let Ok(id) = std::str::from_utf8(&body[e.id]) else {
                     continue;
                 };
-                let file = files
-                    .entry(id.to_owned())
-                    .or_insert_with(|| open_changes(dir, id));
+                let file = match files.entry(id.to_owned()) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => match open_changes(dir, id) {
+                        Ok(f) => v.insert(f),
+                        Err(err) => {
+                            failed = Some(err);
+                            return false;
+                        }
+                    },
+                };
                 let Some(file) = file else { continue };
                 if let Err(err) = file.write_at(e.pos, &body[e.bytes]) {
                     failed = Some(err);
@@ -149,43 +162,61 @@ impl CommitLog {
     }
 }
 
-/// The change segment files of one shape, by base (ascending; the first is `changes.log`).
-struct ShapeSegments(Vec<(u64, File)>);
+/// The change segments of one shape being replayed into: their bases, and the one segment
+/// file open at a time (a store may hold many shapes of many segments: one descriptor each).
+struct ShapeSegments {
+    dir: PathBuf,
+    /// Bases of the segments, ascending; the first is `FIRST_BASE` (`changes.log`).
+    bases: Vec<u64>,
+    open: Option<(u64, File)>,
+}
 
 impl ShapeSegments {
     /// Writes `bytes` at logical position `pos`, in the segment holding it (a commit-log entry
-    /// never spans segments: a batch is written to one).
-    fn write_at(&self, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let i = self.0.partition_point(|(b, _)| *b <= pos).saturating_sub(1);
-        match self.0.get(i) {
-            Some((base, file)) if *base <= pos => file.write_all_at(bytes, file_offset(*base, pos)),
-            _ => Ok(()),
+    /// never spans segments: a batch is written to one). A segment that cannot be opened is an
+    /// error: never a silent skip, never a write into another segment.
+    fn write_at(&mut self, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let i = self.bases.partition_point(|b| *b <= pos).saturating_sub(1);
+        let base = self.bases.get(i).copied().unwrap_or(FIRST_BASE);
+        if self.open.as_ref().map(|(b, _)| *b) != Some(base) {
+            self.open = None;
+            let path = self.dir.join(&*segment_name(base));
+            let (file, _) = open_log_file(&path, CHANGES_MAGIC)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            self.open = Some((base, file));
+        }
+        match &self.open {
+            Some((_, file)) => file.write_all_at(bytes, file_offset(base, pos)),
+            None => Ok(()),
         }
     }
 }
 
 /// The change segments of shape `id` if its first one exists with a valid header (anything
 /// else is left to `open_all`, which removes incomplete shapes and reports damaged ones).
-fn open_changes(dir: &Path, id: &str) -> Option<ShapeSegments> {
-    validate_id(id).ok()?;
-    let shape = dir.join(id);
-    if !shape.join("meta").exists() {
-        return None;
+/// Failing to list the shape's directory is an error.
+fn open_changes(dir: &Path, id: &str) -> std::io::Result<Option<ShapeSegments>> {
+    if validate_id(id).is_err() {
+        return Ok(None);
     }
-    let first = open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC)
-        .ok()?
-        .0;
-    let mut segments = vec![(FIRST_BASE, first)];
-    for entry in std::fs::read_dir(&shape).ok()?.flatten() {
-        let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) else {
-            continue;
-        };
-        if let Ok((file, _)) = open_log_file(&entry.path(), CHANGES_MAGIC) {
-            segments.push((base, file));
+    let shape = dir.join(id);
+    if !shape.join("meta").exists()
+        || open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC).is_err()
+    {
+        return Ok(None);
+    }
+    let mut bases = vec![FIRST_BASE];
+    for entry in std::fs::read_dir(&shape)? {
+        if let Some(base) = entry?.file_name().to_str().and_then(parse_segment_name) {
+            bases.push(base);
         }
     }
-    segments.sort_by_key(|(b, _)| *b);
-    Some(ShapeSegments(segments))
+    bases.sort_unstable();
+    Ok(Some(ShapeSegments {
+        dir: shape,
+        bases,
+        open: None,
+    }))
 }
 
 /// Removes the commit log's leftover temporary file (a crash while creating it).

@@ -14,7 +14,11 @@ use crate::record::{encode_frame, LOG_HEADER_LEN};
 
 pub(crate) const WAL_MAGIC: [u8; 4] = *b"SSWL";
 /// The store format version that introduced the commit log.
-pub(crate) const WAL_VERSION: u16 = 2;
+/// Version 3 (store format 3): batch positions are logical positions of the change part, which
+/// may span segment files. Version 2 positions are the same numbers (one segment), so a v2
+/// commit log is replayed as is and its header rewritten as v3 once empty; a v2 binary refuses a
+/// v3 store instead of ignoring its later segments.
+pub(crate) const WAL_VERSION: u16 = 3;
 /// Length of the commit log header (same layout as a log file header).
 pub(crate) const WAL_HEADER_LEN: usize = LOG_HEADER_LEN;
 
@@ -28,8 +32,8 @@ pub(crate) fn encode_wal_header() -> [u8; WAL_HEADER_LEN] {
     h
 }
 
-/// Checks a commit log header.
-pub(crate) fn decode_wal_header(h: &[u8]) -> Result<(), String> {
+/// Checks a commit log header; returns its version (2 or 3).
+pub(crate) fn decode_wal_header(h: &[u8]) -> Result<u16, String> {
     let h = h.get(..WAL_HEADER_LEN).ok_or("short header")?;
     if h[0..4] != WAL_MAGIC {
         return Err("bad magic".into());
@@ -38,10 +42,10 @@ pub(crate) fn decode_wal_header(h: &[u8]) -> Result<(), String> {
         return Err("header checksum mismatch".into());
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
-    if version != WAL_VERSION {
+    if !(2..=WAL_VERSION).contains(&version) {
         return Err(format!("unsupported commit log version {version}"));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Builds the body of one batch frame, entry by entry.
@@ -148,7 +152,17 @@ mod tests {
     #[test]
     fn header() {
         let h = encode_wal_header();
-        assert_eq!(decode_wal_header(&h), Ok(()));
+        assert_eq!(decode_wal_header(&h), Ok(3));
+        let mut v2 = h;
+        v2[4] = 2;
+        let crc = crc32fast::hash(&v2[0..14]);
+        v2[14..18].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_wal_header(&v2), Ok(2), "a v2 store's log is read");
+        let mut v4 = v2;
+        v4[4] = 4;
+        let crc = crc32fast::hash(&v4[0..14]);
+        v4[14..18].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_wal_header(&v4).is_err());
         let mut bad = h;
         bad[4] = 1;
         assert!(decode_wal_header(&bad).is_err());

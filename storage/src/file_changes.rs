@@ -139,7 +139,11 @@ impl ChangeFile {
                     .ok()
                     .and_then(|b| decode_index(&b))
                     .filter(|ix| ix.base == base && ix.end == next && ix.threshold == threshold)
-                    .filter(|ix| last.is_none_or(|l| ix.last > l));
+                    .filter(|ix| {
+                        // It continues the segments before it.
+                        let first = ix.seals.first().map_or(ix.last, |s| s.end);
+                        last.is_none_or(|l| ix.last > l && first > l)
+                    });
                 if let Some(ix) = ix {
                     seals.extend(ix.seals);
                     last = Some(ix.last);
@@ -148,6 +152,7 @@ impl ChangeFile {
                     continue;
                 }
             }
+            let sealed_before = seals.len();
             let scanned = scan_segment(
                 dir,
                 base,
@@ -158,12 +163,28 @@ impl ChangeFile {
                 &mut seals,
                 next.is_none(),
             )?;
-            match next {
-                Some(next) if scanned != next => {
+            match (next, last) {
+                (Some(next), _) if scanned != next => {
                     return Err(StoreError::Corrupt(format!(
                         "{}: damaged at {scanned}, before the next segment at {next}",
                         segment_name(base)
                     )));
+                }
+                (Some(next), Some(last)) => {
+                    // A finished segment without a usable index: write it again (best
+                    // effort), so the next open does not scan, and so that the segment can be
+                    // given back once compacted.
+                    let ix = SegmentIndex {
+                        threshold,
+                        base,
+                        end: next,
+                        last,
+                        running: chunker.running(),
+                        seals: seals[sealed_before..].to_vec(),
+                    };
+                    let name = index_name(base);
+                    let _ = write_atomic(dir, &name, &format!("{name}.tmp"), &encode_index(&ix));
+                    end = next;
                 }
                 _ => end = scanned,
             }
@@ -183,8 +204,9 @@ impl ChangeFile {
             }
         }
         let log = ChangeFile::assemble(SegmentFiles::new(dir, None), index, chunker, last);
-        // A crash may have come between a compaction and the reclaim it allowed.
-        log.reclaim_compacted()?;
+        // A crash may have come between a compaction and the reclaim it allowed. Best effort:
+        // a failure costs disk space only, and the next compaction tries again.
+        let _ = log.reclaim_compacted();
         Ok(log)
     }
 
@@ -351,7 +373,10 @@ impl ChangeFile {
             return Ok(());
         }
         let dir = self.file.dir();
-        self.file.get(w.active_base)?.sync_data()?;
+        // No fsync of the finished segment here: its records are as durable as any others
+        // (fsynced by `flush`, or in the commit log until a checkpoint syncs them), and a
+        // failed fsync retried on the same handle would report success for pages that never
+        // reached the disk.
         let ix = SegmentIndex {
             threshold,
             base: w.active_base,
@@ -414,18 +439,6 @@ impl ChangeFile {
         plan(after, snapshot, &self.index_ref())
     }
 
-    /// Reads the entries `> after` stored in `[from, to)`.
-    pub(crate) fn read_entries(
-        &self,
-        from: u64,
-        to: u64,
-        after: LogOffset,
-    ) -> Result<Vec<Bytes>, StoreError> {
-        let mut entries = self.read_with_offsets(from, to)?;
-        entries.retain(|(offset, _)| *offset > after);
-        Ok(entries.into_iter().map(|(_, json)| json).collect())
-    }
-
     /// Reads every entry stored in `[from, to)` with its offset.
     pub(crate) fn read_with_offsets(
         &self,
@@ -458,27 +471,47 @@ impl ChangeFile {
     }
 
     /// The compacted form of the sealed chunk ending at `end`, if it has one. A compacted file
-    /// that cannot be read or does not verify is dropped: readers get the original chunk (which
-    /// is always there), and the damage is reported by the next `store_compacted` never
-    /// touching it again.
-    pub(crate) fn read_compacted(&self, end: LogOffset) -> Option<Vec<(LogOffset, Bytes)>> {
+    /// that is missing or does not verify is dropped from service: readers get the original
+    /// chunk (`read_chunk`). Other I/O errors (out of descriptors, say) are errors, and the
+    /// compacted form stays in service.
+    pub(crate) fn read_compacted(
+        &self,
+        end: LogOffset,
+    ) -> Result<Option<Vec<(LogOffset, Bytes)>>, StoreError> {
         if !self.index_ref().is_compacted(end) {
-            return None;
+            return Ok(None);
         }
-        let read = std::fs::read(self.file.dir().join(compacted_name(end)));
-        let decoded = read
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| decode_chunk(&Bytes::from(bytes)));
-        let entries: Option<Vec<(LogOffset, Bytes)>> = match decoded {
-            Ok(d) if d.compacted => d.entries.into_iter().map(|(o, e)| Some((o?, e))).collect(),
-            _ => None,
-        };
-        match entries.filter(|e| e.last().map(|l| l.0) == Some(end)) {
-            Some(entries) => Some(entries),
-            None => {
-                self.index_mut().drop_compacted(end);
-                None
+        match std::fs::read(self.file.dir().join(compacted_name(end))) {
+            Ok(bytes) => {
+                if let Some(entries) = verify_compacted(bytes, end) {
+                    return Ok(Some(entries));
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.index_mut().drop_compacted(end);
+        Ok(None)
+    }
+
+    /// The sealed or tail chunk `[from, to)` ending at `end`, whole: its compacted form if it
+    /// has one (`true`), else its records. A read of the records that fails because the chunk
+    /// was compacted and its segment reclaimed meanwhile is answered from the compacted form.
+    pub(crate) fn read_chunk(
+        &self,
+        from: u64,
+        to: u64,
+        end: LogOffset,
+    ) -> Result<(Vec<(LogOffset, Bytes)>, bool), StoreError> {
+        if let Some(entries) = self.read_compacted(end)? {
+            return Ok((entries, true));
+        }
+        match self.read_with_offsets(from, to) {
+            Ok(entries) => Ok((entries, false)),
+            Err(e) => match self.read_compacted(end) {
+                Ok(Some(entries)) => Ok((entries, true)),
+                _ => Err(e),
+            },
         }
     }
 
@@ -592,12 +625,29 @@ impl ChangeFile {
     /// not removed, so the segment layout stays visible. Idempotent. Returns the bytes freed.
     pub(crate) fn reclaim_compacted(&self) -> Result<u64, StoreError> {
         let segments = self.index_ref().fully_compacted_segments();
+        let dir = self.file.dir();
         let mut freed = 0;
-        for (start, _) in segments {
-            let path = self.file.dir().join(&*segment_name(start));
+        for (start, end, chunks) in segments {
+            let path = dir.join(&*segment_name(start));
             let file = std::fs::OpenOptions::new().write(true).open(&path)?;
             let len = file.metadata()?.len();
-            if len > FIRST_BASE {
+            if len <= FIRST_BASE {
+                continue; // given back already
+            }
+            // Once cut, the segment's index file is the only record of its chunk boundaries,
+            // and the compacted files the only copy of its chunks: all must verify first.
+            let indexed = std::fs::read(dir.join(index_name(start)))
+                .ok()
+                .and_then(|b| decode_index(&b))
+                .is_some_and(|ix| ix.base == start && ix.end == end);
+            if !indexed {
+                continue;
+            }
+            let mut verified = true;
+            for chunk in chunks {
+                verified &= self.read_compacted(chunk)?.is_some();
+            }
+            if verified {
                 file.set_len(FIRST_BASE)?;
                 file.sync_all()?;
                 freed += len - FIRST_BASE;
@@ -685,6 +735,21 @@ fn scan_segment(
         truncate_tail(&file, end)?;
     }
     Ok(logical(end))
+}
+
+/// The entries of a compacted chunk file if it decodes, verifies, is of the compacted kind and
+/// ends at `end`.
+fn verify_compacted(bytes: Vec<u8>, end: LogOffset) -> Option<Vec<(LogOffset, Bytes)>> {
+    let decoded = decode_chunk(&Bytes::from(bytes)).ok()?;
+    if !decoded.compacted {
+        return None;
+    }
+    let entries: Option<Vec<(LogOffset, Bytes)>> = decoded
+        .entries
+        .into_iter()
+        .map(|(o, e)| Some((o?, e)))
+        .collect();
+    entries.filter(|e| e.last().map(|l| l.0) == Some(end))
 }
 
 /// `compacted-<tx>_<op>.chunk`: the compacted form of the sealed chunk ending at that offset.

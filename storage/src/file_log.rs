@@ -99,37 +99,18 @@ impl ShapeLog for FileLog {
                 end: LogOffset::snapshot_chunk(k),
                 compacted: false,
             },
-            Plan::Changes { from, to, end } => match self.changes.read_compacted(end) {
-                Some(stored) => ReadResult::Chunk {
-                    entries: stored
+            Plan::Changes { from, to, end } => {
+                let (entries, compacted) = self.changes.read_chunk(from, to, end)?;
+                ReadResult::Chunk {
+                    entries: entries
                         .into_iter()
                         .filter(|(o, _)| *o > after)
                         .map(|(_, json)| json)
                         .collect(),
                     end,
-                    compacted: true,
-                },
-                None => match self.changes.read_entries(from, to, after) {
-                    Ok(entries) => ReadResult::Chunk {
-                        entries,
-                        end,
-                        compacted: false,
-                    },
-                    // Compacted (and its segment reclaimed) between the check and the read.
-                    Err(e) => match self.changes.read_compacted(end) {
-                        Some(stored) => ReadResult::Chunk {
-                            entries: stored
-                                .into_iter()
-                                .filter(|(o, _)| *o > after)
-                                .map(|(_, json)| json)
-                                .collect(),
-                            end,
-                            compacted: true,
-                        },
-                        None => return Err(e),
-                    },
-                },
-            },
+                    compacted,
+                }
+            }
             Plan::Empty { end } => ReadResult::Chunk {
                 entries: Vec::new(),
                 end,
@@ -146,16 +127,8 @@ impl ShapeLog for FileLog {
                 entries: self.snapshot.read_chunk(k)?,
             }),
             Plan::Changes { from, to, end } if self.changes.is_sealed_end(end) => {
-                Some(match self.changes.read_compacted(end) {
-                    Some(entries) => SealedRead::Changes {
-                        entries,
-                        compacted: true,
-                    },
-                    None => SealedRead::Changes {
-                        entries: self.changes.read_with_offsets(from, to)?,
-                        compacted: false,
-                    },
-                })
+                let (entries, compacted) = self.changes.read_chunk(from, to, end)?;
+                Some(SealedRead::Changes { entries, compacted })
             }
             _ => None,
         })

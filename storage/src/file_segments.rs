@@ -177,7 +177,8 @@ pub(crate) fn decode_index(buf: &[u8]) -> Option<SegmentIndex> {
         .seals
         .iter()
         .all(|s| s.end_pos > ix.base && s.end_pos <= ix.end && s.end <= ix.last);
-    (ix.base < ix.end && ix.last.tx() > 0 && ordered && inside).then_some(ix)
+    let chunking = ix.running < ix.threshold.max(1);
+    (ix.base < ix.end && ix.last.tx() > 0 && ordered && inside && chunking).then_some(ix)
 }
 
 /// The change part's segment files: the newest one used is kept open (closed again by

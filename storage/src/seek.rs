@@ -78,8 +78,9 @@ impl<P: Copy> ChangeIndex<P> {
     }
 
     /// The finished segments (every one but the last) whose every overlapping chunk is stored
-    /// compacted: their originals are read by nobody any more. `[start, end)` each.
-    pub(crate) fn fully_compacted_segments(&self) -> Vec<(P, P)>
+    /// compacted: their originals are read by nobody any more. `[start, end)` each, with the
+    /// end offsets of those chunks.
+    pub(crate) fn fully_compacted_segments(&self) -> Vec<(P, P, Vec<LogOffset>)>
     where
         P: Ord,
     {
@@ -95,21 +96,21 @@ impl<P: Copy> ChangeIndex<P> {
             // Chunks overlapping [start, end): those ending after `start` and starting before
             // `end`; the open tail chunk (never compacted) counts as one.
             let first = self.sealed.partition_point(|c| c.end_pos <= start);
-            let mut overlapping = 0;
+            let mut overlapping = Vec::new();
             let mut all_compacted = true;
             for (i, c) in self.sealed.iter().enumerate().skip(first) {
                 if self.chunk_start(i) >= end {
                     break;
                 }
-                overlapping += 1;
+                overlapping.push(c.end);
                 all_compacted &= self.is_compacted(c.end);
             }
             let tail_start = self.sealed.last().map_or(self.base, |c| c.end_pos);
             if tail_start < end && self.durable_end > tail_start {
                 all_compacted = false;
             }
-            if overlapping > 0 && all_compacted {
-                out.push((start, end));
+            if !overlapping.is_empty() && all_compacted {
+                out.push((start, end, overlapping));
             }
         }
         out
@@ -341,13 +342,22 @@ mod tests {
             "[0,3) also holds chunk 2"
         );
         ix.mark_offered(LogOffset::new(20, 0), true);
-        assert_eq!(ix.fully_compacted_segments(), [(0, 3)]);
+        let ranges = |ix: &ChangeIndex<usize>| -> Vec<(usize, usize)> {
+            ix.fully_compacted_segments()
+                .into_iter()
+                .map(|(a, b, _)| (a, b))
+                .collect()
+        };
+        assert_eq!(
+            ix.fully_compacted_segments(),
+            [(0, 3, vec![LogOffset::new(10, 0), LogOffset::new(20, 0)])]
+        );
         ix.mark_offered(LogOffset::new(40, 0), true);
         // [6,8) holds chunk 4 only; [3,6) also holds chunk 3.
-        assert_eq!(ix.fully_compacted_segments(), [(0, 3), (6, 8)]);
+        assert_eq!(ranges(&ix), [(0, 3), (6, 8)]);
         ix.mark_offered(LogOffset::new(30, 0), true);
         // The last segment [8, …) is never finished.
-        assert_eq!(ix.fully_compacted_segments(), [(0, 3), (3, 6), (6, 8)]);
+        assert_eq!(ranges(&ix), [(0, 3), (3, 6), (6, 8)]);
     }
 
     #[test]

@@ -414,6 +414,15 @@ fn segments_roll_and_open_from_their_indexes() {
         want,
         "indexes rebuilt by scanning"
     );
+    assert!(
+        s1.join(&indexes[0]).exists(),
+        "a missing index is written again"
+    );
+    assert_ne!(
+        fs::read(s1.join(&indexes[2])).unwrap(),
+        b"SSCI garbage",
+        "and a damaged one"
+    );
 
     // Writing continues in the last segment and rolls again, exactly like the memory store.
     append([&log, &mem_log], &mut offsets, 300);

@@ -205,6 +205,12 @@ fn check_fixture(version: &str) {
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&fixture_dir(version), copy.path());
     let store = FileStore::open(copy.path(), cfg(1 << 20)).unwrap();
+    let wal = std::fs::read(copy.path().join("commit.wal")).unwrap();
+    assert_eq!(
+        &wal[4..6],
+        &3u16.to_le_bytes(),
+        "the commit log is now version 3"
+    );
     let all = store.open_all().unwrap();
     let ids: Vec<(&str, &[u8])> = all.iter().map(|(i, m, _)| (i.as_str(), &m[..])).collect();
     assert_eq!(ids, [("a", &b"meta of a"[..]), ("b", &b"meta of b"[..])]);
