@@ -157,7 +157,6 @@ impl ChangeFile {
                 dir,
                 base,
                 first.take().filter(|_| base == FIRST_BASE),
-                threshold,
                 &mut chunker,
                 &mut last,
                 &mut seals,
@@ -691,20 +690,20 @@ impl ChangeFile {
 }
 
 /// Scans the segment starting at `base` (`open`: its file, already opened and checked), whose
-/// header must carry `threshold`, continuing the
-/// chunking state, the last offset and the seals of the segments before it. Returns the logical
-/// end of its last valid record; the last segment (`truncate`) is cut there, durably.
+/// header must carry the log's threshold (`chunker`'s), continuing the chunking state, the last
+/// offset and the seals of the segments before it. Returns the logical end of its last valid
+/// record; the last segment (`truncate`) is cut there, durably.
 fn scan_segment(
     dir: &Path,
     base: u64,
     open: Option<File>,
-    threshold: u64,
     chunker: &mut Chunker,
     last: &mut Option<LogOffset>,
     seals: &mut Vec<SealedChunk<u64>>,
     truncate: bool,
 ) -> Result<u64, StoreError> {
     let name = segment_name(base);
+    let threshold = chunker.threshold();
     let (file, header_threshold) = match open {
         Some(file) => (file, threshold),
         None => open_log_file(&dir.join(&*name), CHANGES_MAGIC)?,
