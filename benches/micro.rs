@@ -693,24 +693,28 @@ fn update_chunk(rows: u64) -> Vec<(LogOffset, Bytes)> {
 fn compaction(c: &mut Criterion) {
     let chunk = update_chunk(100);
     let bytes: usize = chunk.iter().map(|(_, b)| b.len()).sum();
-    let merged = shapesync::shape::compaction::compact_chunk(&chunk).unwrap();
+    let merged = shapesync::shape::compaction::compact_chunk(&chunk, false).unwrap();
     assert_eq!(merged.len(), 100, "one update per hot row");
     let distinct = update_chunk(u64::MAX);
-    let kept = shapesync::shape::compaction::compact_chunk(&distinct).unwrap();
+    let kept = shapesync::shape::compaction::compact_chunk(&distinct, false).unwrap();
     assert_eq!(kept, distinct, "nothing to merge");
     let mut g = c.benchmark_group("compaction");
     configure(&mut g);
     g.throughput(Throughput::Bytes(bytes as u64));
     let id = format!("{}KB_{}_entries", bytes / 1000, chunk.len());
     g.bench_function(BenchmarkId::new("compact_chunk_100_hot_rows", &id), |b| {
-        b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&chunk)).unwrap())
+        b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&chunk), false).unwrap())
     });
     let distinct_bytes: usize = distinct.iter().map(|(_, b)| b.len()).sum();
     g.throughput(Throughput::Bytes(distinct_bytes as u64));
     let distinct_id = format!("{}KB_{}_entries", distinct_bytes / 1000, distinct.len());
     g.bench_function(
         BenchmarkId::new("compact_chunk_no_repeats", &distinct_id),
-        |b| b.iter(|| shapesync::shape::compaction::compact_chunk(black_box(&distinct)).unwrap()),
+        |b| {
+            b.iter(|| {
+                shapesync::shape::compaction::compact_chunk(black_box(&distinct), false).unwrap()
+            })
+        },
     );
     assert!(!shapesync::shape::compaction::may_merge(&distinct));
     g.bench_function(

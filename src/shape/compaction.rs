@@ -120,15 +120,22 @@ struct RawHead<'a> {
 }
 
 /// Compacts the entries of one sealed change chunk (offsets strictly increasing). Returns the
-/// kept entries; unchanged ones keep their exact bytes.
+/// kept entries; unchanged ones keep their exact bytes. `continues_transaction`: the chunk's
+/// first transaction began in the previous chunk (`ShapeLog::sealed_chunk_start` has its
+/// `tx`), so its `last` marker must not be merged away with nothing of it kept here.
 pub fn compact_chunk(
     entries: &[(LogOffset, Bytes)],
+    continues_transaction: bool,
 ) -> Result<Vec<(LogOffset, Bytes)>, CompactError> {
     let mut out: Vec<Option<Slot>> = Vec::with_capacity(entries.len());
     // Key → slot of the open run's (merged) update.
     let mut runs: HashMap<String, usize> = HashMap::new();
     let mut prev: Option<LogOffset> = None;
-    let first_tx = entries.first().map_or(0, |e| e.0.tx());
+    // The transaction that began before this chunk, if any.
+    let first_tx = entries
+        .first()
+        .filter(|_| continues_transaction)
+        .map(|e| e.0.tx());
     for (offset, bytes) in entries {
         if prev.is_some_and(|p| p >= *offset) {
             return Err(CompactError::Order(*offset));
@@ -156,7 +163,7 @@ pub fn compact_chunk(
                     (earlier.offset, earlier.bytes.clone(), earlier.edited);
                 let e = earlier.parsed()?;
                 let passed = !is_last(&e) || pass_last_back(&mut out[..at], was.tx())?;
-                if !passed && was.tx() == first_tx {
+                if !passed && Some(was.tx()) == first_tx {
                     // Its transaction began in the previous chunk (a boundary may fall inside
                     // one) and nothing else of it is kept here: merging this update away
                     // would lose the transaction's `last` marker. Keep it; a run starts anew.
@@ -403,7 +410,7 @@ mod tests {
             change(14, 2, "b", "insert", json!({"id":"b","n":"9"})),
             change(15, 0, "a", "update", json!({"id":"a","t":"y"})),
         ];
-        let compacted = compact_chunk(&chunk).unwrap();
+        let compacted = compact_chunk(&chunk, false).unwrap();
         let offsets: Vec<String> = compacted.iter().map(|(o, _)| o.to_string()).collect();
         // a: insert kept, its two updates merged at 15_0; b: two updates merged at 12_2, then
         // delete and insert kept; c: kept.
@@ -443,13 +450,13 @@ mod tests {
             change(14, 0, "a", "update", json!({"id":"a","n":"3"})),
         ];
         assert_eq!(
-            compact_chunk(&chunk).unwrap().len(),
+            compact_chunk(&chunk, false).unwrap().len(),
             5,
             "nothing merges across a barrier"
         );
         let not_json = vec![(LogOffset::new(1, 0), Bytes::from_static(b"{"))];
         assert_eq!(
-            compact_chunk(&not_json),
+            compact_chunk(&not_json, false),
             Err(CompactError::NotJson(LogOffset::new(1, 0)))
         );
         let unordered = vec![
@@ -457,7 +464,7 @@ mod tests {
             change(1, 0, "a", "update", json!({})),
         ];
         assert_eq!(
-            compact_chunk(&unordered),
+            compact_chunk(&unordered, false),
             Err(CompactError::Order(LogOffset::new(1, 0)))
         );
     }
@@ -472,7 +479,7 @@ mod tests {
             mk(1, json!({"n":"2"}), json!({"n":"1"})),
             mk(2, json!({"n":"3","t":"y"}), json!({"n":"2","t":"x"})),
         ];
-        let out = compact_chunk(&chunk).unwrap();
+        let out = compact_chunk(&chunk, false).unwrap();
         let m = parse(&out[0].1);
         assert_eq!(m["old_value"], json!({"n":"1","t":"x"}));
         assert_eq!(m["value"], json!({"n":"3","t":"y"}));
@@ -485,10 +492,24 @@ mod tests {
             msg(10, 2, "a", "update", json!({"n":"1"}), true),
             msg(11, 0, "a", "update", json!({"n":"2"}), true),
         ];
-        let out = compact_chunk(&chunk).unwrap();
+        let out = compact_chunk(&chunk, false).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(parse(&out[0].1)["headers"]["last"], true);
         assert_eq!(parse(&out[1].1)["headers"]["last"], true);
+    }
+
+    #[test]
+    fn the_last_marker_of_a_transaction_begun_before_the_chunk_stays() {
+        let chunk = vec![
+            msg(10, 2, "a", "update", json!({"n":"1"}), true),
+            msg(11, 0, "a", "update", json!({"n":"2"}), true),
+        ];
+        assert_eq!(compact_chunk(&chunk, false).unwrap().len(), 1);
+        let kept = compact_chunk(&chunk, true).unwrap();
+        assert_eq!(
+            kept, chunk,
+            "10_2 ends a transaction a client may have begun reading"
+        );
     }
 
     /// A random chunk as a shape log holds it: transactions of changes to a few keys, each
@@ -545,18 +566,21 @@ mod tests {
             let mut chunk = random_chunk(&mut rng, &before);
             // Half the cases start at a random entry, often inside a transaction (a chunk
             // boundary may fall inside one): what came before is the client's state.
+            let mut continues = false;
             if rng.random_bool(0.5) {
                 let start = rng.random_range(0..chunk.len());
+                continues = start > 0 && chunk[start - 1].0.tx() == chunk[start].0.tx();
                 apply(&mut before, &chunk[..start]);
                 chunk.drain(..start);
             }
-            let compacted = compact_chunk(&chunk).unwrap();
+            let compacted = compact_chunk(&chunk, continues).unwrap();
             let t0 = chunk[0].0.tx();
             assert!(
-                compacted
-                    .iter()
-                    .any(|(o, b)| o.tx() == t0 && parse(b)["headers"]["last"] == json!(true)),
-                "case {case}: the first transaction keeps its last marker"
+                !continues
+                    || compacted
+                        .iter()
+                        .any(|(o, b)| o.tx() == t0 && parse(b)["headers"]["last"] == json!(true)),
+                "case {case}: a transaction begun before the chunk keeps its last marker"
             );
             shrunk += chunk.len() - compacted.len();
             if !may_merge(&chunk) {

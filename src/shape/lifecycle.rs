@@ -325,7 +325,12 @@ fn compact_next(
         return Ok(None);
     };
     let size = |e: &[(LogOffset, bytes::Bytes)]| e.iter().map(|(_, b)| b.len()).sum::<usize>();
-    let compacted = match super::compaction::compact_chunk(&entries) {
+    let continues = shape
+        .log
+        .sealed_chunk_start(end)
+        .zip(entries.first())
+        .is_some_and(|(start, (first, _))| start.tx() == first.tx());
+    let compacted = match super::compaction::compact_chunk(&entries, continues) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(handle = %shape.handle, chunk_end = %end, error = %e, "chunk left uncompacted");

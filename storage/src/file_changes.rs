@@ -514,6 +514,10 @@ impl ChangeFile {
         }
     }
 
+    pub(crate) fn sealed_chunk_start(&self, end: LogOffset) -> Option<LogOffset> {
+        self.index_ref().sealed_chunk_start(end)
+    }
+
     pub(crate) fn has_compaction_candidate(&self) -> bool {
         self.index_ref().has_compaction_candidate()
     }

@@ -146,6 +146,10 @@ impl ShapeLog for FileLog {
         self.changes.visit_compaction_candidate(scratch, visit)
     }
 
+    fn sealed_chunk_start(&self, end: LogOffset) -> Option<LogOffset> {
+        self.changes.sealed_chunk_start(end)
+    }
+
     fn has_compaction_candidate(&self) -> bool {
         self.changes.has_compaction_candidate()
     }

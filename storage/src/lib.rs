@@ -143,6 +143,10 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
         scratch: &mut Vec<u8>,
         visit: &mut dyn FnMut(LogOffset, &[u8]),
     ) -> Result<Option<LogOffset>, StoreError>;
+    /// The offset after which the sealed change chunk ending at `end` starts (the previous
+    /// chunk's end, or `0_inf`); `None` if no sealed chunk ends there. A chunk whose first entry
+    /// has the same `tx` as that offset begins inside a transaction.
+    fn sealed_chunk_start(&self, end: LogOffset) -> Option<LogOffset>;
     /// Whether [`ShapeLog::compaction_candidate`] has a chunk to offer (cheap: no read).
     fn has_compaction_candidate(&self) -> bool;
     /// Stores `entries` as the compacted form of the sealed change chunk ending at `end`

@@ -319,6 +319,10 @@ impl ShapeLog for MemoryLog {
         Ok(Some(end))
     }
 
+    fn sealed_chunk_start(&self, end: LogOffset) -> Option<LogOffset> {
+        self.changes_ref().index.sealed_chunk_start(end)
+    }
+
     fn has_compaction_candidate(&self) -> bool {
         self.changes_ref().index.has_compaction_candidate()
     }

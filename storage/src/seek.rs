@@ -135,6 +135,16 @@ impl<P: Copy> ChangeIndex<P> {
         Some((self.chunk_start(offered), chunk.end_pos, chunk.end))
     }
 
+    /// The offset after which the sealed chunk ending at `end` starts: the previous chunk's
+    /// end, or `0_inf` for the first one.
+    pub(crate) fn sealed_chunk_start(&self, end: LogOffset) -> Option<LogOffset> {
+        let i = self.sealed.binary_search_by(|c| c.end.cmp(&end)).ok()?;
+        Some(match i.checked_sub(1) {
+            Some(prev) => self.sealed[prev].end,
+            None => LogOffset::LAST_BEFORE_REAL,
+        })
+    }
+
     /// Is a sealed chunk waiting to be offered to compaction?
     pub(crate) fn has_compaction_candidate(&self) -> bool {
         self.offered() < self.sealed.len()

@@ -508,6 +508,9 @@ fn compaction_replaces_sealed_chunks(make: Make) {
         })
         .unwrap();
     assert_eq!((end, visited), (Some(off("10_2")), first), "the same chunk");
+    assert_eq!(log.sealed_chunk_start(off("10_2")), Some(off("0_inf")));
+    assert_eq!(log.sealed_chunk_start(off("20_2")), Some(off("10_2")));
+    assert_eq!(log.sealed_chunk_start(off("30_0")), None, "the open tail");
     log.store_compacted(off("10_2"), None).unwrap();
     let second: Entries = vec![(off("20_0"), b(2)), (off("20_2"), b(3))];
     assert_eq!(
