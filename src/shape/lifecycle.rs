@@ -279,7 +279,12 @@ async fn on_compaction_worker<R: Send + 'static>(
             .spawn(move || {
                 let mut scratch = Scratch::default();
                 for job in rx {
-                    job(&mut scratch);
+                    // A job that panics (a bug) loses its answer, not the worker: every stack
+                    // of the process shares it.
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut scratch));
+                    if std::panic::catch_unwind(run).is_err() {
+                        scratch = Scratch::default();
+                    }
                 }
             })
             .ok()
