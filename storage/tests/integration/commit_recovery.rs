@@ -389,3 +389,38 @@ fn replay_reaches_the_right_segment() {
         assert_eq!(log.latest_offset(), LogOffset::new(80, 2));
     }
 }
+
+/// A committed batch whose segment cannot be opened fails the store's open: it is never
+/// skipped, nor written into another segment.
+#[test]
+fn replay_into_a_segment_that_cannot_be_opened_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 80);
+    let shape = dir.path().join("s0");
+    let mut later: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&shape)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let base = name
+                .strip_prefix("changes-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
+            Some((base, e.path()))
+        })
+        .collect();
+    later.sort();
+    let (_, active) = later.pop().expect("a later segment");
+    let first_len = fs::metadata(shape.join("changes.log")).unwrap().len();
+    // The active segment is replaced by something that is not a segment file.
+    fs::remove_file(&active).unwrap();
+    fs::create_dir(&active).unwrap();
+    assert!(FileStore::open(dir.path(), cfg(1 << 20)).is_err());
+    assert_eq!(
+        fs::metadata(shape.join("changes.log")).unwrap().len(),
+        first_len,
+        "nothing written into another segment"
+    );
+    assert!(wal_len(dir.path()) > HEADER, "the commit log is kept");
+}

@@ -566,3 +566,49 @@ fn visiting_a_large_chunk_in_pieces() {
         scratch.capacity()
     );
 }
+
+/// A segment is given back only after its index and every compacted file of its chunks read
+/// back intact: with one of them damaged, the segment keeps its records (and serves them).
+#[test]
+fn a_segment_is_not_given_back_while_a_compacted_file_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = store(dir.path(), 100).create("s1", b"m").unwrap();
+    log.finish_snapshot(END).unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..200u64 {
+        let o = LogOffset::new(10 + i, 0);
+        log.append_change(o, &entry(i as usize, 40)).unwrap();
+        if i % 5 == 4 {
+            log.flush().unwrap();
+        }
+        offsets.push(o);
+    }
+    log.flush().unwrap();
+    let s1 = dir.path().join("s1");
+    let first_len = fs::metadata(s1.join("changes.log")).unwrap().len();
+    // Compact the first chunk, damage its file, then compact the rest of the first segment.
+    let (end, entries) = log.compaction_candidate().unwrap().unwrap();
+    log.store_compacted(end, Some(&entries[entries.len() - 1..]))
+        .unwrap();
+    let damaged = s1.join(format!("compacted-{end}.chunk"));
+    let mut bytes = fs::read(&damaged).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 1;
+    fs::write(&damaged, bytes).unwrap();
+    while let Some((end, entries)) = log.compaction_candidate().unwrap() {
+        log.store_compacted(end, Some(&entries[entries.len() - 1..]))
+            .unwrap();
+    }
+    assert_eq!(
+        fs::metadata(s1.join("changes.log")).unwrap().len(),
+        first_len,
+        "kept: one of its compacted files is damaged"
+    );
+    // The damaged chunk is served from its records.
+    let (entries, chunk_end) = read(&*log, "0_inf");
+    assert_eq!(chunk_end, offsets[entries.len() - 1]);
+    assert!(
+        entries.len() > 1,
+        "the original chunk, not its compacted form"
+    );
+}
