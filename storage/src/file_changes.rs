@@ -189,8 +189,17 @@ impl ChangeFile {
             }
         }
         let mut index = ChangeIndex::new(FIRST_BASE);
-        for &base in &bases[1..] {
-            index.push_segment(base);
+        for (i, &base) in bases.iter().enumerate() {
+            if i > 0 {
+                index.push_segment(base);
+            }
+            // A finished segment given back before this open: its records are not on disk.
+            if let Some(&next) = bases.get(i + 1) {
+                let len = std::fs::metadata(dir.join(&*segment_name(base)))?.len();
+                if len <= FIRST_BASE {
+                    index.note_given_back(next - base);
+                }
+            }
         }
         if let Some(latest) = last {
             index.publish(seals, end, latest);
@@ -635,7 +644,7 @@ impl ChangeFile {
             let file = std::fs::OpenOptions::new().write(true).open(&path)?;
             let len = file.metadata()?.len();
             if len <= FIRST_BASE {
-                continue; // given back already
+                continue; // given back already (counted when the log was opened)
             }
             // Once cut, the segment's index file is the only record of its chunk boundaries,
             // and the compacted files the only copy of its chunks: all must verify first.
@@ -654,6 +663,7 @@ impl ChangeFile {
                 file.set_len(FIRST_BASE)?;
                 file.sync_all()?;
                 freed += len - FIRST_BASE;
+                self.index_mut().note_given_back(end - start);
             }
         }
         Ok(freed)
@@ -688,8 +698,10 @@ impl ChangeFile {
     }
 
     /// Durable bytes of the file.
+    /// Bytes of records on disk: the durable end, less the segments given back.
     pub(crate) fn size_bytes(&self) -> u64 {
-        self.index_ref().durable_end()
+        let index = self.index_ref();
+        index.durable_end().saturating_sub(index.given_back())
     }
 }
 

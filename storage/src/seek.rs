@@ -40,6 +40,8 @@ struct More<P> {
     offered: usize,
     /// Positions where the log's later segment files start (file store; ascending).
     segments: Vec<P>,
+    /// Bytes of records given back (segments cut to their header).
+    given_back: u64,
 }
 
 impl<P: Copy> ChangeIndex<P> {
@@ -63,8 +65,21 @@ impl<P: Copy> ChangeIndex<P> {
                 compacted: Vec::new(),
                 offered: 0,
                 segments: Vec::new(),
+                given_back: 0,
             })
         })
+    }
+
+    /// Bytes of records given back (see `note_given_back`).
+    pub(crate) fn given_back(&self) -> u64 {
+        self.more.as_ref().map_or(0, |m| m.given_back)
+    }
+
+    /// `bytes` of records were given back (a segment cut to its header).
+    pub(crate) fn note_given_back(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.more_mut().given_back += bytes;
+        }
     }
 
     /// Positions where later segments start, ascending (the first segment starts at `base`).

@@ -498,6 +498,7 @@ fn fully_compacted_segments_give_their_space_back() {
     let s1 = dir.path().join("s1");
     let size = |name: &str| fs::metadata(s1.join(name)).unwrap().len();
     let before: u64 = segments.iter().map(|n| size(n)).sum::<u64>() + size("changes.log");
+    let logical = log.size_bytes();
     // Compact every sealed chunk down to its last entry, in both stores.
     while let Some((end, entries)) = log.compaction_candidate().unwrap() {
         let kept = [entries.last().unwrap().clone()];
@@ -509,9 +510,15 @@ fn fully_compacted_segments_give_their_space_back() {
     assert_eq!(size("changes.log"), 18, "the first segment is given back");
     let after: u64 = segments.iter().map(|n| size(n)).sum::<u64>() + size("changes.log");
     assert!(after * 3 < before, "{before} bytes → {after}");
+    let counted = log.size_bytes();
+    assert!(
+        counted * 3 < logical,
+        "size_bytes counts what is on disk: {counted}"
+    );
     drop(log);
     let (_, _, log) = reopen(dir.path());
     assert_eq!(change_reads(&*log, &offsets), want, "after a reopen");
+    assert_eq!(log.size_bytes(), counted, "and after a reopen");
     // Writing goes on, and so does compaction.
     for i in 400..500u64 {
         let o = LogOffset::new(10 + i, 0);
