@@ -51,8 +51,7 @@ struct Slot {
 /// with no barrier between them. A cheap first pass (no message is built, keys are hashed from
 /// their raw JSON text): most chunks of insert-heavy or spread-out workloads have no repeat, and
 /// this answers them without the allocations of a full compaction. A false `true` (a hash
-/// collision, a key written with different escapes) only costs the full pass, which compares
-/// keys exactly.
+/// collision) only costs the full pass, which compares the keys' text.
 pub fn may_merge(entries: &[(LogOffset, Bytes)]) -> bool {
     let mut probe = MergeProbe::default();
     for (_, json) in entries {
@@ -76,7 +75,7 @@ impl MergeProbe {
         if self.maybe {
             return;
         }
-        let Ok(head) = serde_json::from_slice::<RawHead<'_>>(json) else {
+        let Ok(head) = serde_json::from_slice::<Head<'_>>(json) else {
             self.maybe = true; // let the full pass report it
             return;
         };
@@ -110,15 +109,6 @@ fn hash(bytes: &[u8]) -> u64 {
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(bytes)
 }
 
-/// `Head` with the key as its raw JSON text (no unescaping, no allocation).
-#[derive(serde::Deserialize)]
-struct RawHead<'a> {
-    #[serde(borrow, default)]
-    key: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow, default)]
-    headers: Option<Headers<'a>>,
-}
-
 /// Compacts the entries of one sealed change chunk (offsets strictly increasing). Returns the
 /// kept entries; unchanged ones keep their exact bytes. `continues_transaction`: the chunk's
 /// first transaction began in the previous chunk (`ShapeLog::sealed_chunk_start` has its
@@ -129,7 +119,7 @@ pub fn compact_chunk(
 ) -> Result<Vec<(LogOffset, Bytes)>, CompactError> {
     let mut out: Vec<Option<Slot>> = Vec::with_capacity(entries.len());
     // Key → slot of the open run's (merged) update.
-    let mut runs: HashMap<String, usize> = HashMap::new();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
     let mut prev: Option<LogOffset> = None;
     // The transaction that began before this chunk, if any.
     let first_tx = entries
@@ -150,13 +140,13 @@ pub fn compact_chunk(
             out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
         };
-        let key = key.into_owned();
+        let key = key.get();
         if head.headers.as_ref().and_then(|h| h.operation.as_deref()) != Some("update") {
-            runs.remove(&key);
+            runs.remove(key);
             out.push(Some(Slot::new(*offset, bytes, None)));
             continue;
         }
-        let earlier = runs.get(&key).and_then(|&i| out[i].take().map(|s| (i, s)));
+        let earlier = runs.get(key).and_then(|&i| out[i].take().map(|s| (i, s)));
         let slot = match earlier {
             Some((at, earlier)) => {
                 let (was, was_bytes, was_edited) =
@@ -225,11 +215,13 @@ fn parse(offset: LogOffset, bytes: &[u8]) -> Result<Map<String, Value>, CompactE
     serde_json::from_slice(bytes).map_err(|_| CompactError::NotJson(offset))
 }
 
-/// The parts of a message that decide what merges (everything else is skipped unparsed).
+/// The parts of a message that decide what merges (everything else is skipped unparsed). The
+/// key is its raw JSON text, borrowed: keys are compared as written (the encoder writes a key
+/// the same way every time), without unescaping or allocating.
 #[derive(serde::Deserialize)]
 struct Head<'a> {
     #[serde(borrow, default)]
-    key: Option<std::borrow::Cow<'a, str>>,
+    key: Option<&'a serde_json::value::RawValue>,
     #[serde(borrow, default)]
     headers: Option<Headers<'a>>,
 }
