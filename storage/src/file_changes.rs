@@ -447,21 +447,20 @@ impl ChangeFile {
         plan(after, snapshot, &self.index_ref())
     }
 
+    /// Every segment's base, ascending (the first is `FIRST_BASE`).
+    fn segment_bases(&self) -> Vec<u64> {
+        std::iter::once(FIRST_BASE)
+            .chain(self.index_ref().segments().iter().copied())
+            .collect()
+    }
+
     /// Reads every entry stored in `[from, to)` with its offset.
     pub(crate) fn read_with_offsets(
         &self,
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let later = self.index_ref().segments().to_vec();
-        let buf = if later.is_empty() {
-            self.file.read(&[FIRST_BASE], from, to)?
-        } else {
-            let mut bases = Vec::with_capacity(later.len() + 1);
-            bases.push(FIRST_BASE);
-            bases.extend(later);
-            self.file.read(&bases, from, to)?
-        };
+        let buf = self.file.read(&self.segment_bases(), from, to)?;
         let mut entries = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -548,13 +547,8 @@ impl ChangeFile {
         visit: &mut dyn FnMut(LogOffset, &[u8]),
     ) -> Result<Option<LogOffset>, StoreError> {
         const VISIT_PIECE: u64 = 256 << 10;
-        let (range, bases) = {
-            let index = self.index_ref();
-            let bases: Vec<u64> = std::iter::once(FIRST_BASE)
-                .chain(index.segments().iter().copied())
-                .collect();
-            (index.compaction_candidate(), bases)
-        };
+        let range = self.index_ref().compaction_candidate();
+        let bases = self.segment_bases();
         let Some((from, to, end)) = range else {
             return Ok(None);
         };

@@ -356,6 +356,25 @@ fn idle_logs_close_their_files_and_reopen_them_on_demand() {
     );
 }
 
+/// The later change segments of a shape directory (`changes-<base>.log`), by base.
+fn later_segments(shape: &Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut out: Vec<(u64, std::path::PathBuf)> = fs::read_dir(shape)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let base = name
+                .strip_prefix("changes-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
+            Some((base, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// With several change segments (4 KiB each at threshold 100), committed batches are replayed
 /// into the segment that holds their position: after a power cut that loses the unsynced
 /// active segments (finished ones were fsynced when they were finished), every change is back.
@@ -365,20 +384,7 @@ fn replay_reaches_the_right_segment() {
     write(dir.path(), 80);
     for i in 0..2 {
         let shape = dir.path().join(format!("s{i}"));
-        let mut segments: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&shape)
-            .unwrap()
-            .filter_map(|e| {
-                let e = e.unwrap();
-                let name = e.file_name().into_string().unwrap();
-                let base = name
-                    .strip_prefix("changes-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()?;
-                Some((base, e.path()))
-            })
-            .collect();
-        segments.sort();
+        let segments = later_segments(&shape);
         assert!(segments.len() >= 2, "rolled: {segments:?}");
         cut(&segments.last().unwrap().1, HEADER);
     }
@@ -397,20 +403,7 @@ fn replay_into_a_segment_that_cannot_be_opened_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), 80);
     let shape = dir.path().join("s0");
-    let mut later: Vec<(u64, std::path::PathBuf)> = fs::read_dir(&shape)
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            let base = name
-                .strip_prefix("changes-")?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()?;
-            Some((base, e.path()))
-        })
-        .collect();
-    later.sort();
+    let mut later = later_segments(&shape);
     let (_, active) = later.pop().expect("a later segment");
     let first_len = fs::metadata(shape.join("changes.log")).unwrap().len();
     // The active segment is replaced by something that is not a segment file.
