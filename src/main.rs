@@ -145,6 +145,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     std::fs::create_dir_all(&args.storage_dir)
         .with_context(|| format!("creating {}", args.storage_dir.display()))?;
+    // Before anything else uses the directory (the embedded Postgres lives in it too).
+    let _lock = shapesync_storage::DirLock::acquire(&args.storage_dir)?;
     let mut embedded = None;
     let database_url = match args.database_url {
         Some(url) => url,

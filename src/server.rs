@@ -98,6 +98,8 @@ pub struct Server {
     pub stack: Option<Arc<Stack>>,
     stop_http: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
+    /// One writer per storage directory: held until the server has stopped.
+    lock: shapesync_storage::DirLock,
 }
 
 impl Server {
@@ -119,6 +121,17 @@ impl Server {
             tracing::warn!("running in insecure mode: no secret is required for shapes and the admin API is open");
         }
         tracing::info!(storage = %cfg.storage_dir.display(), "starting");
+        let lock = shapesync_storage::DirLock::acquire(&cfg.storage_dir)?;
+        // Shape logs are opened and closed within a budget of descriptors, whatever the number
+        // of shapes; the budget comes from the limit, raised to the hard limit first.
+        let soft = shapesync_storage::raise_nofile_limit();
+        let file_budget =
+            shapesync_storage::FileBudget::new(shapesync_storage::budget_for_limit(soft));
+        tracing::info!(
+            nofile_limit = soft,
+            open_log_files = file_budget.limit(),
+            "open-file budget"
+        );
         let default = cfg.database_url.as_ref().map(|url| TenantRecord {
             id: DEFAULT_TENANT
                 .parse::<DatabaseId>()
@@ -134,6 +147,7 @@ impl Server {
                 chunk_bytes: cfg.chunk_bytes,
                 max_snapshots: cfg.max_snapshots,
                 schema_check: cfg.schema_check,
+                file_budget,
                 lifecycle: crate::shape::lifecycle::LifecycleConfig {
                     tier: match &cfg.object_store_url {
                         Some(url) => {
@@ -192,6 +206,7 @@ impl Server {
             stack,
             stop_http,
             http,
+            lock,
         })
     }
 
@@ -215,5 +230,6 @@ impl Server {
         let _ = self.stop_http.send(true);
         self.tenants.stop_all().await;
         let _ = self.http.await;
+        drop(self.lock);
     }
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shapesync_storage::{FileStore, ReadResult, ShapeLogStore, StoreConfig, StoreError};
+use shapesync_storage::{
+    FileBudget, FileStore, ReadResult, ShapeLogStore, StoreConfig, StoreError,
+};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::postgres::catalog::{self, CatalogError};
@@ -39,6 +41,8 @@ pub struct StackConfig {
     pub schema_check: Duration,
     /// Object-store tier, archiving and the shape cap.
     pub lifecycle: LifecycleConfig,
+    /// The process's open-file budget, shared by every stack's store.
+    pub file_budget: Arc<FileBudget>,
 }
 
 /// Is the stack serving?
@@ -216,8 +220,13 @@ impl Stack {
         let store_cfg = StoreConfig {
             chunk_bytes_threshold: cfg.chunk_bytes,
         };
-        let store: Arc<dyn ShapeLogStore> =
-            Arc::new(tokio::task::spawn_blocking(move || FileStore::open(dir, store_cfg)).await??);
+        let budget = Arc::clone(&cfg.file_budget);
+        let store: Arc<dyn ShapeLogStore> = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                FileStore::open_with_budget(dir, store_cfg, budget)
+            })
+            .await??,
+        );
         let (tier_cleanup, deletions) = mpsc::unbounded_channel();
         let registry = Arc::new(match cfg.lifecycle.tier {
             Some(_) => Registry::with_tier_cleanup(Arc::clone(&store), tier_cleanup),

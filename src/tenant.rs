@@ -117,6 +117,8 @@ pub struct TenantBase {
     pub schema_check: std::time::Duration,
     /// The tier is the whole bucket; each tenant gets its folder `<database id>/`.
     pub lifecycle: crate::shape::lifecycle::LifecycleConfig,
+    /// The process's open-file budget (see `shapesync_storage::FileBudget`).
+    pub file_budget: Arc<shapesync_storage::FileBudget>,
 }
 
 pub struct Tenant {
@@ -220,6 +222,7 @@ impl Tenants {
             chunk_bytes: self.base.chunk_bytes,
             max_snapshots: self.base.max_snapshots,
             schema_check: self.base.schema_check,
+            file_budget: Arc::clone(&self.base.file_budget),
             lifecycle: crate::shape::lifecycle::LifecycleConfig {
                 tier: self
                     .base

@@ -31,6 +31,7 @@ use crate::file_segments::{
 };
 use crate::file_store::write_atomic;
 use crate::object_tier::codec::{decode_chunk, encode_chunk};
+use crate::open_files::FileBudget;
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
     FRAME_HEADER_LEN,
@@ -100,11 +101,15 @@ pub(crate) enum Staged {
 }
 
 impl ChangeFile {
-    pub(crate) fn create(dir: &Arc<Path>, threshold: u64) -> Result<ChangeFile, StoreError> {
+    pub(crate) fn create(
+        dir: &Arc<Path>,
+        threshold: u64,
+        budget: &Arc<FileBudget>,
+    ) -> Result<ChangeFile, StoreError> {
         let file = create_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC, threshold)?;
         let index = ChangeIndex::new(FIRST_BASE);
         Ok(ChangeFile::assemble(
-            SegmentFiles::new(dir, Some((FIRST_BASE, file))),
+            SegmentFiles::new(dir, Some((FIRST_BASE, file)), budget),
             index,
             Chunker::new(threshold),
             None,
@@ -123,6 +128,7 @@ impl ChangeFile {
         dir: &Arc<Path>,
         segments: Vec<u64>,
         compacted: Vec<LogOffset>,
+        budget: &Arc<FileBudget>,
     ) -> Result<ChangeFile, StoreError> {
         let (first, threshold) = open_log_file(&dir.join(CHANGES_FILE), CHANGES_MAGIC)?;
         let mut first = Some(first);
@@ -211,7 +217,7 @@ impl ChangeFile {
                 std::fs::remove_file(dir.join(compacted_name(end)))?;
             }
         }
-        let log = ChangeFile::assemble(SegmentFiles::new(dir, None), index, chunker, last);
+        let log = ChangeFile::assemble(SegmentFiles::new(dir, None, budget), index, chunker, last);
         // A crash may have come between a compaction and the reclaim it allowed. Best effort:
         // a failure costs disk space only, and the next compaction tries again.
         let _ = log.reclaim_compacted();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::file_changes::ChangeFile;
 use crate::file_snapshot::SnapshotFile;
+use crate::open_files::FileBudget;
 use crate::seek::Plan;
 use crate::{
     CompactionCandidate, LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError,
@@ -25,12 +26,17 @@ pub(crate) struct FileLog {
 
 impl FileLog {
     /// Creates both files (headers fsynced). The caller fsyncs the directory.
-    pub(crate) fn create(id: &str, dir: &Path, threshold: u64) -> Result<FileLog, StoreError> {
+    pub(crate) fn create(
+        id: &str,
+        dir: &Path,
+        threshold: u64,
+        budget: &Arc<FileBudget>,
+    ) -> Result<FileLog, StoreError> {
         let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
-            snapshot: SnapshotFile::create(&shared, threshold)?,
-            changes: ChangeFile::create(&shared, threshold)?,
+            snapshot: SnapshotFile::create(&shared, threshold, budget)?,
+            changes: ChangeFile::create(&shared, threshold, budget)?,
         })
     }
 
@@ -41,12 +47,13 @@ impl FileLog {
         dir: &Path,
         segments: Vec<u64>,
         compacted: Vec<LogOffset>,
+        budget: &Arc<FileBudget>,
     ) -> Result<FileLog, StoreError> {
         let shared: Arc<Path> = Arc::from(dir);
         Ok(FileLog {
             id: id.to_owned(),
-            snapshot: SnapshotFile::open(&shared)?,
-            changes: ChangeFile::open(&shared, segments, compacted)?,
+            snapshot: SnapshotFile::open(&shared, budget)?,
+            changes: ChangeFile::open(&shared, segments, compacted, budget)?,
         })
     }
 

@@ -6,11 +6,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::open_files::{CachedFile, FileBudget, OpenFile};
 use crate::record::{
     decode_log_header, encode_log_header, parse_frame_header, FRAME_HEADER_LEN, LOG_HEADER_LEN,
 };
@@ -102,70 +102,62 @@ pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// A log file's handle, opened on demand and closed by `release_if_unused` once it has not
-/// been used since the previous call, so idle shapes hold no open files. A handle handed out
-/// stays valid while its user holds it (closing only drops the shared reference).
+/// A log file's handle, opened on demand through the open-file budget and closed by
+/// `release_if_unused` once it has not been used since the previous call (or by the budget's
+/// sweep), so idle shapes hold no open files. A handle handed out stays valid while its user
+/// holds it (closing only drops the cached reference).
 pub(crate) struct LazyFile {
     /// The shape directory, shared by the log's files (a path per file per shape was a good
     /// part of an idle shape's memory), and the file's name in it.
     dir: Arc<Path>,
     name: &'static str,
-    handle: Mutex<Option<Arc<File>>>,
-    used: AtomicBool,
+    slot: CachedFile,
 }
 
 impl LazyFile {
     /// Wraps a handle already open (read + write) on `dir/name`.
-    pub(crate) fn new(dir: &Arc<Path>, name: &'static str, file: File) -> LazyFile {
+    pub(crate) fn new(
+        dir: &Arc<Path>,
+        name: &'static str,
+        file: File,
+        budget: &Arc<FileBudget>,
+    ) -> LazyFile {
         LazyFile {
             dir: Arc::clone(dir),
             name,
-            handle: Mutex::new(Some(Arc::new(file))),
-            used: AtomicBool::new(true),
+            slot: CachedFile::with(budget, 0, file),
         }
     }
 
     /// A handle on `path` not open yet (opened by the first use): what recovery leaves, so
     /// opening a store of many shapes does not hold two files per shape.
-    pub(crate) fn closed(dir: &Arc<Path>, name: &'static str) -> LazyFile {
+    pub(crate) fn closed(
+        dir: &Arc<Path>,
+        name: &'static str,
+        budget: &Arc<FileBudget>,
+    ) -> LazyFile {
         LazyFile {
             dir: Arc::clone(dir),
             name,
-            handle: Mutex::new(None),
-            used: AtomicBool::new(false),
+            slot: CachedFile::closed(budget),
         }
     }
 
-    pub(crate) fn get(&self) -> io::Result<Arc<File>> {
-        self.used.store(true, Ordering::Relaxed);
-        let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = handle.as_ref() {
-            return Ok(Arc::clone(file));
-        }
+    pub(crate) fn get(&self) -> io::Result<Arc<OpenFile>> {
         let path = self.dir.join(self.name);
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
-        *handle = Some(Arc::clone(&file));
-        Ok(file)
+        self.slot.get(
+            0,
+            || OpenOptions::new().read(true).write(true).open(&path),
+            |_| true,
+        )
     }
 
     /// Closes the handle unless it was used since the last call. True if it is closed now.
     pub(crate) fn release_if_unused(&self) -> bool {
-        if self.used.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
-        // Used between the swap and the lock: keep it for this round.
-        if self.used.load(Ordering::Relaxed) {
-            return false;
-        }
-        *handle = None;
-        true
+        self.slot.release_if_unused()
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.slot.is_open()
     }
 }

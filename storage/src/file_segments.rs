@@ -17,11 +17,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::open_files::{CachedFile, FileBudget, OpenFile};
 use crate::record::{encode_frame, encode_log_header, parse_frame, CHANGES_MAGIC, LOG_HEADER_LEN};
 use crate::seek::SealedChunk;
 use crate::LogOffset;
@@ -181,44 +181,37 @@ pub(crate) fn decode_index(buf: &[u8]) -> Option<SegmentIndex> {
     (ix.base < ix.end && ix.last.tx() > 0 && ordered && inside && chunking).then_some(ix)
 }
 
-/// The change part's segment files: the newest one used is kept open (closed again by
-/// `release_if_unused` once idle); older ones are opened for each read (they hold sealed
-/// chunks only, read rarely and cached by CDNs).
+/// The change part's segment files: the newest one used is kept open through the open-file
+/// budget (closed again by `release_if_unused` once idle, or by the budget's sweep); older ones
+/// are opened for each read (they hold sealed chunks only, read rarely and cached by CDNs).
 pub(crate) struct SegmentFiles {
     dir: Arc<Path>,
-    /// (base, handle) of the newest segment opened.
-    cached: Mutex<Option<(u64, Arc<File>)>>,
-    used: AtomicBool,
+    slot: CachedFile,
 }
 
 impl SegmentFiles {
-    pub(crate) fn new(dir: &Arc<Path>, open: Option<(u64, File)>) -> SegmentFiles {
+    pub(crate) fn new(
+        dir: &Arc<Path>,
+        open: Option<(u64, File)>,
+        budget: &Arc<FileBudget>,
+    ) -> SegmentFiles {
         SegmentFiles {
             dir: Arc::clone(dir),
-            used: AtomicBool::new(open.is_some()),
-            cached: Mutex::new(open.map(|(b, f)| (b, Arc::new(f)))),
+            slot: match open {
+                Some((base, file)) => CachedFile::with(budget, base, file),
+                None => CachedFile::closed(budget),
+            },
         }
     }
 
     /// The segment starting at `base`.
-    pub(crate) fn get(&self, base: u64) -> io::Result<Arc<File>> {
-        self.used.store(true, Ordering::Relaxed);
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((b, file)) = cached.as_ref() {
-            if *b == base {
-                return Ok(Arc::clone(file));
-            }
-        }
-        let file = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.dir.join(&*segment_name(base)))?,
-        );
-        if cached.as_ref().is_none_or(|(b, _)| base > *b) {
-            *cached = Some((base, Arc::clone(&file)));
-        }
-        Ok(file)
+    pub(crate) fn get(&self, base: u64) -> io::Result<Arc<OpenFile>> {
+        let path = self.dir.join(&*segment_name(base));
+        self.slot.get(
+            base,
+            || OpenOptions::new().read(true).write(true).open(&path),
+            |cached| cached.is_none_or(|b| base > b),
+        )
     }
 
     /// Reads logical range `[from, to)`, which may cross segment boundaries: `bases` are the
@@ -255,15 +248,7 @@ impl SegmentFiles {
 
     /// Closes the cached handle unless it was used since the last call. True if closed now.
     pub(crate) fn release_if_unused(&self) -> bool {
-        if self.used.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if self.used.load(Ordering::Relaxed) {
-            return false;
-        }
-        *cached = None;
-        true
+        self.slot.release_if_unused()
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -271,10 +256,7 @@ impl SegmentFiles {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.cached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.slot.is_open()
     }
 }
 

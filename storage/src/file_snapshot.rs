@@ -17,6 +17,7 @@ use crate::file_log::SNAPSHOT_FILE;
 use crate::file_scan::{
     create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
 };
+use crate::open_files::FileBudget;
 use crate::record::{
     decode_snapshot_body, encode_snapshot, fits, parse_frame, SnapshotKind, LOG_HEADER_LEN,
     SNAPSHOT_MAGIC,
@@ -52,7 +53,11 @@ struct SnapWriter {
 }
 
 impl SnapshotFile {
-    pub(crate) fn create(dir: &Arc<Path>, threshold: u64) -> Result<SnapshotFile, StoreError> {
+    pub(crate) fn create(
+        dir: &Arc<Path>,
+        threshold: u64,
+        budget: &Arc<FileBudget>,
+    ) -> Result<SnapshotFile, StoreError> {
         let file = create_log_file(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC, threshold)?;
         let index = SnapIndex {
             chunk_ends: Vec::new(),
@@ -60,7 +65,7 @@ impl SnapshotFile {
             written: LOG_HEADER_LEN as u64,
         };
         Ok(SnapshotFile::assemble(
-            LazyFile::new(dir, SNAPSHOT_FILE, file),
+            LazyFile::new(dir, SNAPSHOT_FILE, file, budget),
             index,
             threshold,
         ))
@@ -69,7 +74,10 @@ impl SnapshotFile {
     /// Opens and recovers. A record is accepted only in sequence: rows; a `Seal` (required
     /// right after a row that reaches the threshold); `Finished` only right after a `Seal`,
     /// and nothing after `Finished`. The file is cut after the last `Seal`/`Finished`.
-    pub(crate) fn open(dir: &Arc<Path>) -> Result<SnapshotFile, StoreError> {
+    pub(crate) fn open(
+        dir: &Arc<Path>,
+        budget: &Arc<FileBudget>,
+    ) -> Result<SnapshotFile, StoreError> {
         let (file, threshold) = open_log_file(&dir.join(SNAPSHOT_FILE), SNAPSHOT_MAGIC)?;
         let mut chunker = Chunker::new(threshold);
         let mut chunk_ends = Vec::new();
@@ -111,7 +119,7 @@ impl SnapshotFile {
         };
         drop(file);
         Ok(SnapshotFile::assemble(
-            LazyFile::closed(dir, SNAPSHOT_FILE),
+            LazyFile::closed(dir, SNAPSHOT_FILE, budget),
             index,
             threshold,
         ))

@@ -25,6 +25,7 @@ use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
 use crate::file_scan::sync_dir;
 use crate::file_segments::parse_segment_name;
+use crate::open_files::FileBudget;
 use crate::record::{decode_meta, encode_meta};
 use crate::{
     validate_id, CommitStats, LogOffset, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig,
@@ -42,6 +43,8 @@ pub struct FileStore {
     /// std Mutex: held by `commit` across its writes and the fsync (blocking callers only;
     /// commits are serialised anyway, one writer per store).
     wal: Mutex<WalState>,
+    /// Open log files are counted against this budget (shared by the process's stores).
+    budget: Arc<FileBudget>,
 }
 
 pub(crate) struct WalState {
@@ -56,8 +59,18 @@ pub(crate) struct WalState {
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 impl FileStore {
-    /// Opens (creating if needed) the store directory. Logs are opened by `open_all`.
+    /// Opens (creating if needed) the store directory, with an open-file budget of its own
+    /// ([`FileBudget::for_process`]). Logs are opened by `open_all`.
     pub fn open(dir: impl Into<PathBuf>, cfg: StoreConfig) -> Result<FileStore, StoreError> {
+        FileStore::open_with_budget(dir, cfg, FileBudget::for_process())
+    }
+
+    /// [`FileStore::open`] with the open-file budget shared by the process's stores.
+    pub fn open_with_budget(
+        dir: impl Into<PathBuf>,
+        cfg: StoreConfig,
+        budget: Arc<FileBudget>,
+    ) -> Result<FileStore, StoreError> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         commit_log::remove_tmp(&dir)?;
@@ -71,7 +84,12 @@ impl FileStore {
             removed: HashSet::new(),
             stats,
         });
-        Ok(FileStore { dir, cfg, wal })
+        Ok(FileStore {
+            dir,
+            cfg,
+            wal,
+            budget,
+        })
     }
 
     /// Counters of the group commit path (for benches and metrics).
@@ -89,13 +107,18 @@ impl FileStore {
         checkpoint(&mut wal)
     }
 
+    /// The open-file budget its logs count against.
+    pub fn budget(&self) -> &Arc<FileBudget> {
+        &self.budget
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     fn create_in(&self, id: &str, path: &Path, meta: &[u8]) -> Result<FileLog, StoreError> {
-        let log = FileLog::create(id, path, self.cfg.chunk_bytes_threshold)?;
+        let log = FileLog::create(id, path, self.cfg.chunk_bytes_threshold, &self.budget)?;
         write_atomic(path, META_FILE, META_TMP, &encode_meta(meta))?;
         sync_dir(&self.dir)?;
         Ok(log)
@@ -113,7 +136,10 @@ impl FileStore {
             fs::remove_dir_all(path)?;
             return Ok(None);
         };
-        Ok(Some((meta, FileLog::open(id, path, segments, compacted)?)))
+        Ok(Some((
+            meta,
+            FileLog::open(id, path, segments, compacted, &self.budget)?,
+        )))
     }
 }
 

@@ -33,6 +33,7 @@
 mod chunking;
 mod commit_log;
 mod commit_record;
+mod dir_lock;
 mod error;
 mod file_changes;
 mod file_log;
@@ -43,15 +44,20 @@ mod file_store;
 mod memory_store;
 pub mod object_tier;
 pub mod offset;
+mod open_files;
 mod record;
 mod seek;
 
 use std::sync::Arc;
 
+pub use dir_lock::{DirLock, DirLockError, LOCK_FILE};
 pub use error::StoreError;
 pub use file_store::FileStore;
 pub use memory_store::MemoryStore;
 pub use offset::{LogOffset, ParseOffsetError};
+pub use open_files::{
+    budget_for_limit, nofile_limit, raise_nofile_limit, FileBudget, FileBudgetStats,
+};
 
 /// Store-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 mod commit_recovery;
 mod contract;
 mod disk_full;
+mod file_budget;
 mod file_recovery;
 mod fixtures;
 mod object_tier;
