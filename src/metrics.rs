@@ -177,6 +177,82 @@ impl HttpMetrics {
     }
 }
 
+/// What the integrity checks noticed and did (see `schema_watch` and the writer): each a
+/// counter per database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityEvent {
+    /// A table or partition with shapes had lost `REPLICA IDENTITY FULL`: set back.
+    ReplicaIdentityRepaired,
+    /// A table with shapes was no longer (or only filtered) in the publication: added back,
+    /// its shapes rotated.
+    PublicationTableReadded,
+    /// The publication's options (operations published, `publish_via_partition_root`) had
+    /// been changed: set back, every shape rotated.
+    PublicationOptionsRepaired,
+    /// The publication was gone: created again, every shape rotated.
+    PublicationRecreated,
+    /// The replication slot was gone or had lost WAL: created again, every shape rotated.
+    SlotRecreated,
+    /// A partition with rows of its own was attached under a table with shapes: rotated.
+    PartitionAttached,
+    /// A partition was detached or dropped under a table with shapes: rotated.
+    PartitionDetached,
+    /// A change lacked a value a shape needed (replica identity not FULL): the shape rotated.
+    ValueMissing,
+}
+
+impl IntegrityEvent {
+    pub const ALL: [IntegrityEvent; 8] = [
+        IntegrityEvent::ReplicaIdentityRepaired,
+        IntegrityEvent::PublicationTableReadded,
+        IntegrityEvent::PublicationOptionsRepaired,
+        IntegrityEvent::PublicationRecreated,
+        IntegrityEvent::SlotRecreated,
+        IntegrityEvent::PartitionAttached,
+        IntegrityEvent::PartitionDetached,
+        IntegrityEvent::ValueMissing,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            IntegrityEvent::ReplicaIdentityRepaired => "replica_identity_repaired",
+            IntegrityEvent::PublicationTableReadded => "publication_table_readded",
+            IntegrityEvent::PublicationOptionsRepaired => "publication_options_repaired",
+            IntegrityEvent::PublicationRecreated => "publication_recreated",
+            IntegrityEvent::SlotRecreated => "slot_recreated",
+            IntegrityEvent::PartitionAttached => "partition_attached",
+            IntegrityEvent::PartitionDetached => "partition_detached",
+            IntegrityEvent::ValueMissing => "value_missing",
+        }
+    }
+}
+
+/// Counters of [`IntegrityEvent`]s of one database.
+#[derive(Debug, Default)]
+pub struct IntegrityCounters([AtomicU64; 8]);
+
+impl IntegrityCounters {
+    pub fn note(&self, e: IntegrityEvent) {
+        self.add(e, 1);
+    }
+
+    pub fn add(&self, e: IntegrityEvent, n: u64) {
+        self.0[e as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, e: IntegrityEvent) -> u64 {
+        self.0[e as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The process's shape-log file descriptors (see `shapesync_storage::FileBudget`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileSample {
+    pub budget: u64,
+    pub open: u64,
+    pub evicted: u64,
+}
+
 /// One tenant's figures, gathered by the caller at scrape time.
 #[derive(Debug, Clone)]
 pub struct TenantSample {
@@ -194,6 +270,8 @@ pub struct TenantSample {
     /// Sealed change chunks stored compacted, and the JSON bytes that saved.
     pub compacted_chunks: u64,
     pub compaction_saved_bytes: u64,
+    /// Integrity checks' events.
+    pub integrity: Arc<IntegrityCounters>,
 }
 
 impl TenantSample {
@@ -404,6 +482,23 @@ fn render_tenants(out: &mut String, tenants: &[TenantSample]) {
             up,
         );
     }
+    let name = "shapesync_integrity_events_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Problems noticed with the replication setup or a change, and repairs made (see README, Guarantees).",
+    );
+    for t in &tenants {
+        for e in IntegrityEvent::ALL {
+            sample(
+                out,
+                name,
+                &labels(&[("database_id", &t.database_id), ("event", e.label())]),
+                Value::Uint(t.integrity.get(e)),
+            );
+        }
+    }
     let name = "shapesync_fsync_duration_seconds";
     header(
         out,
@@ -419,11 +514,39 @@ fn render_tenants(out: &mut String, tenants: &[TenantSample]) {
 
 /// Everything, as Prometheus text (format 0.0.4): HTTP families first, then per-tenant ones
 /// (tenants sorted by id). Every family prints its `# HELP` and `# TYPE` even without samples.
-pub fn render(http: &HttpMetrics, tenants: &[TenantSample]) -> String {
+pub fn render(http: &HttpMetrics, files: FileSample, tenants: &[TenantSample]) -> String {
     let mut out = String::with_capacity(4096);
     render_http(&mut out, http);
+    render_files(&mut out, files);
     render_tenants(&mut out, tenants);
     out
+}
+
+fn render_files(out: &mut String, files: FileSample) {
+    let gauges = [
+        (
+            "shapesync_log_files_budget",
+            "Shape log files that may be kept open at once (from RLIMIT_NOFILE).",
+            files.budget,
+        ),
+        (
+            "shapesync_log_files_open",
+            "Shape log files kept open now.",
+            files.open,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        header(out, name, "gauge", help);
+        sample(out, name, "", Value::Uint(v));
+    }
+    let name = "shapesync_log_files_evicted_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Shape log files closed to stay within the budget.",
+    );
+    sample(out, name, "", Value::Uint(files.evicted));
 }
 
 #[cfg(test)]
@@ -445,6 +568,7 @@ mod tests {
             fsync,
             compacted_chunks: 2,
             compaction_saved_bytes: 70,
+            integrity: Arc::new(IntegrityCounters::default()),
         }
     }
 
@@ -501,7 +625,11 @@ mod tests {
         assert_eq!(escape(r#"a\b"c"#), r#"a\\b\"c"#);
         assert_eq!(escape("x\ny"), "x\\ny");
         assert_eq!(labels(&[("k", "v\""), ("l", "w")]), r#"k="v\"",l="w""#);
-        let text = render(&HttpMetrics::default(), &[tenant("a\\\"\nb", 1, 1)]);
+        let text = render(
+            &HttpMetrics::default(),
+            FileSample::default(),
+            &[tenant("a\\\"\nb", 1, 1)],
+        );
         assert!(
             text.contains(r#"shapesync_shapes{database_id="a\\\"\nb"} 3"#),
             "{text}"
@@ -514,7 +642,7 @@ mod tests {
         http.record("shape", 200, Duration::from_millis(3));
         http.record("shape", 200, Duration::from_millis(4));
         http.record("health", 503, Duration::from_millis(1));
-        let text = render(&http, &[]);
+        let text = render(&http, FileSample::default(), &[]);
         assert!(text.contains("shapesync_http_requests_total{route=\"shape\",status=\"200\"} 2\n"));
         assert!(text.contains("shapesync_http_requests_total{route=\"health\",status=\"503\"} 1\n"));
         let inf = "shapesync_http_request_duration_seconds_bucket{route=\"shape\",status=\"200\",le=\"+Inf\"}";
@@ -538,7 +666,7 @@ mod tests {
             let _p = http.parked();
             is_static_send(&a);
             assert_eq!((http.active_count(), http.parked_count()), (2, 1));
-            let text = render(&http, &[]);
+            let text = render(&http, FileSample::default(), &[]);
             assert!(text.contains("shapesync_http_requests_active 2\n"));
             assert!(text.contains("shapesync_http_requests_parked 1\n"));
             drop(a);
@@ -551,7 +679,11 @@ mod tests {
     fn lag_bytes_saturate_and_up_follows_status() {
         let mut waiting = tenant("w", 100, 90);
         waiting.status = "waiting";
-        let text = render(&HttpMetrics::default(), &[tenant("a", 90, 100), waiting]);
+        let text = render(
+            &HttpMetrics::default(),
+            FileSample::default(),
+            &[tenant("a", 90, 100), waiting],
+        );
         let lag = |id: &str| {
             value_of(
                 &text,
@@ -574,7 +706,7 @@ mod tests {
     fn lsns_print_exactly_and_floats_in_prometheus_spelling() {
         let mut t = tenant("a", u64::MAX - 1, u64::MAX);
         t.lag_seconds = f64::INFINITY;
-        let text = render(&HttpMetrics::default(), &[t]);
+        let text = render(&HttpMetrics::default(), FileSample::default(), &[t]);
         let acked = value_of(&text, "shapesync_replication_acked_lsn{database_id=\"a\"}");
         assert_eq!(acked, Some((u64::MAX - 1).to_string()));
         assert!(text.contains("shapesync_replication_lag_seconds{database_id=\"a\"} +Inf\n"));
@@ -669,10 +801,19 @@ mod tests {
         http.record("shape", 200, Duration::from_millis(3));
         http.record("admin", 401, Duration::from_secs(100));
         let odd = "we\"ird\\id\nx";
-        let text = render(&http, &[tenant(odd, 5, 9), tenant("b", 1, 1)]);
+        let text = render(
+            &http,
+            FileSample::default(),
+            &[tenant(odd, 5, 9), tenant("b", 1, 1)],
+        );
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 13);
+        assert_eq!(types.len(), 17);
         assert_eq!(types["shapesync_http_requests_total"], "counter");
+        assert_eq!(types["shapesync_integrity_events_total"], "counter");
+        assert!(text.contains(
+            "shapesync_integrity_events_total{database_id=\"b\",event=\"value_missing\"} 0\n"
+        ));
+        assert_eq!(types["shapesync_log_files_open"], "gauge");
         assert_eq!(types["shapesync_compacted_chunks_total"], "counter");
         assert!(text.contains("shapesync_compaction_saved_bytes_total{database_id=\"b\"} 70\n"));
         assert_eq!(types["shapesync_fsync_duration_seconds"], "histogram");
@@ -687,18 +828,25 @@ mod tests {
 
     #[test]
     fn empty_families_still_print_help_and_type() {
-        let text = render(&HttpMetrics::default(), &[]);
+        let text = render(&HttpMetrics::default(), FileSample::default(), &[]);
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 13);
+        assert_eq!(types.len(), 17);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
             [
                 "shapesync_http_requests_active 0",
-                "shapesync_http_requests_parked 0"
+                "shapesync_http_requests_parked 0",
+                "shapesync_log_files_budget 0",
+                "shapesync_log_files_open 0",
+                "shapesync_log_files_evicted_total 0",
             ]
         );
-        assert_eq!(text, render(&HttpMetrics::default(), &[]), "stable");
+        assert_eq!(
+            text,
+            render(&HttpMetrics::default(), FileSample::default(), &[]),
+            "stable"
+        );
     }
 
     #[test]

@@ -1,16 +1,39 @@
-//! Periodic detection of tables that were dropped, renamed or altered while no change to them has
-//! streamed. pgoutput only describes a table (a Relation message) before its next change, and says
-//! nothing at all when a table is dropped, so without this a shape on a dropped or renamed table
-//! would keep answering up-to-date forever. Every interval the stack's tables are looked up by oid;
-//! shapes whose table is gone, renamed, moved to another schema, or whose columns or key changed
-//! are invalidated, so their clients get 409 and refetch (and learn of the new schema, or get the
-//! 400 for a table that no longer exists).
+//! The schema check: every `--schema-check-ms` (and at once when the stream shows a table with
+//! shapes without replica identity FULL) it verifies that every shape still describes what
+//! Postgres holds and that what shapesync set up is still in place, repairs what it can, and
+//! rotates (invalidates: clients get 409 and refetch) the shapes whose changes may have been
+//! missed. pgoutput says nothing when a table is dropped, describes a renamed or altered one only
+//! before its next change, and simply stops sending a table taken out of the publication, so
+//! none of this can be learnt from the stream alone.
+//!
+//! Per pass, for the tables with shapes:
+//! - dropped, renamed, moved, or whose columns or key changed → their shapes rotate;
+//! - the publication: gone → the replication session restarts, which creates it and the slot
+//!   again and rotates every shape; its options changed (operations published,
+//!   `publish_via_partition_root`) → set back, every shape rotated;
+//! - the slot gone or its WAL lost → the session restarts (slot created again, shapes rotated);
+//! - a table (or the partitioned table above it) no longer in the publication, or published
+//!   with a row filter or column list → added back as it was, its shapes rotated;
+//! - a table or partition without `REPLICA IDENTITY FULL` → set back (changes that streamed
+//!   without the values a shape needed have already rotated that shape, in the writer);
+//! - a partitioned table whose leaf partitions changed: one detached or dropped → its shapes
+//!   rotate (its rows left without a change); one attached that existed before (so rows came
+//!   in without a change), or that received rows before the attach in the attaching
+//!   transaction → rotate; one created as a partition → nothing to do (its rows stream as
+//!   changes).
+//!
+//! Every detection and repair is logged at `warn` and counted in `/metrics`
+//! (`shapesync_integrity_events_total`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::postgres::catalog::{load_table_by_oid, TableInfo};
+use crate::metrics::IntegrityEvent;
+use crate::postgres::catalog::{self, load_table_by_oid, TableInfo};
+use crate::postgres::identifier::quote_ident;
+use crate::postgres::publication;
+use crate::shape::Shape;
 use crate::stack::Stack;
 
 /// Why a shape's table no longer matches the catalog, or `None` if it still does.
@@ -25,51 +48,353 @@ pub fn table_change(was: &TableInfo, now: Option<&TableInfo>) -> Option<&'static
     (was.columns != now.columns).then_some("table schema changed")
 }
 
-/// Run until the stack stops (or is dropped), checking every `every`.
+/// What a watch remembers between passes: leaf partitions found to have been created as
+/// partitions (their rows all stream), per partitioned table.
+#[derive(Default)]
+pub struct WatchState {
+    accepted: HashMap<u32, BTreeSet<u32>>,
+}
+
+/// Run until the stack stops (or is dropped), checking every `every` and when woken.
 pub async fn run(stack: Weak<Stack>, every: Duration) {
-    let mut shutdown = match stack.upgrade() {
-        Some(s) => s.shutdown_signal(),
+    let (mut shutdown, check_now) = match stack.upgrade() {
+        Some(s) => (s.shutdown_signal(), Arc::clone(&s.check_now)),
         None => return,
     };
+    let mut state = WatchState::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = check_now.notified() => {}
             _ = crate::stack::stopping(&mut shutdown) => return,
         }
         let Some(stack) = stack.upgrade() else { return };
         if stack.is_stopped() {
             return;
         }
-        if let Err(e) = check(&stack).await {
-            tracing::debug!(stack = %stack.id, error = %e, "schema check skipped");
+        if let Err(e) = check(&stack, &mut state).await {
+            tracing::debug!(stack = %stack.id, error = %format!("{e:#}"), "schema check skipped");
         }
     }
 }
 
-/// One pass: look up every table that has shapes, invalidate the shapes whose table changed.
-pub async fn check(stack: &Arc<Stack>) -> anyhow::Result<usize> {
-    let shapes = stack.registry.shapes();
-    if shapes.is_empty() {
+/// One pass (see the module documentation). Returns how many shapes it rotated.
+pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result<usize> {
+    let mut tables: HashMap<u32, Vec<Arc<Shape>>> = HashMap::new();
+    for shape in stack.registry.shapes() {
+        if shape.is_active() {
+            tables.entry(shape.table.oid).or_default().push(shape);
+        }
+    }
+    if tables.is_empty() {
         return Ok(0);
     }
     let client = stack.admin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut current: HashMap<u32, Option<TableInfo>> = HashMap::new();
-    let mut invalidated = 0;
-    for shape in shapes {
-        if !shape.is_active() {
-            continue;
+    let mut rotated = 0;
+    let mut rotate = |shape: &Shape, why: &str| {
+        tracing::warn!(stack = %stack.id, handle = %shape.handle, table = %shape.table.quoted_name(), reason = why, "rotating shape");
+        stack.invalidate(&shape.handle);
+        rotated += 1;
+    };
+    // Dropped, renamed, altered.
+    let mut gone = Vec::new();
+    for (&oid, shapes) in &tables {
+        let now = load_table_by_oid(&client, oid).await?;
+        for shape in shapes {
+            if let Some(why) = table_change(&shape.table, now.as_ref()) {
+                rotate(shape, why);
+            }
         }
-        let oid = shape.table.oid;
-        if let std::collections::hash_map::Entry::Vacant(e) = current.entry(oid) {
-            e.insert(load_table_by_oid(&client, oid).await?);
-        }
-        if let Some(why) = table_change(&shape.table, current[&oid].as_ref()) {
-            tracing::info!(stack = %stack.id, handle = %shape.handle, reason = why, "invalidating shape");
-            stack.invalidate(&shape.handle);
-            invalidated += 1;
+        if now.is_none() {
+            gone.push(oid);
         }
     }
-    Ok(invalidated)
+    for oid in gone {
+        tables.remove(&oid);
+        state.accepted.remove(&oid);
+    }
+    if tables.is_empty() {
+        return Ok(rotated);
+    }
+    if !verify_publication_and_slot(stack, &client, &tables, &mut rotate).await? {
+        return Ok(rotated);
+    }
+    verify_replica_identity(stack, &client, &tables).await?;
+    verify_partitions(stack, &client, &tables, state, &mut rotate).await?;
+    Ok(rotated)
+}
+
+/// The publication, its options, its tables and the slot. False when the replication session
+/// was restarted (it sets everything up again and rotates every shape itself).
+async fn verify_publication_and_slot(
+    stack: &Arc<Stack>,
+    client: &tokio_postgres::Client,
+    tables: &HashMap<u32, Vec<Arc<Shape>>>,
+    rotate: &mut impl FnMut(&Shape, &str),
+) -> anyhow::Result<bool> {
+    let name = stack.publication().name();
+    let row = client
+        .query_opt(
+            "SELECT oid, pubinsert AND pubupdate AND pubdelete AND pubtruncate AND NOT pubviaroot \
+             FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = row else {
+        tracing::warn!(stack = %stack.id, publication = name, "the publication is gone: restarting replication to create it again (every shape is rotated)");
+        stack.restart_replication();
+        return Ok(false);
+    };
+    let pub_oid: u32 = row.get(0);
+    let options_ok: bool = row.get(1);
+    let slot = client
+        .query_opt(
+            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+            &[&stack.slot()],
+        )
+        .await?;
+    let slot_status: Option<String> = slot.map(|r| r.get(0));
+    if slot_status.as_deref().is_none_or(|s| s == "lost") {
+        tracing::warn!(stack = %stack.id, slot = stack.slot(), status = ?slot_status, "the replication slot is gone or lost WAL: restarting replication to create it again (every shape is rotated)");
+        stack.restart_replication();
+        return Ok(false);
+    }
+    if !options_ok {
+        tracing::warn!(stack = %stack.id, publication = name, "the publication's options were changed: setting them back (publish all operations, not via the partition root); every shape is rotated");
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate', \
+                 publish_via_partition_root = false)",
+                quote_ident(name)
+            ))
+            .await?;
+        stack
+            .stats
+            .integrity
+            .note(IntegrityEvent::PublicationOptionsRepaired);
+        publication::wait_for_running_writers(client, Duration::from_secs(30)).await?;
+        for shapes in tables.values() {
+            for s in shapes {
+                rotate(s, "publication options changed");
+            }
+        }
+        return Ok(true);
+    }
+    // Membership: each table with shapes (or a partitioned table above it) must be in the
+    // publication, without a row filter or column list.
+    let rows = client
+        .query(
+            "SELECT prrelid, prqual IS NOT NULL OR prattrs IS NOT NULL \
+             FROM pg_publication_rel WHERE prpubid = $1",
+            &[&pub_oid],
+        )
+        .await?;
+    let members: HashMap<u32, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (&oid, shapes) in tables {
+        let Some(ancestors) = catalog::partition_ancestors(client, oid).await? else {
+            continue; // dropped meanwhile: the next pass rotates its shapes
+        };
+        let covering: Vec<u32> = std::iter::once(oid).chain(ancestors).collect();
+        let filtered: Vec<u32> = covering
+            .iter()
+            .copied()
+            .filter(|t| members.get(t) == Some(&true))
+            .collect();
+        let published = covering.iter().any(|t| members.get(t) == Some(&false));
+        if published && filtered.is_empty() {
+            continue;
+        }
+        let table = shapes[0].table.quoted_name();
+        tracing::warn!(stack = %stack.id, table = %table, filtered = !filtered.is_empty(), "a table with shapes was taken out of the publication (or given a row filter or column list): adding it back; its shapes are rotated (changes made meanwhile were not streamed)");
+        // A filtered entry is replaced by a plain one (that covers the table again); else the
+        // table itself is added.
+        let mut sql = String::new();
+        for t in &filtered {
+            if let Some(n) = quoted_name(client, *t).await? {
+                sql.push_str(&format!(
+                    "ALTER PUBLICATION {p} DROP TABLE {n};ALTER PUBLICATION {p} ADD TABLE {n};",
+                    p = quote_ident(name),
+                ));
+            }
+        }
+        if filtered.is_empty() {
+            sql.push_str(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {table};",
+                quote_ident(name)
+            ));
+        }
+        in_transaction(client, &sql).await?;
+        stack.publication().forget(oid).await;
+        stack
+            .stats
+            .integrity
+            .note(IntegrityEvent::PublicationTableReadded);
+        // Writers that started before it was back would not be streamed: let them end before
+        // the rotated shapes take new snapshots.
+        publication::wait_for_running_writers(client, Duration::from_secs(30)).await?;
+        for s in shapes {
+            rotate(s, "table was taken out of the publication");
+        }
+    }
+    Ok(true)
+}
+
+/// Tables and partitions with shapes keep `REPLICA IDENTITY FULL`.
+async fn verify_replica_identity(
+    stack: &Arc<Stack>,
+    client: &tokio_postgres::Client,
+    tables: &HashMap<u32, Vec<Arc<Shape>>>,
+) -> anyhow::Result<()> {
+    for &oid in tables.keys() {
+        for name in publication::not_full(client, oid).await? {
+            tracing::warn!(stack = %stack.id, table = %name, "a table with shapes lost REPLICA IDENTITY FULL: setting it back");
+            client
+                .batch_execute(&format!("ALTER TABLE {name} REPLICA IDENTITY FULL"))
+                .await?;
+            stack
+                .stats
+                .integrity
+                .note(IntegrityEvent::ReplicaIdentityRepaired);
+        }
+    }
+    Ok(())
+}
+
+/// Partitioned tables: leaf partitions detached, dropped or attached since the shapes' tables
+/// were read.
+async fn verify_partitions(
+    stack: &Arc<Stack>,
+    client: &tokio_postgres::Client,
+    tables: &HashMap<u32, Vec<Arc<Shape>>>,
+    state: &mut WatchState,
+    rotate: &mut impl FnMut(&Shape, &str),
+) -> anyhow::Result<()> {
+    for (&oid, shapes) in tables {
+        if !shapes[0].table.partitioned {
+            continue;
+        }
+        let current: BTreeSet<u32> = catalog::leaf_partitions(client, oid)
+            .await?
+            .into_iter()
+            .collect();
+        let accepted = state.accepted.entry(oid).or_default();
+        accepted.retain(|l| current.contains(l));
+        let mut decided: HashMap<u32, bool> = HashMap::new();
+        for shape in shapes {
+            let known: BTreeSet<u32> = shape
+                .table
+                .leaves
+                .iter()
+                .chain(accepted.iter())
+                .copied()
+                .collect();
+            if known.iter().any(|l| !current.contains(l)) {
+                stack
+                    .stats
+                    .integrity
+                    .note(IntegrityEvent::PartitionDetached);
+                rotate(shape, "a partition was detached or dropped");
+                continue;
+            }
+            let mut brought_rows = false;
+            for &leaf in current.difference(&known) {
+                let rows = match decided.get(&leaf) {
+                    Some(&r) => r,
+                    None => {
+                        let r = attached_with_rows(client, oid, leaf).await.unwrap_or(true);
+                        decided.insert(leaf, r);
+                        r
+                    }
+                };
+                brought_rows |= rows;
+            }
+            if brought_rows {
+                stack
+                    .stats
+                    .integrity
+                    .note(IntegrityEvent::PartitionAttached);
+                rotate(shape, "a partition with rows of its own was attached");
+            }
+        }
+        for (leaf, rows) in decided {
+            if !rows {
+                tracing::info!(stack = %stack.id, table_oid = oid, partition_oid = leaf, "a partition was created: its rows stream as changes");
+                accepted.insert(leaf);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Could leaf partition `leaf` of `root` hold rows that never streamed as changes of `root`?
+/// Yes unless every link between them was created together with its partition (`CREATE TABLE
+/// … PARTITION OF`: the partition's row type and its `pg_inherits` entry come from the same
+/// transaction; an attached table is older than its link) and no row of the leaf was written
+/// before the newest link in the transaction that made it (a table created, filled and
+/// attached in one transaction: those rows were not published). Rows written in that
+/// transaction after the link streamed, so a partition created and filled in one transaction
+/// needs no rotation.
+async fn attached_with_rows(
+    client: &tokio_postgres::Client,
+    root: u32,
+    leaf: u32,
+) -> anyhow::Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(bool_and(i.xmin = t.xmin), false), \
+               (array_agg(i.xmin::text ORDER BY age(i.xmin), i.cmin::text::int8 DESC))[1], \
+               (array_agg(i.cmin::text::int8 ORDER BY age(i.xmin), i.cmin::text::int8 DESC))[1] \
+             FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_type t ON t.oid = c.reltype \
+             WHERE i.inhrelid IN (SELECT relid FROM pg_partition_ancestors($1::oid::regclass)) \
+               AND i.inhrelid IN (SELECT relid FROM pg_partition_tree($2::oid::regclass)) \
+               AND i.inhrelid <> $2",
+            &[&leaf, &root],
+        )
+        .await?;
+    let created_as_partitions: bool = row.get(0);
+    let newest: Option<String> = row.get(1);
+    let newest_cmin: Option<i64> = row.get(2);
+    let (true, Some(newest), Some(newest_cmin)) = (created_as_partitions, newest, newest_cmin)
+    else {
+        return Ok(true);
+    };
+    let Some(name) = quoted_name(client, leaf).await? else {
+        return Ok(true);
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM ONLY {name} \
+                 WHERE xmin = $1::text::xid AND cmin::text::int8 < $2)"
+            ),
+            &[&newest, &newest_cmin],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Runs `sql` (several statements) in one transaction on the shared connection, rolling back
+/// on failure so that the connection is never left in an aborted transaction.
+async fn in_transaction(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<()> {
+    if let Err(e) = client.batch_execute(&format!("BEGIN;{sql}COMMIT;")).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// `"schema"."table"` of a relation, as the server quotes it; `None` if it is gone.
+async fn quoted_name(client: &tokio_postgres::Client, oid: u32) -> anyhow::Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 #[cfg(test)]

@@ -139,6 +139,7 @@ impl Server {
             database_url: url.clone(),
             use_ipv6: false,
             secret: None,
+            identity: None,
         });
         let tenants = Tenants::start(
             TenantBase {
@@ -147,7 +148,7 @@ impl Server {
                 chunk_bytes: cfg.chunk_bytes,
                 max_snapshots: cfg.max_snapshots,
                 schema_check: cfg.schema_check,
-                file_budget,
+                file_budget: Arc::clone(&file_budget),
                 lifecycle: crate::shape::lifecycle::LifecycleConfig {
                     tier: match &cfg.object_store_url {
                         Some(url) => {
@@ -179,6 +180,7 @@ impl Server {
                 cfg.max_existing_requests,
             ),
             cache_ages: cfg.cache_ages,
+            file_budget,
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);

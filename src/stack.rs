@@ -10,7 +10,9 @@ use std::time::Duration;
 use shapesync_storage::{
     FileBudget, FileStore, ReadResult, ShapeLogStore, StoreConfig, StoreError,
 };
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+
+use crate::metrics::{IntegrityCounters, IntegrityEvent};
 
 use crate::postgres::catalog::{self, CatalogError};
 use crate::postgres::connect::SourceDb;
@@ -101,6 +103,14 @@ pub struct Stack {
     pub archived_manifests: lifecycle::ArchivedManifests,
     /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
     lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Ends the replication session, which then starts again (setting the publication and
+    /// slot up anew): the schema check found them gone or broken.
+    restart: Arc<Notify>,
+    /// Wakes the schema check at once (a table with shapes streamed without replica identity
+    /// FULL).
+    pub(crate) check_now: Arc<Notify>,
+    /// The database's identity ([`SourceDb::identity`]), once connected.
+    identity: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -123,6 +133,8 @@ pub struct ReplicationStats {
     /// Sealed change chunks stored compacted, and the bytes of JSON that saved readers.
     pub compacted_chunks: AtomicU64,
     pub compaction_saved_bytes: AtomicU64,
+    /// What the integrity checks noticed and repaired.
+    pub integrity: Arc<IntegrityCounters>,
 }
 
 impl ReplicationStats {
@@ -234,11 +246,13 @@ impl Stack {
         });
         let global_lsn = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(ReplicationStats::new());
+        let check_now = Arc::new(Notify::new());
         let mut writer = Writer::new(
             Arc::clone(&registry),
             Arc::clone(&global_lsn),
             Arc::clone(&stats.fsync),
-        );
+        )
+        .with_checks(Arc::clone(&stats.integrity), Arc::clone(&check_now));
         let restored = restore_shapes(&store, &registry, &mut writer).await?;
         tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
 
@@ -266,6 +280,9 @@ impl Stack {
             lifecycle: cfg.lifecycle.clone(),
             lifecycle_task: std::sync::Mutex::new(None),
             archived_manifests: lifecycle::ArchivedManifests::new(4096),
+            restart: Arc::new(Notify::new()),
+            check_now,
+            identity: std::sync::OnceLock::new(),
         });
         tokio::spawn(crate::schema_watch::run(
             Arc::downgrade(&stack),
@@ -283,6 +300,27 @@ impl Stack {
         let task = tokio::spawn(replicate(Arc::clone(&stack), cfg, writer, rx));
         *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(stack)
+    }
+
+    /// The stack's publication.
+    pub(crate) fn publication(&self) -> &Publication {
+        &self.publication
+    }
+
+    /// The stack's replication slot.
+    pub(crate) fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    /// End the replication session; the next one sets the publication and slot up anew (and
+    /// rotates every shape if either had to be created again).
+    pub(crate) fn restart_replication(&self) {
+        self.restart.notify_one();
+    }
+
+    /// The database's identity, once it has been reached.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.get().map(String::as_str)
     }
 
     pub fn status(&self) -> Status {
@@ -678,7 +716,11 @@ fn snapshot_info(shape: &Shape) -> Option<SnapshotInfo> {
     })
 }
 
-/// The replication task: connect, stream, and on failure reconnect with backoff.
+/// The replication task: connect, stream, and on failure reconnect with backoff. Each
+/// session first makes sure the publication and slot exist and can be used: a publication
+/// created anew (it was dropped) or a slot that is gone, has lost WAL, or was left behind by a
+/// dropped publication means changes were not streamed, so the slot is created again and every
+/// shape rotated.
 async fn replicate(
     stack: Arc<Stack>,
     cfg: StackConfig,
@@ -688,26 +730,34 @@ async fn replicate(
     let slot = cfg.slot.clone();
     let mut shutdown = stack.shutdown.subscribe();
     let mut backoff = Duration::from_millis(200);
+    // The previous session failed because the slot's history predates the publication.
+    let mut slot_unusable = false;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let attempt = async {
             let admin = stack.admin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if stack.identity.get().is_none() {
+                if let Ok(id) = SourceDb::identity(&admin).await {
+                    let _ = stack.identity.set(id);
+                }
+            }
             let new_publication = stack.publication.create_if_missing(&admin).await?;
             if new_publication {
-                // A slot older than its publication cannot decode the WAL before it.
-                let _ = admin
-                    .execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                         WHERE slot_name = $1 AND NOT active",
-                        &[&slot],
-                    )
-                    .await;
+                stack.publication.reset().await;
+                if !stack.registry.is_empty() {
+                    tracing::warn!(stack = %stack.id, publication = stack.publication.name(), "the publication was gone: created it again");
+                    stack.stats.integrity.note(IntegrityEvent::PublicationRecreated);
+                }
             }
-            let new_slot = stream::ensure_slot(&admin, &slot).await?;
+            // A slot older than its publication cannot decode the WAL before it.
+            let new_slot =
+                stream::ensure_slot(&admin, &slot, new_publication || slot_unusable).await?;
+            slot_unusable = false;
             if new_slot && !stack.registry.is_empty() {
-                tracing::warn!(stack = %stack.id, "replication slot was recreated: dropping every shape (changes may have been missed)");
+                tracing::warn!(stack = %stack.id, slot = %slot, "replication slot was recreated: rotating every shape (changes may have been missed)");
+                stack.stats.integrity.note(IntegrityEvent::SlotRecreated);
                 for h in stack.registry.handles() {
                     stack.invalidate(&h);
                 }
@@ -719,7 +769,7 @@ async fn replicate(
                 &stack.stats,
                 &mut writer,
                 &mut commands,
-                &mut shutdown,
+                (&mut shutdown, &stack.restart),
                 &stack.status,
             )
             .await
@@ -729,6 +779,9 @@ async fn replicate(
             Ok(stream::End::Shutdown) => break,
             Err(e) => {
                 let msg = format!("{e:#}");
+                if stream::publication_missing(&msg) {
+                    slot_unusable = true;
+                }
                 tracing::warn!(stack = %stack.id, error = %msg, retry_in_ms = backoff.as_millis() as u64, "replication down");
                 stack.status.send_replace(Status::Down(msg));
                 writer.reset_after_disconnect();

@@ -91,6 +91,10 @@ pub struct TenantRecord {
     /// Shape API secret of this tenant (overrides the global one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The database's identity (system identifier and database oid) when it was added, so that
+    /// the same database is not added twice under another spelling of its URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl fmt::Debug for TenantRecord {
@@ -142,6 +146,8 @@ pub enum AdminError {
     AlreadyExists(String),
     #[error("The database {0} is already in use by another tenant.")]
     InUse(String),
+    #[error("This database is already served as database_id {0:?} (under another URL).")]
+    SameDatabase(String),
     #[error("Database {0} not found.")]
     NotFound(String),
     #[error("{1}")]
@@ -258,7 +264,7 @@ impl Tenants {
     }
 
     /// Add a tenant and start its stack.
-    pub async fn add(&self, rec: TenantRecord) -> Result<DatabaseId, AdminError> {
+    pub async fn add(&self, mut rec: TenantRecord) -> Result<DatabaseId, AdminError> {
         let _serial = self.changes.lock().await;
         let db = SourceDb::parse(&rec.database_url)
             .map_err(|e| AdminError::Invalid("database_url", e.to_string()))?;
@@ -274,6 +280,19 @@ impl Tenants {
                     .unwrap_or(false)
             }) {
                 return Err(AdminError::InUse(wanted));
+            }
+        }
+        // The same database under another spelling (an address for a host name, a socket,
+        // another alias) would get a second slot: compare what the databases are. A database
+        // that cannot be reached now is added as before (its replication retries).
+        rec.identity = database_identity(&db, rec.use_ipv6).await;
+        if let Some(wanted) = &rec.identity {
+            let map = self.read_map();
+            let same = map.values().find(|t| {
+                t.stack.identity().or(t.record.identity.as_deref()) == Some(wanted.as_str())
+            });
+            if let Some(t) = same {
+                return Err(AdminError::SameDatabase(t.record.id.to_string()));
             }
         }
         let t = self
@@ -350,6 +369,19 @@ impl Tenants {
     }
 }
 
+/// The identity of the database `db` names, or `None` if it cannot be reached in 10 s.
+async fn database_identity(db: &SourceDb, use_ipv6: bool) -> Option<String> {
+    let db = db.clone().prefer_ipv6(use_ipv6).await;
+    let work = async {
+        let client = db.connect().await.ok()?;
+        SourceDb::identity(&client).await.ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), work)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Health word of a stack status.
 pub fn status_word(s: &Status) -> &'static str {
     match s {
@@ -382,6 +414,7 @@ mod tests {
             database_url: "postgresql://u:hunter2@db.example:5432/app".into(),
             use_ipv6: false,
             secret: Some("s3cret".into()),
+            identity: None,
         };
         let shown = format!("{r:?}");
         assert!(

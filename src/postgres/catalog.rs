@@ -48,6 +48,14 @@ pub struct TableInfo {
     /// type) in declared order, else empty.
     #[serde(default)]
     pub enum_labels: Vec<Vec<String>>,
+    /// A partitioned table (`relkind 'p'`): its changes arrive as those of its partitions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partitioned: bool,
+    /// A partitioned table's leaf partitions (oids, ascending) when the description was read:
+    /// the schema check compares them with the catalog to notice partitions attached or
+    /// detached since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaves: Vec<u32>,
 }
 
 /// The database's default collation and character classification.
@@ -201,6 +209,40 @@ pub async fn load_table_by_oid(
     ))
 }
 
+/// A relation's partitioned ancestors, nearest first (empty for a table that is not a
+/// partition), or `None` if no relation has this oid any more.
+pub async fn partition_ancestors(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Option<Vec<u32>>, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1), \
+               ARRAY(SELECT a.relid::oid FROM pg_partition_ancestors($1::oid::regclass) \
+                     WITH ORDINALITY AS a(relid, n) WHERE a.relid::oid <> $1 ORDER BY a.n)",
+            &[&oid],
+        )
+        .await?;
+    let exists: bool = row.get(0);
+    Ok(exists.then(|| row.get(1)))
+}
+
+/// The leaf partitions of a partitioned table, ascending (empty for any other table).
+pub async fn leaf_partitions(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Vec<u32>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT t.relid::oid FROM pg_partition_tree($1::oid::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf AND c.relkind = 'r' \
+               AND t.relid::oid <> $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 async fn load_columns(
     client: &tokio_postgres::Client,
     oid: u32,
@@ -236,6 +278,13 @@ async fn load_columns(
     table.collations = collations;
     table.base_types = base_types;
     table.enum_labels = enum_labels;
+    let kind = client
+        .query_one("SELECT relkind::text FROM pg_class WHERE oid = $1", &[&oid])
+        .await?;
+    table.partitioned = kind.get::<_, String>(0) == "p";
+    if table.partitioned {
+        table.leaves = leaf_partitions(client, oid).await?;
+    }
     Ok(table)
 }
 
@@ -266,6 +315,8 @@ impl TableInfo {
             collations: Vec::new(),
             base_types: Vec::new(),
             enum_labels: Vec::new(),
+            partitioned: false,
+            leaves: Vec::new(),
         }
     }
 }

@@ -98,6 +98,20 @@ impl SourceDb {
         &self.dbname
     }
 
+    /// What the database *is*, whatever the URL's spelling (host name or address, socket,
+    /// port alias): `<system identifier>/<database oid>`.
+    pub async fn identity(client: &tokio_postgres::Client) -> anyhow::Result<String> {
+        let row = client
+            .query_one(
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '/' || \
+                   (SELECT oid::text FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .context("reading the database's identity")?;
+        Ok(row.get(0))
+    }
+
     /// Open a query connection; its driver task runs in the background until the client drops.
     pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = self

@@ -62,17 +62,18 @@ impl Publication {
         }
         let row = client
             .query_one(
-                "SELECT c.relreplident::text = 'f', EXISTS (SELECT 1 FROM pg_publication_rel pr \
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr \
                    JOIN pg_publication p ON p.oid = pr.prpubid \
-                   WHERE p.pubname = $1 AND pr.prrelid = c.oid) \
-                 FROM pg_class c WHERE c.oid = $2",
+                   WHERE p.pubname = $1 AND pr.prrelid = $2)",
                 &[&self.name, &table.oid],
             )
             .await?;
-        let (full, published): (bool, bool) = (row.get(0), row.get(1));
+        let published: bool = row.get(0);
         let mut altered = false;
-        if !full {
-            let sql = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted_name());
+        // The table itself and, for a partitioned table, each of its partitions: a partition's
+        // changes are decoded with its own replica identity.
+        for name in not_full(client, table.oid).await? {
+            let sql = format!("ALTER TABLE {name} REPLICA IDENTITY FULL");
             client.batch_execute(&sql).await?;
             altered = true;
         }
@@ -95,10 +96,34 @@ impl Publication {
         Ok(())
     }
 
+    /// Forget every table (the publication was created anew).
+    pub async fn reset(&self) {
+        self.ready.lock().await.clear();
+    }
+
     /// Forget a table (dropped, truncated or changed), so the next shape checks it again.
     pub async fn forget(&self, oid: u32) {
         self.ready.lock().await.remove(&oid);
     }
+}
+
+/// The quoted names of the tables among `oid` and its partitions (any depth) whose replica
+/// identity is not FULL.
+pub async fn not_full(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relreplident <> 'f' AND (c.oid = $1 OR c.oid IN \
+               (SELECT relid FROM pg_partition_tree($1::oid::regclass))) \
+             ORDER BY c.oid",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Wait until every transaction running now has ended: until the oldest running transaction id

@@ -9,14 +9,16 @@
 //! are handled only between transactions.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use futures::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::pgoutput::{self, Message, Relation};
+use crate::postgres::catalog;
 use crate::postgres::connect::SourceDb;
 use crate::shape::writer::{ChangeKind, Command, Writer};
 use crate::stack::{ReplicationStats, Status};
@@ -24,17 +26,32 @@ use crate::stack::{ReplicationStats, Status};
 /// Flush after at most this many transactions even if more are waiting.
 const MAX_TXNS_PER_FLUSH: usize = 512;
 
-/// Create the logical replication slot if it does not exist. Returns true if created now.
-pub async fn ensure_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<bool> {
-    let exists = client
+/// Make sure the logical replication slot exists and can be used; with `recreate`, or when it
+/// has lost WAL it needs (`wal_status` lost), drop it first. Returns true if it was created now
+/// (changes before this moment are not in it).
+pub async fn ensure_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    recreate: bool,
+) -> anyhow::Result<bool> {
+    let status: Option<String> = client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await?
-        .is_some();
-    if exists {
-        return Ok(false);
+        .map(|r| r.get(0));
+    match status.as_deref() {
+        None => {}
+        Some("lost") => {
+            tracing::warn!(
+                slot,
+                "the replication slot lost WAL it needs: creating it again"
+            );
+            drop_slot(client, slot).await?;
+        }
+        Some(_) if recreate => drop_slot(client, slot).await?,
+        Some(_) => return Ok(false),
     }
     client
         .query_one(
@@ -44,6 +61,35 @@ pub async fn ensure_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow:
         .await
         .with_context(|| format!("creating replication slot {slot}"))?;
     Ok(true)
+}
+
+/// Drop the slot, waiting (up to 10 s) for the walsender of a session that just ended to
+/// release it.
+pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "slot still active; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("dropping slot {slot}"))),
+        }
+    }
+}
+
+/// Did a session fail because the publication does not exist where the slot decodes (it was
+/// dropped, or created again after the slot)? The slot must then be created again.
+pub fn publication_missing(error: &str) -> bool {
+    error.contains("publication") && error.contains("does not exist")
 }
 
 /// Why a session ended.
@@ -61,7 +107,7 @@ pub async fn run(
     stats: &ReplicationStats,
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    shutdown: &mut watch::Receiver<bool>,
+    (shutdown, restart): (&mut watch::Receiver<bool>, &Notify),
     status: &watch::Sender<Status>,
 ) -> anyhow::Result<End> {
     let cfg = db.replication_config(slot, publication);
@@ -79,9 +125,10 @@ pub async fn run(
     };
     let result = stream(
         &mut client,
+        db,
         writer,
         commands,
-        shutdown,
+        (shutdown, restart),
         (stats, status),
         &mut ack,
     )
@@ -97,13 +144,15 @@ pub async fn run(
 
 async fn stream(
     client: &mut ReplicationClient,
+    db: &SourceDb,
     writer: &mut Writer,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    shutdown: &mut watch::Receiver<bool>,
+    (shutdown, restart): (&mut watch::Receiver<bool>, &Notify),
     (stats, status): (&ReplicationStats, &watch::Sender<Status>),
     ack: &mut impl FnMut(&ReplicationClient, u64),
 ) -> anyhow::Result<End> {
-    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
+    let mut lookups = Lookups::new(db);
     let mut next: Option<ReplicationEvent> = None;
     loop {
         if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
@@ -132,12 +181,14 @@ async fn stream(
             None if writer.in_transaction() => tokio::select! {
                 biased;
                 _ = shutdown.changed() => return finish(client, writer, ack).await,
+                _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
                 ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
             None => tokio::select! {
                 biased;
                 _ = shutdown.changed() => return finish(client, writer, ack).await,
+                _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
                 Some(cmd) = commands.recv() => {
                     writer.command(cmd);
                     continue;
@@ -150,7 +201,17 @@ async fn stream(
             ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.as_u64(), xid),
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::decode(&data).map_err(|e| anyhow!("pgoutput: {e}"))?;
-                apply(msg, &mut relations, writer)?;
+                if let Message::Relation(r) = msg {
+                    // Which partitioned tables the relation's changes also belong to: asked
+                    // of the catalog each time Postgres describes it (after any change to it,
+                    // attaching and detaching included).
+                    let ancestors = lookups.ancestors(r.oid).await?;
+                    tracing::debug!(oid = r.oid, name = %r.name, ?ancestors, "relation");
+                    writer.relation(&r, ancestors.as_deref());
+                    relations.insert(r.oid, Arc::new(r));
+                } else {
+                    apply(msg, &relations, writer)?;
+                }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 tracing::trace!(end_lsn = end_lsn.as_u64(), "commit");
@@ -223,21 +284,16 @@ async fn flush_durably(
 
 fn apply(
     msg: Message,
-    relations: &mut HashMap<u32, Relation>,
+    relations: &HashMap<u32, Arc<Relation>>,
     writer: &mut Writer,
 ) -> anyhow::Result<()> {
-    let rel = |oid: u32, relations: &HashMap<u32, Relation>| {
+    let rel = |oid: u32, relations: &HashMap<u32, Arc<Relation>>| {
         relations
             .get(&oid)
             .cloned()
             .ok_or_else(|| anyhow!("change for relation {oid} before its Relation message"))
     };
     match msg {
-        Message::Relation(r) => {
-            tracing::debug!(oid = r.oid, name = %r.name, "relation");
-            writer.relation(&r);
-            relations.insert(r.oid, r);
-        }
         Message::Insert { relation, new } => {
             let r = rel(relation, relations)?;
             writer.change(&r, ChangeKind::Insert, None, Some(&new));
@@ -254,12 +310,39 @@ fn apply(
             relations: oids, ..
         } => writer.truncate(&oids),
         // Begin/Commit arrive as their own events; types, origins and logical messages do not
-        // affect shapes.
-        Message::Begin(_)
+        // affect shapes; relations are handled by the caller.
+        Message::Relation(_)
+        | Message::Begin(_)
         | Message::Commit(_)
         | Message::Type { .. }
         | Message::Origin { .. }
         | Message::Message { .. } => {}
     }
     Ok(())
+}
+
+/// Catalog lookups the stream needs (a partition's ancestors), on a query connection opened on
+/// first use and kept for the session.
+struct Lookups<'a> {
+    db: &'a SourceDb,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl<'a> Lookups<'a> {
+    fn new(db: &'a SourceDb) -> Self {
+        Lookups { db, client: None }
+    }
+
+    async fn ancestors(&mut self, oid: u32) -> anyhow::Result<Option<Vec<u32>>> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(self.db.connect().await?);
+        }
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| anyhow!("no catalog connection"))?;
+        catalog::partition_ancestors(client, oid)
+            .await
+            .map_err(|e| anyhow!("looking up the partitions of relation {oid}: {e}"))
+    }
 }

@@ -36,6 +36,10 @@ fn admin_error(e: AdminError) -> ApiError {
             status: 400,
             text: e.to_string(),
         },
+        AdminError::SameDatabase(_) => ApiError::AdminText {
+            status: 409,
+            text: e.to_string(),
+        },
         AdminError::NotFound(_) => ApiError::AdminText {
             status: 404,
             text: e.to_string(),
@@ -149,6 +153,7 @@ fn parse_record(
             database_url,
             use_ipv6,
             secret,
+            identity: None,
         }),
         _ => Err(ApiError::AdminFields(errors)),
     }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub shape_deletion: bool,
     pub admission: admission::Admission,
     pub cache_ages: CacheAges,
+    /// The process's open-file budget for shape logs (metrics).
+    pub file_budget: Arc<shapesync_storage::FileBudget>,
 }
 
 impl AppState {
@@ -146,10 +148,17 @@ async fn metrics(
                 compaction_saved_bytes: st
                     .compaction_saved_bytes
                     .load(std::sync::atomic::Ordering::Relaxed),
+                integrity: Arc::clone(&st.integrity),
             }
         })
         .collect();
-    let mut res = crate::metrics::render(&app.metrics, &samples).into_response();
+    let files = app.file_budget.stats();
+    let files = crate::metrics::FileSample {
+        budget: files.limit as u64,
+        open: files.open as u64,
+        evicted: files.evicted,
+    };
+    let mut res = crate::metrics::render(&app.metrics, files, &samples).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

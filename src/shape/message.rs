@@ -248,6 +248,16 @@ impl Encoder {
         }
     }
 
+    /// Are all the selected columns' values known (none the stream left out)?
+    pub fn selected_known(&self, row: &Cells<'_>) -> bool {
+        self.columns.iter().all(|&(i, _)| row[i] != Cell::Unknown)
+    }
+
+    /// Are the key columns' values known?
+    pub fn key_known(&self, row: &Cells<'_>) -> bool {
+        self.key.iter().all(|&i| row[i] != Cell::Unknown)
+    }
+
     /// Do any selected columns differ between the two rows?
     pub fn selected_changed(&self, old: &Cells<'_>, new: &Cells<'_>) -> bool {
         self.columns.iter().any(|&(i, _)| changed(old[i], new[i]))

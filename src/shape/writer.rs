@@ -22,13 +22,16 @@ use std::sync::Arc;
 use shapesync_storage::{LogOffset, ShapeLog};
 use tokio::sync::oneshot;
 
+use super::definition::Replica;
 use super::definition::ShapeHandle;
 use super::message::{close, Cell, ChangeHeaders, Op};
 use super::registry::Registry;
 use super::route::{TableRoutes, Term};
 use super::visibility::{SnapshotInfo, Verdict};
 use super::{Lifecycle, Shape};
-use crate::replication::pgoutput::{OldTuple, Relation, TupleData, Value};
+use crate::metrics::{IntegrityCounters, IntegrityEvent};
+use crate::postgres::catalog::TableInfo;
+use crate::replication::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, Value};
 
 /// Requests to the writer from the rest of the stack. They are handled between transactions.
 pub enum Command {
@@ -97,6 +100,18 @@ pub struct Writer {
     by_table: HashMap<u32, Vec<usize>>,
     /// The routing index per table (see [`super::route`]).
     routes: HashMap<u32, TableRoutes>,
+    /// Partitions: the partitioned ancestors of a relation, nearest first, as the catalog
+    /// gave them when its Relation message arrived. A change of a partition also belongs to
+    /// the shapes of every ancestor (pgoutput sends it under the partition's own relation id).
+    lineages: HashMap<u32, Arc<[u32]>>,
+    /// (partition, ancestor) → for each ancestor column, the partition column holding it
+    /// (partitions have the parent's columns, maybe in another order). Built on first use.
+    ancestor_maps: HashMap<(u32, u32), Arc<[Option<usize>]>>,
+    /// Counts shapes taken out of service because a change lacked a value they needed.
+    integrity: Arc<IntegrityCounters>,
+    /// Woken when a relation with shapes arrives without `REPLICA IDENTITY FULL`, so that the
+    /// schema check repairs it at once.
+    identity_alert: Arc<tokio::sync::Notify>,
     /// Candidates of the change being routed (reused), and its number.
     candidates: Vec<usize>,
     change_no: u64,
@@ -125,6 +140,10 @@ impl Writer {
             by_handle: HashMap::new(),
             by_table: HashMap::new(),
             routes: HashMap::new(),
+            lineages: HashMap::new(),
+            ancestor_maps: HashMap::new(),
+            integrity: Arc::default(),
+            identity_alert: Arc::default(),
             candidates: Vec::new(),
             change_no: 0,
             txn: None,
@@ -135,6 +154,18 @@ impl Writer {
             global_lsn,
             fsync,
         }
+    }
+
+    /// Where shapes rotated for a missing value are counted, and what to wake when a relation
+    /// with shapes streams without `REPLICA IDENTITY FULL`.
+    pub fn with_checks(
+        mut self,
+        integrity: Arc<IntegrityCounters>,
+        identity_alert: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.integrity = integrity;
+        self.identity_alert = identity_alert;
+        self
     }
 
     /// Route to a shape restored from disk (its snapshot is complete).
@@ -176,6 +207,8 @@ impl Writer {
         };
         self.by_handle.insert(handle, idx);
         self.by_table.entry(oid).or_default().push(idx);
+        // A partitioned table's column maps are rebuilt from this shape's description.
+        self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
         self.routes.entry(oid).or_default().add(idx, term);
     }
 
@@ -272,26 +305,74 @@ impl Writer {
     }
 
     /// A Relation message: shapes whose table no longer has the columns they were built on are
-    /// invalidated (their clients refetch under the new schema).
-    pub fn relation(&mut self, rel: &Relation) {
-        let Some(idxs) = self.by_table.get(&rel.oid) else {
-            return;
+    /// invalidated (their clients refetch under the new schema). `ancestors`: the relation's
+    /// partitioned ancestors, nearest first, from the catalog (`None`: the relation is gone
+    /// from the catalog; the ancestors are then those whose shapes listed it as a partition).
+    pub fn relation(&mut self, rel: &Relation, ancestors: Option<&[u32]>) {
+        let mut stale: Vec<ShapeHandle> = Vec::new();
+        if let Some(idxs) = self.by_table.get(&rel.oid) {
+            stale.extend(
+                idxs.iter()
+                    .filter_map(|&i| self.sinks[i].as_ref())
+                    .filter(|s| {
+                        let t = &s.shape.table;
+                        t.name != rel.name
+                            || t.schema != relation_schema(rel)
+                            || t.columns.len() != rel.columns.len()
+                            || t.columns
+                                .iter()
+                                .zip(&rel.columns)
+                                .any(|(c, r)| c.name != r.name || c.type_oid != r.type_oid)
+                    })
+                    .map(|s| s.shape.handle.clone()),
+            );
+        }
+        let ancestors: Vec<u32> = match ancestors {
+            Some(a) => a.to_vec(),
+            None => {
+                let mut a: Vec<u32> = self
+                    .by_table
+                    .iter()
+                    .filter(|(_, idxs)| {
+                        idxs.iter()
+                            .filter_map(|&i| self.sinks[i].as_ref())
+                            .any(|s| s.shape.table.leaves.contains(&rel.oid))
+                    })
+                    .map(|(&oid, _)| oid)
+                    .collect();
+                a.sort_unstable();
+                a
+            }
         };
-        let stale: Vec<ShapeHandle> = idxs
-            .iter()
-            .filter_map(|&i| self.sinks[i].as_ref())
-            .filter(|s| {
-                let t = &s.shape.table;
-                t.name != rel.name
-                    || t.schema != relation_schema(rel)
-                    || t.columns.len() != rel.columns.len()
-                    || t.columns
-                        .iter()
-                        .zip(&rel.columns)
-                        .any(|(c, r)| c.name != r.name || c.type_oid != r.type_oid)
-            })
-            .map(|s| s.shape.handle.clone())
-            .collect();
+        self.ancestor_maps.retain(|&(leaf, _), _| leaf != rel.oid);
+        for &anc in &ancestors {
+            // A partition has its parent's columns (names and types, in any order): shapes of
+            // an ancestor described otherwise are stale.
+            let Some(idxs) = self.by_table.get(&anc) else {
+                continue;
+            };
+            stale.extend(
+                idxs.iter()
+                    .filter_map(|&i| self.sinks[i].as_ref())
+                    .filter(|s| !same_columns(&s.shape.table, rel))
+                    .map(|s| s.shape.handle.clone()),
+            );
+        }
+        let has_shapes = self.by_table.contains_key(&rel.oid)
+            || ancestors.iter().any(|a| self.by_table.contains_key(a));
+        if has_shapes && rel.replica_identity != ReplicaIdentity::Full {
+            tracing::warn!(
+                table = %format!("{}.{}", relation_schema(rel), rel.name),
+                identity = ?rel.replica_identity,
+                "a table with shapes streams without REPLICA IDENTITY FULL; repairing it"
+            );
+            self.identity_alert.notify_one();
+        }
+        if ancestors.is_empty() {
+            self.lineages.remove(&rel.oid);
+        } else {
+            self.lineages.insert(rel.oid, ancestors.into());
+        }
         for h in stale {
             self.invalidate(&h, "table schema changed");
         }
@@ -300,7 +381,15 @@ impl Writer {
     /// TRUNCATE: the shapes on those tables are invalidated (clients refetch).
     pub fn truncate(&mut self, oids: &[u32]) {
         let mut handles = Vec::new();
+        let mut tables: Vec<u32> = oids.to_vec();
         for oid in oids {
+            if let Some(ancestors) = self.lineages.get(oid) {
+                tables.extend(ancestors.iter().copied());
+            }
+        }
+        tables.sort_unstable();
+        tables.dedup();
+        for oid in &tables {
             if let Some(idxs) = self.by_table.get(oid) {
                 handles.extend(
                     idxs.iter()
@@ -314,7 +403,8 @@ impl Writer {
         }
     }
 
-    /// A row change inside the open transaction.
+    /// A row change inside the open transaction: routed to the shapes of its relation, and
+    /// (a partition) to those of each partitioned ancestor, in the ancestor's column order.
     pub fn change(
         &mut self,
         rel: &Relation,
@@ -326,31 +416,80 @@ impl Writer {
         let op = txn.next_op;
         txn.next_op += 2;
         let (lsn, xid) = (txn.lsn, txn.xid);
-        let Some(routes) = self.routes.get_mut(&rel.oid) else {
+        let at = (lsn, op, xid);
+        if self.routes.contains_key(&rel.oid) {
+            let row = ChangeRow::decode(rel, kind, old, new, None);
+            self.route(rel.oid, kind, &row, at);
+        }
+        let Some(ancestors) = self.lineages.get(&rel.oid).cloned() else {
+            return;
+        };
+        for &anc in ancestors.iter() {
+            if !self.routes.contains_key(&anc) {
+                continue;
+            }
+            let Some(map) = self.ancestor_map(rel, anc) else {
+                continue;
+            };
+            let row = ChangeRow::decode(rel, kind, old, new, Some(&map));
+            self.route(anc, kind, &row, at);
+        }
+    }
+
+    /// For each column of `anc` (as its shapes describe it), the column of partition `rel`
+    /// holding it. Shapes of `anc` whose description does not fit the partition are stale:
+    /// they are invalidated, and `None` is returned if none is left.
+    fn ancestor_map(&mut self, rel: &Relation, anc: u32) -> Option<Arc<[Option<usize>]>> {
+        if let Some(m) = self.ancestor_maps.get(&(rel.oid, anc)) {
+            return Some(Arc::clone(m));
+        }
+        let idxs = self.by_table.get(&anc)?;
+        let mut stale = Vec::new();
+        let mut table = None;
+        for s in idxs.iter().filter_map(|&i| self.sinks[i].as_ref()) {
+            if same_columns(&s.shape.table, rel) {
+                table.get_or_insert_with(|| Arc::clone(&s.shape.table));
+            } else {
+                stale.push(s.shape.handle.clone());
+            }
+        }
+        for h in stale {
+            self.invalidate(&h, "table schema changed");
+        }
+        let table = table?;
+        let map: Arc<[Option<usize>]> = table
+            .columns
+            .iter()
+            .map(|c| rel.columns.iter().position(|r| r.name == c.name))
+            .collect();
+        self.ancestor_maps.insert((rel.oid, anc), Arc::clone(&map));
+        Some(map)
+    }
+
+    /// Route one change (its cells in `oid`'s column order) to the shapes of table `oid`.
+    fn route(
+        &mut self,
+        oid: u32,
+        kind: ChangeKind,
+        row: &ChangeRow<'_>,
+        (lsn, op, xid): (u64, u64, u32),
+    ) {
+        let Some(routes) = self.routes.get_mut(&oid) else {
             return;
         };
         routes.prepare();
         let routes = &*routes;
-        let old_full = match old {
-            Some(OldTuple::Full(t)) => Some(cells(t, None)),
-            _ => None,
-        };
-        let new_cells = new.map(|t| cells(t, old_full.as_deref()));
-        // A key-only old tuple (replica identity not FULL) cannot be filtered: use it for keys.
-        let old_key = match old {
-            Some(OldTuple::Key(t)) => Some(cells(t, None)),
-            _ => None,
-        };
-        let old_cells = old_full.as_deref().or(old_key.as_deref());
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
-        if old_key.is_some() {
-            // Only the key of the old row is known: it cannot be routed on other columns.
+        if kind != ChangeKind::Insert && !row.old_full {
+            // The old row is not known whole (replica identity not FULL): a shape it left
+            // cannot be found through the index; every shape of the table is a candidate.
             routes.all(&mut candidates);
         } else {
-            let rows: Vec<&[Cell<'_>]> = new_cells
+            let rows: Vec<&[Cell<'_>]> = row
+                .new
                 .iter()
-                .chain(old_full.iter())
+                .chain(row.old.iter())
                 .map(|r| &r[..])
                 .collect();
             routes.candidates(&rows, &mut candidates);
@@ -358,6 +497,7 @@ impl Writer {
         self.change_no += 1;
         let change_no = self.change_no;
         let mut failed = Vec::new();
+        let mut unknowable = Vec::new();
         for &idx in &candidates {
             let Some(sink) = self.sinks[idx].as_mut() else {
                 continue;
@@ -384,16 +524,10 @@ impl Writer {
                 continue;
             }
             let shape = Arc::clone(&sink.shape);
-            let records = convert(
-                &shape,
-                kind,
-                old_cells,
-                old_full.is_some(),
-                new_cells.as_deref(),
-                lsn,
-                op,
-                xid,
-            );
+            let Some(records) = convert(&shape, kind, row, lsn, op, xid) else {
+                unknowable.push(shape.handle.clone());
+                continue;
+            };
             if records.is_empty() {
                 continue;
             }
@@ -415,6 +549,16 @@ impl Writer {
         self.candidates = candidates;
         for (h, e) in failed {
             self.invalidate(&h, &format!("append failed: {e}"));
+        }
+        for h in unknowable {
+            self.integrity.note(IntegrityEvent::ValueMissing);
+            tracing::warn!(
+                handle = %h,
+                table_oid = oid,
+                "a change lacks values the shape needs (its table's replica identity is not FULL): \
+                 the shape is rotated (clients get 409 and refetch)"
+            );
+            self.invalidate(&h, "change lacks values (replica identity not FULL)");
         }
     }
 
@@ -535,6 +679,97 @@ fn relation_schema(rel: &Relation) -> &str {
     }
 }
 
+/// One change's rows as cells in a table's column order. A value the stream did not carry is
+/// [`Cell::Unknown`]: an unchanged TOAST value that no full old row fills in, and, without a
+/// full old row, every old column outside the replica identity.
+struct ChangeRow<'a> {
+    new: Option<Vec<Cell<'a>>>,
+    old: Option<Vec<Cell<'a>>>,
+    /// The old row is known whole (replica identity FULL).
+    old_full: bool,
+}
+
+impl<'a> ChangeRow<'a> {
+    /// `map`: for a partition's change seen by an ancestor, the partition column of each
+    /// ancestor column.
+    fn decode(
+        rel: &Relation,
+        kind: ChangeKind,
+        old: Option<&'a OldTuple>,
+        new: Option<&'a TupleData>,
+        map: Option<&[Option<usize>]>,
+    ) -> ChangeRow<'a> {
+        let old_full = matches!(old, Some(OldTuple::Full(_)));
+        // In the relation's own column order first.
+        let old_cells: Option<Vec<Cell<'a>>> = match old {
+            Some(OldTuple::Full(t)) => Some(cells(t, None)),
+            // Only the replica identity's columns are meaningful (others are sent as nulls).
+            Some(OldTuple::Key(t)) => Some(
+                cells(t, None)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if is_identity(rel, i) {
+                            c
+                        } else {
+                            Cell::Unknown
+                        }
+                    })
+                    .collect(),
+            ),
+            None => None,
+        };
+        let new_cells = new.map(|t| cells(t, old_cells.as_deref().filter(|_| old_full)));
+        // An update without an old row: the replica identity did not change, the rest is
+        // unknown.
+        let old_cells = match (old_cells, &new_cells) {
+            (None, Some(n)) if kind == ChangeKind::Update => Some(
+                n.iter()
+                    .enumerate()
+                    .map(|(i, &c)| {
+                        if is_identity(rel, i) {
+                            c
+                        } else {
+                            Cell::Unknown
+                        }
+                    })
+                    .collect(),
+            ),
+            (o, _) => o,
+        };
+        let remap = |r: Vec<Cell<'a>>| -> Vec<Cell<'a>> {
+            match map {
+                None => r,
+                Some(m) => m
+                    .iter()
+                    .map(|j| j.and_then(|j| r.get(j).copied()).unwrap_or(Cell::Unknown))
+                    .collect(),
+            }
+        };
+        ChangeRow {
+            new: new_cells.map(remap),
+            old: old_cells.map(remap),
+            old_full,
+        }
+    }
+}
+
+/// Is column `i` of the relation part of its replica identity (all columns under FULL)?
+fn is_identity(rel: &Relation, i: usize) -> bool {
+    rel.columns.get(i).is_some_and(|c| c.is_key)
+}
+
+/// Does the shape's table have exactly the relation's columns (names and types), in any
+/// order? (What a partition and its parent share.)
+fn same_columns(table: &TableInfo, rel: &Relation) -> bool {
+    table.columns.len() == rel.columns.len()
+        && table.columns.iter().all(|c| {
+            rel.columns
+                .iter()
+                .any(|r| r.name == c.name && r.type_oid == c.type_oid)
+        })
+}
+
 /// Cells of a streamed tuple; unchanged TOAST values are taken from the full old row.
 fn cells<'a>(t: &'a TupleData, old: Option<&[Cell<'a>]>) -> Vec<Cell<'a>> {
     t.0.iter()
@@ -550,34 +785,50 @@ fn cells<'a>(t: &'a TupleData, old: Option<&[Cell<'a>]>) -> Vec<Cell<'a>> {
         .collect()
 }
 
-struct CellRow<'a, 'b>(&'b [Cell<'a>]);
+/// A row for the where clause; it notes whether the evaluation read a value the stream did
+/// not carry.
+struct CellRow<'a, 'b> {
+    cells: &'b [Cell<'a>],
+    read_unknown: std::cell::Cell<bool>,
+}
 
 impl super::filter::Row for CellRow<'_, '_> {
     fn value(&self, column: usize) -> Option<&[u8]> {
-        self.0.get(column).and_then(|c| c.bytes())
+        let cell = self.cells.get(column).copied();
+        if cell == Some(Cell::Unknown) {
+            self.read_unknown.set(true);
+        }
+        cell.and_then(|c| c.bytes())
     }
 }
 
-fn matches(shape: &Shape, row: &[Cell<'_>]) -> bool {
-    match &shape.filter {
-        None => true,
-        Some(f) => f.matches(&CellRow(row)),
-    }
+/// Does the row belong to the shape? `None` when the answer depends on a value the stream did
+/// not carry. (Whatever the evaluation did not read cannot change its result.)
+fn verdict(shape: &Shape, row: &[Cell<'_>]) -> Option<bool> {
+    let Some(f) = &shape.filter else {
+        return Some(true);
+    };
+    let r = CellRow {
+        cells: row,
+        read_unknown: std::cell::Cell::new(false),
+    };
+    let matched = f.matches(&r);
+    (!r.read_unknown.get()).then_some(matched)
 }
 
-/// Convert one change into the shape's open messages (0, 1 or 2 of them).
-#[allow(clippy::too_many_arguments)]
+/// Convert one change into the shape's open messages (0, 1 or 2 of them); `None` when the
+/// change lacks a value the shape needs to decide or to write them (the shape must then be
+/// rotated: guessing would make it differ from Postgres).
 fn convert(
     shape: &Shape,
     kind: ChangeKind,
-    old: Option<&[Cell<'_>]>,
-    old_is_full: bool,
-    new: Option<&[Cell<'_>]>,
+    row: &ChangeRow<'_>,
     lsn: u64,
     op: u64,
     xid: u32,
-) -> Vec<(LogOffset, Vec<u8>)> {
+) -> Option<Vec<(LogOffset, Vec<u8>)>> {
     let e = &shape.encoder;
+    let full_replica = shape.def.replica == Replica::Full;
     let h = |op_position: u64| ChangeHeaders {
         lsn,
         op_position,
@@ -589,24 +840,43 @@ fn convert(
         e.change(&mut out, op_kind, o, n, &h(op));
         vec![(LogOffset::new(lsn, op), out)]
     };
-    match kind {
-        ChangeKind::Insert => match new {
-            Some(n) if matches(shape, n) => one(Op::Insert, None, Some(n)),
-            _ => Vec::new(),
-        },
-        ChangeKind::Delete => match old {
-            Some(o) if !old_is_full || matches(shape, o) => one(Op::Delete, Some(o), None),
-            _ => Vec::new(),
-        },
+    // What each message needs: an insert the whole selected row; a delete the key (and, for
+    // replica=full, the whole old row); an update the key (replica=full: both whole rows).
+    let insertable = |n: &[Cell<'_>]| e.selected_known(n);
+    let deletable = |o: &[Cell<'_>]| e.key_known(o) && (!full_replica || row.old_full);
+    let new = row.new.as_deref();
+    let old = row.old.as_deref();
+    Some(match kind {
+        ChangeKind::Insert => {
+            let n = new?;
+            if !verdict(shape, n)? {
+                return Some(Vec::new());
+            }
+            if !insertable(n) {
+                return None;
+            }
+            one(Op::Insert, None, Some(n))
+        }
+        ChangeKind::Delete => {
+            let o = old?;
+            if !verdict(shape, o)? {
+                return Some(Vec::new());
+            }
+            if !deletable(o) {
+                return None;
+            }
+            one(Op::Delete, Some(o), None)
+        }
         ChangeKind::Update => {
-            let Some(n) = new else { return Vec::new() };
-            let new_in = matches(shape, n);
-            let old_in = match old {
-                Some(o) if old_is_full => matches(shape, o),
-                _ => new_in,
-            };
-            match (old_in, new_in, old) {
-                (true, true, Some(o)) if old_is_full && !e.same_key(o, n) => {
+            let (n, o) = (new?, old?);
+            let new_in = verdict(shape, n)?;
+            let old_in = verdict(shape, o)?;
+            match (old_in, new_in) {
+                (true, true) if !e.key_known(o) || !e.key_known(n) => return None,
+                (true, true) if !e.same_key(o, n) => {
+                    if !deletable(o) || !insertable(n) {
+                        return None;
+                    }
                     let (old_key, new_key) = (e.key(o), e.key(n));
                     let mut del = Vec::with_capacity(256);
                     let mut hd = h(op);
@@ -621,20 +891,18 @@ fn convert(
                         (LogOffset::new(lsn, op + 1), ins),
                     ]
                 }
-                (true, true, Some(o)) if old_is_full => {
-                    if e.selected_changed(o, n) {
-                        one(Op::Update, Some(o), Some(n))
-                    } else {
-                        Vec::new()
-                    }
-                }
-                (true, true, _) => one(Op::Update, None, Some(n)),
-                (true, false, Some(o)) => one(Op::Delete, Some(o), None),
-                (false, true, _) => one(Op::Insert, None, Some(n)),
-                _ => Vec::new(),
+                (true, true) if full_replica && (!row.old_full || !insertable(n)) => return None,
+                (true, true) if row.old_full && !e.selected_changed(o, n) => Vec::new(),
+                // Without the whole old row every known column of the new one is sent (an
+                // unknown one is an unchanged TOAST value: the client keeps what it has).
+                (true, true) => one(Op::Update, Some(o), Some(n)),
+                (true, false) if deletable(o) => one(Op::Delete, Some(o), None),
+                (false, true) if insertable(n) => one(Op::Insert, None, Some(n)),
+                (false, false) => Vec::new(),
+                _ => return None,
             }
         }
-    }
+    })
 }
 
 /// Hold `json` as the shape's latest change, emitting the previously held one (not last).

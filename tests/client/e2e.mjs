@@ -21,6 +21,8 @@ const DRY_DB = env.E2E_DRY_DB === "1";
 const LIVE_SSE = env.E2E_LIVE_SSE === "1";
 const VERBOSE = env.E2E_VERBOSE === "1";
 const WHERE = (env.E2E_WHERE ?? "").trim() || null;
+// A partitioned table (two levels) with shapes on the root and on partitions at once.
+const PARTITIONED = env.E2E_PARTITIONED === "1";
 const MUTATIONS = intEnv("E2E_MUTATIONS", 1000);
 const TIMEOUT_MS = intEnv("E2E_TIMEOUT_MS", 120000);
 const INITIAL_ROWS = intEnv("E2E_INITIAL_ROWS", 50);
@@ -70,6 +72,7 @@ function replayHint() {
   const parts = [`E2E_SEED=${SEED}`, `E2E_MUTATIONS=${MUTATIONS}`];
   if (LIVE_SSE) parts.push("E2E_LIVE_SSE=1");
   if (WHERE) parts.push(`E2E_WHERE=${shellQuote(WHERE)}`);
+  if (PARTITIONED) parts.push("E2E_PARTITIONED=1");
   return parts.join(" ");
 }
 const shellQuote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -163,7 +166,8 @@ const model = {
   rows: new Map(), // id (decimal string) -> row {id: bigint, name, n, flag, score, note}
   everUsed: new Set(), // every id ever inserted (new ids never reuse them)
   deleted: new Set(), // ids deleted and not currently live (candidates for re-insertion)
-  nextId: 1n,
+  // Partitioned: ids start in the middle range so rows spread over every partition soon.
+  nextId: PARTITIONED ? 60n : 1n,
 };
 const history = []; // {i, desc, ids: [string]}: every committed mutation, for failure reports
 let mutationCounter = 0;
@@ -402,7 +406,7 @@ const fromPg = (r) => ({
   note: r.note,
 });
 
-const expectedKey = (id) => `"public"."${TABLE}"/"${id}"`;
+const expectedKey = (table, id) => `"public"."${table}"/"${id}"`;
 
 // Map id -> canonical JSON for the Postgres side.
 function canonExpected(rows) {
@@ -410,12 +414,14 @@ function canonExpected(rows) {
 }
 
 // Map id -> canonical JSON for the client side; duplicate ids and wrong keys become visible.
-function canonClient(shape) {
+function canonClient(s) {
+  const { shape, table } = s;
   const out = new Map();
   for (const [key, row] of shape.currentValue) {
     const id = row && row.id !== undefined ? String(row.id) : `<no id, key ${key}>`;
     let c = canonRow(row ?? {});
-    if (key !== expectedKey(id)) c += `  <key ${JSON.stringify(key)}, expected ${JSON.stringify(expectedKey(id))}>`;
+    const want = expectedKey(table, id);
+    if (key !== want) c += `  <key ${JSON.stringify(key)}, expected ${JSON.stringify(want)}>`;
     out.set(out.has(id) ? `${id} (duplicate, key ${key})` : id, c);
   }
   return out;
@@ -469,9 +475,9 @@ async function connect() {
   return db;
 }
 
-async function selectRows(db, where) {
+async function selectRows(db, where, table = TABLE) {
   const res = await withDeadline(
-    db.query(`SELECT * FROM ${TBL}${where ? ` WHERE (${where})` : ""} ORDER BY id`),
+    db.query(`SELECT * FROM public.${qi(table)}${where ? ` WHERE (${where})` : ""} ORDER BY id`),
     "reading the table",
   );
   return res.rows.map(fromPg);
@@ -479,9 +485,20 @@ async function selectRows(db, where) {
 
 async function createTable(db) {
   await db.query(`DROP TABLE IF EXISTS ${TBL}`);
-  await db.query(
-    `CREATE TABLE ${TBL} (id int8 PRIMARY KEY, name text, n int4, flag bool, score int8, note text)`,
-  );
+  const columns = "id int8 PRIMARY KEY, name text, n int4, flag bool, score int8, note text";
+  if (PARTITIONED) {
+    // Ranges of id (a primary-key change moves a row between partitions), the low range
+    // partitioned again by hash, a default partition for the rest.
+    const p = (suffix) => `public.${qi(`${TABLE}_${suffix}`)}`;
+    await db.query(`CREATE TABLE ${TBL} (${columns}) PARTITION BY RANGE (id)`);
+    await db.query(`CREATE TABLE ${p("lo")} PARTITION OF ${TBL} FOR VALUES FROM (MINVALUE) TO (100) PARTITION BY HASH (id)`);
+    await db.query(`CREATE TABLE ${p("lo_0")} PARTITION OF ${p("lo")} FOR VALUES WITH (MODULUS 2, REMAINDER 0)`);
+    await db.query(`CREATE TABLE ${p("lo_1")} PARTITION OF ${p("lo")} FOR VALUES WITH (MODULUS 2, REMAINDER 1)`);
+    await db.query(`CREATE TABLE ${p("mid")} PARTITION OF ${TBL} FOR VALUES FROM (100) TO (200)`);
+    await db.query(`CREATE TABLE ${p("hi")} PARTITION OF ${TBL} DEFAULT`);
+  } else {
+    await db.query(`CREATE TABLE ${TBL} (${columns})`);
+  }
   await db.query("BEGIN");
   for (let i = 0; i < INITIAL_ROWS; i++) await execStatement(db, genInsert());
   await db.query("COMMIT");
@@ -525,10 +542,10 @@ async function countingFetch(input, init) {
 
 let ShapeStream, Shape;
 
-function startShape(name, where) {
+function startShape(name, where, table = TABLE) {
   const controller = new AbortController();
-  const s = { name, where, controller, error: null, msgs: { insert: 0, update: 0, delete: 0, mustRefetch: 0, upToDate: 0 } };
-  const params = { table: TABLE };
+  const s = { name, where, table, controller, error: null, msgs: { insert: 0, update: 0, delete: 0, mustRefetch: 0, upToDate: 0 } };
+  const params = { table };
   if (where) params.where = where;
   const recordError = (e) => {
     if (!s.error && !controller.signal.aborted) {
@@ -610,10 +627,10 @@ async function waitInitialSync(shapes) {
 async function waitConverged(db, shapes, label) {
   const t = Date.now();
   const expected = new Map();
-  for (const s of shapes) expected.set(s, canonExpected(await selectRows(db, s.where)));
+  for (const s of shapes) expected.set(s, canonExpected(await selectRows(db, s.where, s.table)));
   for (const s of shapes) {
     const exp = expected.get(s);
-    const ok = () => s.shape.isUpToDate && diff(exp, canonClient(s.shape)).equal;
+    const ok = () => s.shape.isUpToDate && diff(exp, canonClient(s)).equal;
     await new Promise((resolve, reject) => {
       let unsub = () => {};
       let timer;
@@ -622,7 +639,7 @@ async function waitConverged(db, shapes, label) {
           checkStreamErrors(shapes);
           if (ok()) return finish(resolve);
           if (Date.now() >= WORK_DEADLINE) {
-            const d = diff(exp, canonClient(s.shape));
+            const d = diff(exp, canonClient(s));
             return finish(() =>
               reject(
                 new TestFailure(
@@ -632,7 +649,7 @@ async function waitConverged(db, shapes, label) {
                       ` ${exp.size} rows in Postgres, ${s.shape.currentValue.size} in the client;` +
                       ` ${d.missing} missing, ${d.extra} unexpected, ${d.changed} different. First differences:`,
                     ...d.lines,
-                    ...historyFor(d.ids.filter((id) => exp.get(id) !== canonClient(s.shape).get(id))),
+                    ...historyFor(d.ids.filter((id) => exp.get(id) !== canonClient(s).get(id))),
                   ].join("\n"),
                 ),
               ),
@@ -664,7 +681,7 @@ async function run(cleanup) {
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TABLE)) configError(`E2E_TABLE must be a lowercase identifier, got ${JSON.stringify(TABLE)}`);
 
   log(
-    `seed=${SEED} table=${TABLE} mutations=${MUTATIONS} mode=${DRY_DB ? "dry-db" : LIVE_SSE ? "sse" : "long-poll"}` +
+    `seed=${SEED} table=${TABLE}${PARTITIONED ? " (partitioned)" : ""} mutations=${MUTATIONS} mode=${DRY_DB ? "dry-db" : LIVE_SSE ? "sse" : "long-poll"}` +
       ` where=${WHERE ? JSON.stringify(WHERE) : "none"} timeout=${TIMEOUT_MS}ms url=${SHAPE_URL ?? "-"}`,
   );
   log(`replay with: ${replayHint()}`);
@@ -680,11 +697,15 @@ async function run(cleanup) {
     ({ ShapeStream, Shape } = await import("@electric-sql/client"));
     shapes.push(startShape("all", null));
     if (WHERE) shapes.push(startShape("where", WHERE)); // second scenario, only with E2E_WHERE
+    if (PARTITIONED) {
+      // Shapes on partitions at every level, alongside the root's.
+      for (const part of ["lo", "lo_0", "mid", "hi"]) shapes.push(startShape(part, null, `${TABLE}_${part}`));
+    }
     cleanup.shapes = shapes;
     await waitInitialSync(shapes);
     // The initial snapshot must be exact at once: nothing was written since the rows were seeded.
     for (const s of shapes) {
-      const d = diff(canonExpected(await selectRows(db, s.where)), canonClient(s.shape));
+      const d = diff(canonExpected(await selectRows(db, s.where, s.table)), canonClient(s));
       if (!d.equal) fail(`shape ${s.name}: initial snapshot differs from Postgres:\n${d.lines.join("\n")}`);
       log(`shape ${s.name}: initial sync ok: ${s.shape.currentValue.size} rows, handle=${s.shape.handle}, offset=${s.shape.lastOffset} (${elapsed()})`);
     }

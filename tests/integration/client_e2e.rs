@@ -56,6 +56,11 @@ async fn run_node(
     );
 }
 
+/// Run `tests/client/<script>` with `env` against a fresh database and a default server.
+pub(crate) async fn run_node_env(script: &str, tag: &str, env: &[(&str, String)]) {
+    run_node(script, tag, env, |_| {}).await;
+}
+
 fn sse_env(sse: bool) -> Vec<(&'static str, String)> {
     if sse {
         vec![("E2E_LIVE_SSE", "1".to_string())]

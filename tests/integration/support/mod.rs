@@ -250,6 +250,11 @@ pub struct Follower {
     pub up_to_date: bool,
     pub seen: Vec<(String, String)>,
     pub changes_seen: usize,
+    /// Accept 409 (must-refetch: start over from `offset=-1`) and 503 (retry), as the official
+    /// client does.
+    pub allow_rotation: bool,
+    /// How many 409s it got.
+    pub rotations: usize,
 }
 
 impl Follower {
@@ -264,7 +269,26 @@ impl Follower {
             up_to_date: false,
             seen: Vec::new(),
             changes_seen: 0,
+            allow_rotation: false,
+            rotations: 0,
         }
+    }
+
+    /// A follower that refetches on 409 (counted in `rotations`) instead of failing.
+    pub fn rotating(client: ShapeClient, shape_query: &str) -> Self {
+        let mut f = Follower::new(client, shape_query);
+        f.allow_rotation = true;
+        f
+    }
+
+    fn start_over(&mut self) {
+        self.handle = None;
+        self.offset = "-1".into();
+        self.cursor = None;
+        self.rows.clear();
+        self.up_to_date = false;
+        self.seen.clear();
+        self.rotations += 1;
     }
 
     /// One request (live once up to date); returns the reply.
@@ -280,6 +304,15 @@ impl Follower {
             ));
         }
         let r = self.client.get(&q).await;
+        if r.status == 409 && self.allow_rotation {
+            self.start_over();
+            return r;
+        }
+        if r.status == 503 && self.allow_rotation {
+            // Replication restarting: retry as the official client does.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return r;
+        }
         assert_eq!(r.status, 200, "GET {q} -> {} {}", r.status, r.body);
         self.handle = r.header("electric-handle").map(str::to_string);
         self.cursor = r.header("electric-cursor").map(str::to_string);
