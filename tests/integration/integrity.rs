@@ -268,6 +268,7 @@ async fn the_same_database_under_another_url_is_refused() {
         .await;
         assert_eq!(r.status, 409, "{}", r.body);
         assert!(r.body.contains("\\\"default\\\""), "{}", r.body);
+        crate::openapi::check(&crate::openapi::spec(), "/v1/admin/database", "post", &r);
     }
     // Another database of the same cluster is a different database.
     let url2 = fresh_db("identity2").await;

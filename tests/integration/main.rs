@@ -7,6 +7,7 @@ mod compaction;
 mod crash;
 mod deployment;
 mod disk_full;
+mod fd_limit;
 mod http1;
 mod http_sync;
 mod integrity;

@@ -22,13 +22,13 @@ const COMMON: &[&str] = &[
     "connection",
 ];
 
-fn spec() -> Value {
+pub(crate) fn spec() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/shapesync.yaml");
     let text = std::fs::read_to_string(path).expect("openapi/shapesync.yaml");
     serde_norway::from_str(&text).expect("valid YAML")
 }
 
-fn check(spec: &Value, path: &str, method: &str, r: &Reply) {
+pub(crate) fn check(spec: &Value, path: &str, method: &str, r: &Reply) {
     let op = &spec["paths"][path][method];
     assert!(op.is_object(), "{method} {path} is not documented");
     let resp = &op["responses"][r.status.to_string()];
