@@ -358,8 +358,9 @@ impl Writer {
                     .map(|s| s.shape.handle.clone()),
             );
         }
-        let has_shapes = self.by_table.contains_key(&rel.oid)
-            || ancestors.iter().any(|a| self.by_table.contains_key(a));
+        let has_shapes = std::iter::once(&rel.oid)
+            .chain(&ancestors)
+            .any(|t| self.by_table.get(t).is_some_and(|v| !v.is_empty()));
         if has_shapes && rel.replica_identity != ReplicaIdentity::Full {
             tracing::warn!(
                 table = %format!("{}.{}", relation_schema(rel), rel.name),
@@ -937,4 +938,228 @@ fn emit(
     }
     sink.last = offset;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::catalog::ColumnInfo;
+    use crate::replication::pgoutput::{RelationColumn, ReplicaIdentity};
+    use crate::shape::definition::{LogMode, ShapeDefinition};
+    use crate::shape::ShapeMeta;
+    use bytes::Bytes;
+    use shapesync_storage::{MemoryStore, ShapeLogStore};
+
+    /// `t (id int4 PRIMARY KEY, big text, small int4)`; `key`: which columns the relation
+    /// message flags as its replica identity; `order`: the relation's column order (a
+    /// partition may differ from its parent).
+    fn relation(identity: ReplicaIdentity, key: &[&str], order: &[&str]) -> Relation {
+        let ty = |n: &str| if n == "big" { 25 } else { 23 };
+        Relation {
+            oid: 7,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: identity,
+            columns: order
+                .iter()
+                .map(|n| RelationColumn {
+                    is_key: key.contains(n),
+                    name: (*n).into(),
+                    type_oid: ty(n),
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    fn table() -> TableInfo {
+        let c = |name: &str, ty: &str, oid: u32, pk: Option<usize>| ColumnInfo {
+            name: name.into(),
+            type_oid: oid,
+            type_name: ty.into(),
+            dims: 0,
+            type_mod: -1,
+            not_null: pk.is_some(),
+            pk_index: pk,
+        };
+        TableInfo::new(
+            7,
+            "public".into(),
+            "t".into(),
+            vec![
+                c("id", "int4", 23, Some(0)),
+                c("big", "text", 25, None),
+                c("small", "int4", 23, None),
+            ],
+        )
+    }
+
+    fn shape(where_clause: Option<&str>, replica: Replica) -> Arc<Shape> {
+        let def = ShapeDefinition {
+            schema: "public".into(),
+            table: "t".into(),
+            where_clause: where_clause.map(str::to_string),
+            columns: None,
+            replica,
+            log: LogMode::Full,
+            params: Vec::new(),
+        };
+        let compiled = crate::shape::compile(&def, &table()).expect("compiles");
+        let store = MemoryStore::new(Default::default());
+        let log = store.create("s", b"m").expect("log");
+        let meta = ShapeMeta {
+            version: 1,
+            handle: ShapeHandle::mint(&def),
+            def,
+            table: table(),
+        };
+        Shape::new(meta, compiled, log)
+    }
+
+    fn text(v: &str) -> Value {
+        Value::Text(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    fn tuple(vals: Vec<Value>) -> TupleData {
+        TupleData(vals)
+    }
+
+    fn messages(out: Option<Vec<(LogOffset, Vec<u8>)>>) -> Option<Vec<serde_json::Value>> {
+        out.map(|v| {
+            v.into_iter()
+                .map(|(_, mut json)| {
+                    close(&mut json, true);
+                    serde_json::from_slice(&json).expect("json")
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn old_rows_without_full_identity_know_only_their_identity() {
+        let rel = relation(ReplicaIdentity::Default, &["id"], &["id", "big", "small"]);
+        // An update that kept its key: no old tuple.
+        let new = tuple(vec![text("1"), Value::UnchangedToast, text("5")]);
+        let row = ChangeRow::decode(&rel, ChangeKind::Update, None, Some(&new), None);
+        assert!(!row.old_full);
+        assert_eq!(
+            row.old.as_deref(),
+            Some(&[Cell::Text(b"1"), Cell::Unknown, Cell::Unknown][..])
+        );
+        assert_eq!(
+            row.new.as_deref(),
+            Some(&[Cell::Text(b"1"), Cell::Unknown, Cell::Text(b"5")][..])
+        );
+        // A delete with a key tuple: the other columns come as nulls and are unknown.
+        let old = OldTuple::Key(tuple(vec![text("1"), Value::Null, Value::Null]));
+        let row = ChangeRow::decode(&rel, ChangeKind::Delete, Some(&old), None, None);
+        assert_eq!(
+            row.old.as_deref(),
+            Some(&[Cell::Text(b"1"), Cell::Unknown, Cell::Unknown][..])
+        );
+        // A full old row fills the new row's unchanged TOAST values.
+        let full = relation(
+            ReplicaIdentity::Full,
+            &["id", "big", "small"],
+            &["id", "big", "small"],
+        );
+        let old = OldTuple::Full(tuple(vec![text("1"), text("AAA"), text("4")]));
+        let row = ChangeRow::decode(&full, ChangeKind::Update, Some(&old), Some(&new), None);
+        assert!(row.old_full);
+        assert_eq!(row.new.as_deref().map(|r| r[1]), Some(Cell::Text(b"AAA")));
+    }
+
+    #[test]
+    fn a_partition_change_is_put_in_its_parents_column_order() {
+        // The partition has its columns in another order than the parent.
+        let rel = relation(
+            ReplicaIdentity::Full,
+            &["small", "id", "big"],
+            &["small", "id", "big"],
+        );
+        let t = table();
+        let map: Vec<Option<usize>> = t
+            .columns
+            .iter()
+            .map(|c| rel.columns.iter().position(|r| r.name == c.name))
+            .collect();
+        assert!(same_columns(&t, &rel));
+        let new = tuple(vec![text("9"), text("1"), text("x")]);
+        let row = ChangeRow::decode(&rel, ChangeKind::Insert, None, Some(&new), Some(&map));
+        assert_eq!(
+            row.new.as_deref(),
+            Some(&[Cell::Text(b"1"), Cell::Text(b"x"), Cell::Text(b"9")][..])
+        );
+        let other = relation(ReplicaIdentity::Full, &[], &["small", "id"]);
+        assert!(!same_columns(&t, &other));
+    }
+
+    #[test]
+    fn a_shape_that_needs_a_missing_value_is_never_guessed() {
+        let rel = relation(ReplicaIdentity::Default, &["id"], &["id", "big", "small"]);
+        let new = tuple(vec![text("1"), Value::UnchangedToast, text("5")]);
+        let update = ChangeRow::decode(&rel, ChangeKind::Update, None, Some(&new), None);
+        let convert_with =
+            |s: &Shape, row: &ChangeRow<'_>, kind| messages(convert(s, kind, row, 10, 0, 3));
+
+        // Without a where clause nothing is missing: an update with the known columns (the
+        // unchanged TOAST value is left out; the client keeps it).
+        let all = shape(None, Replica::Default);
+        let m = convert_with(&all, &update, ChangeKind::Update).expect("decided");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["headers"]["operation"], "update");
+        assert_eq!(m[0]["value"], serde_json::json!({"id": "1", "small": "5"}));
+
+        // A clause on the TOASTed column, or on a column whose old value is unknown: rotate.
+        for w in [
+            "big LIKE 'A%'",
+            "small > 3",
+            "length(big) > 1000 OR small = 5",
+        ] {
+            let s = shape(Some(w), Replica::Default);
+            assert_eq!(convert_with(&s, &update, ChangeKind::Update), None, "{w}");
+        }
+        // A clause on the key only is decided (old key = new key).
+        let s = shape(Some("id = 1"), Replica::Default);
+        assert!(convert_with(&s, &update, ChangeKind::Update).is_some());
+        let s = shape(Some("id = 2"), Replica::Default);
+        assert_eq!(
+            convert_with(&s, &update, ChangeKind::Update),
+            Some(Vec::new())
+        );
+        // replica=full needs the whole old row.
+        let s = shape(None, Replica::Full);
+        assert_eq!(convert_with(&s, &update, ChangeKind::Update), None);
+
+        // A delete with only its key: decided where the clause reads the key only.
+        let old = OldTuple::Key(tuple(vec![text("1"), Value::Null, Value::Null]));
+        let delete = ChangeRow::decode(&rel, ChangeKind::Delete, Some(&old), None, None);
+        let m = convert_with(&all, &delete, ChangeKind::Delete).expect("decided");
+        assert_eq!(m[0]["headers"]["operation"], "delete");
+        let s = shape(Some("small > 3"), Replica::Default);
+        assert_eq!(convert_with(&s, &delete, ChangeKind::Delete), None);
+
+        // With the full old row everything is known: a row leaving the clause is a delete.
+        let full = relation(
+            ReplicaIdentity::Full,
+            &["id", "big", "small"],
+            &["id", "big", "small"],
+        );
+        let old = OldTuple::Full(tuple(vec![text("1"), text("AAA"), text("4")]));
+        let new = tuple(vec![text("1"), text("BBB"), text("4")]);
+        let row = ChangeRow::decode(&full, ChangeKind::Update, Some(&old), Some(&new), None);
+        let s = shape(Some("big LIKE 'A%'"), Replica::Default);
+        let m = convert_with(&s, &row, ChangeKind::Update).expect("decided");
+        assert_eq!(m[0]["headers"]["operation"], "delete");
+        // An evaluation that does not read the unknown value is exact: the OR is true on the
+        // known column whatever `big` holds.
+        let s = shape(Some("small = 5 OR big LIKE 'A%'"), Replica::Default);
+        let new = tuple(vec![text("1"), Value::UnchangedToast, text("5")]);
+        let old = OldTuple::Key(tuple(vec![text("1"), Value::Null, Value::Null]));
+        let insert_like = ChangeRow::decode(&rel, ChangeKind::Update, Some(&old), Some(&new), None);
+        assert_eq!(
+            insert_like.new.as_deref().map(|r| verdict(&s, r)),
+            Some(Some(true))
+        );
+    }
 }
