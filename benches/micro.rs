@@ -1,5 +1,5 @@
 //! Criterion micro benchmarks of the per-change hot path, each group on the crate's public API
-//! and each tied to a physical limit or target of `../shared/targets.md`:
+//! and each tied to a physical limit or target of `docs/targets.md`:
 //!
 //! - `pgoutput_decode`: `replication::pgoutput::decode` of realistic pgoutput v1 messages (Begin,
 //!   Commit, an Insert of a 5-column row: int8, text, int4, jsonb, timestamptz as text values,

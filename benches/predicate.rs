@@ -1,4 +1,4 @@
-//! P3 (../shared/targets.md): the cost of one compiled where clause on one change, for several
+//! P3 (docs/targets.md): the cost of one compiled where clause on one change, for several
 //! clause kinds, against the target of 0.5 µs per shape per change. Each clause is compiled
 //! once (`parse_where`) and evaluated over a batch of pre-decoded rows (Postgres text values,
 //! as the replication decoder hands them over) many times; the figure is wall time divided by

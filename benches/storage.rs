@@ -1,5 +1,5 @@
 //! Shape log store figures, each beside its physical anchor measured in the same run
-//! (../shared/targets.md):
+//! (docs/targets.md):
 //!
 //! - group-commit append throughput (MB/s of change records, records/s) across many shapes,
 //!   against raw sequential writes of the same batch sizes with one fdatasync per batch;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and prints the targets table (../shared/targets.md, P1–P12):
+# Runs the benchmarks and prints the targets table (docs/targets.md, P1–P12):
 #   bash scripts/bench.sh          quick mode: smaller sizes, under 10 minutes on 2 cores
 #   bash scripts/bench.sh full     the sizes of targets.md (1M rows, 10k shapes, a 1 GB transaction)
 # Extra arguments go to the end-to-end harness, e.g. `bash scripts/bench.sh quick --only=P4,P9`.

@@ -44,6 +44,9 @@ pub fn table_change(was: &TableInfo, now: Option<&TableInfo>) -> Option<&'static
     if was.name != now.name || was.schema != now.schema {
         return Some("table renamed");
     }
+    if was.partitioned != now.partitioned {
+        return Some("table partitioning changed");
+    }
     // Names, types, modifiers, nullability and key positions all show in the shape's schema.
     (was.columns != now.columns).then_some("table schema changed")
 }
@@ -354,6 +357,18 @@ async fn attached_with_rows(
         )
         .await?;
     let created_as_partitions: bool = row.get(0);
+    let plain: bool = client
+        .query_one(
+            "SELECT coalesce((SELECT relkind = 'r' FROM pg_class WHERE oid = $1), false)",
+            &[&leaf],
+        )
+        .await?
+        .get(0);
+    if !plain {
+        // A foreign table (its changes are not replicated): the shapes rotate, and their
+        // next request is refused with the reason.
+        return Ok(true);
+    }
     let newest: Option<String> = row.get(1);
     let newest_cmin: Option<i64> = row.get(2);
     let (true, Some(newest), Some(newest_cmin)) = (created_as_partitions, newest, newest_cmin)

@@ -412,6 +412,22 @@ impl Stack {
             }
             Err(CatalogError::Db(e)) => return Err(ShapeError::Database(e.to_string())),
         };
+        if table.partitioned {
+            let foreign = catalog::unreplicated_partitions(&admin, table.oid)
+                .await
+                .map_err(|e| ShapeError::Database(e.to_string()))?;
+            if !foreign.is_empty() {
+                return Err(ShapeError::Invalid(
+                    "table",
+                    format!(
+                        "Table {} has partitions whose changes Postgres does not replicate \
+                         (foreign tables: {}); it cannot be synced as a shape.",
+                        table.quoted_name(),
+                        foreign.join(", ")
+                    ),
+                ));
+            }
+        }
         let compiled = shape::compile(def, &table).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
         self.publication
             .ensure_table(&admin, &table)

@@ -1,4 +1,4 @@
-//! The end-to-end harness: every target of ../shared/targets.md (P1–P12) measured side by side
+//! The end-to-end harness: every target of docs/targets.md (P1–P12) measured side by side
 //! with its anchor in the same run, on its own Postgres (fsync on) and shapesync started as a
 //! child process from the release binary.
 //!

@@ -227,7 +227,8 @@ pub async fn partition_ancestors(
     Ok(exists.then(|| row.get(1)))
 }
 
-/// The leaf partitions of a partitioned table, ascending (empty for any other table).
+/// The leaf partitions of a partitioned table (foreign tables included), ascending (empty for
+/// any other table).
 pub async fn leaf_partitions(
     client: &tokio_postgres::Client,
     oid: u32,
@@ -235,8 +236,24 @@ pub async fn leaf_partitions(
     let rows = client
         .query(
             "SELECT t.relid::oid FROM pg_partition_tree($1::oid::regclass) t \
-             JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf AND c.relkind = 'r' \
-               AND t.relid::oid <> $1 ORDER BY 1",
+             WHERE t.isleaf AND t.relid::oid <> $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The names of the leaf partitions of a partitioned table that are not plain tables (foreign
+/// tables: Postgres does not replicate their changes).
+pub async fn unreplicated_partitions(
+    client: &tokio_postgres::Client,
+    oid: u32,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_partition_tree($1::oid::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid \
+             WHERE t.isleaf AND c.relkind <> 'r' ORDER BY 1",
             &[&oid],
         )
         .await?;

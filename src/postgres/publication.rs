@@ -117,7 +117,7 @@ pub async fn not_full(
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relreplident <> 'f' AND (c.oid = $1 OR c.oid IN \
+             WHERE c.relreplident <> 'f' AND c.relkind IN ('r', 'p') AND (c.oid = $1 OR c.oid IN \
                (SELECT relid FROM pg_partition_tree($1::oid::regclass))) \
              ORDER BY c.oid",
             &[&oid],
