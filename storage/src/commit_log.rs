@@ -121,6 +121,9 @@ impl CommitLog {
     /// shapes that no longer exist are skipped. Returns the number of entries written.
     fn replay(&mut self, limit: Option<u64>) -> Result<usize, StoreError> {
         let mut files: HashMap<String, Option<ShapeSegments>> = HashMap::new();
+        // Shapes holding an open segment file: at most `REPLAY_OPEN_FILES` at a time, whatever
+        // the number of shapes the log names (a batch may touch 100,000 of them).
+        let mut open: Vec<String> = Vec::new();
         let mut failed = None;
         let mut replayed = 0;
         let dir = &self.dir;
@@ -146,9 +149,20 @@ impl CommitLog {
                     },
                 };
                 let Some(file) = file else { continue };
+                let was_open = file.open.is_some();
                 if let Err(err) = file.write_at(e.pos, &body[e.bytes]) {
                     failed = Some(err);
                     return false;
+                }
+                if !was_open {
+                    open.push(id.to_owned());
+                }
+                if open.len() >= REPLAY_OPEN_FILES {
+                    for id in open.drain(..) {
+                        if let Some(Some(f)) = files.get_mut(&id) {
+                            f.open = None;
+                        }
+                    }
                 }
                 replayed += 1;
             }
@@ -161,6 +175,9 @@ impl CommitLog {
         Ok(replayed)
     }
 }
+
+/// Segment files replay keeps open at once (each closed again before more are opened).
+const REPLAY_OPEN_FILES: usize = 32;
 
 /// The change segments of one shape being replayed into: their bases, and the one segment
 /// file open at a time (a store may hold many shapes of many segments: one descriptor each).
@@ -200,10 +217,17 @@ fn open_changes(dir: &Path, id: &str) -> std::io::Result<Option<ShapeSegments>> 
         return Ok(None);
     }
     let shape = dir.join(id);
-    if !shape.join("meta").exists()
-        || open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC).is_err()
-    {
+    if !shape.join("meta").exists() {
         return Ok(None);
+    }
+    match open_log_file(&shape.join(CHANGES_FILE), CHANGES_MAGIC) {
+        Ok(_) => {}
+        // A shape whose first segment is missing or damaged is left to `open_all`; any other
+        // failure (out of descriptors, say) is an error: never a silent skip of its entries.
+        Err(StoreError::Corrupt(_)) => return Ok(None),
+        Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(StoreError::Io(e)) => return Err(e),
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
     }
     let mut bases = vec![FIRST_BASE];
     for entry in std::fs::read_dir(&shape)? {
