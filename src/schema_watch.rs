@@ -25,7 +25,8 @@
 //! Every detection and repair is logged at `warn` and counted in `/metrics`
 //! (`shapesync_integrity_events_total`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -51,20 +52,64 @@ pub fn table_change(was: &TableInfo, now: Option<&TableInfo>) -> Option<&'static
     (was.columns != now.columns).then_some("table schema changed")
 }
 
-/// What a watch remembers between passes: leaf partitions found to have been created as
-/// partitions (their rows all stream), per partitioned table.
+/// What a watch remembers between passes, and across restarts (`partitions.json` in the
+/// stack's storage directory): leaf partitions found to have been created as partitions (their
+/// rows all stream), with their links, per partitioned table. A shape built before such a
+/// partition appeared counts it as its own, so that its later detach or drop rotates the shape.
 #[derive(Default)]
 pub struct WatchState {
-    accepted: HashMap<u32, BTreeSet<u32>>,
+    accepted: BTreeMap<u32, BTreeMap<u32, String>>,
+    file: Option<PathBuf>,
+}
+
+impl WatchState {
+    /// The state saved in `file`, if any (a damaged file is reported and ignored).
+    pub fn load(file: PathBuf) -> WatchState {
+        let accepted = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring a damaged partition state file");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        WatchState {
+            accepted,
+            file: Some(file),
+        }
+    }
+
+    fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec(&self.accepted)?;
+            let tmp = file.with_extension("json.tmp");
+            {
+                let f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut &f, &bytes)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, file)?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %file.display(), error = %e, "saving the partition state failed");
+        }
+    }
 }
 
 /// Run until the stack stops (or is dropped), checking every `every` and when woken.
 pub async fn run(stack: Weak<Stack>, every: Duration) {
-    let (mut shutdown, check_now) = match stack.upgrade() {
-        Some(s) => (s.shutdown_signal(), Arc::clone(&s.check_now)),
+    let (mut shutdown, check_now, mut state) = match stack.upgrade() {
+        Some(s) => (
+            s.shutdown_signal(),
+            Arc::clone(&s.check_now),
+            WatchState::load(s.partitions_file()),
+        ),
         None => return,
     };
-    let mut state = WatchState::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -76,12 +121,19 @@ pub async fn run(stack: Weak<Stack>, every: Duration) {
             return;
         }
         if let Err(e) = check(&stack, &mut state).await {
-            tracing::debug!(stack = %stack.id, error = %format!("{e:#}"), "schema check skipped");
+            tracing::warn!(stack = %stack.id, error = %format!("{e:#}"), "schema check failed; retrying at the next one");
         }
     }
 }
 
-/// One pass (see the module documentation). Returns how many shapes it rotated.
+/// Lock waits of the statements that repair what shapesync set up: `ALTER TABLE … REPLICA
+/// IDENTITY` takes an exclusive lock, and must not queue the application's queries behind a
+/// long one of its own. A repair that times out is tried again at the next pass.
+pub const REPAIR_LOCK_TIMEOUT: &str = "5s";
+
+/// One pass (see the module documentation). Returns how many shapes it rotated. Each check
+/// runs on its own (a failing one, e.g. on a table shapesync may not alter, is logged at
+/// `warn` and does not turn the others off).
 pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result<usize> {
     let mut tables: HashMap<u32, Vec<Arc<Shape>>> = HashMap::new();
     for shape in stack.registry.shapes() {
@@ -102,7 +154,13 @@ pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result
     // Dropped, renamed, altered.
     let mut gone = Vec::new();
     for (&oid, shapes) in &tables {
-        let now = load_table_by_oid(&client, oid).await?;
+        let now = match load_table_by_oid(&client, oid).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(stack = %stack.id, table = %shapes[0].table.quoted_name(), error = %e, "schema check of a table failed");
+                continue;
+            }
+        };
         for shape in shapes {
             if let Some(why) = table_change(&shape.table, now.as_ref()) {
                 rotate(shape, why);
@@ -114,16 +172,19 @@ pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result
     }
     for oid in gone {
         tables.remove(&oid);
-        state.accepted.remove(&oid);
     }
     if tables.is_empty() {
         return Ok(rotated);
     }
-    if !verify_publication_and_slot(stack, &client, &tables, &mut rotate).await? {
-        return Ok(rotated);
+    match verify_publication_and_slot(stack, &client, &tables, &mut rotate).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(rotated),
+        Err(e) => {
+            tracing::warn!(stack = %stack.id, error = %format!("{e:#}"), "checking the publication and slot failed")
+        }
     }
-    verify_replica_identity(stack, &client, &tables).await?;
-    verify_partitions(stack, &client, &tables, state, &mut rotate).await?;
+    verify_replica_identity(stack, &client, &tables).await;
+    verify_partitions(stack, &client, &tables, state, &mut rotate).await;
     Ok(rotated)
 }
 
@@ -150,9 +211,11 @@ async fn verify_publication_and_slot(
     };
     let pub_oid: u32 = row.get(0);
     let options_ok: bool = row.get(1);
+    // `wal_status` is read through jsonb so that servers without the column answer too.
     let slot = client
         .query_opt(
-            "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(to_jsonb(s) ->> 'wal_status', '') FROM pg_replication_slots s \
+             WHERE slot_name = $1",
             &[&stack.slot()],
         )
         .await?;
@@ -184,62 +247,78 @@ async fn verify_publication_and_slot(
         return Ok(true);
     }
     // Membership: each table with shapes (or a partitioned table above it) must be in the
-    // publication, without a row filter or column list.
+    // publication, without a row filter or column list (read through jsonb: those columns
+    // exist from Postgres 15 on).
     let rows = client
         .query(
-            "SELECT prrelid, prqual IS NOT NULL OR prattrs IS NOT NULL \
-             FROM pg_publication_rel WHERE prpubid = $1",
+            "SELECT prrelid, coalesce(to_jsonb(pr) ->> 'prqual', to_jsonb(pr) ->> 'prattrs') \
+               IS NOT NULL FROM pg_publication_rel pr WHERE prpubid = $1",
             &[&pub_oid],
         )
         .await?;
     let members: HashMap<u32, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     for (&oid, shapes) in tables {
-        let Some(ancestors) = catalog::partition_ancestors(client, oid).await? else {
-            continue; // dropped meanwhile: the next pass rotates its shapes
-        };
-        let covering: Vec<u32> = std::iter::once(oid).chain(ancestors).collect();
-        let filtered: Vec<u32> = covering
-            .iter()
-            .copied()
-            .filter(|t| members.get(t) == Some(&true))
-            .collect();
-        let published = covering.iter().any(|t| members.get(t) == Some(&false));
-        if published && filtered.is_empty() {
-            continue;
-        }
-        let table = shapes[0].table.quoted_name();
-        tracing::warn!(stack = %stack.id, table = %table, filtered = !filtered.is_empty(), "a table with shapes was taken out of the publication (or given a row filter or column list): adding it back; its shapes are rotated (changes made meanwhile were not streamed)");
-        // A filtered entry is replaced by a plain one (that covers the table again); else the
-        // table itself is added.
-        let mut sql = String::new();
-        for t in &filtered {
-            if let Some(n) = quoted_name(client, *t).await? {
-                sql.push_str(&format!(
-                    "ALTER PUBLICATION {p} DROP TABLE {n};ALTER PUBLICATION {p} ADD TABLE {n};",
-                    p = quote_ident(name),
-                ));
-            }
-        }
-        if filtered.is_empty() {
-            sql.push_str(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {table};",
-                quote_ident(name)
-            ));
-        }
-        in_transaction(client, &sql).await?;
-        stack.publication().forget(oid).await;
-        stack
-            .stats
-            .integrity
-            .note(IntegrityEvent::PublicationTableReadded);
-        // Writers that started before it was back would not be streamed: let them end before
-        // the rotated shapes take new snapshots.
-        publication::wait_for_running_writers(client, Duration::from_secs(30)).await?;
-        for s in shapes {
-            rotate(s, "table was taken out of the publication");
+        if let Err(e) = verify_member(stack, client, &members, oid, shapes, rotate).await {
+            tracing::warn!(stack = %stack.id, table = %shapes[0].table.quoted_name(), error = %format!("{e:#}"), "checking the table's publication failed");
         }
     }
     Ok(true)
+}
+
+/// One table with shapes in the publication (see [`verify_publication_and_slot`]).
+async fn verify_member(
+    stack: &Arc<Stack>,
+    client: &tokio_postgres::Client,
+    members: &HashMap<u32, bool>,
+    oid: u32,
+    shapes: &[Arc<Shape>],
+    rotate: &mut impl FnMut(&Shape, &str),
+) -> anyhow::Result<()> {
+    let Some(ancestors) = catalog::partition_ancestors(client, oid).await? else {
+        return Ok(()); // dropped meanwhile: the next pass rotates its shapes
+    };
+    let covering: Vec<u32> = std::iter::once(oid).chain(ancestors).collect();
+    let filtered: Vec<u32> = covering
+        .iter()
+        .copied()
+        .filter(|t| members.get(t) == Some(&true))
+        .collect();
+    let published = covering.iter().any(|t| members.get(t) == Some(&false));
+    if published && filtered.is_empty() {
+        return Ok(());
+    }
+    // The table as it is named now (it may have been renamed since the shapes were made).
+    let Some(table) = quoted_name(client, oid).await? else {
+        return Ok(());
+    };
+    tracing::warn!(stack = %stack.id, table = %table, filtered = !filtered.is_empty(), "a table with shapes was taken out of the publication (or given a row filter or column list): adding it back; its shapes are rotated (changes made meanwhile were not streamed)");
+    // A filtered entry is replaced by a plain one (that covers the table again); else the
+    // table itself is added. One simple query: one transaction, rolled back on error.
+    let p = quote_ident(stack.publication().name());
+    let mut sql = String::new();
+    for t in &filtered {
+        if let Some(n) = quoted_name(client, *t).await? {
+            sql.push_str(&format!(
+                "ALTER PUBLICATION {p} DROP TABLE {n};ALTER PUBLICATION {p} ADD TABLE {n};"
+            ));
+        }
+    }
+    if filtered.is_empty() {
+        sql.push_str(&format!("ALTER PUBLICATION {p} ADD TABLE {table};"));
+    }
+    client.batch_execute(&sql).await?;
+    stack.publication().forget(oid).await;
+    stack
+        .stats
+        .integrity
+        .note(IntegrityEvent::PublicationTableReadded);
+    // Writers that started before it was back would not be streamed: let them end before
+    // the rotated shapes take new snapshots.
+    publication::wait_for_running_writers(client, Duration::from_secs(30)).await?;
+    for s in shapes {
+        rotate(s, "table was taken out of the publication");
+    }
+    Ok(())
 }
 
 /// Tables and partitions with shapes keep `REPLICA IDENTITY FULL`.
@@ -247,86 +326,130 @@ async fn verify_replica_identity(
     stack: &Arc<Stack>,
     client: &tokio_postgres::Client,
     tables: &HashMap<u32, Vec<Arc<Shape>>>,
-) -> anyhow::Result<()> {
-    for &oid in tables.keys() {
-        for name in publication::not_full(client, oid).await? {
+) {
+    for (&oid, shapes) in tables {
+        let names = match publication::not_full(client, oid).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(stack = %stack.id, table = %shapes[0].table.quoted_name(), error = %e, "checking replica identities failed");
+                continue;
+            }
+        };
+        for name in names {
             tracing::warn!(stack = %stack.id, table = %name, "a table with shapes lost REPLICA IDENTITY FULL: setting it back");
-            client
-                .batch_execute(&format!("ALTER TABLE {name} REPLICA IDENTITY FULL"))
-                .await?;
-            stack
-                .stats
-                .integrity
-                .note(IntegrityEvent::ReplicaIdentityRepaired);
+            match publication::set_identity_full(client, &name, REPAIR_LOCK_TIMEOUT).await {
+                Ok(()) => stack
+                    .stats
+                    .integrity
+                    .note(IntegrityEvent::ReplicaIdentityRepaired),
+                Err(e) => {
+                    tracing::warn!(stack = %stack.id, table = %name, error = %e, "setting REPLICA IDENTITY FULL failed (retried at the next check); shapes that need values its changes lack are rotated meanwhile")
+                }
+            }
         }
     }
-    Ok(())
 }
 
-/// Partitioned tables: leaf partitions detached, dropped or attached since the shapes' tables
-/// were read.
+/// Partitioned tables: leaf partitions detached, dropped, attached, or detached and attached
+/// again since the shapes' tables were read (or since the partition was accepted).
 async fn verify_partitions(
     stack: &Arc<Stack>,
     client: &tokio_postgres::Client,
     tables: &HashMap<u32, Vec<Arc<Shape>>>,
     state: &mut WatchState,
     rotate: &mut impl FnMut(&Shape, &str),
-) -> anyhow::Result<()> {
+) {
+    let mut changed = false;
     for (&oid, shapes) in tables {
         if !shapes[0].table.partitioned {
             continue;
         }
-        let current: BTreeSet<u32> = catalog::leaf_partitions(client, oid)
-            .await?
-            .into_iter()
-            .collect();
-        let accepted = state.accepted.entry(oid).or_default();
-        accepted.retain(|l| current.contains(l));
-        let mut decided: HashMap<u32, bool> = HashMap::new();
-        for shape in shapes {
-            let known: BTreeSet<u32> = shape
-                .table
-                .leaves
-                .iter()
-                .chain(accepted.iter())
-                .copied()
-                .collect();
-            if known.iter().any(|l| !current.contains(l)) {
-                stack
-                    .stats
-                    .integrity
-                    .note(IntegrityEvent::PartitionDetached);
-                rotate(shape, "a partition was detached or dropped");
-                continue;
-            }
-            let mut brought_rows = false;
-            for &leaf in current.difference(&known) {
-                let rows = match decided.get(&leaf) {
-                    Some(&r) => r,
-                    None => {
-                        let r = attached_with_rows(client, oid, leaf).await.unwrap_or(true);
-                        decided.insert(leaf, r);
-                        r
-                    }
-                };
-                brought_rows |= rows;
-            }
-            if brought_rows {
-                stack
-                    .stats
-                    .integrity
-                    .note(IntegrityEvent::PartitionAttached);
-                rotate(shape, "a partition with rows of its own was attached");
-            }
-        }
-        for (leaf, rows) in decided {
-            if !rows {
-                tracing::info!(stack = %stack.id, table_oid = oid, partition_oid = leaf, "a partition was created: its rows stream as changes");
-                accepted.insert(leaf);
+        match verify_partitions_of(stack, client, oid, shapes, state, rotate).await {
+            Ok(c) => changed |= c,
+            Err(e) => {
+                tracing::warn!(stack = %stack.id, table = %shapes[0].table.quoted_name(), error = %format!("{e:#}"), "checking partitions failed")
             }
         }
     }
-    Ok(())
+    // Partitioned tables without shapes any more are forgotten.
+    let before = state.accepted.len();
+    state.accepted.retain(|oid, _| tables.contains_key(oid));
+    if changed || state.accepted.len() != before {
+        state.save();
+    }
+}
+
+/// One partitioned table (see [`verify_partitions`]); true if the accepted set changed.
+async fn verify_partitions_of(
+    stack: &Arc<Stack>,
+    client: &tokio_postgres::Client,
+    oid: u32,
+    shapes: &[Arc<Shape>],
+    state: &mut WatchState,
+    rotate: &mut impl FnMut(&Shape, &str),
+) -> anyhow::Result<bool> {
+    let current: BTreeMap<u32, String> = catalog::leaf_partitions(client, oid)
+        .await?
+        .into_iter()
+        .map(|l| (l.oid, l.link))
+        .collect();
+    let accepted = state.accepted.entry(oid).or_default();
+    let mut decided: BTreeMap<u32, bool> = BTreeMap::new();
+    for shape in shapes {
+        let mut known: BTreeMap<u32, &str> = shape
+            .table
+            .leaves
+            .iter()
+            .map(|l| (l.oid, l.link.as_str()))
+            .collect();
+        for (leaf, link) in accepted.iter() {
+            known.entry(*leaf).or_insert(link.as_str());
+        }
+        // Gone, or attached anew (detached and attached again between two checks).
+        if known
+            .iter()
+            .any(|(leaf, link)| current.get(leaf).map(String::as_str) != Some(*link))
+        {
+            stack
+                .stats
+                .integrity
+                .note(IntegrityEvent::PartitionDetached);
+            rotate(shape, "a partition was detached, dropped or attached again");
+            continue;
+        }
+        let mut brought_rows = false;
+        for &leaf in current.keys().filter(|l| !known.contains_key(l)) {
+            let rows = match decided.get(&leaf) {
+                Some(&r) => r,
+                None => {
+                    let r = attached_with_rows(client, oid, leaf).await.unwrap_or(true);
+                    decided.insert(leaf, r);
+                    r
+                }
+            };
+            brought_rows |= rows;
+        }
+        if brought_rows {
+            stack
+                .stats
+                .integrity
+                .note(IntegrityEvent::PartitionAttached);
+            rotate(shape, "a partition with rows of its own was attached");
+        }
+    }
+    // Only now (every shape compared with them) are accepted partitions that are gone or
+    // attached anew forgotten.
+    let before = accepted.clone();
+    accepted.retain(|leaf, link| current.get(leaf) == Some(link));
+    for (leaf, rows) in decided {
+        if !rows {
+            tracing::info!(stack = %stack.id, table_oid = oid, partition_oid = leaf, "a partition was created: its rows stream as changes");
+            if let Some(link) = current.get(&leaf) {
+                accepted.insert(leaf, link.clone());
+            }
+        }
+    }
+    Ok(*accepted != before)
 }
 
 /// Could leaf partition `leaf` of `root` hold rows that never streamed as changes of `root`?
@@ -388,16 +511,6 @@ async fn attached_with_rows(
         )
         .await?;
     Ok(row.get(0))
-}
-
-/// Runs `sql` (several statements) in one transaction on the shared connection, rolling back
-/// on failure so that the connection is never left in an aborted transaction.
-async fn in_transaction(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<()> {
-    if let Err(e) = client.batch_execute(&format!("BEGIN;{sql}COMMIT;")).await {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(e.into());
-    }
-    Ok(())
 }
 
 /// `"schema"."table"` of a relation, as the server quotes it; `None` if it is gone.

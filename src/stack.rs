@@ -111,6 +111,8 @@ pub struct Stack {
     pub(crate) check_now: Arc<Notify>,
     /// The database's identity ([`SourceDb::identity`]), once connected.
     identity: std::sync::OnceLock<String>,
+    /// Where the schema check keeps what it learnt about partitions.
+    partitions_file: PathBuf,
 }
 
 impl std::fmt::Debug for Stack {
@@ -283,6 +285,7 @@ impl Stack {
             restart: Arc::new(Notify::new()),
             check_now,
             identity: std::sync::OnceLock::new(),
+            partitions_file: cfg.storage_dir.join("partitions.json"),
         });
         tokio::spawn(crate::schema_watch::run(
             Arc::downgrade(&stack),
@@ -315,7 +318,14 @@ impl Stack {
     /// End the replication session; the next one sets the publication and slot up anew (and
     /// rotates every shape if either had to be created again).
     pub(crate) fn restart_replication(&self) {
-        self.restart.notify_one();
+        // Only a session streaming now is ended (no permit is stored for a later one: the
+        // schema check asks again if the next session still finds something wrong).
+        self.restart.notify_waiters();
+    }
+
+    /// The schema check's partition state file (see `schema_watch::WatchState`).
+    pub(crate) fn partitions_file(&self) -> PathBuf {
+        self.partitions_file.clone()
     }
 
     /// The database's identity, once it has been reached.
@@ -794,6 +804,10 @@ async fn replicate(
         match attempt {
             Ok(stream::End::Shutdown) => break,
             Err(e) => {
+                if stack.status() == Status::Active {
+                    // The session had been streaming: this is a new failure, not a retry.
+                    backoff = Duration::from_millis(200);
+                }
                 let msg = format!("{e:#}");
                 if stream::publication_missing(&msg) {
                     slot_unusable = true;

@@ -283,17 +283,33 @@ impl Tenants {
             }
         }
         // The same database under another spelling (an address for a host name, a socket,
-        // another alias) would get a second slot: compare what the databases are. A database
-        // that cannot be reached now is added as before (its replication retries).
-        rec.identity = database_identity(&db, rec.use_ipv6).await;
-        if let Some(wanted) = &rec.identity {
-            let map = self.read_map();
-            let same = map.values().find(|t| {
-                t.stack.identity().or(t.record.identity.as_deref()) == Some(wanted.as_str())
-            });
-            if let Some(t) = same {
-                return Err(AdminError::SameDatabase(t.record.id.to_string()));
+        // another alias) would get a second slot: compare what the databases are. A copy of a
+        // served database (a restored backup, a clone, a branch) has the same identity but is
+        // another server: it does not hold the served tenant's slot. A database that cannot
+        // be reached now is added as before (its replication retries).
+        if let Some((client, identity)) = database_identity(&db, rec.use_ipv6).await {
+            let candidates: Vec<Arc<Tenant>> = self
+                .read_map()
+                .values()
+                .filter(|t| {
+                    t.stack.identity().or(t.record.identity.as_deref()) == Some(identity.as_str())
+                })
+                .cloned()
+                .collect();
+            for t in candidates {
+                // Same database unless the served one has its slot and this one does not (when
+                // that cannot be told, e.g. the slot is not created yet, it is taken as the
+                // same one).
+                let slot_on_new = has_slot(&client, t.stack.slot()).await.unwrap_or(true);
+                let slot_on_served = match t.stack.admin().await {
+                    Ok(served) => has_slot(&served, t.stack.slot()).await.unwrap_or(false),
+                    Err(_) => false,
+                };
+                if slot_on_new || !slot_on_served {
+                    return Err(AdminError::SameDatabase(t.record.id.to_string()));
+                }
             }
+            rec.identity = Some(identity);
         }
         let t = self
             .start_tenant(rec)
@@ -369,12 +385,32 @@ impl Tenants {
     }
 }
 
-/// The identity of the database `db` names, or `None` if it cannot be reached in 10 s.
-async fn database_identity(db: &SourceDb, use_ipv6: bool) -> Option<String> {
+/// Does the database `client` is connected to hold replication slot `slot`?
+async fn has_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots \
+             WHERE slot_name = $1 AND database = current_database())",
+            &[&slot],
+        )
+        .await?
+        .get(0))
+}
+
+/// A connection to the database `db` names and its identity, or `None` if it cannot be
+/// reached in 10 s.
+async fn database_identity(
+    db: &SourceDb,
+    use_ipv6: bool,
+) -> Option<(tokio_postgres::Client, String)> {
     let db = db.clone().prefer_ipv6(use_ipv6).await;
     let work = async {
         let client = db.connect().await.ok()?;
-        SourceDb::identity(&client).await.ok()
+        let identity = SourceDb::identity(&client).await.ok()?;
+        Some((client, identity))
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), work)
         .await

@@ -51,11 +51,21 @@ pub struct TableInfo {
     /// A partitioned table (`relkind 'p'`): its changes arrive as those of its partitions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partitioned: bool,
-    /// A partitioned table's leaf partitions (oids, ascending) when the description was read:
-    /// the schema check compares them with the catalog to notice partitions attached or
-    /// detached since.
+    /// A partitioned table's leaf partitions (ascending oids) when the description was read:
+    /// the schema check compares them with the catalog to notice partitions attached, detached
+    /// or both since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub leaves: Vec<u32>,
+    pub leaves: Vec<Leaf>,
+}
+
+/// A leaf partition of a partitioned table, and how it is attached.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Leaf {
+    pub oid: u32,
+    /// The transaction ids (`xmin`) of the `pg_inherits` links from the leaf up to the
+    /// partitioned table, joined by `.`: detaching and attaching again (at any level) changes
+    /// it, even when the set of leaves looks the same.
+    pub link: String,
 }
 
 /// The database's default collation and character classification.
@@ -228,19 +238,30 @@ pub async fn partition_ancestors(
 }
 
 /// The leaf partitions of a partitioned table (foreign tables included), ascending (empty for
-/// any other table).
+/// any other table), each with the links that attach it ([`Leaf::link`]).
 pub async fn leaf_partitions(
     client: &tokio_postgres::Client,
     oid: u32,
-) -> Result<Vec<u32>, CatalogError> {
+) -> Result<Vec<Leaf>, CatalogError> {
     let rows = client
         .query(
-            "SELECT t.relid::oid FROM pg_partition_tree($1::oid::regclass) t \
+            "SELECT t.relid::oid, coalesce((SELECT string_agg(i.xmin::text, '.' ORDER BY a.n) \
+                 FROM pg_partition_ancestors(t.relid) WITH ORDINALITY AS a(relid, n) \
+                 JOIN pg_inherits i ON i.inhrelid = a.relid \
+                 WHERE a.relid <> $1::oid::regclass \
+                   AND a.relid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))), '') \
+             FROM pg_partition_tree($1::oid::regclass) t \
              WHERE t.isleaf AND t.relid::oid <> $1 ORDER BY 1",
             &[&oid],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Leaf {
+            oid: r.get(0),
+            link: r.get(1),
+        })
+        .collect())
 }
 
 /// The names of the leaf partitions of a partitioned table that are not plain tables (foreign

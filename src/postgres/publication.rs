@@ -73,8 +73,7 @@ impl Publication {
         // The table itself and, for a partitioned table, each of its partitions: a partition's
         // changes are decoded with its own replica identity.
         for name in not_full(client, table.oid).await? {
-            let sql = format!("ALTER TABLE {name} REPLICA IDENTITY FULL");
-            client.batch_execute(&sql).await?;
+            set_identity_full(client, &name, "5s").await?;
             altered = true;
         }
         if !published {
@@ -124,6 +123,22 @@ pub async fn not_full(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// `ALTER TABLE <name> REPLICA IDENTITY FULL` (`name` quoted by the server) waiting at most
+/// `lock_timeout` for its exclusive lock, so that the application's queries never queue
+/// behind it for long; the setting ends with the statement's transaction.
+pub async fn set_identity_full(
+    client: &tokio_postgres::Client,
+    name: &str,
+    lock_timeout: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "SELECT set_config('lock_timeout', '{lock_timeout}', true);\
+             ALTER TABLE {name} REPLICA IDENTITY FULL"
+        ))
+        .await
 }
 
 /// Wait until every transaction running now has ended: until the oldest running transaction id

@@ -85,14 +85,17 @@ impl ShapeHandle {
     /// Make sure handles minted from now on sort after `self` (called for handles found on
     /// disk at start, so a clock step backwards cannot mint a handle again).
     pub fn observe(&self) {
-        if let Some(micros) = self
-            .0
+        if let Some(micros) = self.minted_micros() {
+            LAST_MICROS.fetch_max(micros, Ordering::AcqRel);
+        }
+    }
+
+    /// When it was minted (unix µs; strictly increasing across handles).
+    pub fn minted_micros(&self) -> Option<u64> {
+        self.0
             .rsplit('-')
             .next()
             .and_then(|m| m.parse::<u64>().ok())
-        {
-            LAST_MICROS.fetch_max(micros, Ordering::AcqRel);
-        }
     }
 
     pub fn as_str(&self) -> &str {

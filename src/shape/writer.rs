@@ -59,7 +59,9 @@ pub enum ChangeKind {
 }
 
 enum Phase {
-    /// Snapshot visibility unknown yet: records kept in memory with their transaction ids.
+    /// Snapshot visibility unknown yet: records kept in memory with their transaction ids. An
+    /// empty record marks a change that lacked a value the shape needed: the shape is rotated
+    /// unless the snapshot turns out to contain that transaction.
     Buffering(Vec<(u32, LogOffset, Vec<u8>)>),
     Filtering(SnapshotInfo),
     Live,
@@ -183,6 +185,31 @@ impl Writer {
         let oid = shape.table.oid;
         let handle = shape.handle.clone();
         let term = shape.filter.as_ref().and_then(|f| f.route_term());
+        // Every shape of a table describes it the same way (column names and order): of two
+        // that differ, the older one was read before the table changed, and is stale.
+        let minted = |h: &ShapeHandle| h.minted_micros().unwrap_or(0);
+        let mut stale: Vec<ShapeHandle> = Vec::new();
+        for s in self
+            .by_table
+            .get(&oid)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.sinks[i].as_ref())
+            .filter(|s| !same_layout(&s.shape.table, &shape.table))
+        {
+            if minted(&s.shape.handle) > minted(&shape.handle) {
+                stale = vec![shape.handle.clone()];
+                break;
+            }
+            stale.push(s.shape.handle.clone());
+        }
+        if stale.first() == Some(&shape.handle) {
+            self.registry.remove(&shape.handle, Lifecycle::Gone);
+            return;
+        }
+        for h in stale {
+            self.invalidate(&h, "table schema changed");
+        }
         let sink = Sink {
             shape,
             phase,
@@ -229,6 +256,7 @@ impl Writer {
         self.touched.retain(|&i| i != idx);
         self.dirty.retain(|&i| i != idx);
         self.free.push(idx);
+        self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
         Some(sink.shape)
     }
 
@@ -269,6 +297,7 @@ impl Writer {
         };
         let mut phase = Phase::Filtering(info.clone());
         let mut result = Ok(());
+        let mut unknowable = false;
         for (xid, offset, json) in buffer {
             let take = match &phase {
                 Phase::Filtering(info) => match info.verdict(xid) {
@@ -281,7 +310,9 @@ impl Writer {
                 },
                 _ => true,
             };
-            if take && result.is_ok() {
+            if take && json.is_empty() {
+                unknowable = true;
+            } else if take && result.is_ok() {
                 result = sink.shape.log.append_change(offset, &json);
                 sink.dirty = true;
             }
@@ -293,6 +324,9 @@ impl Writer {
         }
         if let Err(e) = result {
             self.invalidate(handle, &format!("append failed: {e}"));
+        } else if unknowable {
+            self.integrity.note(IntegrityEvent::ValueMissing);
+            self.invalidate(handle, "change lacks values (replica identity not FULL)");
         }
     }
 
@@ -336,7 +370,7 @@ impl Writer {
                     .filter(|(_, idxs)| {
                         idxs.iter()
                             .filter_map(|&i| self.sinks[i].as_ref())
-                            .any(|s| s.shape.table.leaves.contains(&rel.oid))
+                            .any(|s| s.shape.table.leaves.iter().any(|l| l.oid == rel.oid))
                     })
                     .map(|(&oid, _)| oid)
                     .collect();
@@ -526,7 +560,12 @@ impl Writer {
             }
             let shape = Arc::clone(&sink.shape);
             let Some(records) = convert(&shape, kind, row, lsn, op, xid) else {
-                unknowable.push(shape.handle.clone());
+                match &mut sink.phase {
+                    // The snapshot may already contain this transaction: decided when its
+                    // visibility is known.
+                    Phase::Buffering(buf) => buf.push((xid, LogOffset::new(lsn, op), Vec::new())),
+                    _ => unknowable.push(shape.handle.clone()),
+                }
                 continue;
             };
             if records.is_empty() {
@@ -753,6 +792,15 @@ impl<'a> ChangeRow<'a> {
             old_full,
         }
     }
+}
+
+/// Do two descriptions of a table have the same columns in the same order?
+fn same_layout(a: &TableInfo, b: &TableInfo) -> bool {
+    a.columns.len() == b.columns.len()
+        && a.columns
+            .iter()
+            .zip(&b.columns)
+            .all(|(x, y)| x.name == y.name && x.type_oid == y.type_oid)
 }
 
 /// Is column `i` of the relation part of its replica identity (all columns under FULL)?

@@ -129,6 +129,29 @@ async fn shapes_on_partitioned_tables_and_their_partitions() {
         assert!(c.follower.rows.values().any(|r| r["id"] == "900"));
     }
 
+    // Detached and attached again in one transaction, with rows changed while it was out (not
+    // published then): the set of partitions looks the same, its link does not.
+    cases[2].follower.allow_rotation = true;
+    db.batch_execute(
+        "BEGIN;
+         ALTER TABLE m_us DETACH PARTITION m_us_lo;
+         DELETE FROM m_us_lo WHERE id = 1;
+         UPDATE m_us_lo SET note = 'changed while out' WHERE id = 3;
+         ALTER TABLE m_us ATTACH PARTITION m_us_lo FOR VALUES FROM (MINVALUE) TO (100);
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    converge(&db, &mut cases).await;
+    assert!(cases[2].follower.rotations >= 1);
+    assert!(!cases[0].follower.rows.values().any(|r| r["id"] == "1"));
+
+    // A partition created after the shapes (accepted: no rotation then) and dropped later:
+    // its rows leave without a change.
+    db.batch_execute("DROP TABLE m_as").await.unwrap();
+    converge(&db, &mut cases).await;
+    assert!(!cases[0].follower.rows.values().any(|r| r["id"] == "500"));
+
     // A partition detached: its rows leave the root (409), its own shape goes on.
     db.batch_execute(
         "ALTER TABLE m DETACH PARTITION m_eu;
