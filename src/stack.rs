@@ -472,10 +472,18 @@ impl Stack {
                 done,
             })
             .map_err(|_| ShapeError::NotReady("replication stopped".into()))?;
-        added
+        let added = added
             .await
             .map_err(|_| ShapeError::NotReady("replication stopped".into()))?;
         self.registry.insert(&shape);
+        if !added {
+            // Older than a shape of the same table described otherwise: its files go, and
+            // the request is retried under the newer description.
+            self.registry.remove(&shape.handle, Lifecycle::Gone);
+            return Err(ShapeError::NotReady(
+                "the table changed while the shape was created".into(),
+            ));
+        }
         self.spawn_snapshot(Arc::clone(&shape));
         tracing::info!(stack = %self.id, handle = %shape.handle, table = %shape.table.quoted_name(), "shape created");
         Ok(shape)

@@ -36,10 +36,12 @@ use crate::replication::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleDat
 /// Requests to the writer from the rest of the stack. They are handled between transactions.
 pub enum Command {
     /// Start routing changes to a new shape (held in memory until `SnapshotStarted`); `done`
-    /// fires once every transaction the writer handles from now on reaches the shape.
+    /// fires once every transaction the writer handles from now on reaches the shape, with
+    /// false if the shape was refused (it describes its table otherwise than a newer shape:
+    /// the table changed while it was created).
     Add {
         shape: Arc<Shape>,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
     SnapshotStarted {
         handle: ShapeHandle,
@@ -181,7 +183,9 @@ impl Writer {
         self.add_sink(shape, phase, last);
     }
 
-    fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) {
+    /// Routes changes to `shape` from now on; false (and the shape taken out of the registry)
+    /// if a newer shape describes the table otherwise.
+    fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) -> bool {
         let oid = shape.table.oid;
         let handle = shape.handle.clone();
         let term = shape.filter.as_ref().and_then(|f| f.route_term());
@@ -205,7 +209,7 @@ impl Writer {
         }
         if stale.first() == Some(&shape.handle) {
             self.registry.remove(&shape.handle, Lifecycle::Gone);
-            return;
+            return false;
         }
         for h in stale {
             self.invalidate(&h, "table schema changed");
@@ -237,6 +241,7 @@ impl Writer {
         // A partitioned table's column maps are rebuilt from this shape's description.
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
         self.routes.entry(oid).or_default().add(idx, term);
+        true
     }
 
     fn drop_sink(&mut self, handle: &ShapeHandle) -> Option<Arc<Shape>> {
@@ -275,8 +280,8 @@ impl Writer {
         match cmd {
             Command::Add { shape, done } => {
                 let last = shape.log.latest_offset();
-                self.add_sink(shape, Phase::Buffering(Vec::new()), last);
-                let _ = done.send(());
+                let added = self.add_sink(shape, Phase::Buffering(Vec::new()), last);
+                let _ = done.send(added);
             }
             Command::SnapshotStarted { handle, info } => self.snapshot_started(&handle, info),
             Command::Remove { handle } => {

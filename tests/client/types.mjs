@@ -111,7 +111,7 @@ async function converge(what, f) {
     if (errors.length) fail(`stream error: ${errors.map(String).join("; ")}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  fail(`${what}: client\n${canon(f.shape.currentRows)}\n!= postgres\n${want}`);
+  fail(`${what}: client (handle ${f.stream.shapeHandle}, offset ${f.stream.lastOffset}, up to date ${f.stream.isUpToDate}, refetches ${refetches})\n${canon(f.shape.currentRows)}\n!= postgres\n${want}`);
 }
 
 const f = follow();
