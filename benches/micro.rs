@@ -43,13 +43,13 @@ use criterion::{
     Throughput,
 };
 
-use shapesync::postgres::catalog::{ColumnInfo, TableInfo};
 use shapesync::replication::pgoutput::{decode, Message, OldTuple, TupleData, Value};
 use shapesync::shape::definition::Replica;
-use shapesync::shape::filter::{index_key, parse_where, Family, Row, WhereClause};
 use shapesync::shape::message::{close, Cell, ChangeHeaders, Encoder, Op};
 use shapesync::shape::route::TableRoutes;
 use shapesync::storage::{FileStore, LogOffset, ReadResult, ShapeLog, ShapeLogStore, StoreConfig};
+use shapesync_filter::table::{ColumnInfo, TableInfo};
+use shapesync_filter::{index_key, parse_where, Family, Row, WhereClause};
 
 const RELATION: u32 = 16384;
 /// Column `n` (int4) of the table: the one where clauses and routing use.
@@ -93,7 +93,7 @@ fn table() -> TableInfo {
         ],
     );
     // The C locale, as the embedded Postgres uses (lower/upper need it).
-    t.locale = shapesync::postgres::catalog::TextLocale {
+    t.locale = shapesync_filter::table::TextLocale {
         collate: "C".into(),
         ctype: "C".into(),
         provider: "c".into(),

@@ -31,11 +31,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::metrics::IntegrityEvent;
-use crate::postgres::catalog::{self, load_table_by_oid, TableInfo};
-use crate::postgres::identifier::quote_ident;
+use crate::postgres::catalog::{self, load_table_by_oid};
 use crate::postgres::publication;
 use crate::shape::Shape;
 use crate::stack::Stack;
+use shapesync_filter::ident::quote_ident;
+use shapesync_filter::table::TableInfo;
 
 /// Why a shape's table no longer matches the catalog, or `None` if it still does.
 pub fn table_change(was: &TableInfo, now: Option<&TableInfo>) -> Option<&'static str> {
@@ -528,7 +529,7 @@ async fn quoted_name(client: &tokio_postgres::Client, oid: u32) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
+    use shapesync_filter::table::ColumnInfo;
 
     fn col(name: &str, type_oid: u32, pk: Option<usize>) -> ColumnInfo {
         ColumnInfo {

@@ -93,7 +93,7 @@ pub struct Stack {
     max_snapshots: usize,
     /// The database's locale (collation and character class), loaded once: where clauses
     /// consult it for text ordering and case mapping.
-    locale: tokio::sync::OnceCell<catalog::TextLocale>,
+    locale: tokio::sync::OnceCell<shapesync_filter::table::TextLocale>,
     shutdown: watch::Sender<bool>,
     /// Set when the tenant is removed.
     removed: std::sync::atomic::AtomicBool,
@@ -639,7 +639,7 @@ impl Stack {
         client
             .batch_execute(&format!(
                 "DROP PUBLICATION IF EXISTS {}",
-                crate::postgres::identifier::quote_ident(self.publication.name())
+                shapesync_filter::ident::quote_ident(self.publication.name())
             ))
             .await?;
         Ok(())

@@ -4,5 +4,4 @@
 pub mod catalog;
 pub mod connect;
 pub mod embedded;
-pub mod identifier;
 pub mod publication;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 
-use crate::postgres::catalog::TableInfo;
-use crate::postgres::identifier::quote_ident;
+use shapesync_filter::ident::quote_ident;
+use shapesync_filter::table::TableInfo;
 
 /// Tracks which tables are known to be published with full replica identity.
 #[derive(Debug)]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use shapesync_storage::LogOffset;
 
-use crate::postgres::identifier::{parse_column_list, parse_relation};
 use crate::shape::definition::{LogMode, Replica, ShapeDefinition};
+use shapesync_filter::ident::{parse_column_list, parse_relation};
 
 /// Where to read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

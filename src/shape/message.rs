@@ -4,8 +4,8 @@
 //! A change message is built "open" (without its final `}}`) so the writer can add
 //! `"last":true` to the headers once it knows the change was the shape's last in its transaction.
 
-use crate::postgres::catalog::TableInfo;
 use crate::shape::definition::Replica;
+use shapesync_filter::table::TableInfo;
 
 /// One column value of a decoded row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub fn up_to_date(lsn: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
+    use shapesync_filter::table::ColumnInfo;
 
     fn table() -> TableInfo {
         let c = |name: &str, pk: Option<usize>| ColumnInfo {

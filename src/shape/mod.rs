@@ -5,7 +5,6 @@
 
 pub mod compaction;
 pub mod definition;
-pub mod filter;
 pub mod lifecycle;
 pub mod message;
 pub mod progress;
@@ -22,11 +21,12 @@ use std::sync::{Arc, Weak};
 use serde::{Deserialize, Serialize};
 use shapesync_storage::{LogOffset, ShapeLog};
 
-use crate::postgres::catalog::{schema_header, TableInfo};
+use crate::postgres::catalog::schema_header;
 use crate::shape::definition::Replica;
 use definition::{ShapeDefinition, ShapeHandle};
-use filter::WhereClause;
 use message::Encoder;
+use shapesync_filter::table::TableInfo;
+use shapesync_filter::WhereClause;
 
 /// Where a shape's data stands, as readers may see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,7 +143,10 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
     };
     let filter = match &def.where_clause {
         None => None,
-        Some(w) => Some(filter::parse_where(w, table, &def.params).map_err(|e| ("where", e))?),
+        Some(w) => Some(
+            shapesync_filter::parse_where(w, table, &def.params)
+                .map_err(|e| ("where", e.to_string()))?,
+        ),
     };
     Ok(Compiled { selected, filter })
 }
@@ -286,7 +289,7 @@ pub fn now_micros() -> u64 {
 #[cfg(test)]
 mod shared_tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
+    use shapesync_filter::table::ColumnInfo;
 
     fn table(oid: u32, second: &str) -> TableInfo {
         let c = |name: &str, pk: Option<usize>| ColumnInfo {

@@ -1,7 +1,7 @@
 //! The routing index of one table: which shapes a change can touch, without testing them all.
 //!
 //! A shape's where clause may imply a condition on one column that an index can answer (see
-//! [`super::filter::WhereClause::route_term`]):
+//! [`shapesync_filter::WhereClause::route_term`]):
 //! - `column = one of a few constants` (`=`, `IN`, an `OR` of equalities, `= ANY ('{…}')`,
 //!   `LIKE` without wildcards): filed under each constant's key in a hash map;
 //! - `column` within one of a few ranges (`<`, `<=`, `>`, `>=`, `BETWEEN`, their `AND`s and
@@ -20,84 +20,9 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use super::filter::{index_key, Family, OrdKey};
 use super::message::Cell;
-
-/// A range of values (`None`: unbounded); the flag says whether the bound is included.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Span {
-    pub lo: Option<(OrdKey, bool)>,
-    pub hi: Option<(OrdKey, bool)>,
-}
-
-impl Span {
-    pub fn contains(&self, v: &OrdKey) -> bool {
-        let lo_ok = match &self.lo {
-            None => true,
-            Some((b, incl)) => match v.order(b) {
-                Ordering::Greater => true,
-                Ordering::Equal => *incl,
-                Ordering::Less => false,
-            },
-        };
-        lo_ok
-            && match &self.hi {
-                None => true,
-                Some((b, incl)) => match v.order(b) {
-                    Ordering::Less => true,
-                    Ordering::Equal => *incl,
-                    Ordering::Greater => false,
-                },
-            }
-    }
-
-    /// Both ranges at once (the tighter bound on each side).
-    pub fn intersect(self, other: Span) -> Span {
-        let tighter = |a: Option<(OrdKey, bool)>, b: Option<(OrdKey, bool)>, low: bool| match (a, b)
-        {
-            (None, x) | (x, None) => x,
-            (Some(x), Some(y)) => {
-                let o = x.0.order(&y.0);
-                let pick_x = match o {
-                    Ordering::Equal => !x.1,
-                    Ordering::Greater => low,
-                    Ordering::Less => !low,
-                };
-                Some(if pick_x { x } else { y })
-            }
-        };
-        Span {
-            lo: tighter(self.lo, other.lo, true),
-            hi: tighter(self.hi, other.hi, false),
-        }
-    }
-
-    pub fn bounded(&self) -> bool {
-        self.lo.is_some() && self.hi.is_some()
-    }
-}
-
-/// How a shape is filed for one column.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Filing {
-    /// The column equals one of these keys ([`index_key`]).
-    Keys(Vec<Vec<u8>>),
-    /// The column is within one of these ranges.
-    Spans(Vec<Span>),
-    /// The (array) column has an element equal to one of these keys.
-    Elems(Vec<Vec<u8>>),
-}
-
-/// Where a shape is filed: a column, the family its values compare in, and the condition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Filed {
-    pub column: usize,
-    pub family: Family,
-    pub filing: Filing,
-}
-
-/// Where a shape is filed (from its clause's `route_term`); `None`: scanned.
-pub type Term = Option<Filed>;
+use shapesync_filter::terms::{Filed, Filing, Span, Term};
+use shapesync_filter::{index_key, Family, OrdKey};
 
 /// Shapes of one table, by the condition they require.
 #[derive(Debug, Default)]
@@ -245,7 +170,7 @@ impl TableRoutes {
                     Some(Cell::Text(v)) => {
                         let elements = std::str::from_utf8(v)
                             .ok()
-                            .and_then(super::filter::array_elements);
+                            .and_then(shapesync_filter::array_elements);
                         match elements {
                             Some(items) => {
                                 for e in items.into_iter().flatten() {
@@ -596,8 +521,8 @@ mod tests {
     /// among the row's candidates (whatever the index filed it under).
     #[test]
     fn routing_never_drops_a_matching_shape() {
-        use crate::postgres::catalog::{ColumnInfo, TableInfo, TextLocale};
-        use crate::shape::filter::{parse_where, Row};
+        use shapesync_filter::table::{ColumnInfo, TableInfo, TextLocale};
+        use shapesync_filter::{parse_where, Row};
         let col = |name: &str, ty: &str, dims: i32| ColumnInfo {
             name: name.into(),
             type_oid: 0,

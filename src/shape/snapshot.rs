@@ -17,7 +17,7 @@ use super::definition::LogMode;
 use super::message::{self, Cell};
 use super::visibility::SnapshotInfo;
 use super::Shape;
-use crate::postgres::identifier::quote_ident;
+use shapesync_filter::ident::quote_ident;
 
 /// Rows are handed to the storage thread in batches of about this many bytes.
 const BATCH_BYTES: usize = 1 << 20;

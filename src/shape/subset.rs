@@ -7,15 +7,13 @@
 //! with Postgres' grammar and only plain column references with ASC/DESC and NULLS FIRST/LAST are
 //! accepted. The SQL is rendered from the validated parts only.
 
-use futures::StreamExt;
-use pg_query::protobuf::{node::Node as N, SortByDir, SortByNulls};
-
-use super::filter::{parse_where, WhereClause};
 use super::message::write_str;
 use super::snapshot::CopyParser;
 use super::Shape;
-use crate::postgres::catalog::TableInfo;
-use crate::postgres::identifier::quote_ident;
+use futures::StreamExt;
+use shapesync_filter::ident::quote_ident;
+use shapesync_filter::table::TableInfo;
+use shapesync_filter::{parse_order_by, parse_where, WhereClause};
 
 /// A validated subset request.
 #[derive(Debug)]
@@ -25,60 +23,6 @@ pub struct Subset {
     pub order_by: Vec<String>,
     pub limit: Option<u64>,
     pub offset: Option<u64>,
-}
-
-/// Parse an `ORDER BY` list against the table.
-pub fn parse_order_by(text: &str, table: &TableInfo) -> Result<Vec<String>, String> {
-    let sql = format!("SELECT 1 ORDER BY {text}");
-    let parsed = pg_query::parse(&sql, pg_query::ParserOptions::DEFAULT).map_err(|e| match e {
-        pg_query::Error::Parse(m) => m,
-        other => other.to_string(),
-    })?;
-    let stmts = &parsed.protobuf.stmts;
-    let Some(N::SelectStmt(select)) = stmts
-        .first()
-        .filter(|_| stmts.len() == 1)
-        .and_then(|s| s.stmt.as_ref())
-        .and_then(|s| s.node.as_ref())
-    else {
-        return Err("invalid order_by".into());
-    };
-    let mut items = Vec::new();
-    for item in &select.sort_clause {
-        let Some(N::SortBy(sort)) = item.node.as_ref() else {
-            return Err("invalid order_by".into());
-        };
-        let Some(N::ColumnRef(r)) = sort.node.as_deref().and_then(|n| n.node.as_ref()) else {
-            return Err("order_by may only name columns".into());
-        };
-        let name = match r.fields.as_slice() {
-            [f] => match f.node.as_ref() {
-                Some(N::String(s)) => s.sval.clone(),
-                _ => return Err("order_by may only name columns".into()),
-            },
-            _ => return Err("order_by may only name columns of the shape's table".into()),
-        };
-        if table.column_index(&name).is_none() {
-            return Err(format!("unknown column {name} in order_by"));
-        }
-        let mut out = quote_ident(&name);
-        match SortByDir::try_from(sort.sortby_dir) {
-            Ok(SortByDir::SortbyDesc) => out.push_str(" DESC"),
-            Ok(SortByDir::SortbyAsc) => out.push_str(" ASC"),
-            Ok(SortByDir::SortbyUsing) => return Err("ORDER BY … USING is not supported".into()),
-            _ => {}
-        }
-        match SortByNulls::try_from(sort.sortby_nulls) {
-            Ok(SortByNulls::SortbyNullsFirst) => out.push_str(" NULLS FIRST"),
-            Ok(SortByNulls::SortbyNullsLast) => out.push_str(" NULLS LAST"),
-            _ => {}
-        }
-        items.push(out);
-    }
-    if items.is_empty() {
-        return Err("order_by is empty".into());
-    }
-    Ok(items)
 }
 
 impl Subset {
@@ -102,11 +46,11 @@ impl Subset {
             return Err(("limit", "must be greater than 0".into()));
         }
         let filter = match where_clause.map(str::trim).filter(|w| !w.is_empty()) {
-            Some(w) => Some(parse_where(w, table, params).map_err(|e| ("where", e))?),
+            Some(w) => Some(parse_where(w, table, params).map_err(|e| ("where", e.to_string()))?),
             None => None,
         };
         let order_by = match order_by {
-            Some(o) => parse_order_by(o, table).map_err(|e| ("order_by", e))?,
+            Some(o) => parse_order_by(o, table).map_err(|e| ("order_by", e.to_string()))?,
             None => Vec::new(),
         };
         Ok(Subset {
@@ -226,7 +170,7 @@ impl Subset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
+    use shapesync_filter::table::ColumnInfo;
 
     fn table() -> TableInfo {
         let c = |name: &str| ColumnInfo {

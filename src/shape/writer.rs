@@ -26,12 +26,13 @@ use super::definition::Replica;
 use super::definition::ShapeHandle;
 use super::message::{close, Cell, ChangeHeaders, Op};
 use super::registry::Registry;
-use super::route::{TableRoutes, Term};
+use super::route::TableRoutes;
 use super::visibility::{SnapshotInfo, Verdict};
 use super::{Lifecycle, Shape};
 use crate::metrics::{IntegrityCounters, IntegrityEvent};
-use crate::postgres::catalog::TableInfo;
 use crate::replication::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, Value};
+use shapesync_filter::table::TableInfo;
+use shapesync_filter::terms::Term;
 
 /// Requests to the writer from the rest of the stack. They are handled between transactions.
 pub enum Command {
@@ -846,7 +847,7 @@ struct CellRow<'a, 'b> {
     read_unknown: std::cell::Cell<bool>,
 }
 
-impl super::filter::Row for CellRow<'_, '_> {
+impl shapesync_filter::Row for CellRow<'_, '_> {
     fn value(&self, column: usize) -> Option<&[u8]> {
         let cell = self.cells.get(column).copied();
         if cell == Some(Cell::Unknown) {
@@ -996,11 +997,11 @@ fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
     use crate::replication::pgoutput::{RelationColumn, ReplicaIdentity};
     use crate::shape::definition::{LogMode, ShapeDefinition};
     use crate::shape::ShapeMeta;
     use bytes::Bytes;
+    use shapesync_filter::table::ColumnInfo;
     use shapesync_storage::{MemoryStore, ShapeLogStore};
 
     /// `t (id int4 PRIMARY KEY, big text, small int4)`; `key`: which columns the relation

@@ -4,7 +4,7 @@
 //! non-ASCII text.
 
 use shapesync::postgres::catalog::load_table;
-use shapesync::shape::filter::{parse_where, Row};
+use shapesync_filter::{parse_where, Row};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::support::{connect, pg};
@@ -96,11 +96,21 @@ async fn ordering_follows_a_c_utf8_database_and_other_collations_are_refused() {
     }
     // Case mapping under a UTF-8 character class is Unicode's: refused, not guessed.
     let err = parse_where("lower(s) = 'ä'", &table, &[]).unwrap_err();
-    assert!(err.contains("C.UTF-8"), "{err}");
+    assert!(err.message.contains("C.UTF-8"), "{err}");
+    assert_eq!(
+        err.kind,
+        shapesync_filter::WhereErrorKind::Collation,
+        "{err}"
+    );
     assert!(parse_where("s ILIKE 'Ä%'", &table, &[]).is_err());
     if icu {
         let err = parse_where("u < 'b'", &table, &[]).unwrap_err();
-        assert!(err.contains("und-x-icu"), "{err}");
+        assert!(err.message.contains("und-x-icu"), "{err}");
+        assert_eq!(
+            err.kind,
+            shapesync_filter::WhereErrorKind::Collation,
+            "{err}"
+        );
         // Equality is the same under every deterministic collation.
         parse_where("u = 'b'", &table, &[]).expect("equality under ICU");
     }

@@ -22,9 +22,10 @@ pub mod grammar;
 
 use std::time::{Duration, Instant};
 
-use shapesync::postgres::catalog::{load_table, TableInfo};
+use shapesync::postgres::catalog::load_table;
 use shapesync::postgres::connect::DISPLAY_OPTIONS;
-use shapesync::shape::filter::{parse_where, Row, WhereClause};
+use shapesync_filter::table::TableInfo;
+use shapesync_filter::{parse_where, Row, WhereClause};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

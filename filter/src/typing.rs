@@ -18,13 +18,16 @@
 use pg_query::protobuf::{a_const, node::Node as N, AExprKind, FuncCall, MinMaxOp, TypeName};
 use pg_query::Node;
 
-use super::num::Num;
-use super::parse::{loc, Typer};
-use super::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Func, Scalar, Ty, V};
-use super::{CmpOp, Expr, JsonHasMode, LikeTok};
+use crate::cmp::CmpOp;
+use crate::error::{Loc, WhereError, WhereErrorKind};
+use crate::expr::{Expr, JsonHasMode};
+use crate::like::LikeTok;
+use crate::num::Num;
+use crate::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Func, Scalar, Ty, V};
+use crate::typer::{loc, Typer};
 
 /// A value expression before its type is settled.
-pub(super) enum Val {
+pub(crate) enum Val {
     Known(Scalar),
     /// A string literal or parameter (`Some(text)`) or an untyped NULL (`None`): Postgres'
     /// `unknown`, typed by its context.
@@ -52,7 +55,7 @@ impl Val {
 }
 
 /// The comparison type of two operand types (see the module doc), if they compare at all.
-pub(super) fn cmp_type(a: Ty, b: Ty) -> Option<Ty> {
+pub(crate) fn cmp_type(a: Ty, b: Ty) -> Option<Ty> {
     if let (Some(_), Some(_)) = (a.num_rank(), b.num_rank()) {
         return Some(if a.is_float() || b.is_float() {
             Ty::Float8
@@ -93,25 +96,31 @@ fn common_type(types: &[Ty]) -> Option<Ty> {
 }
 
 /// A constant of `ty` from its text (a literal or parameter), with Postgres' input errors.
-pub(super) fn const_of(text: &str, ty: Ty) -> Result<V<'static>, String> {
+pub(crate) fn const_of(text: &str, ty: Ty) -> Result<V<'static>, WhereError> {
     if text.contains('\0') {
-        return Err("invalid NUL character in constant".to_string());
+        return Err(WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            "invalid NUL character in constant",
+        ));
     }
     match parse_value(text, ty) {
         Some(v) => Ok(v.into_static()),
-        None if ty.is_int() && text.trim().parse::<i128>().is_ok() => Err(format!(
-            "value \"{text}\" is out of range for type {}",
-            ty.name()
+        None if ty.is_int() && text.trim().parse::<i128>().is_ok() => Err(WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            format!("value \"{text}\" is out of range for type {}", ty.name()),
         )),
-        None => Err(format!(
-            "invalid input syntax for type {}: \"{text}\"",
-            ty.name()
+        None => Err(WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            format!("invalid input syntax for type {}: \"{text}\"", ty.name()),
         )),
     }
 }
 
 /// The type of a numeric literal: integers that fit are int4 or int8, others numeric.
-fn numeric_literal(text: &str) -> Result<Scalar, String> {
+fn numeric_literal(text: &str) -> Result<Scalar, WhereError> {
     if let Ok(i) = text.parse::<i64>() {
         let ty = if i32::try_from(i).is_ok() {
             Ty::Int4
@@ -120,7 +129,13 @@ fn numeric_literal(text: &str) -> Result<Scalar, String> {
         };
         return Ok(Scalar::Const { v: V::Int(i), ty });
     }
-    let n = Num::parse(text).ok_or_else(|| format!("invalid number {text}"))?;
+    let n = Num::parse(text).ok_or_else(|| {
+        WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            format!("invalid number {text}"),
+        )
+    })?;
     Ok(Scalar::Const {
         v: V::Num(n),
         ty: Ty::Numeric,
@@ -138,11 +153,15 @@ fn is_ordering(op: CmpOp) -> bool {
 
 impl Typer<'_> {
     /// Type a value expression.
-    pub(super) fn value(&self, node: &Node) -> Result<Val, String> {
+    pub(crate) fn value(&self, node: &Node) -> Result<Val, WhereError> {
         match node.node.as_ref() {
             Some(N::ColumnRef(r)) => {
                 let Some((idx, _)) = self.column(node)? else {
-                    return Err(format!("{}invalid column reference", loc(r.location)));
+                    return Err(WhereError::new(
+                        WhereErrorKind::UnknownColumn,
+                        loc(r.location),
+                        "invalid column reference",
+                    ));
                 };
                 let c = &self.table.columns[idx];
                 let labels = self.table.enum_labels(idx);
@@ -152,12 +171,10 @@ impl Typer<'_> {
                     Some(Ty::Enum(scalar::intern_labels(labels)).array_if(c.dims > 0))
                 };
                 let ty = ty.ok_or_else(|| {
-                    format!(
-                        "{}columns of type {} are not supported in where clauses yet (column {:?})",
-                        loc(r.location),
+                    WhereError::new(WhereErrorKind::UnknownColumn, loc(r.location), format!("columns of type {} are not supported in where clauses yet (column {:?})",
                         c.type_name,
                         c.name
-                    )
+                    ))
                 })?;
                 Ok(Val::Known(Scalar::Col { idx, ty }))
             }
@@ -178,17 +195,25 @@ impl Typer<'_> {
                     }),
                     Some(a_const::Val::Sval(s)) => Val::Unknown(Some(s.sval.clone())),
                     Some(a_const::Val::Bsval(_)) => {
-                        return Err(format!("{}bit strings are not supported", loc(c.location)))
+                        return Err(WhereError::new(
+                            WhereErrorKind::Unsupported,
+                            loc(c.location),
+                            "bit strings are not supported",
+                        ))
                     }
                 })
             }
             Some(N::ParamRef(p)) => match self.param(p)? {
-                super::value::RawConst::Str(s) => Ok(Val::Unknown(Some(s))),
-                _ => Err(format!("{}invalid parameter", loc(p.location))),
+                crate::value::RawConst::Str(s) => Ok(Val::Unknown(Some(s))),
+                _ => Err(WhereError::new(
+                    WhereErrorKind::Parameter,
+                    loc(p.location),
+                    "invalid parameter",
+                )),
             },
             Some(N::TypeCast(t)) => self.cast(t),
             Some(N::CoalesceExpr(c)) => self
-                .call(&loc(c.location), "coalesce", &c.args)
+                .call(loc(c.location), "coalesce", &c.args)
                 .map(Val::Known),
             Some(N::MinMaxExpr(m)) => {
                 let name = if MinMaxOp::try_from(m.op) == Ok(MinMaxOp::IsLeast) {
@@ -196,7 +221,7 @@ impl Typer<'_> {
                 } else {
                     "greatest"
                 };
-                self.call(&loc(m.location), name, &m.args).map(Val::Known)
+                self.call(loc(m.location), name, &m.args).map(Val::Known)
             }
             Some(N::AExpr(a)) => {
                 let at = loc(a.location);
@@ -206,22 +231,34 @@ impl Typer<'_> {
                         .flatten()
                         .cloned()
                         .collect();
-                    return self.call(&at, "nullif", &args).map(Val::Known);
+                    return self.call(at, "nullif", &args).map(Val::Known);
                 }
                 if AExprKind::try_from(a.kind) != Ok(AExprKind::AexprOp) {
-                    return Err(format!(
-                        "{at}a boolean expression cannot be used as a value"
+                    return Err(WhereError::new(
+                        WhereErrorKind::Type,
+                        at,
+                        "a boolean expression cannot be used as a value",
                     ));
                 }
                 let op = match a.name.last().and_then(|n| n.node.as_ref()) {
                     Some(N::String(s)) => s.sval.as_str(),
-                    _ => return Err(format!("{at}unsupported operator")),
+                    _ => {
+                        return Err(WhereError::new(
+                            WhereErrorKind::Unsupported,
+                            at,
+                            "unsupported operator",
+                        ))
+                    }
                 };
                 let Some(r) = a.rexpr.as_deref() else {
-                    return Err(format!("{at}unsupported operator {op}"));
+                    return Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        at,
+                        format!("unsupported operator {op}"),
+                    ));
                 };
                 let Some(l) = a.lexpr.as_deref() else {
-                    return self.unary(&at, op, r);
+                    return self.unary(at, op, r);
                 };
                 let ar = match op {
                     "+" => ArOp::Add,
@@ -230,29 +267,39 @@ impl Typer<'_> {
                     "/" => ArOp::Div,
                     "%" => ArOp::Rem,
                     "^" => ArOp::Pow,
-                    "||" => return self.concat(&at, l, r).map(Val::Known),
+                    "||" => return self.concat(at, l, r).map(Val::Known),
                     "->" | "->>" | "#>" | "#>>" => {
-                        return self.json_get(&at, op, l, r).map(Val::Known)
+                        return self.json_get(at, op, l, r).map(Val::Known)
                     }
                     other => {
-                        return Err(format!(
-                            "{at}operator {other} cannot be used as a value here"
+                        return Err(WhereError::new(
+                            WhereErrorKind::Type,
+                            at,
+                            format!("operator {other} cannot be used as a value here"),
                         ))
                     }
                 };
-                self.arith(&at, ar, l, r).map(Val::Known)
+                self.arith(at, ar, l, r).map(Val::Known)
             }
             Some(N::FuncCall(f)) => self.func(f).map(Val::Known),
             Some(N::AArrayExpr(a)) => self
-                .array_cons(&loc(a.location), &a.elements)
+                .array_cons(loc(a.location), &a.elements)
                 .map(Val::Known),
-            Some(N::SubLink(s)) => Err(format!("{}subqueries are not supported", loc(s.location))),
-            _ => Err("unsupported expression in where clause".to_string()),
+            Some(N::SubLink(s)) => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                loc(s.location),
+                "subqueries are not supported",
+            )),
+            _ => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                Loc::NONE,
+                "unsupported expression in where clause",
+            )),
         }
     }
 
     /// A value settled to a type: an `unknown` becomes a constant of `ty`.
-    pub(super) fn settle(&self, v: Val, ty: Ty) -> Result<Scalar, String> {
+    pub(crate) fn settle(&self, v: Val, ty: Ty) -> Result<Scalar, WhereError> {
         match v {
             Val::Known(s) => Ok(s),
             Val::Unknown(None) => Ok(Scalar::Const { v: V::Null, ty }),
@@ -265,7 +312,7 @@ impl Typer<'_> {
 
     /// Both operands of a binary operator: an `unknown` takes the other side's type (two
     /// unknowns are text).
-    fn pair(&self, a: Val, b: Val) -> Result<(Scalar, Scalar), String> {
+    fn pair(&self, a: Val, b: Val) -> Result<(Scalar, Scalar), WhereError> {
         match (a.known_ty(), b.known_ty()) {
             (Some(_), Some(_)) => Ok((self.settle(a, Ty::Text)?, self.settle(b, Ty::Text)?)),
             (Some(t), None) => Ok((self.settle(a, t)?, self.settle(b, t)?)),
@@ -275,35 +322,41 @@ impl Typer<'_> {
     }
 
     /// `l op r` between any two value expressions.
-    pub(super) fn compare_general(
+    pub(crate) fn compare_general(
         &self,
-        at: &str,
+        at: Loc,
         op: CmpOp,
         l: &Node,
         r: &Node,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let a = self.value(l)?;
         let b = self.value(r)?;
         self.compare_vals(at, op, a, b)
     }
 
-    fn compare_vals(&self, at: &str, op: CmpOp, a: Val, b: Val) -> Result<Expr, String> {
+    fn compare_vals(&self, at: Loc, op: CmpOp, a: Val, b: Val) -> Result<Expr, WhereError> {
         let null = a.is_null() || b.is_null();
         let (l, r) = self.pair(a, b)?;
         let ty = cmp_type(l.ty(), r.ty()).ok_or_else(|| {
-            format!(
-                "{at}operator does not exist: {} {} {}",
-                l.ty().name(),
-                op.sql(),
-                r.ty().name()
+            WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} {} {}",
+                    l.ty().name(),
+                    op.sql(),
+                    r.ty().name()
+                ),
             )
         })?;
         if textual(ty) {
             self.check_collation(at, &[&l, &r], is_ordering(op))?;
         }
         if ty == Ty::Jsonb && is_ordering(op) {
-            return Err(format!(
-                "{at}ordering comparisons on jsonb are not supported (only = and <>)"
+            return Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                "ordering comparisons on jsonb are not supported (only = and <>)",
             ));
         }
         if null {
@@ -319,13 +372,13 @@ impl Typer<'_> {
 
     /// `x [NOT] IN (…)` for a general `x`: with two or more constant items, all compared in
     /// their common type with `x` (as Postgres does); otherwise item by item.
-    pub(super) fn in_general(
+    pub(crate) fn in_general(
         &self,
-        at: &str,
+        at: Loc,
         x: &Node,
         items: &[Node],
         negated: bool,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let op = if negated { CmpOp::Ne } else { CmpOp::Eq };
         let vals = items
             .iter()
@@ -381,13 +434,13 @@ impl Typer<'_> {
     }
 
     /// `l IS [NOT] DISTINCT FROM r` between any two value expressions.
-    pub(super) fn distinct_general(
+    pub(crate) fn distinct_general(
         &self,
-        at: &str,
+        at: Loc,
         l: &Node,
         r: &Node,
         distinct: bool,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let a = self.value(l)?;
         let b = self.value(r)?;
         // With an untyped NULL on one side this is an IS [NOT] NULL test of the other.
@@ -408,10 +461,14 @@ impl Typer<'_> {
         }
         let (l, r) = self.pair(a, b)?;
         let ty = cmp_type(l.ty(), r.ty()).ok_or_else(|| {
-            format!(
-                "{at}operator does not exist: {} IS DISTINCT FROM {}",
-                l.ty().name(),
-                r.ty().name()
+            WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} IS DISTINCT FROM {}",
+                    l.ty().name(),
+                    r.ty().name()
+                ),
             )
         })?;
         if ty.is_text() {
@@ -426,12 +483,16 @@ impl Typer<'_> {
     }
 
     /// The text operand of LIKE / ILIKE.
-    pub(super) fn like_arg(&self, at: &str, node: &Node, fold: bool) -> Result<Scalar, String> {
+    pub(crate) fn like_arg(&self, at: Loc, node: &Node, fold: bool) -> Result<Scalar, WhereError> {
         let arg = self.settle(self.value(node)?, Ty::Text)?;
         if !arg.ty().is_text() {
-            return Err(format!(
-                "{at}operator does not exist: {} ~~ text (LIKE needs text)",
-                arg.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} ~~ text (LIKE needs text)",
+                    arg.ty().name()
+                ),
             ));
         }
         if fold {
@@ -441,7 +502,7 @@ impl Typer<'_> {
     }
 
     /// `IS [NOT] NULL` of a value expression.
-    pub(super) fn value_is_null(&self, node: &Node, negated: bool) -> Result<Expr, String> {
+    pub(crate) fn value_is_null(&self, node: &Node, negated: bool) -> Result<Expr, WhereError> {
         let arg = self.settle(self.value(node)?, Ty::Text)?;
         Ok(Expr::ValueIsNull {
             arg: Box::new(arg),
@@ -449,15 +510,20 @@ impl Typer<'_> {
         })
     }
 
-    fn unary(&self, at: &str, op: &str, r: &Node) -> Result<Val, String> {
+    fn unary(&self, at: Loc, op: &str, r: &Node) -> Result<Val, WhereError> {
         let v = self.value(r)?;
         let Val::Known(s) = v else {
-            return Err(format!("{at}operator is not unique: {op} unknown"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!("operator is not unique: {op} unknown"),
+            ));
         };
         if s.ty().num_rank().is_none() && s.ty() != Ty::Interval {
-            return Err(format!(
-                "{at}operator does not exist: {op} {}",
-                s.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!("operator does not exist: {op} {}", s.ty().name()),
             ));
         }
         match op {
@@ -467,28 +533,43 @@ impl Typer<'_> {
                     let v = match v {
                         V::Null => V::Null,
                         V::Int(i) if i == ty.int_range().0 => {
-                            return Err(format!("{at}{} out of range", ty.name()))
+                            return Err(WhereError::new(
+                                WhereErrorKind::InvalidValue,
+                                at,
+                                format!("{} out of range", ty.name()),
+                            ))
                         }
                         V::Int(i) => V::Int(-i),
                         V::Num(n) => V::Num(n.neg()),
                         V::Float(f) => V::Float(-f),
-                        _ => return Err(format!("{at}unsupported negation")),
+                        _ => {
+                            return Err(WhereError::new(
+                                WhereErrorKind::Unsupported,
+                                at,
+                                "unsupported negation",
+                            ))
+                        }
                     };
                     Scalar::Const { v, ty }
                 }
                 other => Scalar::Neg(Box::new(other)),
             })),
-            _ => Err(format!("{at}unsupported operator {op}")),
+            _ => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                format!("unsupported operator {op}"),
+            )),
         }
     }
 
-    fn arith(&self, at: &str, op: ArOp, l: &Node, r: &Node) -> Result<Scalar, String> {
+    fn arith(&self, at: Loc, op: ArOp, l: &Node, r: &Node) -> Result<Scalar, WhereError> {
         let a = self.value(l)?;
         let b = self.value(r)?;
         if a.known_ty().is_none() && b.known_ty().is_none() {
-            return Err(format!(
-                "{at}operator is not unique: unknown {} unknown",
-                op.sql()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!("operator is not unique: unknown {} unknown", op.sql()),
             ));
         }
         let temporal = |t: Option<Ty>| {
@@ -500,11 +581,15 @@ impl Typer<'_> {
         let (a, b) = self.pair(a, b)?;
         let (ta, tb) = (a.ty(), b.ty());
         if ta.num_rank().is_none() || tb.num_rank().is_none() {
-            return Err(format!(
-                "{at}operator does not exist: {} {} {}",
-                ta.name(),
-                op.sql(),
-                tb.name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} {} {}",
+                    ta.name(),
+                    op.sql(),
+                    tb.name()
+                ),
             ));
         }
         let any_float = ta.is_float() || tb.is_float();
@@ -513,10 +598,10 @@ impl Typer<'_> {
             ArOp::Pow if any_float || !any_numeric => Ty::Float8,
             ArOp::Pow => return self.numeric_pow(at, a, b),
             ArOp::Rem if any_float => {
-                return Err(format!(
-                    "{at}operator does not exist: {} % {}",
-                    ta.name(),
-                    tb.name()
+                return Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    at,
+                    format!("operator does not exist: {} % {}", ta.name(), tb.name()),
                 ))
             }
             _ if any_float => {
@@ -538,7 +623,7 @@ impl Typer<'_> {
     }
 
     /// Arithmetic with a date, time, timestamp or interval operand.
-    fn date_arith(&self, at: &str, op: ArOp, a: Val, b: Val) -> Result<Scalar, String> {
+    fn date_arith(&self, at: Loc, op: ArOp, a: Val, b: Val) -> Result<Scalar, WhereError> {
         // An untyped operand: an interval next to + (and next to an interval), a float next to
         // * and /, otherwise the other operand's type (as Postgres' resolution picks).
         let hint = |known: Ty| match op {
@@ -604,18 +689,22 @@ impl Typer<'_> {
                 node(DtOp::IvDiv, a, b.conv(Ty::Float8), Ty::Interval)
             }
             _ => {
-                return Err(format!(
-                    "{at}operator does not exist: {} {} {}",
-                    ta.name(),
-                    op.sql(),
-                    tb.name()
+                return Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    at,
+                    format!(
+                        "operator does not exist: {} {} {}",
+                        ta.name(),
+                        op.sql(),
+                        tb.name()
+                    ),
                 ))
             }
         })
     }
 
     /// `numeric ^ n`: supported for a constant integer exponent from 0 to 64.
-    fn numeric_pow(&self, at: &str, base: Scalar, exp: Scalar) -> Result<Scalar, String> {
+    fn numeric_pow(&self, at: Loc, base: Scalar, exp: Scalar) -> Result<Scalar, WhereError> {
         let exp = exp.conv(Ty::Numeric);
         let n = match &exp {
             Scalar::Const { v: V::Null, .. } => {
@@ -629,7 +718,11 @@ impl Typer<'_> {
             _ => None,
         };
         let n = n.ok_or_else(|| {
-            format!("{at}numeric ^ is supported with a constant integer exponent from 0 to 64")
+            WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                "numeric ^ is supported with a constant integer exponent from 0 to 64",
+            )
         })?;
         Ok(Scalar::PowN {
             base: Box::new(base.conv(Ty::Numeric)),
@@ -638,23 +731,36 @@ impl Typer<'_> {
     }
 
     /// `ARRAY[…]`: the elements' common type (text if all are untyped).
-    fn array_cons(&self, at: &str, elements: &[Node]) -> Result<Scalar, String> {
+    fn array_cons(&self, at: Loc, elements: &[Node]) -> Result<Scalar, WhereError> {
         let vals = elements
             .iter()
             .map(|e| self.value(e))
             .collect::<Result<Vec<_>, _>>()?;
         if vals.is_empty() {
-            return Err(format!("{at}cannot determine type of empty array"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "cannot determine type of empty array",
+            ));
         }
         let known: Vec<Ty> = vals.iter().filter_map(Val::known_ty).collect();
         let elem = if known.is_empty() {
             Ty::Text
         } else {
-            common_type(&known)
-                .ok_or_else(|| format!("{at}ARRAY elements of these types cannot be matched"))?
+            common_type(&known).ok_or_else(|| {
+                WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    at,
+                    "ARRAY elements of these types cannot be matched",
+                )
+            })?
         };
         if elem.elem().is_some() {
-            return Err(format!("{at}multidimensional ARRAY[] is not supported"));
+            return Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                "multidimensional ARRAY[] is not supported",
+            ));
         }
         let items = vals
             .into_iter()
@@ -684,12 +790,12 @@ impl Typer<'_> {
 
     /// `a || b` with an array on either side: append, prepend or concatenate (an untyped
     /// operand is read as the array's type, as Postgres reads it).
-    fn array_concat(&self, at: &str, a: Val, b: Val) -> Result<Scalar, String> {
+    fn array_concat(&self, at: Loc, a: Val, b: Val) -> Result<Scalar, WhereError> {
         let (ta, tb) = (a.known_ty(), b.known_ty());
         let arr = ta
             .filter(|t| t.elem().is_some())
             .or(tb.filter(|t| t.elem().is_some()))
-            .ok_or_else(|| format!("{at}|| needs an array"))?;
+            .ok_or_else(|| WhereError::new(WhereErrorKind::Type, at, "|| needs an array"))?;
         let elem = arr.elem().unwrap_or(Ty::Text);
         let a = self.settle(a, arr)?;
         let b = self.settle(b, arr)?;
@@ -702,10 +808,14 @@ impl Typer<'_> {
             (Some(_), None) if fits(&b) => (CatKind::Append, a, b.conv(elem)),
             (None, Some(_)) if fits(&a) => (CatKind::Prepend, a.conv(elem), b),
             _ => {
-                return Err(format!(
-                    "{at}|| between {} and {} is not supported",
-                    a.ty().name(),
-                    b.ty().name()
+                return Err(WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    at,
+                    format!(
+                        "|| between {} and {} is not supported",
+                        a.ty().name(),
+                        b.ty().name()
+                    ),
                 ))
             }
         };
@@ -718,20 +828,24 @@ impl Typer<'_> {
     }
 
     /// `x op ANY|ALL (array)`.
-    pub(super) fn any_all(
+    pub(crate) fn any_all(
         &self,
-        at: &str,
+        at: Loc,
         op: CmpOp,
         l: &Node,
         r: &Node,
         all: bool,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let x = self.value(l)?;
         let arr = self.value(r)?;
         let (x, arr) = match (x.known_ty(), arr.known_ty()) {
             (Some(t), None) => {
                 if t.elem().is_some() {
-                    return Err(format!("{at}arrays of arrays are not supported"));
+                    return Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        at,
+                        "arrays of arrays are not supported",
+                    ));
                 }
                 (self.settle(x, t)?, self.settle(arr, t.array_if(true))?)
             }
@@ -744,16 +858,23 @@ impl Typer<'_> {
                 self.settle(arr, Ty::Text.array_if(true))?,
             ),
         };
-        let elem = arr
-            .ty()
-            .elem()
-            .ok_or_else(|| format!("{at}op ANY/ALL (array) requires an array on the right side"))?;
+        let elem = arr.ty().elem().ok_or_else(|| {
+            WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "op ANY/ALL (array) requires an array on the right side",
+            )
+        })?;
         let cmp = cmp_type(x.ty(), elem).ok_or_else(|| {
-            format!(
-                "{at}operator does not exist: {} {} {}",
-                x.ty().name(),
-                op.sql(),
-                elem.name()
+            WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} {} {}",
+                    x.ty().name(),
+                    op.sql(),
+                    elem.name()
+                ),
             )
         })?;
         if textual(cmp) {
@@ -770,12 +891,16 @@ impl Typer<'_> {
     }
 
     /// `json -> key` and friends.
-    fn json_get(&self, at: &str, op: &str, l: &Node, r: &Node) -> Result<Scalar, String> {
+    fn json_get(&self, at: Loc, op: &str, l: &Node, r: &Node) -> Result<Scalar, WhereError> {
         let doc = self.settle(self.value(l)?, Ty::Jsonb)?;
         if doc.ty() != Ty::Jsonb {
-            return Err(format!(
-                "{at}operator does not exist: {} {op} (only jsonb is supported)",
-                doc.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} {op} (only jsonb is supported)",
+                    doc.ty().name()
+                ),
             ));
         }
         let path = op.starts_with('#');
@@ -791,9 +916,10 @@ impl Typer<'_> {
             key.ty().is_text() || matches!(key.ty(), Ty::Int2 | Ty::Int4)
         };
         if !ok {
-            return Err(format!(
-                "{at}operator does not exist: jsonb {op} {}",
-                key.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!("operator does not exist: jsonb {op} {}", key.ty().name()),
             ));
         }
         let key = if key.ty().is_int() {
@@ -811,13 +937,13 @@ impl Typer<'_> {
     }
 
     /// `doc ? key`, `doc ?| keys`, `doc ?& keys`.
-    pub(super) fn json_has(
+    pub(crate) fn json_has(
         &self,
-        at: &str,
+        at: Loc,
         mode: JsonHasMode,
         l: &Node,
         r: &Node,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let doc = self.settle(self.value(l)?, Ty::Jsonb)?;
         let keys = if mode == JsonHasMode::One {
             self.settle(self.value(r)?, Ty::Text)?
@@ -831,11 +957,15 @@ impl Typer<'_> {
                 keys.ty().elem().is_some_and(Ty::is_text)
             };
         if !ok {
-            return Err(format!(
-                "{at}operator does not exist: {} {} {}",
-                doc.ty().name(),
-                mode.sql(),
-                keys.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "operator does not exist: {} {} {}",
+                    doc.ty().name(),
+                    mode.sql(),
+                    keys.ty().name()
+                ),
             ));
         }
         let keys = if mode == JsonHasMode::One {
@@ -851,13 +981,13 @@ impl Typer<'_> {
     }
 
     /// `@>`, `<@`, `&&` between arrays of the same type; `@>` / `<@` between jsonb values.
-    pub(super) fn array_op(
+    pub(crate) fn array_op(
         &self,
-        at: &str,
+        at: Loc,
         op: ArrayOp,
         l: &Node,
         r: &Node,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let (a, b) = self.pair(self.value(l)?, self.value(r)?)?;
         if a.ty() == Ty::Jsonb && b.ty() == Ty::Jsonb && op != ArrayOp::Overlaps {
             let (l, r) = if op == ArrayOp::Contains {
@@ -873,11 +1003,15 @@ impl Typer<'_> {
         let elem = match (a.ty().elem(), b.ty().elem()) {
             (Some(e), Some(f)) if e == f => e,
             _ => {
-                return Err(format!(
-                    "{at}operator does not exist: {} {} {}",
-                    a.ty().name(),
-                    op.sql(),
-                    b.ty().name()
+                return Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    at,
+                    format!(
+                        "operator does not exist: {} {} {}",
+                        a.ty().name(),
+                        op.sql(),
+                        b.ty().name()
+                    ),
                 ))
             }
         };
@@ -893,7 +1027,7 @@ impl Typer<'_> {
     }
 
     /// `a || b` on text (unknown operands are text), or with an array on either side.
-    fn concat(&self, at: &str, l: &Node, r: &Node) -> Result<Scalar, String> {
+    fn concat(&self, at: Loc, l: &Node, r: &Node) -> Result<Scalar, WhereError> {
         let (a, b) = (self.value(l)?, self.value(r)?);
         let is_array = |v: &Val| v.known_ty().is_some_and(|t| t.elem().is_some());
         if is_array(&a) || is_array(&b) {
@@ -902,10 +1036,14 @@ impl Typer<'_> {
         let a = self.settle(a, Ty::Text)?;
         let b = self.settle(b, Ty::Text)?;
         if !a.ty().is_text() || !b.ty().is_text() {
-            return Err(format!(
-                "{at}|| is supported between text values (here {} || {})",
-                a.ty().name(),
-                b.ty().name()
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                format!(
+                    "|| is supported between text values (here {} || {})",
+                    a.ty().name(),
+                    b.ty().name()
+                ),
             ));
         }
         Ok(Scalar::Concat(
@@ -915,19 +1053,26 @@ impl Typer<'_> {
     }
 
     /// `expr::type` / `CAST(expr AS type)`.
-    fn cast(&self, t: &pg_query::protobuf::TypeCast) -> Result<Val, String> {
+    fn cast(&self, t: &pg_query::protobuf::TypeCast) -> Result<Val, WhereError> {
         let at = loc(t.location);
-        let arg = t.arg.as_deref().ok_or("cast without operand")?;
-        let to = cast_type(t.type_name.as_ref())
-            .ok_or_else(|| format!("{at}this cast is not supported in where clauses yet"))?;
+        let arg = t.arg.as_deref().ok_or_else(|| {
+            WhereError::new(WhereErrorKind::Syntax, Loc::NONE, "cast without operand")
+        })?;
+        let to = cast_type(t.type_name.as_ref()).ok_or_else(|| {
+            WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                "this cast is not supported in where clauses yet",
+            )
+        })?;
         match self.value(arg)? {
             Val::Unknown(None) => Ok(Val::Known(Scalar::Const { v: V::Null, ty: to })),
             Val::Unknown(Some(text)) => Ok(Val::Known(Scalar::Const {
-                v: const_of(&text, to).map_err(|e| format!("{at}{e}"))?,
+                v: const_of(&text, to).map_err(|e| e.at(at))?,
                 ty: to,
             })),
             Val::Known(Scalar::Const { v, ty }) => Ok(Val::Known(Scalar::Const {
-                v: explicit_cast(v, ty, to).map_err(|e| format!("{at}{e}"))?,
+                v: explicit_cast(v, ty, to).map_err(|e| e.at(at))?,
                 ty: to,
             })),
             Val::Known(s) => {
@@ -945,10 +1090,14 @@ impl Typer<'_> {
                     return Ok(Val::Known(s.conv(to)));
                 }
                 if !scalar::explicit_cast_ok(from, to) {
-                    return Err(format!(
-                        "{at}casting an expression of type {} to {} is not supported",
-                        from.name(),
-                        to.name()
+                    return Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        at,
+                        format!(
+                            "casting an expression of type {} to {} is not supported",
+                            from.name(),
+                            to.name()
+                        ),
                     ));
                 }
                 Ok(Val::Known(Scalar::Conv {
@@ -959,11 +1108,13 @@ impl Typer<'_> {
         }
     }
 
-    fn func(&self, f: &FuncCall) -> Result<Scalar, String> {
+    fn func(&self, f: &FuncCall) -> Result<Scalar, WhereError> {
         let at = loc(f.location);
         if f.agg_star || f.agg_distinct || f.over.is_some() || f.agg_filter.is_some() {
-            return Err(format!(
-                "{at}aggregate and window functions are not allowed in where clauses"
+            return Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                "aggregate and window functions are not allowed in where clauses",
             ));
         }
         let parts: Vec<&str> = f
@@ -976,42 +1127,53 @@ impl Typer<'_> {
             .collect();
         let name = match parts.as_slice() {
             [n] | ["pg_catalog", n] => *n,
-            _ => return Err(format!("{at}unknown function {}", parts.join("."))),
+            _ => {
+                return Err(WhereError::new(
+                    WhereErrorKind::UnknownFunction,
+                    at,
+                    format!("unknown function {}", parts.join(".")),
+                ))
+            }
         };
-        self.call(&at, name, &f.args)
+        self.call(at, name, &f.args)
     }
 
     /// A function call by name.
-    fn call(&self, at: &str, name: &str, args: &[Node]) -> Result<Scalar, String> {
-        let at = at.to_string();
+    fn call(&self, at: Loc, name: &str, args: &[Node]) -> Result<Scalar, WhereError> {
         let args = args
             .iter()
             .map(|a| self.value(a))
             .collect::<Result<Vec<_>, _>>()?;
         let count = args.len();
-        let arity = |n: usize| -> Result<(), String> {
+        let arity = |n: usize| -> Result<(), WhereError> {
             if count == n {
                 Ok(())
             } else {
-                Err(format!(
-                    "{at}function {name} takes {n} argument{}",
-                    if n == 1 { "" } else { "s" }
+                Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    at,
+                    format!(
+                        "function {name} takes {n} argument{}",
+                        if n == 1 { "" } else { "s" }
+                    ),
                 ))
             }
         };
         let mut args = args.into_iter();
-        let mut next = || args.next().ok_or_else(|| format!("{at}missing argument"));
+        let mut next = || {
+            args.next()
+                .ok_or_else(|| WhereError::new(WhereErrorKind::Type, at, "missing argument"))
+        };
         match name {
             "lower" | "upper" => {
                 arity(1)?;
                 let a = self.settle(next()?, Ty::Text)?;
                 if !a.ty().is_text() {
-                    return Err(format!(
-                        "{at}function {name}({}) does not exist",
+                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("function {name}({}) does not exist",
                         a.ty().name()
-                    ));
+                    )));
                 }
-                self.check_fold(&at, &a)?;
+                self.check_fold(at, &a)?;
                 Ok(Scalar::Func {
                     f: if name == "lower" {
                         Func::Lower
@@ -1026,10 +1188,9 @@ impl Typer<'_> {
                 arity(1)?;
                 let a = self.settle(next()?, Ty::Text)?;
                 if !a.ty().is_text() {
-                    return Err(format!(
-                        "{at}function {name}({}) is not supported",
+                    return Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name}({}) is not supported",
                         a.ty().name()
-                    ));
+                    )));
                 }
                 Ok(Scalar::Func {
                     f: Func::Length,
@@ -1041,7 +1202,7 @@ impl Typer<'_> {
                 arity(1)?;
                 let a = match next()? {
                     Val::Known(s) if s.ty().num_rank().is_some() => s,
-                    _ => return Err(format!("{at}abs needs a number")),
+                    _ => return Err(WhereError::new(WhereErrorKind::Type, at, "abs needs a number")),
                 };
                 let ty = a.ty();
                 Ok(Scalar::Func {
@@ -1053,14 +1214,14 @@ impl Typer<'_> {
             "coalesce" | "greatest" | "least" => {
                 let vals: Vec<Val> = std::iter::from_fn(|| next().ok()).collect();
                 if vals.is_empty() {
-                    return Err(format!("{at}{name} needs arguments"));
+                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs arguments")));
                 }
                 let known: Vec<Ty> = vals.iter().filter_map(Val::known_ty).collect();
                 let ty = if known.is_empty() {
                     Ty::Text
                 } else {
                     common_type(&known).ok_or_else(|| {
-                        format!("{at}{name} arguments of these types cannot be matched")
+                        WhereError::new(WhereErrorKind::Unsupported, at, format!("{name} arguments of these types cannot be matched"))
                     })?
                 };
                 let args = vals
@@ -1074,7 +1235,7 @@ impl Typer<'_> {
                 };
                 if f != Func::Coalesce && ty.is_text() {
                     let refs: Vec<&Scalar> = args.iter().collect();
-                    self.check_collation(&at, &refs, true)?;
+                    self.check_collation(at, &refs, true)?;
                 }
                 Ok(Scalar::Func { f, args, ty })
             }
@@ -1083,11 +1244,10 @@ impl Typer<'_> {
                 let (a, b) = self.pair(next()?, next()?)?;
                 let (ta, tb) = (a.ty(), b.ty());
                 let cmp = cmp_type(ta, tb).ok_or_else(|| {
-                    format!(
-                        "{at}operator does not exist: {} = {}",
+                    WhereError::new(WhereErrorKind::Type, at, format!("operator does not exist: {} = {}",
                         ta.name(),
                         tb.name()
-                    )
+                    ))
                 })?;
                 // The result has the type of the left operand of the `=` Postgres picks:
                 // unchanged across integer widths or float widths, else the comparison type.
@@ -1097,7 +1257,7 @@ impl Typer<'_> {
                     cmp
                 };
                 if cmp.is_text() {
-                    self.check_collation(&at, &[&a, &b], false)?;
+                    self.check_collation(at, &[&a, &b], false)?;
                 }
                 Ok(Scalar::Func {
                     f: Func::Nullif { cmp },
@@ -1110,9 +1270,7 @@ impl Typer<'_> {
                 for v in std::iter::from_fn(|| next().ok()) {
                     let s = self.settle(v, Ty::Text)?;
                     if s.ty().is_float() {
-                        return Err(format!(
-                            "{at}concat of floating-point values is not supported yet"
-                        ));
+                        return Err(WhereError::new(WhereErrorKind::Unsupported, at, "concat of floating-point values is not supported yet"));
                     }
                     out.push(s);
                 }
@@ -1126,13 +1284,13 @@ impl Typer<'_> {
                 arity(if name == "cardinality" { 1 } else { 2 })?;
                 let a = match next()? {
                     Val::Known(s) if matches!(s.ty(), Ty::Array(_)) => s,
-                    _ => return Err(format!("{at}{name} needs an array")),
+                    _ => return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs an array"))),
                 };
                 let mut args = vec![a];
                 if name == "array_length" {
                     let d = self.settle(next()?, Ty::Int4)?;
                     if !d.ty().is_int() {
-                        return Err(format!("{at}array_length needs an integer dimension"));
+                        return Err(WhereError::new(WhereErrorKind::Type, at, "array_length needs an integer dimension"));
                     }
                     args.push(d);
                 }
@@ -1153,9 +1311,7 @@ impl Typer<'_> {
                     v: V::Text(text), ..
                 } = &first
                 else {
-                    return Err(format!(
-                        "{at}{name} needs a constant as its first argument"
-                    ));
+                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs a constant as its first argument")));
                 };
                 let x = self.settle(next()?, Ty::Timestamptz)?;
                 let x = if x.ty() == Ty::Date {
@@ -1164,24 +1320,22 @@ impl Typer<'_> {
                     x
                 };
                 if !matches!(x.ty(), Ty::Timestamp | Ty::Timestamptz) {
-                    return Err(format!(
-                        "{at}function {name}(text, {}) is not supported",
+                    return Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name}(text, {}) is not supported",
                         x.ty().name()
-                    ));
+                    )));
                 }
                 let (f, ty) = if name == "date_trunc" {
                     if scalar::date_trunc_field_ok(text) {
                         (Func::DateTrunc, x.ty())
                     } else {
-                        return Err(format!(
-                            "{at}unit \"{text}\" not recognized for type {}",
+                        return Err(WhereError::new(WhereErrorKind::InvalidValue, at, format!("unit \"{text}\" not recognized for type {}",
                             x.ty().name()
-                        ));
+                        )));
                     }
                 } else {
                     if scalar::zone_ok(text) {
                     } else {
-                        return Err(format!("{at}time zone \"{text}\" not recognized"));
+                        return Err(WhereError::new(WhereErrorKind::InvalidValue, at, format!("time zone \"{text}\" not recognized")));
                     }
                     let ty = if x.ty() == Ty::Timestamp {
                         Ty::Timestamptz
@@ -1198,24 +1352,20 @@ impl Typer<'_> {
             }
             "now" | "random" | "clock_timestamp" | "statement_timestamp" | "timeofday"
             | "current_timestamp" | "transaction_timestamp" | "gen_random_uuid" | "nextval" => {
-                Err(format!(
-                    "{at}function {name} is not allowed in where clauses (its result changes between evaluations)"
-                ))
+                Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name} is not allowed in where clauses (its result changes between evaluations)")))
             }
-            other => Err(format!(
-                "{at}function {other} is not supported in where clauses"
-            )),
+            other => Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {other} is not supported in where clauses"))),
         }
     }
 
     /// Text comparison needs one collation; ordering needs a byte-order one (C, POSIX, or a
     /// database default of C / POSIX / C.UTF-8).
-    pub(super) fn check_collation(
+    pub(crate) fn check_collation(
         &self,
-        at: &str,
+        at: Loc,
         scalars: &[&Scalar],
         ordering: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), WhereError> {
         let mut cols = Vec::new();
         for s in scalars {
             s.columns(&mut cols);
@@ -1228,9 +1378,7 @@ impl Typer<'_> {
             let c = self.collation(idx);
             match found {
                 Some(f) if f != c => {
-                    return Err(format!(
-                        "{at}could not determine which collation to use for string comparison (columns with collations {f:?} and {c:?})"
-                    ))
+                    return Err(WhereError::new(WhereErrorKind::Collation, at, format!("could not determine which collation to use for string comparison (columns with collations {f:?} and {c:?})")))
                 }
                 _ => found = Some(c),
             }
@@ -1252,13 +1400,11 @@ impl Typer<'_> {
         } else {
             format!("{c:?}")
         };
-        Err(format!(
-            "{at}ordering comparisons on text are supported only under a byte-order collation (C, POSIX, C.UTF-8); the collation here is {name}"
-        ))
+        Err(WhereError::new(WhereErrorKind::Collation, at, format!("ordering comparisons on text are supported only under a byte-order collation (C, POSIX, C.UTF-8); the collation here is {name}")))
     }
 
     /// Case mapping (lower, upper, ILIKE) is supported where it is ASCII-only (C, POSIX).
-    pub(super) fn check_fold(&self, at: &str, s: &Scalar) -> Result<(), String> {
+    pub(crate) fn check_fold(&self, at: Loc, s: &Scalar) -> Result<(), WhereError> {
         let mut cols = Vec::new();
         s.columns(&mut cols);
         let mut collations: Vec<&str> = cols
@@ -1276,10 +1422,9 @@ impl Typer<'_> {
                 _ => false,
             };
             if !ok {
-                return Err(format!(
-                    "{at}case-insensitive matching and lower/upper are supported only where the character classification is C or POSIX (here: {:?})",
+                return Err(WhereError::new(WhereErrorKind::Collation, at, format!("case-insensitive matching and lower/upper are supported only where the character classification is C or POSIX (here: {:?})",
                     if c == "default" { self.table.locale.ctype.as_str() } else { c }
-                ));
+                )));
             }
         }
         Ok(())
@@ -1294,7 +1439,7 @@ impl Typer<'_> {
 }
 
 /// ASCII case folding of a compiled LIKE pattern (for ILIKE under a C character class).
-pub(super) fn fold_pattern(p: Vec<LikeTok>) -> Vec<LikeTok> {
+pub(crate) fn fold_pattern(p: Vec<LikeTok>) -> Vec<LikeTok> {
     p.into_iter()
         .map(|t| match t {
             LikeTok::Char(c) => LikeTok::Char(c.to_ascii_lowercase()),
@@ -1304,7 +1449,7 @@ pub(super) fn fold_pattern(p: Vec<LikeTok>) -> Vec<LikeTok> {
 }
 
 /// The type named by a cast (no type modifiers).
-pub(super) fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
+pub(crate) fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
     let t = t?;
     if !t.typmods.is_empty() {
         return None;
@@ -1317,7 +1462,7 @@ pub(super) fn cast_type(t: Option<&TypeName>) -> Option<Ty> {
 }
 
 /// An explicit cast of a constant.
-fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, String> {
+fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, WhereError> {
     if from == to || matches!(v, V::Null) {
         return Ok(v);
     }
@@ -1329,9 +1474,19 @@ fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, String> 
         }
     }
     if !scalar::explicit_cast_ok(from, to) {
-        return Err(format!("cannot cast type {} to {}", from.name(), to.name()));
+        return Err(WhereError::new(
+            WhereErrorKind::Type,
+            Loc::NONE,
+            format!("cannot cast type {} to {}", from.name(), to.name()),
+        ));
     }
     scalar::convert(v, from, to)
         .map(V::into_static)
-        .map_err(|_| format!("{} out of range", to.name()))
+        .map_err(|_| {
+            WhereError::new(
+                WhereErrorKind::InvalidValue,
+                Loc::NONE,
+                format!("{} out of range", to.name()),
+            )
+        })
 }

@@ -9,8 +9,8 @@
 
 use pg_query::protobuf::node::Node as N;
 
-use super::parse_where;
-use crate::postgres::catalog::{ColumnInfo, TableInfo, TextLocale};
+use crate::parse::parse_where;
+use crate::table::{ColumnInfo, TableInfo, TextLocale};
 
 fn table() -> TableInfo {
     let cols = [

@@ -4,7 +4,7 @@
 //! float4 arithmetic in single precision, `bpchar` trimming when it becomes `text`).
 //!
 //! The plain `column op constant` comparisons that most shapes use never come here: they have
-//! their own faster path ([`super::Expr::Compare`]). Everything else (comparisons between
+//! their own faster path ([`crate::Expr::Compare`]). Everything else (comparisons between
 //! expressions, `IS NULL` of an expression, `LIKE`/`ILIKE` of an expression) evaluates a
 //! [`Scalar`] to a [`V`] per row.
 //!
@@ -15,12 +15,12 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use super::datetime::{self as dt, Interval};
-use super::json::Json;
-use super::num::{Fail, Num};
-use super::value::{canonical_uuid, float_cmp, float_text, parse_bool, parse_float, uuid_bytes};
-use super::Row;
-use crate::postgres::identifier::{quote_ident, quote_literal};
+use crate::datetime::{self as dt, Interval};
+use crate::ident::{quote_ident, quote_literal};
+use crate::json::Json;
+use crate::num::{Fail, Num};
+use crate::row::Row;
+use crate::value::{canonical_uuid, float_cmp, float_text, parse_bool, parse_float, uuid_bytes};
 
 /// A Postgres type as the expression engine knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1431,7 +1431,7 @@ fn array_cat<'a>(kind: CatKind, a: V<'a>, b: V<'a>) -> V<'a> {
 /// NULL when that depends on NULL elements; an empty array gives false (ANY) / true (ALL)
 /// whatever `x` is. Elements are converted from `elem` to the comparison type `cmp`.
 pub fn any_all(
-    op: super::CmpOp,
+    op: crate::cmp::CmpOp,
     all: bool,
     x: &V<'_>,
     arr: &V<'_>,

@@ -5,7 +5,8 @@
 
 use std::cmp::Ordering;
 
-use crate::postgres::identifier::quote_literal;
+use crate::error::{Loc, WhereError, WhereErrorKind};
+use crate::ident::quote_literal;
 
 /// How values of a column type compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,11 @@ enum Parsed {
 
 impl Literal {
     /// Type `raw` for a comparison with a column of `family`; `cast` is an explicit cast's family.
-    pub fn typed(raw: &RawConst, family: Family, cast: Option<Family>) -> Result<Literal, String> {
+    pub fn typed(
+        raw: &RawConst,
+        family: Family,
+        cast: Option<Family>,
+    ) -> Result<Literal, WhereError> {
         // A constant's own type: integer and decimal literals are int/numeric, `true` is
         // boolean, and a string literal takes the type it is compared with (Postgres' unknown).
         let natural = match raw {
@@ -120,9 +125,13 @@ impl Literal {
         };
         let target = cast.or(natural).unwrap_or(family);
         if matches!(target, Family::Float { .. }) && !matches!(family, Family::Float { .. }) {
-            return Err(format!(
-                "comparing a {} column with a floating-point value is not supported yet",
-                family.name()
+            return Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                Loc::NONE,
+                format!(
+                    "comparing a {} column with a floating-point value is not supported yet",
+                    family.name()
+                ),
             ));
         }
         // Against a float column every number is compared as float8; an untyped string takes
@@ -139,10 +148,14 @@ impl Literal {
             || (target.is_number() && family.is_number())
             || matches!((target, family), (Family::Text { .. }, Family::Text { .. }));
         if !comparable {
-            return Err(format!(
-                "cannot compare a {} column with a {} value",
-                family.name(),
-                target.name()
+            return Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                Loc::NONE,
+                format!(
+                    "cannot compare a {} column with a {} value",
+                    family.name(),
+                    target.name()
+                ),
             ));
         }
         let text = match (raw, target) {
@@ -153,33 +166,53 @@ impl Literal {
             (RawConst::Bool(b), Family::Bool) => if *b { "t" } else { "f" }.to_string(),
             (RawConst::Str(s), _) => s.clone(),
             (_, t) => {
-                return Err(format!(
-                    "cannot compare a {} column with this constant",
-                    t.name()
+                return Err(WhereError::new(
+                    WhereErrorKind::UnknownColumn,
+                    Loc::NONE,
+                    format!("cannot compare a {} column with this constant", t.name()),
                 ))
             }
         };
         if text.contains('\0') {
-            return Err("invalid NUL character in constant".to_string());
+            return Err(WhereError::new(
+                WhereErrorKind::InvalidValue,
+                Loc::NONE,
+                "invalid NUL character in constant",
+            ));
         }
         let norm = match target {
             Family::Integer => {
                 let t = text.trim();
                 let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
                 if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!("invalid input syntax for type integer: {text:?}"));
+                    return Err(WhereError::new(
+                        WhereErrorKind::InvalidValue,
+                        Loc::NONE,
+                        format!("invalid input syntax for type integer: {text:?}"),
+                    ));
                 }
                 t.to_string()
             }
             Family::Numeric => {
-                Decimal::parse(text.trim())
-                    .ok_or_else(|| format!("invalid input syntax for type numeric: {text:?}"))?;
+                Decimal::parse(text.trim()).ok_or_else(|| {
+                    WhereError::new(
+                        WhereErrorKind::InvalidValue,
+                        Loc::NONE,
+                        format!("invalid input syntax for type numeric: {text:?}"),
+                    )
+                })?;
                 text.trim().to_string()
             }
             Family::Bool => match parse_bool(text.as_bytes()) {
                 Some(true) => "t".to_string(),
                 Some(false) => "f".to_string(),
-                None => return Err(format!("invalid input syntax for type boolean: {text:?}")),
+                None => {
+                    return Err(WhereError::new(
+                        WhereErrorKind::InvalidValue,
+                        Loc::NONE,
+                        format!("invalid input syntax for type boolean: {text:?}"),
+                    ))
+                }
             },
             Family::Text { bpchar } => {
                 if bpchar || matches!(family, Family::Text { bpchar: true }) {
@@ -188,11 +221,20 @@ impl Literal {
                     text.clone()
                 }
             }
-            Family::Uuid => canonical_uuid(&text)
-                .ok_or_else(|| format!("invalid input syntax for type uuid: {text:?}"))?,
+            Family::Uuid => canonical_uuid(&text).ok_or_else(|| {
+                WhereError::new(
+                    WhereErrorKind::InvalidValue,
+                    Loc::NONE,
+                    format!("invalid input syntax for type uuid: {text:?}"),
+                )
+            })?,
             Family::Float { f4 } => {
                 let v = parse_float(&text, f4).ok_or_else(|| {
-                    format!("invalid input syntax for type {}: {text:?}", target.name())
+                    WhereError::new(
+                        WhereErrorKind::InvalidValue,
+                        Loc::NONE,
+                        format!("invalid input syntax for type {}: {text:?}", target.name()),
+                    )
                 })?;
                 float_text(v)
             }
@@ -203,16 +245,20 @@ impl Literal {
         };
         let parsed = match target {
             Family::Integer | Family::Numeric => {
-                let dec = Decimal::parse(norm.trim()).ok_or("invalid number")?;
+                let dec = Decimal::parse(norm.trim()).ok_or_else(|| {
+                    WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid number")
+                })?;
                 match norm.trim().parse::<i128>() {
                     Ok(i) => Parsed::Int(i),
                     Err(_) => Parsed::Dec(dec),
                 }
             }
-            Family::Float { .. } => {
-                Parsed::Float(parse_float(&norm, false).ok_or("invalid float")?)
-            }
-            Family::Uuid => Parsed::Uuid(uuid_bytes(&norm).ok_or("invalid uuid")?),
+            Family::Float { .. } => Parsed::Float(parse_float(&norm, false).ok_or_else(|| {
+                WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid float")
+            })?),
+            Family::Uuid => Parsed::Uuid(uuid_bytes(&norm).ok_or_else(|| {
+                WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid uuid")
+            })?),
             _ => Parsed::Other,
         };
         Ok(Literal {
@@ -258,7 +304,7 @@ impl Literal {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrdKey {
     Int(i128),
-    Num(super::num::Num),
+    Num(crate::num::Num),
     Float(f64),
     Bytes(Vec<u8>),
 }
@@ -270,7 +316,7 @@ impl OrdKey {
         Some(match family {
             Family::Integer | Family::Numeric => match v.trim().parse::<i128>() {
                 Ok(i) => OrdKey::Int(i),
-                Err(_) => OrdKey::Num(super::num::Num::parse(v)?),
+                Err(_) => OrdKey::Num(crate::num::Num::parse(v)?),
             },
             Family::Float { f4 } => OrdKey::Float(parse_float(v, f4)?),
             Family::Text { bpchar } => {
@@ -283,7 +329,7 @@ impl OrdKey {
     }
 
     pub fn order(&self, other: &OrdKey) -> Ordering {
-        use super::num::Num;
+        use crate::num::Num;
         let num = |k: &OrdKey| match k {
             OrdKey::Int(i) => Num::parse(&i.to_string()),
             OrdKey::Num(n) => Some(n.clone()),
@@ -352,7 +398,7 @@ impl Family {
 }
 
 /// Postgres float input (`NaN`, `Infinity`, `inf`, exponents), as float4 widened or float8.
-pub(super) fn parse_float(s: &str, f4: bool) -> Option<f64> {
+pub(crate) fn parse_float(s: &str, f4: bool) -> Option<f64> {
     let t = s.trim();
     let special = match t.to_ascii_lowercase().as_str() {
         "nan" => Some(f64::NAN),
@@ -386,7 +432,7 @@ pub(super) fn parse_float(s: &str, f4: bool) -> Option<f64> {
 }
 
 /// A float8 as text that parses back to the same value (Rust prints the shortest such form).
-pub(super) fn float_text(v: f64) -> String {
+pub(crate) fn float_text(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {
@@ -399,7 +445,7 @@ pub(super) fn float_text(v: f64) -> String {
 }
 
 /// Postgres float8 order: NaN is above everything and equal to itself; -0 = 0.
-pub(super) fn float_cmp(a: f64, b: f64) -> Ordering {
+pub(crate) fn float_cmp(a: f64, b: f64) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,
@@ -427,7 +473,7 @@ pub fn compare(family: Family, value: &[u8], lit: &Literal) -> Option<Ordering> 
 }
 
 /// The 16 bytes of a uuid in the input forms accepted here (hyphens anywhere, braces).
-pub(super) fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
     let s = s.trim();
     let s = s
         .strip_prefix('{')
@@ -482,7 +528,7 @@ pub fn parse_bool(v: &[u8]) -> Option<bool> {
     }
 }
 
-pub(super) fn canonical_uuid(s: &str) -> Option<String> {
+pub(crate) fn canonical_uuid(s: &str) -> Option<String> {
     let s = s.trim();
     let s = s
         .strip_prefix('{')

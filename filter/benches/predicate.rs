@@ -12,8 +12,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use shapesync::postgres::catalog::{ColumnInfo, TableInfo};
-use shapesync::shape::filter::{parse_where, Row};
+use shapesync_filter::table::{ColumnInfo, TableInfo};
+use shapesync_filter::{parse_where, Row};
 
 const TARGET_NS: f64 = 500.0;
 const BATCH: usize = 4096;
@@ -64,7 +64,7 @@ fn table() -> TableInfo {
         ],
     );
     // The C locale (ILIKE needs a C character classification).
-    t.locale = shapesync::postgres::catalog::TextLocale {
+    t.locale = shapesync_filter::table::TextLocale {
         collate: "C".into(),
         ctype: "C".into(),
         provider: "c".into(),
@@ -207,6 +207,9 @@ fn write_json(figures: &[Figure]) {
                 "ratio": f.ns.map(|ns| ns / TARGET_NS), "note": f.note})
         })
         .collect();
-    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-predicate.json");
+    let out = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/bench-predicate.json"
+    );
     let _ = std::fs::write(out, serde_json::to_string_pretty(&json).unwrap_or_default());
 }

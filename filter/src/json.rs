@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use super::num::Num;
+use crate::num::Num;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json {

@@ -9,12 +9,14 @@ use pg_query::protobuf::{a_const, node::Node as N, AExprKind, BoolExprType, Bool
 use pg_query::protobuf::{NullTestType, TypeName};
 use pg_query::Node;
 
-use super::scalar::{ArrayOp, Scalar, Ty};
-use super::value::{Family, Literal, RawConst};
-use super::{CmpOp, Expr, JsonHasMode, Operand, WhereClause};
-use crate::postgres::catalog::TableInfo;
-
-const PREFIX: &str = "SELECT 1 WHERE ";
+use crate::clause::WhereClause;
+use crate::cmp::CmpOp;
+use crate::error::{Loc, WhereError, WhereErrorKind};
+use crate::expr::{Expr, JsonHasMode, Operand};
+use crate::scalar::{ArrayOp, Scalar, Ty};
+use crate::table::TableInfo;
+use crate::typer::{loc, Typer, PREFIX};
+use crate::value::{Family, Literal, RawConst};
 
 /// Parse and type-check `clause` against `table`; `$n` takes `params[n - 1]`, typed by its
 /// context like a string literal.
@@ -22,24 +24,36 @@ pub fn parse_where(
     clause: &str,
     table: &TableInfo,
     params: &[String],
-) -> Result<WhereClause, String> {
+) -> Result<WhereClause, WhereError> {
     let wrapped = format!("{PREFIX}{clause}");
     let parsed = match pg_query::parse(&wrapped, pg_query::ParserOptions::DEFAULT) {
         Ok(p) => p,
         Err(pg_query::Error::Parse(msg)) => {
-            return Err(match syntax_error_location(&wrapped) {
-                Some(at) => format!("At location {at}: {msg}"),
-                None => msg,
-            })
+            let at = Loc(syntax_error_location(&wrapped));
+            return Err(WhereError::new(WhereErrorKind::Syntax, at, msg));
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => {
+            return Err(WhereError::new(
+                WhereErrorKind::Syntax,
+                Loc::NONE,
+                e.to_string(),
+            ))
+        }
     };
     let stmts = &parsed.protobuf.stmts;
     if stmts.len() != 1 {
-        return Err("unescaped \";\" causing statement split".to_string());
+        return Err(WhereError::new(
+            WhereErrorKind::Syntax,
+            Loc::NONE,
+            "unescaped \";\" causing statement split",
+        ));
     }
     let Some(N::SelectStmt(select)) = stmts[0].stmt.as_ref().and_then(|s| s.node.as_ref()) else {
-        return Err("invalid where clause".to_string());
+        return Err(WhereError::new(
+            WhereErrorKind::Syntax,
+            Loc::NONE,
+            "invalid where clause",
+        ));
     };
     if !select.from_clause.is_empty()
         || !select.group_clause.is_empty()
@@ -50,10 +64,18 @@ pub fn parse_where(
         || !select.window_clause.is_empty()
         || select.target_list.len() != 1
     {
-        return Err("the where clause must be a single boolean expression".to_string());
+        return Err(WhereError::new(
+            WhereErrorKind::Syntax,
+            Loc::NONE,
+            "the where clause must be a single boolean expression",
+        ));
     }
     let Some(node) = select.where_clause.as_deref() else {
-        return Err("the where clause is empty".to_string());
+        return Err(WhereError::new(
+            WhereErrorKind::Syntax,
+            Loc::NONE,
+            "the where clause is empty",
+        ));
     };
     let cx = Typer { table, params };
     let expr = cx.boolean(node)?;
@@ -75,20 +97,8 @@ fn syntax_error_location(wrapped: &str) -> Option<usize> {
     Some(wrapped.len())
 }
 
-pub(super) struct Typer<'a> {
-    pub(super) table: &'a TableInfo,
-    params: &'a [String],
-}
-
-pub(super) fn loc(l: i32) -> String {
-    format!(
-        "At location {}: ",
-        (l as usize).saturating_sub(PREFIX.len())
-    )
-}
-
 impl Typer<'_> {
-    fn boolean(&self, node: &Node) -> Result<Expr, String> {
+    fn boolean(&self, node: &Node) -> Result<Expr, WhereError> {
         match node.node.as_ref() {
             Some(N::BoolExpr(b)) => {
                 let args = b
@@ -102,12 +112,18 @@ impl Typer<'_> {
                     Ok(BoolExprType::NotExpr) if args.len() == 1 => Ok(Expr::Not(Box::new(
                         args.into_iter().next().unwrap_or(Expr::Const(None)),
                     ))),
-                    _ => Err(format!("{}unsupported boolean expression", loc(b.location))),
+                    _ => Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        loc(b.location),
+                        "unsupported boolean expression",
+                    )),
                 }
             }
             Some(N::AExpr(a)) => self.comparison(a),
             Some(N::NullTest(t)) => {
-                let arg = t.arg.as_deref().ok_or("IS NULL without operand")?;
+                let arg = t.arg.as_deref().ok_or_else(|| {
+                    WhereError::new(WhereErrorKind::Syntax, Loc::NONE, "IS NULL without operand")
+                })?;
                 let negated = NullTestType::try_from(t.nulltesttype) == Ok(NullTestType::IsNotNull);
                 let operand = match self.column(arg)? {
                     Some((c, _)) => Operand::Column(c),
@@ -123,7 +139,9 @@ impl Typer<'_> {
                 })
             }
             Some(N::BooleanTest(t)) => {
-                let arg = t.arg.as_deref().ok_or("IS TRUE without operand")?;
+                let arg = t.arg.as_deref().ok_or_else(|| {
+                    WhereError::new(WhereErrorKind::Syntax, Loc::NONE, "IS TRUE without operand")
+                })?;
                 let expr = Box::new(self.boolean(arg)?);
                 let (target, negated) = match BoolTestType::try_from(t.booltesttype) {
                     Ok(BoolTestType::IsTrue) => (Some(true), false),
@@ -141,79 +159,129 @@ impl Typer<'_> {
             }
             Some(N::ColumnRef(r)) => match self.column(node)? {
                 Some((c, Some(Family::Bool))) => Ok(Expr::BoolColumn(c)),
-                _ => Err(format!(
-                    "{}WHERE clause must return a boolean",
-                    loc(r.location)
+                _ => Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    loc(r.location),
+                    "WHERE clause must return a boolean",
                 )),
             },
             Some(N::AConst(_)) | Some(N::TypeCast(_)) => match self.constant(node)? {
                 (raw, None | Some(Family::Bool)) if raw_is_null(&raw) => Ok(Expr::Const(None)),
                 (RawConst::Bool(b), _) => Ok(Expr::Const(Some(b))),
                 (RawConst::Str(s), Some(Family::Bool)) => {
-                    match super::value::parse_bool(s.as_bytes()) {
+                    match crate::value::parse_bool(s.as_bytes()) {
                         Some(b) => Ok(Expr::Const(Some(b))),
-                        None => Err(format!("invalid input syntax for type boolean: {s:?}")),
+                        None => Err(WhereError::new(
+                            WhereErrorKind::InvalidValue,
+                            Loc::NONE,
+                            format!("invalid input syntax for type boolean: {s:?}"),
+                        )),
                     }
                 }
-                _ => Err("WHERE clause must return a boolean".to_string()),
+                _ => Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    Loc::NONE,
+                    "WHERE clause must return a boolean",
+                )),
             },
-            Some(N::SubLink(s)) => Err(format!("{}subqueries are not supported", loc(s.location))),
-            Some(N::FuncCall(f)) => Err(format!(
-                "{}function calls are not supported in where clauses yet",
-                loc(f.location)
+            Some(N::SubLink(s)) => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                loc(s.location),
+                "subqueries are not supported",
+            )),
+            Some(N::FuncCall(f)) => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                loc(f.location),
+                "function calls are not supported in where clauses yet",
             )),
             Some(N::ParamRef(p)) => match self.param(p)? {
-                RawConst::Str(s) => match super::value::parse_bool(s.as_bytes()) {
+                RawConst::Str(s) => match crate::value::parse_bool(s.as_bytes()) {
                     Some(b) => Ok(Expr::Const(Some(b))),
-                    None => Err(format!("invalid input syntax for type boolean: {s:?}")),
+                    None => Err(WhereError::new(
+                        WhereErrorKind::InvalidValue,
+                        Loc::NONE,
+                        format!("invalid input syntax for type boolean: {s:?}"),
+                    )),
                 },
-                _ => Err("WHERE clause must return a boolean".to_string()),
+                _ => Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    Loc::NONE,
+                    "WHERE clause must return a boolean",
+                )),
             },
-            _ => Err("unsupported expression in where clause".to_string()),
+            _ => Err(WhereError::new(
+                WhereErrorKind::Unsupported,
+                Loc::NONE,
+                "unsupported expression in where clause",
+            )),
         }
     }
 
-    fn comparison(&self, a: &pg_query::protobuf::AExpr) -> Result<Expr, String> {
+    fn comparison(&self, a: &pg_query::protobuf::AExpr) -> Result<Expr, WhereError> {
         let at = loc(a.location);
         let kind = AExprKind::try_from(a.kind);
         match kind {
             Ok(AExprKind::AexprOp) => {}
-            Ok(AExprKind::AexprIn) => return self.in_list(&at, a),
+            Ok(AExprKind::AexprIn) => return self.in_list(at, a),
             Ok(
                 AExprKind::AexprBetween
                 | AExprKind::AexprNotBetween
                 | AExprKind::AexprBetweenSym
                 | AExprKind::AexprNotBetweenSym,
-            ) => return self.between(&at, a, kind.unwrap_or(AExprKind::AexprBetween)),
+            ) => return self.between(at, a, kind.unwrap_or(AExprKind::AexprBetween)),
             Ok(AExprKind::AexprDistinct | AExprKind::AexprNotDistinct) => {
-                return self.distinct(&at, a, kind == Ok(AExprKind::AexprDistinct))
+                return self.distinct(at, a, kind == Ok(AExprKind::AexprDistinct))
             }
             Ok(AExprKind::AexprOpAny | AExprKind::AexprOpAll) => {
                 let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
-                    return Err(format!("{at}ANY/ALL needs two operands"));
+                    return Err(WhereError::new(
+                        WhereErrorKind::Type,
+                        at,
+                        "ANY/ALL needs two operands",
+                    ));
                 };
                 let op = match a.name.last().and_then(|n| n.node.as_ref()) {
                     Some(N::String(s)) => cmp_op(&s.sval),
                     _ => None,
                 }
-                .ok_or_else(|| format!("{at}unsupported operator with ANY/ALL"))?;
-                return self.any_all(&at, op, l, r, kind == Ok(AExprKind::AexprOpAll));
+                .ok_or_else(|| {
+                    WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        at,
+                        "unsupported operator with ANY/ALL",
+                    )
+                })?;
+                return self.any_all(at, op, l, r, kind == Ok(AExprKind::AexprOpAll));
             }
-            Ok(AExprKind::AexprLike) => return self.like(&at, a, false),
-            Ok(AExprKind::AexprIlike) => return self.like(&at, a, true),
+            Ok(AExprKind::AexprLike) => return self.like(at, a, false),
+            Ok(AExprKind::AexprIlike) => return self.like(at, a, true),
             _ => {
-                return Err(format!(
-                    "{at}this operator is not supported in where clauses yet"
+                return Err(WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    at,
+                    "this operator is not supported in where clauses yet",
                 ))
             }
         }
         let op_name = match a.name.last().and_then(|n| n.node.as_ref()) {
             Some(N::String(s)) => s.sval.as_str(),
-            _ => return Err(format!("{at}unsupported operator")),
+            _ => {
+                return Err(WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    at,
+                    "unsupported operator",
+                ))
+            }
         };
         let (l, r) = match (a.lexpr.as_deref(), a.rexpr.as_deref()) {
             (Some(l), Some(r)) => (l, r),
-            _ => return Err(format!("{at}unsupported unary operator {op_name}")),
+            _ => {
+                return Err(WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    at,
+                    format!("unsupported unary operator {op_name}"),
+                ))
+            }
         };
         let array_op = match op_name {
             "@>" => Some(ArrayOp::Contains),
@@ -222,7 +290,7 @@ impl Typer<'_> {
             _ => None,
         };
         if let Some(op) = array_op {
-            return self.array_op(&at, op, l, r);
+            return self.array_op(at, op, l, r);
         }
         let has = match op_name {
             "?" => Some(JsonHasMode::One),
@@ -231,15 +299,21 @@ impl Typer<'_> {
             _ => None,
         };
         if let Some(mode) = has {
-            return self.json_has(&at, mode, l, r);
+            return self.json_has(at, mode, l, r);
         }
-        let op = cmp_op(op_name).ok_or_else(|| format!("{at}unsupported operator {op_name}"))?;
-        self.compare(&at, op, l, r)
+        let op = cmp_op(op_name).ok_or_else(|| {
+            WhereError::new(
+                WhereErrorKind::Unsupported,
+                at,
+                format!("unsupported operator {op_name}"),
+            )
+        })?;
+        self.compare(at, op, l, r)
     }
 
     /// `x [NOT] IN (c1, c2, …)`: exactly `x = c1 OR x = c2 …` (`x <> c1 AND …` for NOT IN),
     /// which is how Postgres defines it, NULLs included.
-    fn in_list(&self, at: &str, a: &pg_query::protobuf::AExpr) -> Result<Expr, String> {
+    fn in_list(&self, at: Loc, a: &pg_query::protobuf::AExpr) -> Result<Expr, WhereError> {
         let negated = matches!(
             a.name.last().and_then(|n| n.node.as_ref()),
             Some(N::String(s)) if s.sval == "<>"
@@ -248,7 +322,11 @@ impl Typer<'_> {
             a.lexpr.as_deref(),
             a.rexpr.as_deref().and_then(|r| r.node.as_ref()),
         ) else {
-            return Err(format!("{at}IN needs a list of values"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "IN needs a list of values",
+            ));
         };
         let plain =
             matches!(self.column(l)?, Some((_, Some(_)))) && items.items.iter().all(is_const_node);
@@ -285,26 +363,34 @@ impl Typer<'_> {
     /// `x >= a AND x <= b`; NOT: `x < a OR x > b`; SYMMETRIC: either order of the bounds.
     fn between(
         &self,
-        at: &str,
+        at: Loc,
         a: &pg_query::protobuf::AExpr,
         kind: AExprKind,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let (Some(x), Some(N::List(bounds))) = (
             a.lexpr.as_deref(),
             a.rexpr.as_deref().and_then(|r| r.node.as_ref()),
         ) else {
-            return Err(format!("{at}BETWEEN needs two bounds"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "BETWEEN needs two bounds",
+            ));
         };
         let [lo, hi] = bounds.items.as_slice() else {
-            return Err(format!("{at}BETWEEN needs two bounds"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "BETWEEN needs two bounds",
+            ));
         };
-        let inside = |lo: &Node, hi: &Node| -> Result<Expr, String> {
+        let inside = |lo: &Node, hi: &Node| -> Result<Expr, WhereError> {
             Ok(Expr::And(vec![
                 self.compare(at, CmpOp::Ge, x, lo)?,
                 self.compare(at, CmpOp::Le, x, hi)?,
             ]))
         };
-        let outside = |lo: &Node, hi: &Node| -> Result<Expr, String> {
+        let outside = |lo: &Node, hi: &Node| -> Result<Expr, WhereError> {
             Ok(Expr::Or(vec![
                 self.compare(at, CmpOp::Lt, x, lo)?,
                 self.compare(at, CmpOp::Gt, x, hi)?,
@@ -322,12 +408,16 @@ impl Typer<'_> {
     /// `x IS NULL OR x <> c` (NOT: `x IS NOT NULL AND x = c`); with NULL: `x IS [NOT] NULL`.
     fn distinct(
         &self,
-        at: &str,
+        at: Loc,
         a: &pg_query::protobuf::AExpr,
         distinct: bool,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
-            return Err(format!("{at}IS DISTINCT FROM needs two operands"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "IS DISTINCT FROM needs two operands",
+            ));
         };
         let (col_node, konst) = match (self.column(l)?, self.column(r)?) {
             (Some((_, Some(_))), None) if is_const_node(r) => (l, r),
@@ -335,7 +425,11 @@ impl Typer<'_> {
             _ => return self.distinct_general(at, l, r, distinct),
         };
         let Some((col, _)) = self.column(col_node)? else {
-            return Err(format!("{at}IS DISTINCT FROM needs a column"));
+            return Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                at,
+                "IS DISTINCT FROM needs a column",
+            ));
         };
         let is_null = |negated| Expr::IsNull {
             expr: Box::new(Operand::Column(col)),
@@ -360,23 +454,33 @@ impl Typer<'_> {
 
     /// `text [NOT] LIKE|ILIKE 'pattern' [ESCAPE 'c']` (the default escape is `\`); `fold`:
     /// ILIKE.
-    fn like(&self, at: &str, a: &pg_query::protobuf::AExpr, fold: bool) -> Result<Expr, String> {
+    fn like(&self, at: Loc, a: &pg_query::protobuf::AExpr, fold: bool) -> Result<Expr, WhereError> {
         let negated = matches!(
             a.name.last().and_then(|n| n.node.as_ref()),
             Some(N::String(s)) if s.sval == "!~~" || s.sval == "!~~*"
         );
         let (Some(l), Some(r)) = (a.lexpr.as_deref(), a.rexpr.as_deref()) else {
-            return Err(format!("{at}LIKE needs two operands"));
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                at,
+                "LIKE needs two operands",
+            ));
         };
         let arg = self.like_arg(at, l, fold)?;
-        let text = |node: &Node| -> Result<Option<String>, String> {
+        let text = |node: &Node| -> Result<Option<String>, WhereError> {
             match self.constant(node)? {
                 (raw, _) if raw_is_null(&raw) => Ok(None),
-                (RawConst::Str(s), _) if s.contains('\0') => {
-                    Err(format!("{at}invalid NUL character in constant"))
-                }
+                (RawConst::Str(s), _) if s.contains('\0') => Err(WhereError::new(
+                    WhereErrorKind::InvalidValue,
+                    at,
+                    "invalid NUL character in constant",
+                )),
                 (RawConst::Str(s), None | Some(Family::Text { .. })) => Ok(Some(s)),
-                _ => Err(format!("{at}a LIKE pattern must be a string")),
+                _ => Err(WhereError::new(
+                    WhereErrorKind::Type,
+                    at,
+                    "a LIKE pattern must be a string",
+                )),
             }
         };
         // `x LIKE p ESCAPE e` arrives as `x ~~ like_escape(p, e)`.
@@ -400,14 +504,16 @@ impl Typer<'_> {
             (None, _) => None,
             (Some(c), None) => Some(c),
             _ => {
-                return Err(format!(
-                    "{at}invalid escape string: it must be one character"
+                return Err(WhereError::new(
+                    WhereErrorKind::InvalidValue,
+                    at,
+                    "invalid escape string: it must be one character",
                 ))
             }
         };
-        let mut pattern = super::compile_like(&pattern, escape).map_err(|e| format!("{at}{e}"))?;
+        let mut pattern = crate::like::compile_like(&pattern, escape).map_err(|e| e.at(at))?;
         if fold {
-            pattern = super::typing::fold_pattern(pattern);
+            pattern = crate::typing::fold_pattern(pattern);
         }
         Ok(Expr::Like {
             arg: Box::new(arg),
@@ -418,7 +524,7 @@ impl Typer<'_> {
     }
 
     /// `l op r` with a column on one side and a constant on the other.
-    fn compare(&self, at: &str, op: CmpOp, l: &Node, r: &Node) -> Result<Expr, String> {
+    fn compare(&self, at: Loc, op: CmpOp, l: &Node, r: &Node) -> Result<Expr, WhereError> {
         self.compare_typed(at, op, l, r, None)
     }
 
@@ -426,12 +532,12 @@ impl Typer<'_> {
     /// Postgres' common-type resolution of an IN list).
     fn compare_typed(
         &self,
-        at: &str,
+        at: Loc,
         op: CmpOp,
         l: &Node,
         r: &Node,
         common: Option<Family>,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         // `column op constant` has a fast path; everything else is a general comparison.
         let fast = match (self.column(l)?, self.column(r)?) {
             (Some(c @ (_, Some(_))), None) if is_const_node(r) => Some((c, r, op)),
@@ -451,18 +557,22 @@ impl Typer<'_> {
 
     fn compare_fast(
         &self,
-        at: &str,
+        at: Loc,
         op: CmpOp,
         column: (usize, Option<Family>),
         konst: &Node,
         common: Option<Family>,
-    ) -> Result<Expr, String> {
+    ) -> Result<Expr, WhereError> {
         let (col, family) = column;
         let name = &self.table.columns[col].name;
         let family = family.ok_or_else(|| {
-            format!(
-                "{at}columns of type {} are not supported in where clauses yet (column {name:?})",
-                self.table.columns[col].type_name
+            WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                at,
+                format!(
+                    "columns of type {} are not supported in where clauses yet (column {name:?})",
+                    self.table.columns[col].type_name
+                ),
             )
         })?;
         if matches!(family, Family::Text { .. }) {
@@ -482,7 +592,7 @@ impl Typer<'_> {
             return Ok(Expr::Const(None));
         }
         let cast = cast.or(common);
-        let value = Literal::typed(&raw, family, cast).map_err(|e| format!("{at}{e}"))?;
+        let value = Literal::typed(&raw, family, cast).map_err(|e| e.at(at))?;
         Ok(Expr::Compare {
             column: col,
             family,
@@ -493,7 +603,10 @@ impl Typer<'_> {
 
     /// If `node` is a column reference: its index and comparison family (None: unsupported type).
     /// A cast of a column to its own type counts as the column.
-    pub(super) fn column(&self, node: &Node) -> Result<Option<(usize, Option<Family>)>, String> {
+    pub(crate) fn column(
+        &self,
+        node: &Node,
+    ) -> Result<Option<(usize, Option<Family>)>, WhereError> {
         if let Some(N::TypeCast(t)) = node.node.as_ref() {
             let Some(arg) = t.arg.as_deref() else {
                 return Ok(None);
@@ -503,7 +616,7 @@ impl Typer<'_> {
             };
             let c = &self.table.columns[col.0];
             let own = Ty::of_type(self.table.eval_type_name(col.0), c.dims);
-            let cast = super::typing::cast_type(t.type_name.as_ref());
+            let cast = crate::typing::cast_type(t.type_name.as_ref());
             return Ok(
                 (own.is_some() && own == cast && self.table.enum_labels(col.0).is_empty())
                     .then_some(col),
@@ -516,7 +629,13 @@ impl Typer<'_> {
         for f in &r.fields {
             match f.node.as_ref() {
                 Some(N::String(s)) => parts.push(s.sval.clone()),
-                _ => return Err(format!("{}invalid column reference", loc(r.location))),
+                _ => {
+                    return Err(WhereError::new(
+                        WhereErrorKind::UnknownColumn,
+                        loc(r.location),
+                        "invalid column reference",
+                    ))
+                }
             }
         }
         let name = match parts.as_slice() {
@@ -524,15 +643,19 @@ impl Typer<'_> {
             [t, c] if *t == self.table.name => c,
             [s, t, c] if *s == self.table.schema && *t == self.table.name => c,
             _ => {
-                return Err(format!(
-                    "{}unknown reference {}",
+                return Err(WhereError::new(
+                    WhereErrorKind::UnknownColumn,
                     loc(r.location),
-                    parts.join(".")
+                    format!("unknown reference {}", parts.join(".")),
                 ))
             }
         };
         let Some(idx) = self.table.column_index(name) else {
-            return Err(format!("{}unknown reference {name}", loc(r.location)));
+            return Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                loc(r.location),
+                format!("unknown reference {name}"),
+            ));
         };
         let c = &self.table.columns[idx];
         let family = if c.dims > 0 {
@@ -544,21 +667,23 @@ impl Typer<'_> {
     }
 
     /// The value of `$n`.
-    pub(super) fn param(&self, p: &pg_query::protobuf::ParamRef) -> Result<RawConst, String> {
+    pub(crate) fn param(&self, p: &pg_query::protobuf::ParamRef) -> Result<RawConst, WhereError> {
         let n = usize::try_from(p.number).unwrap_or(0);
         match n.checked_sub(1).and_then(|i| self.params.get(i)) {
             Some(v) => Ok(RawConst::Str(v.clone())),
-            None => Err(format!(
-                "{}parameter ${} has no value (params[{}])",
+            None => Err(WhereError::new(
+                WhereErrorKind::Parameter,
                 loc(p.location),
-                p.number,
-                p.number
+                format!(
+                    "parameter ${} has no value (params[{}])",
+                    p.number, p.number
+                ),
             )),
         }
     }
 
     /// A constant, possibly under one cast: the raw value and the cast's family.
-    fn constant(&self, node: &Node) -> Result<(RawConst, Option<Family>), String> {
+    fn constant(&self, node: &Node) -> Result<(RawConst, Option<Family>), WhereError> {
         match node.node.as_ref() {
             Some(N::ParamRef(p)) => Ok((self.param(p)?, None)),
             Some(N::AConst(c)) => {
@@ -569,7 +694,11 @@ impl Typer<'_> {
                     Some(a_const::Val::Boolval(b)) => RawConst::Bool(b.boolval),
                     Some(a_const::Val::Sval(s)) => RawConst::Str(s.sval.clone()),
                     Some(a_const::Val::Bsval(_)) => {
-                        return Err(format!("{}bit strings are not supported", loc(c.location)))
+                        return Err(WhereError::new(
+                            WhereErrorKind::Unsupported,
+                            loc(c.location),
+                            "bit strings are not supported",
+                        ))
                     }
                 };
                 Ok((
@@ -582,18 +711,22 @@ impl Typer<'_> {
                 ))
             }
             Some(N::TypeCast(t)) => {
-                let arg = t.arg.as_deref().ok_or("cast without operand")?;
+                let arg = t.arg.as_deref().ok_or_else(|| {
+                    WhereError::new(WhereErrorKind::Syntax, Loc::NONE, "cast without operand")
+                })?;
                 let (raw, inner) = self.constant(arg)?;
                 if inner.is_some() {
-                    return Err(format!(
-                        "{}nested casts are not supported yet",
-                        loc(t.location)
+                    return Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        loc(t.location),
+                        "nested casts are not supported yet",
                     ));
                 }
                 let family = cast_family(t.type_name.as_ref()).ok_or_else(|| {
-                    format!(
-                        "{}this cast is not supported in where clauses yet",
-                        loc(t.location)
+                    WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        loc(t.location),
+                        "this cast is not supported in where clauses yet",
                     )
                 })?;
                 Ok((raw, Some(family)))
@@ -616,14 +749,23 @@ impl Typer<'_> {
                     (Some(true), Some(Ok((RawConst::Float(s), None)))) => {
                         Ok((RawConst::Float(negate(&s)), None))
                     }
-                    _ => Err(format!("{}unsupported expression", loc(a.location))),
+                    _ => Err(WhereError::new(
+                        WhereErrorKind::Unsupported,
+                        loc(a.location),
+                        "unsupported expression",
+                    )),
                 }
             }
-            Some(N::ColumnRef(r)) => Err(format!(
-                "{}comparing two columns is not supported yet",
-                loc(r.location)
+            Some(N::ColumnRef(r)) => Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                loc(r.location),
+                "comparing two columns is not supported yet",
             )),
-            _ => Err("only constants can be compared with a column so far".to_string()),
+            _ => Err(WhereError::new(
+                WhereErrorKind::UnknownColumn,
+                Loc::NONE,
+                "only constants can be compared with a column so far",
+            )),
         }
     }
 }
@@ -683,8 +825,8 @@ fn cast_family(t: Option<&TypeName>) -> Option<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::catalog::ColumnInfo;
-    use crate::shape::filter::Row;
+    use crate::row::Row;
+    use crate::table::ColumnInfo;
 
     fn table() -> TableInfo {
         let c = |name: &str, ty: &str, pk: Option<usize>| ColumnInfo {
@@ -723,10 +865,12 @@ mod tests {
 
     #[test]
     fn syntax_errors_match_the_reference() {
+        let e = parse_where("1 x 1", &table(), &[]).unwrap_err();
         assert_eq!(
-            parse_where("1 x 1", &table(), &[]).unwrap_err(),
+            e.to_string(),
             "At location 17: syntax error at or near \"x\""
         );
+        assert_eq!((e.kind, e.position), (WhereErrorKind::Syntax, Some(17)));
         assert!(parse_where("id = 1; DROP TABLE items", &table(), &[]).is_err());
     }
 
@@ -806,10 +950,17 @@ mod tests {
             parse_where("id = $1", &t, &["x".into()]).is_err(),
             "typed by context"
         );
+        let e = parse_where("nope = 1", &t, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "At location 0: unknown reference nope");
         assert_eq!(
-            parse_where("nope = 1", &t, &[]).unwrap_err(),
-            "At location 0: unknown reference nope"
+            (e.kind, e.position),
+            (WhereErrorKind::UnknownColumn, Some(0))
         );
+        let e = parse_where("id = 1 AND name IN (SELECT 1)", &t, &[]).unwrap_err();
+        assert_eq!(e.kind, WhereErrorKind::Unsupported);
+        assert_eq!(e.position, Some(16));
+        let e = parse_where("id = $2", &t, &["1".into()]).unwrap_err();
+        assert_eq!(e.kind, WhereErrorKind::Parameter, "{e}");
     }
 
     #[test]
@@ -882,6 +1033,7 @@ mod tests {
         assert_eq!(w.sql(&t), r#"("name" LIKE '1\%%' ESCAPE '\')"#);
         assert!(parse_where("name BETWEEN 'a' AND 'b'", &t, &[])
             .unwrap_err()
+            .to_string()
             .contains("ordering comparisons on text"));
     }
 }

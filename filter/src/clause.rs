@@ -1,0 +1,61 @@
+//! A compiled where clause: what the rest of the server holds per shape.
+
+use crate::eval::eval;
+use crate::expr::Expr;
+use crate::render::render;
+use crate::row::Row;
+use crate::terms::{route, Filed, Filing};
+use crate::value::Family;
+
+/// A compiled where clause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhereClause {
+    expr: Expr,
+}
+
+impl WhereClause {
+    pub fn new(expr: Expr) -> Self {
+        WhereClause { expr }
+    }
+
+    /// The clause as SQL over `table`'s columns, rendered from the validated expression (on
+    /// demand: only snapshot and subset queries need it, and idle shapes should not keep it).
+    pub fn sql(&self, table: &crate::table::TableInfo) -> String {
+        let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        let mut sql = String::new();
+        render(&self.expr, &names, &mut sql);
+        sql
+    }
+
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// The equality every matching row satisfies (the [`Self::route_term`] when it is one):
+    /// the column, its family and the constants' [`value::index_key`]s.
+    pub fn eq_term(&self) -> Option<(usize, Family, Vec<Vec<u8>>)> {
+        match self.route_term()? {
+            Filed {
+                column,
+                family,
+                filing: Filing::Keys(keys),
+            } => Some((column, family, keys)),
+            _ => None,
+        }
+    }
+
+    /// A condition every matching row satisfies that the routing index can answer (see
+    /// [`crate::shape::route`]): one column equal to one of a few constants, within one of a
+    /// few ranges, or (an array) holding one of a few elements. From the whole clause or the
+    /// most selective conjunct of a top-level `AND`; an `OR` when all its branches give the
+    /// same kind of condition on the same column.
+    pub fn route_term(&self) -> Option<Filed> {
+        route(&self.expr)
+    }
+
+    /// Does the row belong to the shape? (SQL `WHERE`: only TRUE passes; a row on which
+    /// Postgres would raise an error does not match.)
+    pub fn matches(&self, row: &dyn Row) -> bool {
+        eval(&self.expr, row) == Ok(Some(true))
+    }
+}
