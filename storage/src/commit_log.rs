@@ -19,11 +19,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::commit_record::{decode_batch, decode_wal_header, encode_wal_header, WAL_HEADER_LEN};
-use crate::file_log::CHANGES_FILE;
+use crate::error::StoreError;
+use crate::file_scan::CHANGES_FILE;
 use crate::file_scan::{open_log_file, scan_records, sync_dir};
 use crate::file_segments::{file_offset, parse_segment_name, segment_name, FIRST_BASE};
+use crate::log::validate_id;
 use crate::record::CHANGES_MAGIC;
-use crate::{validate_id, StoreError};
 
 pub(crate) const WAL_FILE: &str = "commit.wal";
 const WAL_TMP: &str = "commit.wal.tmp";
@@ -48,7 +49,7 @@ impl CommitLog {
     pub(crate) fn open(dir: &Path) -> Result<(CommitLog, usize), StoreError> {
         let path = dir.join(WAL_FILE);
         if !path.exists() {
-            crate::file_store::write_atomic(dir, WAL_FILE, WAL_TMP, &encode_wal_header())?;
+            crate::file_scan::write_atomic(dir, WAL_FILE, WAL_TMP, &encode_wal_header())?;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut header = [0u8; WAL_HEADER_LEN];
@@ -69,7 +70,7 @@ impl CommitLog {
         }
         if version < crate::commit_record::WAL_VERSION {
             // An older store, replayed and empty now: from here on it is this version's.
-            crate::file_store::write_atomic(dir, WAL_FILE, WAL_TMP, &encode_wal_header())?;
+            crate::file_scan::write_atomic(dir, WAL_FILE, WAL_TMP, &encode_wal_header())?;
             log.file = OpenOptions::new().read(true).write(true).open(&path)?;
         }
         Ok((log, replayed))
@@ -257,7 +258,9 @@ mod tests {
     use std::fs::OpenOptions;
     use std::sync::Arc;
 
-    use crate::{FileStore, LogOffset, ShapeLog, ShapeLogStore, StoreConfig};
+    use crate::file_store::FileStore;
+    use crate::log::{ShapeLog, ShapeLogStore, StoreConfig};
+    use crate::offset::LogOffset;
 
     /// After a failed sync the kernel may have dropped dirty pages of the shape files; the next
     /// checkpoint must rewrite them from the commit log before resetting it.

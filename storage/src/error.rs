@@ -3,7 +3,7 @@
 //! Callers match on the variants that they can act on (`NotFound`, `AlreadyExists`,
 //! `OffsetNotIncreasing`, `LogFailed`); everything else is an internal failure to log.
 
-use crate::LogOffset;
+use crate::offset::LogOffset;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

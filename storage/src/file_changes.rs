@@ -23,24 +23,25 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
-use crate::file_log::CHANGES_FILE;
+use crate::error::StoreError;
+use crate::file_scan::write_atomic;
+use crate::file_scan::CHANGES_FILE;
 use crate::file_scan::{create_log_file, open_log_file, scan_records, truncate_tail};
 use crate::file_segments::{
     create_segment, decode_index, encode_index, file_offset, index_name, segment_bytes,
     segment_name, SegmentFiles, SegmentIndex, FIRST_BASE,
 };
-use crate::file_store::write_atomic;
+use crate::log::{
+    check_change_offset, check_compacted, CompactionCandidate, SealedRead, SnapshotState,
+};
 use crate::object_tier::codec::{decode_chunk, encode_chunk};
+use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::record::{
     decode_change_body, encode_change, fits, parse_frame, CHANGES_MAGIC, CHANGE_PREFIX_LEN,
     FRAME_HEADER_LEN,
 };
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
-use crate::{
-    check_change_offset, check_compacted, CompactionCandidate, LogOffset, SealedRead,
-    SnapshotState, StoreError,
-};
 
 /// Buffered bytes beyond this move to the spill file (a transaction of any size is held in
 /// memory only up to about this much per shape).

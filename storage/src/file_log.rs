@@ -6,16 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::StoreError;
 use crate::file_changes::ChangeFile;
 use crate::file_snapshot::SnapshotFile;
+use crate::log::{CompactionCandidate, ReadResult, SealedRead, ShapeLog, SnapshotState};
+use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::seek::Plan;
-use crate::{
-    CompactionCandidate, LogOffset, ReadResult, SealedRead, ShapeLog, SnapshotState, StoreError,
-};
-
-pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
-pub(crate) const CHANGES_FILE: &str = "changes.log";
 
 pub(crate) struct FileLog {
     /// The shape id (directory name), named in the store's commit log entries.

@@ -10,11 +10,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::error::StoreError;
 use crate::open_files::{CachedFile, FileBudget, OpenFile};
 use crate::record::{
     decode_log_header, encode_log_header, parse_frame_header, FRAME_HEADER_LEN, LOG_HEADER_LEN,
 };
-use crate::StoreError;
+
+/// The snapshot part's file, and the change part's first segment, in a shape's directory.
+pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
+pub(crate) const CHANGES_FILE: &str = "changes.log";
 
 /// Creates a log file with its header, durably (the directory entry is synced by the caller).
 pub(crate) fn create_log_file(path: &Path, magic: [u8; 4], threshold: u64) -> io::Result<File> {
@@ -160,4 +164,16 @@ impl LazyFile {
     pub(crate) fn is_open(&self) -> bool {
         self.slot.is_open()
     }
+}
+
+/// Writes `dir/name` atomically: `dir/tmp` + fsync + rename + fsync `dir`.
+pub(crate) fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(tmp);
+    {
+        let file = File::create(&tmp)?;
+        io::Write::write_all(&mut &file, bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }

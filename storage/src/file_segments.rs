@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::offset::LogOffset;
 use crate::open_files::{CachedFile, FileBudget, OpenFile};
 use crate::record::{encode_frame, encode_log_header, parse_frame, CHANGES_MAGIC, LOG_HEADER_LEN};
 use crate::seek::SealedChunk;
-use crate::LogOffset;
 
 /// The base (logical position of the first record) of the first segment, `changes.log`.
 pub(crate) const FIRST_BASE: u64 = LOG_HEADER_LEN as u64;

@@ -13,16 +13,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
-use crate::file_log::SNAPSHOT_FILE;
+use crate::error::StoreError;
+use crate::file_scan::SNAPSHOT_FILE;
 use crate::file_scan::{
     create_log_file, open_log_file, read_range, scan_records, truncate_tail, LazyFile,
 };
+use crate::log::SnapshotState;
 use crate::open_files::FileBudget;
 use crate::record::{
     decode_snapshot_body, encode_snapshot, fits, parse_frame, SnapshotKind, LOG_HEADER_LEN,
     SNAPSHOT_MAGIC,
 };
-use crate::{SnapshotState, StoreError};
 
 pub(crate) struct SnapshotFile {
     /// Shared handle (opened on demand, closed while idle): positional reads and writes only.

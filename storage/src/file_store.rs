@@ -21,16 +21,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::commit_log::{self, CommitLog};
 use crate::commit_record::BatchBuilder;
+use crate::error::StoreError;
 use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
-use crate::file_scan::sync_dir;
+use crate::file_scan::{sync_dir, write_atomic};
 use crate::file_segments::parse_segment_name;
+use crate::log::{validate_id, CommitStats, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig};
+use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::record::{decode_meta, encode_meta};
-use crate::{
-    validate_id, CommitStats, LogOffset, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig,
-    StoreError,
-};
 
 const META_FILE: &str = "meta";
 const META_TMP: &str = "meta.tmp";
@@ -295,18 +294,6 @@ fn checkpoint(wal: &mut WalState) -> Result<(), StoreError> {
         Err(_) => wal.stats.checkpoint_failures += 1,
     }
     result
-}
-
-/// Writes `dir/name` atomically: `dir/tmp` + fsync + rename + fsync `dir`.
-pub(crate) fn write_atomic(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(tmp);
-    {
-        let file = fs::File::create(&tmp)?;
-        io::Write::write_all(&mut &file, bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
 }
 
 /// Removes leftover `*.tmp` files of an interrupted atomic write from a shape directory, and

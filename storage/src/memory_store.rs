@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 use crate::chunking::Chunker;
-use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
-use crate::{
-    check_change_offset, check_compacted, validate_id, CompactionCandidate, LogOffset, OpenedLog,
-    ReadResult, SealedRead, ShapeLog, ShapeLogStore, SnapshotState, StoreConfig, StoreError,
+use crate::error::StoreError;
+use crate::log::{
+    check_change_offset, check_compacted, validate_id, CompactionCandidate, OpenedLog, ReadResult,
+    SealedRead, ShapeLog, ShapeLogStore, SnapshotState, StoreConfig,
 };
+use crate::offset::LogOffset;
+use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
 
 /// A stored shape: its metadata and its log.
 type Entry = (Vec<u8>, Arc<MemoryLog>);

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::LogOffset;
+use crate::offset::LogOffset;
 
 pub(crate) const FORMAT_VERSION: u16 = 1;
 pub(crate) const SNAPSHOT_MAGIC: [u8; 4] = *b"SSSN";

@@ -6,7 +6,8 @@
 //! requested offset into a decision (which snapshot chunk, which change range, or not ready);
 //! the store then reads that range and keeps the entries `> after`.
 
-use crate::{LogOffset, SnapshotState};
+use crate::log::SnapshotState;
+use crate::offset::LogOffset;
 
 /// A sealed change chunk: entries up to and including `end`, stored before position `end_pos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::log::{SealedRead, SnapshotState};
+use crate::offset::LogOffset;
 use crate::record::{decode_change_body, encode_change, encode_frame, parse_frame};
 use crate::seek::{plan, ChangeIndex, Plan, SealedChunk};
-use crate::{LogOffset, SealedRead, SnapshotState};
 
 pub(crate) const CHUNK_MAGIC: [u8; 4] = *b"SSOC";
 /// Version 2 added kind 3; version 1 objects (kinds 1 and 2) are still read.
@@ -235,7 +236,7 @@ pub(crate) fn parse_manifest_name(name: &str) -> Option<u64> {
 mod offsets_as_text {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::LogOffset;
+    use crate::offset::LogOffset;
 
     pub(super) fn serialize<S: Serializer>(v: &[LogOffset], s: S) -> Result<S::Ok, S::Error> {
         let text: Vec<String> = v.iter().map(LogOffset::to_string).collect();

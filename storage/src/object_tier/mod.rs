@@ -23,7 +23,9 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::{LogOffset, SealedRead, ShapeLog, StoreError};
+use crate::error::StoreError;
+use crate::log::{SealedRead, ShapeLog};
+use crate::offset::LogOffset;
 pub use codec::Manifest;
 use codec::{decode_chunk, encode_chunk, manifest_name, parse_manifest_name, ChunkRef};
 
@@ -116,7 +118,7 @@ impl ObjectTier {
 
     /// The highest-numbered manifest of shape `id`, if the bucket holds the shape.
     pub async fn latest_manifest(&self, id: &str) -> Result<Option<Manifest>, TierError> {
-        crate::validate_id(id)?;
+        crate::log::validate_id(id)?;
         let folder = self.prefix.clone().join(id);
         let mut listing = self.store.list(Some(&folder));
         let mut best: Option<(u64, Path)> = None;
@@ -292,7 +294,7 @@ impl ObjectTier {
     /// Deletes every object of shape `id`: manifests first (so readers stop finding the
     /// shape), then its chunks. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), TierError> {
-        crate::validate_id(id)?;
+        crate::log::validate_id(id)?;
         self.delete_under(&self.prefix.clone().join(id)).await
     }
 
