@@ -27,14 +27,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::IntegrityEvent;
 use crate::postgres::catalog::{self, load_table_by_oid};
 use crate::postgres::publication;
 use crate::shape::Shape;
-use crate::stack::Stack;
+use crate::stack::ctx::StackCtx;
 use shapesync_filter::ident::quote_ident;
 use shapesync_filter::table::TableInfo;
 
@@ -101,23 +101,16 @@ impl WatchState {
     }
 }
 
-/// Run until the stack stops (or is dropped), checking every `every` and when woken.
-pub async fn run(stack: Weak<Stack>, every: Duration) {
-    let (mut shutdown, check_now, mut state) = match stack.upgrade() {
-        Some(s) => (
-            s.shutdown_signal(),
-            Arc::clone(&s.check_now),
-            WatchState::load(s.partitions_file()),
-        ),
-        None => return,
-    };
+/// Run until the stack stops, checking every `every` and when woken.
+pub async fn run(stack: Arc<StackCtx>, every: Duration) {
+    let mut shutdown = stack.shutdown_signal();
+    let mut state = WatchState::load(stack.partitions_file.clone());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = check_now.notified() => {}
-            _ = crate::stack::stopping(&mut shutdown) => return,
+            _ = stack.check_now.notified() => {}
+            _ = crate::stack::status::stopping(&mut shutdown) => return,
         }
-        let Some(stack) = stack.upgrade() else { return };
         if stack.is_stopped() {
             return;
         }
@@ -135,7 +128,7 @@ pub const REPAIR_LOCK_TIMEOUT: &str = "5s";
 /// One pass (see the module documentation). Returns how many shapes it rotated. Each check
 /// runs on its own (a failing one, e.g. on a table shapesync may not alter, is logged at
 /// `warn` and does not turn the others off).
-pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result<usize> {
+pub async fn check(stack: &StackCtx, state: &mut WatchState) -> anyhow::Result<usize> {
     let mut tables: HashMap<u32, Vec<Arc<Shape>>> = HashMap::new();
     for shape in stack.registry.shapes() {
         if shape.is_active() {
@@ -192,12 +185,12 @@ pub async fn check(stack: &Arc<Stack>, state: &mut WatchState) -> anyhow::Result
 /// The publication, its options, its tables and the slot. False when the replication session
 /// was restarted (it sets everything up again and rotates every shape itself).
 async fn verify_publication_and_slot(
-    stack: &Arc<Stack>,
+    stack: &StackCtx,
     client: &tokio_postgres::Client,
     tables: &HashMap<u32, Vec<Arc<Shape>>>,
     rotate: &mut impl FnMut(&Shape, &str),
 ) -> anyhow::Result<bool> {
-    let name = stack.publication().name();
+    let name = stack.publication.name();
     let row = client
         .query_opt(
             "SELECT oid, pubinsert AND pubupdate AND pubdelete AND pubtruncate AND NOT pubviaroot \
@@ -217,12 +210,12 @@ async fn verify_publication_and_slot(
         .query_opt(
             "SELECT coalesce(to_jsonb(s) ->> 'wal_status', '') FROM pg_replication_slots s \
              WHERE slot_name = $1",
-            &[&stack.slot()],
+            &[&stack.slot],
         )
         .await?;
     let slot_status: Option<String> = slot.map(|r| r.get(0));
     if slot_status.as_deref().is_none_or(|s| s == "lost") {
-        tracing::warn!(stack = %stack.id, slot = stack.slot(), status = ?slot_status, "the replication slot is gone or lost WAL: restarting replication to create it again (every shape is rotated)");
+        tracing::warn!(stack = %stack.id, slot = stack.slot, status = ?slot_status, "the replication slot is gone or lost WAL: restarting replication to create it again (every shape is rotated)");
         stack.restart_replication();
         return Ok(false);
     }
@@ -268,7 +261,7 @@ async fn verify_publication_and_slot(
 
 /// One table with shapes in the publication (see [`verify_publication_and_slot`]).
 async fn verify_member(
-    stack: &Arc<Stack>,
+    stack: &StackCtx,
     client: &tokio_postgres::Client,
     members: &HashMap<u32, bool>,
     oid: u32,
@@ -295,7 +288,7 @@ async fn verify_member(
     tracing::warn!(stack = %stack.id, table = %table, filtered = !filtered.is_empty(), "a table with shapes was taken out of the publication (or given a row filter or column list): adding it back; its shapes are rotated (changes made meanwhile were not streamed)");
     // A filtered entry is replaced by a plain one (that covers the table again); else the
     // table itself is added. One simple query: one transaction, rolled back on error.
-    let p = quote_ident(stack.publication().name());
+    let p = quote_ident(stack.publication.name());
     let mut sql = String::new();
     for t in &filtered {
         if let Some(n) = quoted_name(client, *t).await? {
@@ -308,7 +301,7 @@ async fn verify_member(
         sql.push_str(&format!("ALTER PUBLICATION {p} ADD TABLE {table};"));
     }
     client.batch_execute(&sql).await?;
-    stack.publication().forget(oid).await;
+    stack.publication.forget(oid).await;
     stack
         .stats
         .integrity
@@ -324,7 +317,7 @@ async fn verify_member(
 
 /// Tables and partitions with shapes keep `REPLICA IDENTITY FULL`.
 async fn verify_replica_identity(
-    stack: &Arc<Stack>,
+    stack: &StackCtx,
     client: &tokio_postgres::Client,
     tables: &HashMap<u32, Vec<Arc<Shape>>>,
 ) {
@@ -354,7 +347,7 @@ async fn verify_replica_identity(
 /// Partitioned tables: leaf partitions detached, dropped, attached, or detached and attached
 /// again since the shapes' tables were read (or since the partition was accepted).
 async fn verify_partitions(
-    stack: &Arc<Stack>,
+    stack: &StackCtx,
     client: &tokio_postgres::Client,
     tables: &HashMap<u32, Vec<Arc<Shape>>>,
     state: &mut WatchState,
@@ -382,7 +375,7 @@ async fn verify_partitions(
 
 /// One partitioned table (see [`verify_partitions`]); true if the accepted set changed.
 async fn verify_partitions_of(
-    stack: &Arc<Stack>,
+    stack: &StackCtx,
     client: &tokio_postgres::Client,
     oid: u32,
     shapes: &[Arc<Shape>],

@@ -149,6 +149,7 @@ impl Server {
                 max_snapshots: cfg.max_snapshots,
                 schema_check: cfg.schema_check,
                 file_budget: Arc::clone(&file_budget),
+                compaction: crate::shape::lifecycle::CompactionWorker::start(),
                 lifecycle: crate::shape::lifecycle::LifecycleConfig {
                     tier: match &cfg.object_store_url {
                         Some(url) => {

@@ -123,6 +123,8 @@ pub struct TenantBase {
     pub lifecycle: crate::shape::lifecycle::LifecycleConfig,
     /// The process's open-file budget (see `shapesync_storage::FileBudget`).
     pub file_budget: Arc<shapesync_storage::FileBudget>,
+    /// The process's compaction thread.
+    pub compaction: crate::shape::lifecycle::CompactionWorker,
 }
 
 pub struct Tenant {
@@ -229,6 +231,7 @@ impl Tenants {
             max_snapshots: self.base.max_snapshots,
             schema_check: self.base.schema_check,
             file_budget: Arc::clone(&self.base.file_budget),
+            compaction: self.base.compaction.clone(),
             lifecycle: crate::shape::lifecycle::LifecycleConfig {
                 tier: self
                     .base
@@ -300,9 +303,9 @@ impl Tenants {
                 // Same database unless the served one has its slot and this one does not (when
                 // that cannot be told, e.g. the slot is not created yet, it is taken as the
                 // same one).
-                let slot_on_new = has_slot(&client, t.stack.slot()).await.unwrap_or(true);
+                let slot_on_new = has_slot(&client, &t.stack.slot).await.unwrap_or(true);
                 let slot_on_served = match t.stack.admin().await {
-                    Ok(served) => has_slot(&served, t.stack.slot()).await.unwrap_or(false),
+                    Ok(served) => has_slot(&served, &t.stack.slot).await.unwrap_or(false),
                     Err(_) => false,
                 };
                 if slot_on_new || !slot_on_served {

@@ -21,7 +21,7 @@ use super::pgoutput::{self, Message, Relation};
 use crate::postgres::catalog;
 use crate::postgres::connect::SourceDb;
 use crate::shape::writer::{ChangeKind, Command, Writer};
-use crate::stack::{ReplicationStats, Status};
+use crate::stack::status::{ReplicationStats, Status};
 
 /// Flush after at most this many transactions even if more are waiting.
 const MAX_TXNS_PER_FLUSH: usize = 512;

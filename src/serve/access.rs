@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -130,21 +130,21 @@ impl Access {
         match (&self.cfg.admin_key, presented) {
             (Some(_), None) => {
                 return Err(ApiError::auth(
-                    401,
+                    StatusCode::UNAUTHORIZED,
                     "auth_required",
                     "An admin key is required (X-API-Key or Authorization: Bearer).",
                 ))
             }
             (Some(k), Some(p)) if !constant_time_eq(k.as_bytes(), p.as_bytes()) => {
                 return Err(ApiError::auth(
-                    403,
+                    StatusCode::FORBIDDEN,
                     "auth_invalid",
                     "The admin key is not valid.",
                 ))
             }
             (None, _) if !self.cfg.insecure => {
                 return Err(ApiError::auth(
-                    403,
+                    StatusCode::FORBIDDEN,
                     "auth_invalid",
                     "The admin API is disabled: no admin key is configured.",
                 ))
@@ -339,13 +339,19 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(matches!(
             a.check_admin(&HeaderMap::new(), ip),
-            Err(ApiError::Auth { status: 401, .. })
+            Err(ApiError::Auth {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            })
         ));
         let mut wrong = HeaderMap::new();
         wrong.insert("x-api-key", "nope".parse().unwrap());
         assert!(matches!(
             a.check_admin(&wrong, ip),
-            Err(ApiError::Auth { status: 403, .. })
+            Err(ApiError::Auth {
+                status: StatusCode::FORBIDDEN,
+                ..
+            })
         ));
         let mut ok = HeaderMap::new();
         ok.insert("authorization", "Bearer k3y".parse().unwrap());

@@ -33,15 +33,15 @@ fn ok_json(status: StatusCode, body: serde_json::Value) -> Response {
 fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::AlreadyExists(_) | AdminError::InUse(_) => ApiError::AdminText {
-            status: 400,
+            status: StatusCode::BAD_REQUEST,
             text: e.to_string(),
         },
         AdminError::SameDatabase(_) => ApiError::AdminText {
-            status: 409,
+            status: StatusCode::CONFLICT,
             text: e.to_string(),
         },
         AdminError::NotFound(_) => ApiError::AdminText {
-            status: 404,
+            status: StatusCode::NOT_FOUND,
             text: e.to_string(),
         },
         AdminError::Invalid(field, msg) => {
@@ -49,7 +49,7 @@ fn admin_error(e: AdminError) -> ApiError {
             m.insert(field, vec![msg]);
             ApiError::AdminFields(m)
         }
-        AdminError::Internal(why) => ApiError::Internal(why),
+        AdminError::Internal(why) => ApiError::internal(why),
     }
 }
 
@@ -75,11 +75,11 @@ pub async fn add(
         }
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| ApiError::Message {
-                status: 400,
+                status: StatusCode::BAD_REQUEST,
                 message: format!("Invalid JSON in request body: {e}"),
             })?;
         let obj = value.as_object().ok_or(ApiError::Message {
-            status: 400,
+            status: StatusCode::BAD_REQUEST,
             message: "Request body must be a JSON object".into(),
         })?;
         let rec = parse_record(obj)?;
@@ -213,7 +213,7 @@ pub async fn show(
     match app.tenants.resolve(Some(&id)) {
         Ok(t) => ok_json(StatusCode::OK, describe(&t)),
         Err(_) => ApiError::AdminText {
-            status: 404,
+            status: StatusCode::NOT_FOUND,
             text: format!("Database {id} not found."),
         }
         .into_response(),

@@ -1,5 +1,9 @@
 //! Every error a client can get, mapped to its HTTP answer in one place (protocol.md §8).
-//! Internal details (database errors, file paths) are logged, never sent.
+//! Internal details (database errors, file paths) never reach the client: an error with a cause
+//! puts it on the response (a [`Logged`] extension) and the request middleware logs it, once,
+//! with the request id ([`log_error`]).
+
+use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,23 +11,27 @@ use axum::response::{IntoResponse, Response};
 use super::params::FieldErrors;
 use crate::stack::ShapeError;
 
+/// The cause of a 5xx, kept for the log.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug)]
 pub enum ApiError {
     /// 400 `{"message":"Invalid request","errors":{…}}`
     Invalid(FieldErrors),
-    /// 503 with `retry-after`.
+    /// 503 with `retry-after`; `cause`, when there is one, is logged.
     Unavailable {
         message: String,
         retry_after: u32,
         known: bool,
+        cause: Option<Cause>,
     },
-    /// 500, details logged.
-    Internal(String),
+    /// 500; the cause is logged.
+    Internal(Cause),
     /// 401 `{"message":"Unauthorized - Invalid API secret"}` (shape API).
     Unauthorized,
     /// Admin key problems: 401 `auth_required` / 403 `auth_invalid`.
     Auth {
-        status: u16,
+        status: StatusCode,
         code: &'static str,
         message: &'static str,
     },
@@ -32,19 +40,21 @@ pub enum ApiError {
     /// 400 `{"message":"Invalid request","errors":{"subset":{field:[msg]}}}`
     InvalidSubset(&'static str, String),
     /// 400/413 problems with a POST body: `{"error": …}`.
-    Body { status: u16, error: String },
+    Body { status: StatusCode, error: String },
     /// 503 admission control: `{"code":"concurrent_request_limit_exceeded","message":…}`.
     Overloaded { message: String, retry_after: u32 },
-    /// 400/404 with `{"message": …}` (tenant resolution).
-    Message { status: u16, message: String },
+    /// 4xx with `{"message": …}`.
+    Message { status: StatusCode, message: String },
+    /// 404: the request names a database this server does not serve.
+    UnknownDatabase(String),
     /// Admin API answers: a JSON string body (the seed's convention).
-    AdminText { status: u16, text: String },
+    AdminText { status: StatusCode, text: String },
     /// Admin API field errors: `{"field": ["message"]}`.
     AdminFields(FieldErrors),
 }
 
 impl ApiError {
-    pub fn auth(status: u16, code: &'static str, message: &'static str) -> Self {
+    pub fn auth(status: StatusCode, code: &'static str, message: &'static str) -> Self {
         ApiError::Auth {
             status,
             code,
@@ -57,30 +67,79 @@ impl ApiError {
         m.insert(field, vec![msg.into()]);
         ApiError::Invalid(m)
     }
+
+    /// A 500 caused by `e`.
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError::Internal(Arc::from(e.into()))
+    }
+
+    /// 4xx with a message.
+    pub fn message(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError::Message {
+            status,
+            message: message.into(),
+        }
+    }
 }
 
 impl From<ShapeError> for ApiError {
     fn from(e: ShapeError) -> Self {
         match e {
             ShapeError::Invalid(field, msg) => ApiError::field(field, msg),
-            ShapeError::NotReady(why) => {
-                tracing::debug!(reason = %why, "stack not ready");
-                ApiError::Unavailable {
-                    message: "Stack not ready, please retry".into(),
-                    retry_after: 5,
-                    known: false,
-                }
-            }
-            ShapeError::Database(why) => {
-                tracing::warn!(error = %why, "database unavailable");
-                ApiError::Unavailable {
-                    message: "Database is unreachable".into(),
-                    retry_after: 10,
-                    known: false,
-                }
-            }
-            ShapeError::Storage(why) => ApiError::Internal(why),
+            e @ ShapeError::NotReady(_) => ApiError::Unavailable {
+                message: "Stack not ready, please retry".into(),
+                retry_after: 5,
+                known: false,
+                cause: Some(Arc::new(e)),
+            },
+            e @ ShapeError::Database { .. } => ApiError::Unavailable {
+                message: "Database is unreachable".into(),
+                retry_after: 10,
+                known: false,
+                cause: Some(Arc::new(e)),
+            },
+            e @ ShapeError::Storage(_) => ApiError::Internal(Arc::new(e)),
         }
+    }
+}
+
+/// An error's cause, put on its response for [`log_error`].
+#[derive(Clone)]
+pub struct Logged {
+    pub status: StatusCode,
+    pub cause: Cause,
+}
+
+/// The error and its chain of sources, for a log line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// Logs the cause an error response carries (called once per request by the middleware):
+/// 500 at `error`, a 503 for a database or storage failure at `warn`, a stack not ready yet
+/// at `debug`.
+pub fn log_error(res: &Response, method: &str, path: &str, request_id: &str) {
+    let Some(logged) = res.extensions().get::<Logged>() else {
+        return;
+    };
+    let error = chain(&*logged.cause);
+    let not_ready = matches!(
+        logged.cause.downcast_ref::<ShapeError>(),
+        Some(ShapeError::NotReady(_))
+    );
+    if logged.status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(%method, %path, request_id, %error, "internal error");
+    } else if not_ready {
+        tracing::debug!(%method, %path, request_id, %error, "stack not ready");
+    } else {
+        tracing::warn!(%method, %path, request_id, status = logged.status.as_u16(), %error, "request failed");
     }
 }
 
@@ -96,6 +155,14 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     res
 }
 
+fn with_cause(mut res: Response, cause: Option<Cause>) -> Response {
+    if let Some(cause) = cause {
+        let status = res.status();
+        res.extensions_mut().insert(Logged { status, cause });
+    }
+    res
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
@@ -107,6 +174,7 @@ impl IntoResponse for ApiError {
                 message,
                 retry_after,
                 known,
+                cause,
             } => {
                 let mut res = json(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -120,16 +188,13 @@ impl IntoResponse for ApiError {
                         HeaderValue::from_static("true"),
                     );
                 }
-                res
+                with_cause(res, cause)
             }
             ApiError::InvalidSubset(field, msg) => json(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"message": "Invalid request", "errors": {"subset": {field: [msg]}}}),
             ),
-            ApiError::Body { status, error } => json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                serde_json::json!({"error": error}),
-            ),
+            ApiError::Body { status, error } => json(status, serde_json::json!({"error": error})),
             ApiError::Unauthorized => json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"message": "Unauthorized - Invalid API secret"}),
@@ -139,7 +204,7 @@ impl IntoResponse for ApiError {
                 code,
                 message,
             } => json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+                status,
                 serde_json::json!({"error": {"code": code, "message": message}}),
             ),
             ApiError::RateLimited { retry_after } => {
@@ -167,24 +232,24 @@ impl IntoResponse for ApiError {
                 );
                 res
             }
-            ApiError::Message { status, message } => json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            ApiError::Message { status, message } => {
+                json(status, serde_json::json!({"message": message}))
+            }
+            ApiError::UnknownDatabase(message) => json(
+                StatusCode::NOT_FOUND,
                 serde_json::json!({"message": message}),
             ),
-            ApiError::AdminText { status, text } => json(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                serde_json::Value::String(text),
-            ),
+            ApiError::AdminText { status, text } => json(status, serde_json::Value::String(text)),
             ApiError::AdminFields(errors) => {
                 json(StatusCode::BAD_REQUEST, serde_json::json!(errors))
             }
-            ApiError::Internal(why) => {
-                tracing::error!(error = %why, "internal error");
+            ApiError::Internal(cause) => with_cause(
                 json(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     serde_json::json!({"error": "Internal server error"}),
-                )
-            }
+                ),
+                Some(cause),
+            ),
         }
     }
 }

@@ -179,7 +179,7 @@ async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> 
             Ok(t) => vec![(t.record.id.to_string(), status_word(&t.stack.status()))],
             Err(e) => {
                 return error::ApiError::Message {
-                    status: 404,
+                    status: StatusCode::NOT_FOUND,
                     message: e.to_string(),
                 }
                 .into_response()
@@ -252,7 +252,8 @@ async fn options_shape(req: Request) -> Response {
 }
 
 /// Headers on every response: server, request id (the client's, echoed, or a new one), CORS,
-/// and a default cache-control for responses that set none.
+/// and a default cache-control for responses that set none; and the one log line of a failed
+/// request's cause.
 async fn common_headers(req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let request_id = req
@@ -266,7 +267,15 @@ async fn common_headers(req: Request, next: Next) -> Response {
         });
     let shape_path = req.uri().path() == "/v1/shape";
     let is_options = req.method() == Method::OPTIONS;
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut res = next.run(req).await;
+    // Errors with a cause are logged here, once, with the request id.
+    error::log_error(
+        &res,
+        method.as_str(),
+        &path,
+        request_id.to_str().unwrap_or(""),
+    );
     let h = res.headers_mut();
     h.insert("electric-server", HeaderValue::from_static(SERVER));
     h.insert("x-request-id", request_id);

@@ -90,7 +90,7 @@ pub async fn post_shape(
     let parts = async {
         if body.len() > MAX_BODY {
             return Err(ApiError::Body {
-                status: 413,
+                status: StatusCode::PAYLOAD_TOO_LARGE,
                 error: "Request body too large".into(),
             });
         }
@@ -99,11 +99,11 @@ pub async fn post_shape(
         }
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| ApiError::Body {
-                status: 400,
+                status: StatusCode::BAD_REQUEST,
                 error: format!("Invalid JSON in request body: {e}"),
             })?;
         let obj = value.as_object().ok_or(ApiError::Body {
-            status: 400,
+            status: StatusCode::BAD_REQUEST,
             error: "Request body must be a JSON object".into(),
         })?;
         SubsetParts::from_object(obj)
@@ -131,7 +131,7 @@ pub async fn post_shape(
 pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
     if !app.shape_deletion {
         return ApiError::Message {
-            status: 405,
+            status: StatusCode::METHOD_NOT_ALLOWED,
             message: "DELETE not allowed".into(),
         }
         .into_response();
@@ -147,7 +147,7 @@ pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): Raw
                 Some(s) if s.def == *def => s,
                 Some(_) => {
                     return Err(ApiError::Message {
-                        status: 400,
+                        status: StatusCode::BAD_REQUEST,
                         message: "The specified shape definition and handle do not match. Please ensure the shape definition is correct or omit the shape handle from the request to obtain a new one.".into(),
                     })
                 }
@@ -168,7 +168,7 @@ pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): Raw
 
 fn not_found() -> ApiError {
     ApiError::Message {
-        status: 404,
+        status: StatusCode::NOT_FOUND,
         message: "No existing shape found".into(),
     }
 }
@@ -179,13 +179,9 @@ fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiErro
     let tenant = app
         .tenants
         .resolve(database_id.as_deref())
-        .map_err(|e| ApiError::Message {
-            status: if e == ResolveError::NotProvided {
-                400
-            } else {
-                404
-            },
-            message: e.to_string(),
+        .map_err(|e| match e {
+            ResolveError::NotProvided => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
+            ResolveError::NotFound => ApiError::UnknownDatabase(e.to_string()),
         })?;
     app.access
         .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
@@ -240,7 +236,7 @@ async fn serve(
     let tenant = match authorized_tenant(app, query) {
         Ok(t) => t,
         // A parked request whose database was removed while it waited: refetch (and learn).
-        Err(ApiError::Message { status: 404, .. }) if wait.since.is_some() => {
+        Err(ApiError::UnknownDatabase(_)) if wait.since.is_some() => {
             let req = params::parse(query).map_err(ApiError::Invalid)?;
             return Ok(must_refetch(&req, None));
         }
@@ -424,6 +420,7 @@ async fn decide(
                     message: "Failed to create the shape's snapshot, please retry".into(),
                     retry_after: 10,
                     known: true,
+                    cause: None,
                 });
             }
         }
@@ -436,14 +433,14 @@ async fn decide(
             let s = Arc::clone(&shape);
             tokio::task::spawn_blocking(move || s.log.read(requested))
                 .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(ApiError::internal)?
         };
         let read = match read {
             Ok(read) => read,
             // Its files were removed under the read (deleted, rotated or archived meanwhile:
             // log files are opened on demand): the shape is gone, not broken.
             Err(_) if !shape.is_active() => continue,
-            Err(e) => return Err(ApiError::Internal(e.to_string())),
+            Err(e) => return Err(ApiError::internal(e)),
         };
         let latest = shape.log.latest_offset();
         let (wait_until, timeout_outcome) = match read {
@@ -516,6 +513,7 @@ async fn decide(
                     message: "The shape's snapshot is taking too long, please retry".into(),
                     retry_after: 5,
                     known: true,
+                    cause: None,
                 });
             }
         }

@@ -163,11 +163,14 @@ pub async fn respond(
             message: format!("Database is unreachable: {}", e.root_cause()),
             retry_after: 10,
             known: false,
+            cause: Some(std::sync::Arc::from(Box::<
+                dyn std::error::Error + Send + Sync,
+            >::from(e))),
         })?;
     let body = subset
         .run(&client, &shape)
         .await
-        .map_err(|e| ApiError::Internal(format!("subset snapshot: {e:#}")))?;
+        .map_err(ApiError::internal)?;
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

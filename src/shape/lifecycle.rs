@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shapesync_storage::object_tier::{Manifest, ObjectTier, RemoteChunk};
@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use super::definition::{ShapeDefinition, ShapeHandle};
 use super::{Shape, ShapeMeta};
 use crate::postgres::catalog::schema_header;
-use crate::stack::Stack;
+use crate::stack::ctx::StackCtx;
+use crate::stack::status::ReplicationStats;
 
 /// How a stack's shapes are kept.
 #[derive(Debug, Clone)]
@@ -151,23 +152,21 @@ pub async fn read_archived(
     }
 }
 
-/// The per-stack lifecycle task; ends when the stack shuts down or is dropped.
+/// The per-stack lifecycle task; ends when the stack shuts down.
 pub async fn run(
-    stack: Weak<Stack>,
+    stack: Arc<StackCtx>,
     cfg: LifecycleConfig,
     mut deletions: mpsc::UnboundedReceiver<ShapeHandle>,
+    compaction: CompactionWorker,
 ) {
     let mut uploaded: HashMap<ShapeHandle, Uploads> = HashMap::new();
-    let mut shutdown = match stack.upgrade() {
-        Some(s) => s.shutdown_signal(),
-        None => return,
-    };
+    let mut shutdown = stack.shutdown_signal();
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(TICK) => false,
             _ = shutdown.changed() => true,
         };
-        let registry = stack.upgrade().map(|s| Arc::clone(&s.registry));
+        let registry = Some(Arc::clone(&stack.registry));
         while let Ok(handle) = deletions.try_recv() {
             uploaded.remove(&handle);
             if let Some(tier) = &cfg.tier {
@@ -182,13 +181,13 @@ pub async fn run(
             }
         }
         // Deletions queued before a stop (a removed tenant's shapes) are done above.
-        let Some(stack) = stack.upgrade().filter(|_| !stopping) else {
+        if stopping {
             return;
-        };
+        }
         let shapes = stack.registry.shapes();
         if cfg.compaction {
             // Before uploading: a chunk compacted now is uploaded in its compacted form.
-            compact_some(&stack, shapes.clone()).await;
+            compact_some(&stack, &compaction, shapes.clone()).await;
         }
         // A set, not a scan of `shapes` per entry: with 10,000 shapes that was 10^8 handle
         // comparisons every tick.
@@ -223,9 +222,9 @@ pub async fn run(
 /// Offers up to `COMPACTION_BYTES_PER_TICK` of sealed change chunks to compaction, oldest
 /// first per shape, on the compaction worker (chunk reads, JSON merging and the fsync of the
 /// result).
-async fn compact_some(stack: &Stack, shapes: Vec<Arc<Shape>>) {
+async fn compact_some(stack: &StackCtx, worker: &CompactionWorker, shapes: Vec<Arc<Shape>>) {
     let stats = Arc::clone(&stack.stats);
-    let done = on_compaction_worker(move |scratch| {
+    let done = worker.run(move |scratch| {
         let mut budget = COMPACTION_BYTES_PER_TICK;
         for shape in shapes {
             while budget > 0 && shape.is_active() && shape.log.has_compaction_candidate() {
@@ -263,18 +262,20 @@ struct Scratch {
 
 type CompactionJob = Box<dyn FnOnce(&mut Scratch) + Send>;
 
-/// Runs `job` on the process's one compaction thread and waits for it. One thread for every
-/// stack: its memory (the scratch, and the transient buffers of a full compaction) lives in one
-/// allocator arena instead of spreading over the blocking pool's threads, where glibc kept
-/// ~10–30 MB per thread that had once compacted a 10 MB chunk.
-async fn on_compaction_worker<R: Send + 'static>(
-    job: impl FnOnce(&mut Scratch) -> R + Send + 'static,
-) -> Option<R> {
-    static WORKER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<CompactionJob>>> =
-        std::sync::OnceLock::new();
-    let sender = WORKER.get_or_init(|| {
+/// The process's compaction thread, started once by the server and shared by every stack: its
+/// memory (the scratch, and the transient buffers of a full compaction) lives in one allocator
+/// arena instead of spreading over the blocking pool's threads, where glibc kept ~10–30 MB per
+/// thread that had once compacted a 10 MB chunk. The thread ends when the last handle goes.
+#[derive(Clone, Debug)]
+pub struct CompactionWorker {
+    jobs: Option<std::sync::mpsc::Sender<CompactionJob>>,
+}
+
+impl CompactionWorker {
+    /// Starts the thread (`jobs: None` if it cannot be started: compaction is then skipped).
+    pub fn start() -> CompactionWorker {
         let (tx, rx) = std::sync::mpsc::channel::<CompactionJob>();
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("shapesync-compaction".into())
             .spawn(move || {
                 let mut scratch = Scratch::default();
@@ -286,23 +287,34 @@ async fn on_compaction_worker<R: Send + 'static>(
                         scratch = Scratch::default();
                     }
                 }
-            })
-            .ok()
-            .map(|_| tx)
-    });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: CompactionJob = Box::new(move |scratch| {
-        let _ = tx.send(job(scratch));
-    });
-    sender.as_ref()?.send(job).ok()?;
-    rx.await.ok()
+            });
+        if let Err(e) = &started {
+            tracing::warn!(error = %e, "the compaction thread could not be started");
+        }
+        CompactionWorker {
+            jobs: started.ok().map(|_| tx),
+        }
+    }
+
+    /// Runs `job` on the compaction thread and waits for it.
+    async fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Scratch) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: CompactionJob = Box::new(move |scratch| {
+            let _ = tx.send(job(scratch));
+        });
+        self.jobs.as_ref()?.send(job).ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Compacts the shape's oldest sealed change chunk not offered yet; returns its bytes of JSON
 /// (`None`: no chunk to offer).
 fn compact_next(
     shape: &Shape,
-    stats: &crate::stack::ReplicationStats,
+    stats: &ReplicationStats,
     scratch: &mut Scratch,
 ) -> Result<Option<usize>, shapesync_storage::StoreError> {
     // A first pass over the chunk read into the scratch buffer answers most chunks (nothing
@@ -430,7 +442,7 @@ fn is_idle(shape: &Shape, retention: Option<Duration>) -> bool {
 /// manifest written first, so its handle keeps serving them from the bucket (reads past them
 /// answer 409); if that fails, or without a tier, the shape is removed outright (409).
 pub async fn archive(
-    stack: &Stack,
+    stack: &StackCtx,
     tier: Option<&ObjectTier>,
     shape: &Arc<Shape>,
     mut state: Option<Manifest>,

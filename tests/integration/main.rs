@@ -18,6 +18,7 @@ mod partitions;
 mod pgoutput_live;
 mod resume;
 mod sse;
+mod structure;
 mod support;
 mod tenants;
 mod where_e2e;

@@ -1,0 +1,212 @@
+//! Creating a shape: the table looked up and the definition checked against it, the table
+//! published with `REPLICA IDENTITY FULL`, the log created, the writer told to route changes to
+//! the shape (held until the snapshot's visibility is known), then the snapshot started on a
+//! pooled connection (ARCHITECTURE.md, "Creating a shape").
+
+use std::sync::Arc;
+
+use shapesync_storage::StoreError;
+use tokio::sync::oneshot;
+
+use super::start::Stack;
+use super::status::{ShapeError, Status};
+use crate::postgres::catalog::{self, CatalogError};
+use crate::shape::definition::{ShapeDefinition, ShapeHandle};
+use crate::shape::lifecycle;
+use crate::shape::writer::Command;
+use crate::shape::{self, Lifecycle, Shape, ShapeMeta};
+
+impl Stack {
+    /// The live shape for `def`, created (with its snapshot started) if there is none.
+    pub async fn get_or_create(&self, def: &ShapeDefinition) -> Result<Arc<Shape>, ShapeError> {
+        for _ in 0..3 {
+            if let Some(s) = self.registry.live(def) {
+                return Ok(s);
+            }
+            let cell = self.registry.cell(def);
+            let shape = cell.get_or_try_init(|| self.create(def)).await?;
+            if shape.is_active() {
+                return Ok(Arc::clone(shape));
+            }
+            // It was invalidated meanwhile: its cell is gone from the registry; try again.
+        }
+        Err(ShapeError::NotReady(
+            "the shape keeps being invalidated".into(),
+        ))
+    }
+
+    async fn create(&self, def: &ShapeDefinition) -> Result<Arc<Shape>, ShapeError> {
+        if self.status() != Status::Active || self.is_stopped() {
+            return Err(ShapeError::NotReady(format!("{:?}", self.status())));
+        }
+        self.make_room().await;
+        let admin = self.admin().await?;
+        let locale = match self
+            .locale
+            .get_or_try_init(|| catalog::load_locale(&admin))
+            .await
+        {
+            Ok(l) => l.clone(),
+            Err(e) => return Err(ShapeError::database("reading the database's locale", e)),
+        };
+        let table = match catalog::load_table_in(&admin, &def.schema, &def.table, locale).await {
+            Ok(t) => t,
+            Err(e @ CatalogError::NotFound(_)) => {
+                return Err(ShapeError::Invalid("table", e.to_string()))
+            }
+            Err(CatalogError::Db(e)) => {
+                return Err(ShapeError::database(
+                    "reading the table from the catalog",
+                    e,
+                ))
+            }
+        };
+        if table.partitioned {
+            let foreign = catalog::unreplicated_partitions(&admin, table.oid)
+                .await
+                .map_err(|e| ShapeError::database("reading the table's partitions", e))?;
+            if !foreign.is_empty() {
+                return Err(ShapeError::Invalid(
+                    "table",
+                    format!(
+                        "Table {} has partitions whose changes Postgres does not replicate \
+                         (foreign tables: {}); it cannot be synced as a shape.",
+                        table.quoted_name(),
+                        foreign.join(", ")
+                    ),
+                ));
+            }
+        }
+        let compiled = shape::compile(def, &table).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
+        self.publication
+            .ensure_table(&admin, &table)
+            .await
+            .map_err(|e| ShapeError::database("publishing the table", e))?;
+        let handle = ShapeHandle::mint(def);
+        let meta = ShapeMeta {
+            version: 1,
+            handle: handle.clone(),
+            def: def.clone(),
+            table,
+        };
+        let bytes =
+            serde_json::to_vec(&meta).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let store = Arc::clone(self.registry.store());
+        let id = handle.to_string();
+        let log = tokio::task::spawn_blocking(move || store.create(&id, &bytes))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(|e| match e {
+                // Disk full or failing: retryable (503 + retry-after), not an internal error.
+                StoreError::Io(e) => ShapeError::NotReady(format!("storage not writable: {e}")),
+                e => ShapeError::Storage(e),
+            })?;
+        let shape = Shape::new(meta, compiled, log);
+        // Route changes to the shape before its snapshot starts (see shape::visibility).
+        let (done, added) = oneshot::channel();
+        let sent = self.command(Command::Add {
+            shape: Arc::clone(&shape),
+            done,
+        });
+        if !sent {
+            return Err(ShapeError::NotReady("replication stopped".into()));
+        }
+        let added = added
+            .await
+            .map_err(|_| ShapeError::NotReady("replication stopped".into()))?;
+        self.registry.insert(&shape);
+        if !added {
+            // Older than a shape of the same table described otherwise: its files go, and
+            // the request is retried under the newer description.
+            self.registry.remove(&shape.handle, Lifecycle::Gone);
+            return Err(ShapeError::NotReady(
+                "the table changed while the shape was created".into(),
+            ));
+        }
+        self.spawn_snapshot(Arc::clone(&shape));
+        tracing::info!(stack = %self.id, handle = %shape.handle, table = %shape.table.quoted_name(), "shape created");
+        Ok(shape)
+    }
+
+    fn spawn_snapshot(&self, shape: Arc<Shape>) {
+        let db = self.db.clone();
+        let ctx = Arc::clone(self.ctx());
+        let registry = Arc::clone(&self.registry);
+        let permits = Arc::clone(&self.snapshots);
+        let pool = Arc::clone(&self.snapshot_conns);
+        let max_idle = self.max_snapshots;
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = std::time::Instant::now();
+            let handle = shape.handle.clone();
+            let result = async {
+                let idle = {
+                    let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+                    idle.retain(|c| !c.is_closed());
+                    idle.pop()
+                };
+                let client = match idle {
+                    Some(c) => c,
+                    None => db.connect().await?,
+                };
+                let rows = shape::snapshot::run(&client, &shape, |info| {
+                    ctx.command(Command::SnapshotStarted {
+                        handle: handle.clone(),
+                        info,
+                    });
+                })
+                .await?;
+                // Back to the pool only after a clean COMMIT (a failed one is dropped).
+                let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < max_idle {
+                    idle.push(client);
+                }
+                Ok::<_, anyhow::Error>(rows)
+            }
+            .await;
+            match result {
+                Ok(rows) => {
+                    tracing::info!(handle = %handle, rows, ms = started.elapsed().as_millis() as u64, "snapshot done")
+                }
+                Err(e) => {
+                    tracing::error!(handle = %handle, error = %format!("{e:#}"), "snapshot failed");
+                    ctx.command(Command::Remove {
+                        handle: handle.clone(),
+                    });
+                    // A data exception (SQLSTATE class 22, or 0A000 for a NaN or infinity
+                    // cast to an integer) comes from evaluating the where clause on some
+                    // row: the request was bad, not the service.
+                    let data_error = e
+                        .chain()
+                        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+                        .filter_map(|pg| pg.as_db_error())
+                        .find(|db| {
+                            let code = db.code().code();
+                            code.starts_with("22") || code == "0A000"
+                        })
+                        .map(|db| db.message().to_string());
+                    let state = match data_error {
+                        Some(msg) => Lifecycle::Rejected(msg.into()),
+                        None => Lifecycle::Failed(format!("{e:#}").into()),
+                    };
+                    registry.remove(&handle, state);
+                }
+            }
+        });
+    }
+
+    /// At the shape cap, archive (or, without a tier, remove) the least recently used shapes
+    /// so one more fits. The cap is soft under concurrent creations.
+    async fn make_room(&self) {
+        let Some(max) = self.lifecycle.max_shapes else {
+            return;
+        };
+        while self.registry.len() >= max.max(1) {
+            let Some(victim) = self.registry.least_recently_used(None) else {
+                return;
+            };
+            tracing::info!(stack = %self.id, handle = %victim.handle, "evicting the least recently used shape");
+            lifecycle::archive(self.ctx(), self.lifecycle.tier.as_ref(), &victim, None).await;
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A running stack: everything shapesync keeps for one source database. Starting one opens its
+//! shape logs and restores its shapes ([`super::restore`]), then starts its workers: the
+//! replication supervisor ([`super::supervisor`]), the schema check and the lifecycle task, each
+//! holding only the stack's shared context ([`StackCtx`]). Shape creation is in
+//! [`super::create`]. One process can run several stacks (one per tenant), fully independent.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use shapesync_storage::{FileStore, ShapeLogStore, StoreConfig};
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use super::config::StackConfig;
+use super::ctx::{CtxParts, StackCtx};
+use super::restore::restore_shapes;
+use super::status::ReplicationStats;
+use super::supervisor::replicate;
+use crate::postgres::connect::SourceDb;
+use crate::replication::stream::drop_slot;
+use crate::shape::lifecycle::{self, LifecycleConfig};
+use crate::shape::registry::Registry;
+use crate::shape::writer::Writer;
+use crate::shape::Lifecycle;
+
+pub struct Stack {
+    ctx: Arc<StackCtx>,
+    pub(super) snapshots: Arc<Semaphore>,
+    /// Idle snapshot connections, reused by the next snapshot (at most `max_snapshots`): a
+    /// creation storm does not open one Postgres connection per shape.
+    pub(super) snapshot_conns: Arc<std::sync::Mutex<Vec<tokio_postgres::Client>>>,
+    pub(super) max_snapshots: usize,
+    /// The database's locale (collation and character class), loaded once: where clauses
+    /// consult it for text ordering and case mapping.
+    pub(super) locale: tokio::sync::OnceCell<shapesync_filter::table::TextLocale>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub lifecycle: LifecycleConfig,
+    /// Final manifests of archived shapes read from the bucket (they never change).
+    pub archived_manifests: lifecycle::ArchivedManifests,
+    /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
+    lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = StackCtx;
+    fn deref(&self) -> &StackCtx {
+        &self.ctx
+    }
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stack({}, {})", self.id, self.db.redacted())
+    }
+}
+
+impl Stack {
+    /// Open the stack's shape logs, restore its shapes, and start replication in the background.
+    pub async fn start(cfg: StackConfig) -> anyhow::Result<Arc<Stack>> {
+        let dir = cfg.storage_dir.join("shapes");
+        let store_cfg = StoreConfig {
+            chunk_bytes_threshold: cfg.chunk_bytes,
+        };
+        let budget = Arc::clone(&cfg.file_budget);
+        let store: Arc<dyn ShapeLogStore> = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                FileStore::open_with_budget(dir, store_cfg, budget)
+            })
+            .await??,
+        );
+        let (tier_cleanup, deletions) = mpsc::unbounded_channel();
+        let registry = Arc::new(match cfg.lifecycle.tier {
+            Some(_) => Registry::with_tier_cleanup(Arc::clone(&store), tier_cleanup),
+            None => Registry::new(Arc::clone(&store)),
+        });
+        let global_lsn = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(ReplicationStats::new());
+        let check_now = Arc::new(Notify::new());
+        let mut writer = Writer::new(
+            Arc::clone(&registry),
+            Arc::clone(&global_lsn),
+            Arc::clone(&stats.fsync),
+        )
+        .with_checks(Arc::clone(&stats.integrity), Arc::clone(&check_now));
+        let restored = restore_shapes(&store, &registry, &mut writer).await?;
+        tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
+
+        let (commands, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(StackCtx::new(CtxParts {
+            id: cfg.id.clone(),
+            db: cfg.db.clone(),
+            registry,
+            stats,
+            publication: cfg.publication.clone(),
+            slot: cfg.slot.clone(),
+            global_lsn,
+            partitions_file: cfg.storage_dir.join("partitions.json"),
+            check_now,
+            commands,
+        }));
+        let stack = Arc::new(Stack {
+            ctx: Arc::clone(&ctx),
+            snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
+            snapshot_conns: Arc::new(std::sync::Mutex::new(Vec::new())),
+            max_snapshots: cfg.max_snapshots.max(1),
+            locale: tokio::sync::OnceCell::new(),
+            task: std::sync::Mutex::new(None),
+            lifecycle: cfg.lifecycle.clone(),
+            lifecycle_task: std::sync::Mutex::new(None),
+            archived_manifests: lifecycle::ArchivedManifests::new(4096),
+        });
+        tokio::spawn(crate::schema_watch::run(Arc::clone(&ctx), cfg.schema_check));
+        let lifecycle_task = tokio::spawn(lifecycle::run(
+            Arc::clone(&ctx),
+            cfg.lifecycle.clone(),
+            deletions,
+            cfg.compaction.clone(),
+        ));
+        *stack
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(lifecycle_task);
+        let task = tokio::spawn(replicate(ctx, cfg, writer, rx));
+        *stack.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(stack)
+    }
+
+    /// The context its workers share.
+    pub fn ctx(&self) -> &Arc<StackCtx> {
+        &self.ctx
+    }
+
+    /// Stop replication after making complete transactions durable and acknowledged.
+    pub async fn stop(&self) {
+        self.ctx.begin_shutdown();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let task = self
+            .lifecycle_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    pub fn db(&self) -> &SourceDb {
+        &self.ctx.db
+    }
+
+    /// Total bytes of the stack's shape logs.
+    pub fn storage_bytes(&self) -> u64 {
+        self.registry
+            .shapes()
+            .iter()
+            .map(|s| s.log.size_bytes())
+            .sum()
+    }
+
+    /// Remove the stack for good: stop replication, take every shape out of service (parked
+    /// requests answer 409), drop the slot and publication so Postgres keeps no WAL for us, and
+    /// delete the shape logs. The caller deletes the storage directory.
+    pub async fn destroy(&self) -> anyhow::Result<()> {
+        // Marked removed first, so woken waiters answer 409 rather than recreating shapes.
+        self.ctx.mark_removed();
+        for h in self.registry.handles() {
+            self.registry.remove(&h, Lifecycle::Gone);
+        }
+        self.stop().await;
+        if let Some(tier) = &self.lifecycle.tier {
+            // Archived shapes too: the tenant's whole folder of the bucket.
+            if let Err(e) = tier.remove_all().await {
+                tracing::warn!(stack = %self.id, error = %e, "deleting the tenant's objects failed");
+            }
+        }
+        let client = self.db.connect().await?;
+        // The walsender may take a moment to release the slot after the stream closes.
+        drop_slot(&client, &self.slot).await?;
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                shapesync_filter::ident::quote_ident(self.publication.name())
+            ))
+            .await?;
+        Ok(())
+    }
+}
