@@ -19,6 +19,7 @@
 
 pub mod metrics;
 pub mod postgres;
+pub mod read;
 pub mod replication;
 pub mod schema_watch;
 pub mod serve;

@@ -200,7 +200,7 @@ impl Server {
         let (stop_http, stop_rx) = watch::channel(false);
         let app = router(state);
         let http = tokio::spawn(async move {
-            crate::serve::http1::serve(listener, app, stop_rx).await;
+            shapesync_http1::serve(listener, app, stop_rx).await;
         });
         tracing::info!(%addr, "listening");
         Ok(Server {

@@ -6,9 +6,7 @@ pub mod access;
 pub mod admin_api;
 pub mod admission;
 pub mod error;
-pub mod http1;
 pub mod params;
-pub mod parking;
 pub mod response;
 pub mod shape_api;
 pub mod sse;
@@ -110,7 +108,7 @@ async fn observe(State(app): State<Arc<AppState>>, req: Request, next: Next) -> 
     let started = Instant::now();
     let res = next.run(req).await;
     // A parked request is recorded when it is replayed and answers.
-    if res.extensions().get::<parking::Parked>().is_none() {
+    if res.extensions().get::<shapesync_http1::Parked>().is_none() {
         app.metrics
             .record(route, res.status().as_u16(), started.elapsed());
     }

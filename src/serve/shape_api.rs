@@ -2,35 +2,66 @@
 //! requests until durable data arrives or the long-poll times out, and answer with the exact
 //! headers of §5.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use std::net::{IpAddr, SocketAddr};
-
 use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use shapesync_storage::{LogOffset, ReadResult};
+use shapesync_http1::{Change, ParkTicket, Parkable, Parked, Replayed, Waitable};
+use shapesync_storage::LogOffset;
 
+use super::admission::Admitted;
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
-use super::parking::{ParkTicket, Parkable, Parked, Replayed};
 use super::response::{cache_control, etag, if_none_match, CacheKind, Variant};
 use super::subset_api::SubsetParts;
 use super::AppState;
+use crate::metrics::ActiveGuard;
+use crate::read::{decide, Outcome, ReadCtx, ReadError, Waiting};
 use crate::shape::definition::ShapeHandle;
-use crate::shape::lifecycle::{read_archived, ArchivedChunk};
 use crate::shape::message;
-use crate::shape::{Lifecycle, Progress, Shape};
-use crate::stack::Stack;
+use crate::shape::{Progress, Shape};
 use crate::tenant::{ResolveError, Tenant};
 
-/// Logs up to this size (snapshot and changes together) are read without the blocking pool.
-const INLINE_READ_BYTES: u64 = 256 * 1024;
+/// What a parked request carries back to its replay: its admission slot (a parked request
+/// stays admitted), and the parked-requests gauge it counts in while it waits.
+struct ParkCarry {
+    admitted: Admitted,
+    _gauge: ActiveGuard,
+}
 
-/// How long a request waits for a snapshot chunk to be written before answering 503.
-const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+/// A parked request waits on its shape's progress moving on from what its handler read.
+struct ShapeWait {
+    shape: Arc<Shape>,
+    observed: Progress,
+}
+
+impl Waitable for ShapeWait {
+    fn key(&self) -> u64 {
+        // FNV-1a of the handle: requests on one shape share one watcher.
+        self.shape
+            .handle
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    fn next_change(&self) -> Option<Change> {
+        // Subscribed before the comparison: a change after it wakes the watcher.
+        let mut rx = self.shape.subscribe();
+        if rx.current() != self.observed {
+            return None;
+        }
+        Some(Box::pin(async move {
+            // An error means the shape itself is gone: its waiters replay too (and get 409).
+            let _ = rx.changed().await;
+        }))
+    }
+}
 
 pub async fn get_shape(
     State(app): State<Arc<AppState>>,
@@ -42,8 +73,11 @@ pub async fn get_shape(
 ) -> Response {
     let query = query.as_deref().unwrap_or("");
     let initial = form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "offset" && v == "-1");
-    // A replayed parked request keeps the admission slot it parked with.
-    let held = replayed.as_ref().and_then(|r| r.take_admitted());
+    // A replayed parked request keeps the admission slot it parked with (its gauge ends).
+    let held = replayed
+        .as_ref()
+        .and_then(|r| r.take_carry::<ParkCarry>())
+        .map(|c| c.admitted);
     let admitted = match held {
         Some(a) => a,
         None => match app.admission.enter(initial) {
@@ -65,16 +99,12 @@ pub async fn get_shape(
     };
     // A parked request stays admitted: the slot goes with its ticket.
     if let Some(parked) = res.extensions().get::<Parked>() {
-        parked.set_admitted(admitted);
+        parked.set_carry(Box::new(ParkCarry {
+            admitted,
+            _gauge: app.metrics.parked(),
+        }));
     }
     res
-}
-
-/// How a live request may wait: parked by its connection (see `parking`), and since when.
-#[derive(Clone, Copy)]
-struct Waiting {
-    parkable: bool,
-    since: Option<Instant>,
 }
 
 /// `POST /v1/shape`: the shape in the query string, a subset snapshot in the JSON body.
@@ -202,29 +232,6 @@ fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
     (id, secret.or(api_secret))
 }
 
-/// A response decided before it is written.
-enum Outcome {
-    Data {
-        shape: Arc<Shape>,
-        entries: Vec<bytes::Bytes>,
-        end: LogOffset,
-        up_to_date: Option<u64>,
-        has_data: bool,
-        /// The chunk's compacted form (`None`: an empty answer, unique each time).
-        compacted: Option<bool>,
-    },
-    /// The handle is stale: refetch the active shape (None: the database itself is gone).
-    MustRefetch(Option<Arc<Shape>>),
-    /// A sealed chunk of a shape not held locally, served from the object store.
-    Archived(ArchivedChunk),
-    /// Live over Server-Sent Events from this offset.
-    Sse(Arc<Shape>, LogOffset),
-    /// A subset snapshot of the shape.
-    Subset(Arc<Shape>, SubsetParts),
-    /// Nothing new yet: the connection parks the request (see `parking`).
-    Park(ParkTicket),
-}
-
 async fn serve(
     app: &AppState,
     headers: &HeaderMap,
@@ -250,11 +257,34 @@ async fn serve(
             "subset snapshots cannot be live".into(),
         ));
     }
-    let outcome = decide(app, &tenant.stack, &req, ip, subset, wait).await?;
+    let allow_create = move || {
+        app.access.check_create(ip).map_err(|e| match e {
+            ApiError::RateLimited { retry_after } => retry_after,
+            _ => 1,
+        })
+    };
+    let waiting = || app.metrics.parked();
+    let cx = ReadCtx {
+        stack: &tenant.stack,
+        long_poll: app.long_poll,
+        allow_create: &allow_create,
+        waiting: &waiting,
+    };
+    let outcome = decide(&cx, &req, subset.is_some(), wait)
+        .await
+        .map_err(api_error)?;
     Ok(match outcome {
-        Outcome::Park(ticket) => {
+        Outcome::Park {
+            shape,
+            observed,
+            deadline,
+        } => {
             let mut res = Response::new(Body::empty());
-            res.extensions_mut().insert(Parked::new(ticket));
+            res.extensions_mut().insert(Parked::new(ParkTicket {
+                wait: Box::new(ShapeWait { shape, observed }),
+                deadline,
+                carry: None,
+            }));
             res
         }
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
@@ -269,7 +299,8 @@ async fn serve(
             true,
             Some(found.chunk.compacted),
         ),
-        Outcome::Subset(shape, parts) => {
+        Outcome::Subset(shape) => {
+            let parts = subset.unwrap_or_default();
             super::subset_api::respond(app, &tenant.stack, shape, parts).await?
         }
         Outcome::Sse(shape, from) => {
@@ -294,245 +325,6 @@ async fn serve(
             compacted,
         ),
     })
-}
-
-/// The live shape for the request's definition; creating one is rate limited per client.
-async fn live_shape(
-    app: &AppState,
-    stack: &Stack,
-    req: &ShapeRequest,
-    ip: IpAddr,
-) -> Result<Arc<Shape>, ApiError> {
-    if let Some(s) = stack.registry.live(&req.def) {
-        return Ok(s);
-    }
-    app.access.check_create(ip)?;
-    Ok(stack.get_or_create(&req.def).await?)
-}
-
-/// 409 pointing at the shape that replaces a stale one. When no replacement can be made (the
-/// table was dropped or no longer fits the definition), the 409 names none: the client's refetch
-/// then gets the 400 saying why.
-async fn replacement(
-    app: &AppState,
-    stack: &Stack,
-    req: &ShapeRequest,
-    ip: IpAddr,
-) -> Result<Outcome, ApiError> {
-    match live_shape(app, stack, req, ip).await {
-        Ok(shape) => Ok(Outcome::MustRefetch(Some(shape))),
-        Err(ApiError::Invalid(_)) => Ok(Outcome::MustRefetch(None)),
-        Err(e) => Err(e),
-    }
-}
-
-async fn decide(
-    app: &AppState,
-    stack: &Stack,
-    req: &ShapeRequest,
-    ip: IpAddr,
-    subset: Option<SubsetParts>,
-    wait: Waiting,
-) -> Result<Outcome, ApiError> {
-    let requested = match req.offset {
-        RequestOffset::Now => None,
-        RequestOffset::At(o) => Some(o),
-    };
-    let shape = match (&req.handle, requested) {
-        (Some(h), Some(at)) => {
-            let handle: ShapeHandle = h
-                .parse()
-                .map_err(|()| ApiError::field("handle", "has invalid format"))?;
-            match stack.registry.get(&handle) {
-                Some(s) if s.def == req.def && s.is_active() => s,
-                // Deleted or rotated (perhaps its table was dropped): refetch the replacement.
-                Some(s) if s.def == req.def => return replacement(app, stack, req, ip).await,
-                // A parked request whose shape went away while it waited: the same.
-                None if wait.since.is_some() => return replacement(app, stack, req, ip).await,
-                // Not held here: archived, or another process's. The object store may hold
-                // the sealed chunk asked for (catch-up reads only).
-                None if subset.is_none()
-                    && !req.live_sse
-                    && stack.lifecycle.tier.is_some()
-                    && !stack.registry.is_being_deleted(&handle) =>
-                {
-                    if let Some(tier) = &stack.lifecycle.tier {
-                        if let Some(found) =
-                            read_archived(tier, &stack.archived_manifests, &handle, &req.def, at)
-                                .await
-                        {
-                            return Ok(Outcome::Archived(found));
-                        }
-                    }
-                    return Ok(Outcome::MustRefetch(Some(
-                        live_shape(app, stack, req, ip).await?,
-                    )));
-                }
-                // Unknown, or another definition's: refetch the active one.
-                _ => {
-                    return Ok(Outcome::MustRefetch(Some(
-                        live_shape(app, stack, req, ip).await?,
-                    )))
-                }
-            }
-        }
-        _ => live_shape(app, stack, req, ip).await?,
-    };
-    shape.touch();
-    let Some(requested) = requested else {
-        // offset=now: the current end, immediately.
-        let latest = shape.log.latest_offset();
-        return Ok(Outcome::Data {
-            up_to_date: Some(stack.latest_lsn().max(latest.tx())),
-            shape,
-            entries: Vec::new(),
-            end: latest,
-            has_data: false,
-            compacted: None,
-        });
-    };
-
-    if let Some(parts) = subset {
-        return Ok(Outcome::Subset(shape, parts));
-    }
-    if req.live_sse {
-        return Ok(Outcome::Sse(shape, requested));
-    }
-    let mut progress = shape.subscribe();
-    let started = wait.since.unwrap_or_else(Instant::now);
-    let long_poll = app.long_poll;
-    let mut shutdown = stack.shutdown_signal();
-    loop {
-        let observed = progress.borrow_and_update();
-        match check_state(&observed) {
-            Ok(()) => {}
-            Err(State2::Gone) if stack.is_stopped() => return Ok(Outcome::MustRefetch(None)),
-            Err(State2::Gone) => return replacement(app, stack, req, ip).await,
-            Err(State2::Rejected(msg)) => {
-                return Err(ApiError::field(
-                    "where",
-                    format!("the where clause fails on the table's rows: {msg}"),
-                ));
-            }
-            Err(State2::Failed(msg)) => {
-                tracing::warn!(handle = %shape.handle, error = %msg, "serving a failed shape");
-                return Err(ApiError::Unavailable {
-                    message: "Failed to create the shape's snapshot, please retry".into(),
-                    retry_after: 10,
-                    known: true,
-                    cause: None,
-                });
-            }
-        }
-        let read = if shape.log.size_bytes() <= INLINE_READ_BYTES {
-            // A small log is read on this thread (a page-cache read of a few KB takes
-            // microseconds; handing it to the blocking pool cost a thread switch each way,
-            // most of a cached chunk request's CPU: target P9).
-            shape.log.read(requested)
-        } else {
-            let s = Arc::clone(&shape);
-            tokio::task::spawn_blocking(move || s.log.read(requested))
-                .await
-                .map_err(ApiError::internal)?
-        };
-        let read = match read {
-            Ok(read) => read,
-            // Its files were removed under the read (deleted, rotated or archived meanwhile:
-            // log files are opened on demand): the shape is gone, not broken.
-            Err(_) if !shape.is_active() => continue,
-            Err(e) => return Err(ApiError::internal(e)),
-        };
-        let latest = shape.log.latest_offset();
-        let (wait_until, timeout_outcome) = match read {
-            ReadResult::NotReady => (started + SNAPSHOT_WAIT, None),
-            ReadResult::Chunk {
-                entries,
-                end,
-                compacted,
-            } => {
-                let head = end >= latest.max(requested) && !requested.is_before_all();
-                let out_of_bounds = requested > latest
-                    && !requested.is_snapshot()
-                    && requested.tx() > stack.latest_lsn();
-                if !entries.is_empty() || (!req.live && !out_of_bounds) {
-                    let lsn = if req.live {
-                        end.tx()
-                    } else {
-                        stack.latest_lsn().max(end.tx())
-                    };
-                    return Ok(Outcome::Data {
-                        shape,
-                        entries,
-                        end,
-                        up_to_date: head.then_some(lsn),
-                        has_data: true,
-                        compacted: Some(compacted),
-                    });
-                }
-                if out_of_bounds {
-                    if started.elapsed() >= long_poll / 2 {
-                        return Err(ApiError::field("offset", "out of bounds for this shape"));
-                    }
-                    (started + long_poll / 2, None)
-                } else {
-                    // Live and nothing new yet: wait; on timeout answer up-to-date at `end`.
-                    (started + long_poll, Some(end))
-                }
-            }
-        };
-        if wait.parkable && timeout_outcome.is_some() && wait_until > Instant::now() {
-            return Ok(Outcome::Park(ParkTicket {
-                shape,
-                observed,
-                deadline: wait_until,
-                admitted: None,
-                gauge: app.metrics.parked(),
-            }));
-        }
-        let _parked = req.live.then(|| app.metrics.parked());
-        let woke = tokio::select! {
-            r = tokio::time::timeout_at(wait_until.into(), progress.changed()) => r.is_ok(),
-            _ = crate::stack::stopping(&mut shutdown) => false,
-        };
-        if !woke {
-            if stack.is_stopped() && !shape.is_active() {
-                return Ok(Outcome::MustRefetch(None));
-            }
-            if let Some(end) = timeout_outcome {
-                return Ok(Outcome::Data {
-                    shape,
-                    entries: Vec::new(),
-                    end,
-                    up_to_date: Some(stack.latest_lsn().max(end.tx())),
-                    has_data: false,
-                    compacted: None,
-                });
-            }
-            if started.elapsed() >= SNAPSHOT_WAIT {
-                return Err(ApiError::Unavailable {
-                    message: "The shape's snapshot is taking too long, please retry".into(),
-                    retry_after: 5,
-                    known: true,
-                    cause: None,
-                });
-            }
-        }
-    }
-}
-
-enum State2 {
-    Gone,
-    Failed(String),
-    Rejected(String),
-}
-
-fn check_state(p: &Progress) -> Result<(), State2> {
-    match &p.state {
-        Lifecycle::Active => Ok(()),
-        Lifecycle::Gone => Err(State2::Gone),
-        Lifecycle::Failed(m) => Err(State2::Failed(m.to_string())),
-        Lifecycle::Rejected(m) => Err(State2::Rejected(m.to_string())),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -617,6 +409,28 @@ fn respond(
     }
     body.push(b']');
     (StatusCode::OK, h, Body::from(body)).into_response()
+}
+
+/// The answer to a request that cannot get data.
+fn api_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::Invalid(field, msg) => ApiError::field(field, msg),
+        ReadError::Shape(e) => e.into(),
+        ReadError::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
+        ReadError::SnapshotFailed => ApiError::Unavailable {
+            message: "Failed to create the shape's snapshot, please retry".into(),
+            retry_after: 10,
+            known: true,
+            cause: None,
+        },
+        ReadError::SnapshotSlow => ApiError::Unavailable {
+            message: "The shape's snapshot is taking too long, please retry".into(),
+            retry_after: 5,
+            known: true,
+            cause: None,
+        },
+        e @ ReadError::Storage(_) => ApiError::internal(e),
+    }
 }
 
 /// 409: the handle is stale; point the client at the active one (if the database still exists).

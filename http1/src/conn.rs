@@ -1,0 +1,404 @@
+//! One connection: read a request into a buffer sized to it (none is held while the connection
+//! idles), run it through the axum router, write the response; park it when its handler answers
+//! with a park ticket, and replay it when woken. Generic over the byte stream ([`Transport`]), so
+//! the same code serves TCP and the tests' in-memory streams.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
+
+use crate::parking::{Parkable, Parked, Parking, Replayed, Woken};
+use crate::request::{
+    body_length, chunk_size, client_request_id, parse_head, wants_keep_alive, BodyLength, Head,
+    Parsed, Reject, MAX_BODY, MAX_HEAD,
+};
+use crate::response::{write_reject, write_response};
+
+/// A keep-alive connection with no request for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Once a request has started, its head (and body) must arrive within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A chunk-size or trailer line longer than this is malformed.
+const MAX_LINE: usize = 4096;
+
+/// A byte stream a connection runs on.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves once bytes can be read (or the stream ended), without reading them: a
+    /// connection waiting for its next request holds no buffer.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        tokio::net::TcpStream::readable(self)
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {
+    /// In-memory streams (tests): read straight away.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A parked request's connection: the stream and what it takes to replay the request.
+pub struct ParkedConn<S> {
+    stream: S,
+    peer: SocketAddr,
+    head: Bytes,
+    request_id: HeaderValue,
+}
+
+pub(crate) struct Ctx<S> {
+    pub(crate) router: Router,
+    pub(crate) parking: Arc<Parking<ParkedConn<S>>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) busy: Busy,
+}
+
+/// Requests in progress, for graceful shutdown.
+#[derive(Default)]
+pub(crate) struct Busy {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+pub(crate) struct BusyGuard<'a>(&'a Busy);
+
+impl Busy {
+    fn enter(&self) -> BusyGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(self)
+    }
+
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once the server is shutting down.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A request to run again: its head, request id, when it first arrived, what it carries.
+struct Replay {
+    head: Bytes,
+    request_id: HeaderValue,
+    since: Instant,
+    carry: Option<Box<dyn std::any::Any + Send>>,
+}
+
+pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedConn<S>>) {
+    let ParkedConn {
+        stream,
+        peer,
+        head,
+        request_id,
+    } = woken.conn;
+    let replay = Replay {
+        head,
+        request_id,
+        since: woken.since,
+        carry: woken.carry,
+    };
+    run(ctx, stream, peer, Some(replay)).await;
+}
+
+/// Serve requests on one connection until it closes, parks, or the server shuts down.
+pub(crate) async fn connection<S: Transport>(ctx: Arc<Ctx<S>>, stream: S, peer: SocketAddr) {
+    run(ctx, stream, peer, None).await;
+}
+
+async fn run<S: Transport>(
+    ctx: Arc<Ctx<S>>,
+    mut stream: S,
+    peer: SocketAddr,
+    mut replayed: Option<Replay>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        // The head is parsed once as a request arrives; a replay parses its stored bytes.
+        let (head, head_bytes, body, request_id, replay_info) = match replayed.take() {
+            Some(r) => match parse_head(&r.head) {
+                Ok(Parsed::Complete(head, _)) => (
+                    head,
+                    r.head,
+                    Bytes::new(),
+                    Some(r.request_id),
+                    Some((r.since, r.carry)),
+                ),
+                Ok(Parsed::Partial) => return,
+                Err(reject) => {
+                    let _ = write_reject(&mut stream, reject.status, reject.why).await;
+                    return;
+                }
+            },
+            None => match Box::pin(read_request(&ctx, &mut stream, &mut buf)).await {
+                Ok(Some((head, head_bytes, body))) => (head, head_bytes, body, None, None),
+                Ok(None) => return,
+                Err(reject) => {
+                    let _ = write_reject(&mut stream, reject.status, reject.why).await;
+                    return;
+                }
+            },
+        };
+        let _busy = ctx.busy.enter();
+        let closing = *ctx.shutdown.borrow();
+        let keep_alive = !closing && wants_keep_alive(&head);
+        let head_only = head.method == Method::HEAD;
+        let version = head.version;
+        let request_id = request_id.unwrap_or_else(|| client_request_id(&head.headers));
+        let parkable = head.method == Method::GET
+            && body.is_empty()
+            && buf.is_empty()
+            && !ctx.parking.is_closed();
+
+        let Head {
+            method,
+            uri,
+            version: req_version,
+            headers,
+        } = head;
+        let mut req = Request::new(Body::from(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = req_version;
+        *req.headers_mut() = headers;
+        req.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), request_id.clone());
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if parkable {
+            req.extensions_mut().insert(Parkable);
+        }
+        let since = match replay_info {
+            Some((since, carry)) => {
+                req.extensions_mut().insert(Replayed::new(since, carry));
+                since
+            }
+            None => Instant::now(),
+        };
+        if buf.is_empty() {
+            // Hold no buffer while the handler runs or the connection idles.
+            buf = BytesMut::new();
+        }
+        // Boxed: the connection's own future stays small while it idles between requests.
+        let res = match Box::pin(ctx.router.clone().oneshot(req)).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        if let Some(parked) = res.extensions().get::<Parked>().cloned() {
+            if let Some(ticket) = parked.take() {
+                // A copy sized to the head: the read buffer it was cut from goes.
+                let conn = ParkedConn {
+                    stream,
+                    peer,
+                    head: Bytes::copy_from_slice(&head_bytes),
+                    request_id,
+                };
+                drop(head_bytes);
+                ctx.parking.park(conn, ticket, since);
+                return;
+            }
+        }
+        drop(head_bytes);
+        match Box::pin(write_response(
+            &mut stream,
+            res,
+            version,
+            head_only,
+            keep_alive,
+        ))
+        .await
+        {
+            Ok(true) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Read the next request (parsed head, its bytes, decoded body) into `buf`; `None` when the
+/// connection closed (or idled out, or the server is shutting down) between requests.
+async fn read_request<S: Transport>(
+    ctx: &Ctx<S>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<(Head, Bytes, Bytes)>, Reject> {
+    let mut shutdown = ctx.shutdown.clone();
+    // Between requests: wait for the first byte without holding a buffer.
+    if buf.is_empty() {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        tokio::select! {
+            r = stream.readable() => if r.is_err() { return Ok(None) },
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => return Ok(None),
+            _ = stopped(&mut shutdown) => return Ok(None),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let (head, head_len) = loop {
+        if !buf.is_empty() {
+            match parse_head(buf)? {
+                Parsed::Complete(head, len) => break (head, len),
+                Parsed::Partial => {}
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(Reject {
+                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    why: "request head too large",
+                });
+            }
+        }
+        let started = !buf.is_empty();
+        match read_more(stream, buf, deadline).await {
+            Ok(0) if !started => return Ok(None),
+            Ok(0) => return Err(Reject::bad("connection closed mid-request")),
+            Ok(_) => {}
+            Err(_) if !started => return Ok(None),
+            Err(_) => {
+                return Err(Reject {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    why: "request timed out",
+                })
+            }
+        }
+    };
+    let length = body_length(&head.headers)?;
+    let head_bytes = buf.split_to(head_len).freeze();
+    let needs_body = !matches!(length, BodyLength::Fixed(0));
+    if needs_body
+        && buf.is_empty()
+        && head
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| Reject::bad("write failed"))?;
+    }
+    let body = match length {
+        BodyLength::Fixed(0) => Bytes::new(),
+        BodyLength::Fixed(n) => {
+            if n > MAX_BODY {
+                return Err(Reject {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    why: "request body too large",
+                });
+            }
+            while buf.len() < n {
+                match read_more(stream, buf, deadline).await {
+                    Ok(0) | Err(_) => return Err(Reject::bad("incomplete request body")),
+                    Ok(_) => {}
+                }
+            }
+            buf.split_to(n).freeze()
+        }
+        BodyLength::Chunked => read_chunked(stream, buf, deadline).await?,
+    };
+    Ok(Some((head, head_bytes, body)))
+}
+
+/// Read more bytes into `buf` before `deadline`; Ok(0) at end of stream.
+async fn read_more<S: Transport>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<usize> {
+    buf.reserve(4096);
+    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+    }
+}
+
+/// Decode a chunked body (RFC 9112 §7.1); chunk extensions and trailers are ignored. Every size
+/// is checked before it is added or used to index.
+async fn read_chunked<S: Transport>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Reject> {
+    let too_large = Reject {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        why: "request body too large",
+    };
+    let mut body = BytesMut::new();
+    loop {
+        let line = read_line(stream, buf, deadline).await?;
+        let size = chunk_size(&line)?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                if read_line(stream, buf, deadline).await?.is_empty() {
+                    return Ok(body.freeze());
+                }
+            }
+        }
+        let total = body.len().checked_add(size).ok_or(too_large)?;
+        if total > MAX_BODY {
+            return Err(too_large);
+        }
+        let framed = size.checked_add(2).ok_or(too_large)?;
+        while buf.len() < framed {
+            match read_more(stream, buf, deadline).await {
+                Ok(0) | Err(_) => return Err(Reject::bad("malformed chunked body")),
+                Ok(_) => {}
+            }
+        }
+        if buf.get(size..framed) != Some(&b"\r\n"[..]) {
+            return Err(Reject::bad("malformed chunked body"));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(framed);
+    }
+}
+
+/// One CRLF-terminated line, without the CRLF.
+async fn read_line<S: Transport>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Reject> {
+    loop {
+        if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(at).freeze();
+            buf.advance(2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_LINE {
+            return Err(Reject::bad("malformed chunked body"));
+        }
+        match read_more(stream, buf, deadline).await {
+            Ok(0) | Err(_) => return Err(Reject::bad("incomplete request body")),
+            Ok(_) => {}
+        }
+    }
+}

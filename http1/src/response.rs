@@ -1,0 +1,168 @@
+//! Writing a response: the head with `Date`, a length or chunked framing (streams such as SSE),
+//! `HEAD` and bodiless statuses, keep-alive; small responses in one write. And the short answer
+//! to a request that could not be read.
+
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Responses up to this size are written with their head in one call.
+const COALESCE: usize = 16 * 1024;
+
+/// The `Date` header value, formatted once per second.
+pub(crate) fn date_header() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, Option<HeaderValue>)> =
+            const { std::cell::RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        match &c.1 {
+            Some(v) if c.0 == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *c = (secs, Some(v.clone()));
+                v
+            }
+        }
+    })
+}
+
+/// Write `res`; Ok(true) if the connection stays open for another request.
+pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    res: Response<Body>,
+    version: Version,
+    head_only: bool,
+    mut keep_alive: bool,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = res.into_parts();
+    let status = parts.status;
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut headers = parts.headers;
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(HeaderName::from_static("keep-alive"));
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let exact = axum::body::HttpBody::size_hint(&body).exact();
+    let mut chunked = false;
+    if !no_body && !headers.contains_key(header::CONTENT_LENGTH) {
+        match exact {
+            Some(n) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None if version == Version::HTTP_11 => chunked = true,
+            // HTTP/1.0 and no length: the end of the connection ends the body.
+            None => keep_alive = false,
+        }
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date_header());
+    }
+    if !keep_alive {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if version == Version::HTTP_10 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body {
+        stream.write_all(&out).await?;
+        return Ok(keep_alive);
+    }
+
+    // A body of known size goes out with its head; a stream (SSE) gets its head at once.
+    let mut pending = Some(out);
+    if exact.is_none() {
+        if let Some(head) = pending.take() {
+            stream.write_all(&head).await?;
+        }
+    }
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The body failed midway: the response cannot be completed.
+            return Ok(false);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let mut framed = pending.take().unwrap_or_default();
+        if chunked {
+            framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if framed.len().saturating_add(data.len()) <= COALESCE {
+            framed.extend_from_slice(&data);
+            if chunked {
+                framed.extend_from_slice(b"\r\n");
+            }
+            stream.write_all(&framed).await?;
+        } else {
+            stream.write_all(&framed).await?;
+            stream.write_all(&data).await?;
+            if chunked {
+                stream.write_all(b"\r\n").await?;
+            }
+        }
+    }
+    let mut tail = pending.unwrap_or_default();
+    if chunked {
+        tail.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !tail.is_empty() {
+        stream.write_all(&tail).await?;
+    }
+    if !keep_alive {
+        let _ = stream.shutdown().await;
+    }
+    Ok(keep_alive)
+}
+
+/// Answer a request that could not be read, and close.
+pub(crate) async fn write_reject<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: StatusCode,
+    why: &str,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({ "message": why }).to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        date_header().to_str().unwrap_or(""),
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
