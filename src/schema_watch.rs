@@ -138,7 +138,7 @@ pub async fn check(stack: &StackCtx, state: &mut WatchState) -> anyhow::Result<u
     if tables.is_empty() {
         return Ok(0);
     }
-    let client = stack.admin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = stack.admin().await?;
     let mut rotated = 0;
     let mut rotate = |shape: &Shape, why: &str| {
         tracing::warn!(stack = %stack.id, handle = %shape.handle, table = %shape.table.quoted_name(), reason = why, "rotating shape");

@@ -52,25 +52,30 @@ impl fmt::Display for DatabaseId {
     }
 }
 
-impl FromStr for DatabaseId {
-    type Err = String;
+/// A database id that is not 1-64 characters of letters, digits, `_` and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1-64 characters of letters, digits, '_' and '-'")]
+pub struct InvalidDatabaseId;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for DatabaseId {
+    type Err = InvalidDatabaseId;
+
+    fn from_str(s: &str) -> Result<Self, InvalidDatabaseId> {
         if s.is_empty()
             || s.len() > 64
             || !s
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err("must be 1-64 characters of letters, digits, '_' and '-'".into());
+            return Err(InvalidDatabaseId);
         }
         Ok(DatabaseId(s.to_string()))
     }
 }
 
 impl TryFrom<String> for DatabaseId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = InvalidDatabaseId;
+    fn try_from(s: String) -> Result<Self, InvalidDatabaseId> {
         s.parse()
     }
 }
@@ -183,8 +188,9 @@ impl Tenants {
         std::fs::create_dir_all(&base.storage_dir)?;
         let file = base.storage_dir.join("tenants.json");
         let mut records: Vec<TenantRecord> = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", file.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::Error::new(e).context(format!("{} is corrupt", file.display()))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };

@@ -6,8 +6,20 @@
 
 const MAX_IDENT: usize = 63;
 
+/// A table or column name that does not follow Postgres' identifier rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentError(pub String);
+
+impl std::fmt::Display for IdentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for IdentError {}
+
 /// Split `s` into identifier parts on unquoted `sep`, applying the folding rules.
-fn split_idents(s: &str, sep: char) -> Result<Vec<String>, String> {
+fn split_idents(s: &str, sep: char) -> Result<Vec<String>, IdentError> {
     let mut parts = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -30,10 +42,12 @@ fn split_idents(s: &str, sep: char) -> Result<Vec<String>, String> {
                 }
             }
             if !closed {
-                return Err("Unterminated quoted identifier".to_string());
+                return Err(IdentError("Unterminated quoted identifier".into()));
             }
             if ident.is_empty() {
-                return Err("Invalid zero-length delimited identifier".to_string());
+                return Err(IdentError(
+                    "Invalid zero-length delimited identifier".into(),
+                ));
             }
         } else {
             while let Some(&c) = chars.peek() {
@@ -41,35 +55,41 @@ fn split_idents(s: &str, sep: char) -> Result<Vec<String>, String> {
                     break;
                 }
                 if c == '"' {
-                    return Err(format!("Invalid identifier: unexpected quote in {s:?}"));
+                    return Err(IdentError(format!(
+                        "Invalid identifier: unexpected quote in {s:?}"
+                    )));
                 }
                 ident.push(c.to_ascii_lowercase());
                 chars.next();
             }
             let trimmed = ident.trim();
             if trimmed.is_empty() {
-                return Err("Invalid zero-length identifier".to_string());
+                return Err(IdentError("Invalid zero-length identifier".into()));
             }
             ident = trimmed.to_string();
         }
         if ident.len() > MAX_IDENT {
-            return Err(format!(
+            return Err(IdentError(format!(
                 "Identifier {ident:?} is longer than {MAX_IDENT} characters"
-            ));
+            )));
         }
         parts.push(ident);
         match chars.next() {
             None => return Ok(parts),
             Some(c) if c == sep => continue,
-            Some(c) => return Err(format!("Invalid identifier: unexpected {c:?} in {s:?}")),
+            Some(c) => {
+                return Err(IdentError(format!(
+                    "Invalid identifier: unexpected {c:?} in {s:?}"
+                )))
+            }
         }
     }
 }
 
 /// Parse a `table` parameter into (schema, name); the schema defaults to `public`.
-pub fn parse_relation(s: &str) -> Result<(String, String), String> {
+pub fn parse_relation(s: &str) -> Result<(String, String), IdentError> {
     if s.is_empty() {
-        return Err("can't be blank".to_string());
+        return Err(IdentError("can't be blank".into()));
     }
     let parts = split_idents(s, '.')?;
     match parts.len() {
@@ -82,16 +102,16 @@ pub fn parse_relation(s: &str) -> Result<(String, String), String> {
             let schema = it.next().unwrap_or_default();
             Ok((schema, it.next().unwrap_or_default()))
         }
-        _ => Err(format!(
+        _ => Err(IdentError(format!(
             "Invalid table name {s:?}: expected at most one unquoted '.' (schema.table)"
-        )),
+        ))),
     }
 }
 
 /// Parse a `columns` parameter: comma-separated, possibly quoted identifiers.
-pub fn parse_column_list(s: &str) -> Result<Vec<String>, String> {
+pub fn parse_column_list(s: &str) -> Result<Vec<String>, IdentError> {
     if s.trim().is_empty() {
-        return Err("Invalid zero-length identifier".to_string());
+        return Err(IdentError("Invalid zero-length identifier".into()));
     }
     split_idents(s, ',')
 }
@@ -154,10 +174,13 @@ mod tests {
         );
         assert!(parse_relation("a.b.c").is_err());
         assert_eq!(
-            parse_relation("\"\"").unwrap_err(),
+            parse_relation("\"\"").unwrap_err().to_string(),
             "Invalid zero-length delimited identifier"
         );
-        assert_eq!(parse_relation("").unwrap_err(), "can't be blank");
+        assert_eq!(
+            parse_relation("").unwrap_err().to_string(),
+            "can't be blank"
+        );
         assert!(parse_relation(&"x".repeat(64)).is_err());
         assert!(parse_relation("\"abc").is_err());
         assert!(parse_relation("a\"b").is_err());

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
@@ -37,7 +37,7 @@ impl SourceDb {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| anyhow!("invalid database URL: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context(format!("invalid database URL")))?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]

@@ -113,11 +113,10 @@ pub async fn run(
     let cfg = db.replication_config(slot, publication);
     let mut client = ReplicationClient::connect(cfg)
         .await
-        .map_err(|e| anyhow!("replication connect: {e}"))?;
-    client
-        .wait_started()
-        .await
-        .map_err(|e| anyhow!("starting replication on slot {slot}: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("replication connect")))?;
+    client.wait_started().await.map_err(|e| {
+        anyhow::Error::new(e).context(format!("starting replication on slot {slot}"))
+    })?;
     status.send_replace(Status::Active);
     let mut ack = |client: &ReplicationClient, lsn: u64| {
         client.update_applied_lsn(Lsn::from_u64(lsn));
@@ -165,7 +164,7 @@ async fn stream(
                     None => None,
                     Some(Ok(Some(ev))) => Some(ev),
                     Some(Ok(None)) => return Err(anyhow!("replication stream ended")),
-                    Some(Err(e)) => return Err(anyhow!("replication stream: {e}")),
+                    Some(Err(e)) => return Err(anyhow::Error::new(e).context("replication stream")),
                 }
             };
             if next.is_none() {
@@ -182,7 +181,7 @@ async fn stream(
                 biased;
                 _ = shutdown.changed() => return finish(client, writer, ack).await,
                 _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
-                ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
+                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context(format!("replication stream")))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
             None => tokio::select! {
@@ -193,14 +192,15 @@ async fn stream(
                     writer.command(cmd);
                     continue;
                 }
-                ev = client.recv() => ev.map_err(|e| anyhow!("replication stream: {e}"))?
+                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context(format!("replication stream")))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
         };
         match event {
             ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.as_u64(), xid),
             ReplicationEvent::XLogData { data, .. } => {
-                let msg = pgoutput::decode(&data).map_err(|e| anyhow!("pgoutput: {e}"))?;
+                let msg = pgoutput::decode(&data)
+                    .map_err(|e| anyhow::Error::new(e).context(format!("pgoutput")))?;
                 if let Message::Relation(r) = msg {
                     // Which partitioned tables the relation's changes also belong to: asked
                     // of the catalog each time Postgres describes it (after any change to it,
@@ -343,6 +343,9 @@ impl<'a> Lookups<'a> {
             .ok_or_else(|| anyhow!("no catalog connection"))?;
         catalog::partition_ancestors(client, oid)
             .await
-            .map_err(|e| anyhow!("looking up the partitions of relation {oid}: {e}"))
+            .map_err(|e| {
+                anyhow::Error::new(e)
+                    .context(format!("looking up the partitions of relation {oid}"))
+            })
     }
 }

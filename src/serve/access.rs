@@ -224,10 +224,15 @@ pub struct IpNet {
     prefix: u8,
 }
 
-impl std::str::FromStr for IpNet {
-    type Err = String;
+/// A trusted proxy that is not an address or network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidIpNet(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for IpNet {
+    type Err = InvalidIpNet;
+
+    fn from_str(s: &str) -> Result<Self, InvalidIpNet> {
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -235,7 +240,7 @@ impl std::str::FromStr for IpNet {
         let addr: IpAddr = a
             .trim()
             .parse()
-            .map_err(|_| format!("invalid address {a:?}"))?;
+            .map_err(|_| InvalidIpNet(format!("invalid address {a:?}")))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             Some(p) => p
@@ -243,7 +248,7 @@ impl std::str::FromStr for IpNet {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or(format!("invalid prefix in {s:?}"))?,
+                .ok_or_else(|| InvalidIpNet(format!("invalid prefix in {s:?}")))?,
             None => max,
         };
         Ok(IpNet { addr, prefix })

@@ -122,7 +122,7 @@ fn parse_record(
         Some(serde_json::Value::String(s)) => match s.parse::<DatabaseId>() {
             Ok(id) => Some(id),
             Err(e) => {
-                errors.insert("database_id", vec![e]);
+                errors.insert("database_id", vec![e.to_string()]);
                 None
             }
         },

@@ -116,10 +116,10 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
 /// `params[n]`), validated.
 fn definition(params: &[(String, String)]) -> Result<ShapeDefinition, FieldErrors> {
     let table = last(params, "table").unwrap_or("");
-    let (schema, table) = parse_relation(table).map_err(|m| error("table", m))?;
+    let (schema, table) = parse_relation(table).map_err(|m| error("table", m.to_string()))?;
     let columns = match last(params, "columns") {
         None => None,
-        Some(c) => Some(parse_column_list(c).map_err(|m| error("columns", m))?),
+        Some(c) => Some(parse_column_list(c).map_err(|m| error("columns", m.to_string()))?),
     };
     let where_clause = match last(params, "where").map(str::trim) {
         None | Some("") => None,

@@ -47,12 +47,17 @@ impl SnapshotInfo {
     }
 }
 
+/// A `pg_snapshot` text that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid pg_snapshot {0:?}")]
+pub struct InvalidSnapshot(String);
+
 /// Parses the text form of `pg_snapshot`: `xmin:xmax:xip1,xip2,…`.
 impl FromStr for SnapshotInfo {
-    type Err = String;
+    type Err = InvalidSnapshot;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid pg_snapshot {s:?}");
+    fn from_str(s: &str) -> Result<Self, InvalidSnapshot> {
+        let bad = || InvalidSnapshot(s.to_string());
         let mut parts = s.splitn(3, ':');
         let xmin = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let xmax = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;

@@ -35,7 +35,7 @@ pub(super) async fn replicate(
             break;
         }
         let attempt = async {
-            let admin = stack.admin().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let admin = stack.admin().await?;
             if stack.identity.get().is_none() {
                 if let Ok(id) = SourceDb::identity(&admin).await {
                     let _ = stack.identity.set(id);

@@ -10,6 +10,7 @@
 
 use std::ops::Range;
 
+use crate::error::FormatError;
 use crate::record::{encode_frame, LOG_HEADER_LEN};
 
 pub(crate) const WAL_MAGIC: [u8; 4] = *b"SSWL";
@@ -33,17 +34,21 @@ pub(crate) fn encode_wal_header() -> [u8; WAL_HEADER_LEN] {
 }
 
 /// Checks a commit log header; returns its version (2 or 3).
-pub(crate) fn decode_wal_header(h: &[u8]) -> Result<u16, String> {
-    let h = h.get(..WAL_HEADER_LEN).ok_or("short header")?;
+pub(crate) fn decode_wal_header(h: &[u8]) -> Result<u16, FormatError> {
+    let h = h
+        .get(..WAL_HEADER_LEN)
+        .ok_or(FormatError::new("short header"))?;
     if h[0..4] != WAL_MAGIC {
-        return Err("bad magic".into());
+        return Err(FormatError::new("bad magic"));
     }
     if crc32fast::hash(&h[0..14]).to_le_bytes() != h[14..18] {
-        return Err("header checksum mismatch".into());
+        return Err(FormatError::new("header checksum mismatch"));
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
     if !(2..=WAL_VERSION).contains(&version) {
-        return Err(format!("unsupported commit log version {version}"));
+        return Err(FormatError::new(format!(
+            "unsupported commit log version {version}"
+        )));
     }
     Ok(version)
 }

@@ -44,3 +44,14 @@ pub enum StoreError {
     #[error("commit given a log of another store")]
     ForeignLog,
 }
+
+/// A header or object that does not decode (bad magic, checksum, version, length).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub std::borrow::Cow<'static, str>);
+
+impl FormatError {
+    pub(crate) fn new(why: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        FormatError(why.into())
+    }
+}

@@ -12,6 +12,7 @@
 
 use std::ops::Range;
 
+use crate::error::FormatError;
 use crate::offset::LogOffset;
 
 pub(crate) const FORMAT_VERSION: u16 = 1;
@@ -52,19 +53,21 @@ pub(crate) fn encode_log_header(magic: [u8; 4], threshold: u64) -> [u8; LOG_HEAD
 }
 
 /// Decodes a log file header, returning the chunk threshold.
-pub(crate) fn decode_log_header(magic: [u8; 4], h: &[u8]) -> Result<u64, String> {
+pub(crate) fn decode_log_header(magic: [u8; 4], h: &[u8]) -> Result<u64, FormatError> {
     if h.len() < LOG_HEADER_LEN {
-        return Err("short header".into());
+        return Err(FormatError::new("short header"));
     }
     if h[0..4] != magic {
-        return Err("bad magic".into());
+        return Err(FormatError::new("bad magic"));
     }
     if crc32fast::hash(&h[0..14]) != u32::from_le_bytes(h[14..18].try_into().unwrap_or([0; 4])) {
-        return Err("header checksum mismatch".into());
+        return Err(FormatError::new("header checksum mismatch"));
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
     if version != FORMAT_VERSION {
-        return Err(format!("unsupported format version {version}"));
+        return Err(FormatError::new(format!(
+            "unsupported format version {version}"
+        )));
     }
     Ok(u64::from_le_bytes(h[6..14].try_into().unwrap_or([0; 8])))
 }

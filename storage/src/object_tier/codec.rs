@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::error::FormatError;
 use crate::log::{SealedRead, SnapshotState};
 use crate::offset::LogOffset;
 use crate::record::{decode_change_body, encode_change, encode_frame, parse_frame};
@@ -65,14 +66,18 @@ pub(crate) struct DecodedChunk {
 }
 
 /// Decodes and verifies a chunk object; `Err` says what is wrong.
-pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
-    let header = buf.get(..CHUNK_HEADER_LEN).ok_or("short header")?;
+pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, FormatError> {
+    let header = buf
+        .get(..CHUNK_HEADER_LEN)
+        .ok_or(FormatError::new("short header"))?;
     if header[0..4] != CHUNK_MAGIC {
-        return Err("bad magic".into());
+        return Err(FormatError::new("bad magic"));
     }
     let version = u16::from_le_bytes([header[4], header[5]]);
     if !(1..=CHUNK_VERSION).contains(&version) {
-        return Err(format!("unsupported chunk object version {version}"));
+        return Err(FormatError::new(format!(
+            "unsupported chunk object version {version}"
+        )));
     }
     let kind = header[6];
     let count = u32::from_le_bytes([header[7], header[8], header[9], header[10]]) as usize;
@@ -81,19 +86,23 @@ pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
         _ => [KIND_SNAPSHOT, KIND_CHANGES, KIND_COMPACTED].contains(&kind),
     };
     if !known {
-        return Err(format!("unknown chunk kind {kind} in version {version}"));
+        return Err(FormatError::new(format!(
+            "unknown chunk kind {kind} in version {version}"
+        )));
     }
     let mut out = Vec::with_capacity(count.min(1 << 16));
     let mut at = CHUNK_HEADER_LEN;
     while at < buf.len() {
-        let (body, len) = parse_frame(&buf[at..], true).map_err(|e| format!("{e:?} at {at}"))?;
+        let (body, len) = parse_frame(&buf[at..], true)
+            .map_err(|e| FormatError::new(format!("{e:?} at {at}")))?;
         let body = at + body.start..at + body.end;
         if kind == KIND_SNAPSHOT {
             out.push((None, buf.slice(body)));
         } else {
-            let (o, json) = decode_change_body(&buf[body.clone()]).ok_or("short change body")?;
+            let (o, json) = decode_change_body(&buf[body.clone()])
+                .ok_or(FormatError::new("short change body"))?;
             if out.last().is_some_and(|(prev, _)| *prev >= Some(o)) {
-                return Err(format!("offset {o} out of order"));
+                return Err(FormatError::new(format!("offset {o} out of order")));
             }
             out.push((
                 Some(o),
@@ -103,7 +112,10 @@ pub(crate) fn decode_chunk(buf: &Bytes) -> Result<DecodedChunk, String> {
         at += len;
     }
     if out.len() != count {
-        return Err(format!("{} entries, header says {count}", out.len()));
+        return Err(FormatError::new(format!(
+            "{} entries, header says {count}",
+            out.len()
+        )));
     }
     Ok(DecodedChunk {
         entries: out,

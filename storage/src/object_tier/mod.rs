@@ -277,7 +277,8 @@ impl ObjectTier {
         };
         let path = self.path(&manifest.id, &chunk.name());
         let bytes = self.store.get(&path).await?.bytes().await?;
-        let decoded = decode_chunk(&bytes).map_err(|e| TierError::Corrupt(path.to_string(), e))?;
+        let decoded = decode_chunk(&bytes)
+            .map_err(|e| TierError::Corrupt(path.to_string(), e.to_string()))?;
         let entries = decoded
             .entries
             .into_iter()
