@@ -37,7 +37,7 @@ impl SourceDb {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| anyhow::Error::new(e).context(format!("invalid database URL")))?;
+            .map_err(|e| anyhow::Error::new(e).context("invalid database URL"))?;
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]

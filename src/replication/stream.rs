@@ -113,7 +113,7 @@ pub async fn run(
     let cfg = db.replication_config(slot, publication);
     let mut client = ReplicationClient::connect(cfg)
         .await
-        .map_err(|e| anyhow::Error::new(e).context(format!("replication connect")))?;
+        .map_err(|e| anyhow::Error::new(e).context("replication connect"))?;
     client.wait_started().await.map_err(|e| {
         anyhow::Error::new(e).context(format!("starting replication on slot {slot}"))
     })?;
@@ -181,7 +181,7 @@ async fn stream(
                 biased;
                 _ = shutdown.changed() => return finish(client, writer, ack).await,
                 _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
-                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context(format!("replication stream")))?
+                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
             None => tokio::select! {
@@ -192,7 +192,7 @@ async fn stream(
                     writer.command(cmd);
                     continue;
                 }
-                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context(format!("replication stream")))?
+                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
                     .ok_or_else(|| anyhow!("replication stream ended"))?,
             },
         };
@@ -200,7 +200,7 @@ async fn stream(
             ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.as_u64(), xid),
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::decode(&data)
-                    .map_err(|e| anyhow::Error::new(e).context(format!("pgoutput")))?;
+                    .map_err(|e| anyhow::Error::new(e).context("pgoutput"))?;
                 if let Message::Relation(r) = msg {
                     // Which partitioned tables the relation's changes also belong to: asked
                     // of the catalog each time Postgres describes it (after any change to it,
