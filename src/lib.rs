@@ -17,6 +17,7 @@
 //!
 //! See ARCHITECTURE.md for the data flow and its invariants.
 
+pub mod lsn;
 pub mod metrics;
 pub mod postgres;
 pub mod read;

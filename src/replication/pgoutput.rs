@@ -10,6 +10,8 @@
 
 use bytes::Bytes;
 
+use crate::lsn::Lsn;
+
 /// A PostgreSQL object identifier.
 pub type Oid = u32;
 
@@ -30,7 +32,7 @@ pub enum Message {
     /// `'C'`: end of a transaction.
     Commit(Commit),
     /// `'O'`: the transaction originated on another node.
-    Origin { lsn: u64, name: String },
+    Origin { lsn: Lsn, name: String },
     /// `'R'`: description of a relation, sent before its first change in a session.
     Relation(Relation),
     /// `'Y'`: description of a non-builtin data type.
@@ -56,7 +58,7 @@ pub enum Message {
     /// `'M'`: a logical decoding message (`pg_logical_emit_message`).
     Message {
         transactional: bool,
-        lsn: u64,
+        lsn: Lsn,
         prefix: String,
         content: Bytes,
     },
@@ -65,7 +67,7 @@ pub enum Message {
 /// `'B'` Begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Begin {
-    pub final_lsn: u64,
+    pub final_lsn: Lsn,
     /// Microseconds since 2000-01-01 (see [`PG_EPOCH_UNIX_MICROS`]).
     pub commit_time: i64,
     pub xid: u32,
@@ -76,8 +78,8 @@ pub struct Begin {
 pub struct Commit {
     /// Currently unused by PostgreSQL (0).
     pub flags: u8,
-    pub commit_lsn: u64,
-    pub end_lsn: u64,
+    pub commit_lsn: Lsn,
+    pub end_lsn: Lsn,
     /// Microseconds since 2000-01-01 (see [`PG_EPOCH_UNIX_MICROS`]).
     pub commit_time: i64,
 }
@@ -202,18 +204,18 @@ pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
     let tag = c.read_u8()?;
     let msg = match tag {
         b'B' => Message::Begin(Begin {
-            final_lsn: c.read_u64()?,
+            final_lsn: Lsn(c.read_u64()?),
             commit_time: c.read_i64()?,
             xid: c.read_u32()?,
         }),
         b'C' => Message::Commit(Commit {
             flags: c.read_u8()?,
-            commit_lsn: c.read_u64()?,
-            end_lsn: c.read_u64()?,
+            commit_lsn: Lsn(c.read_u64()?),
+            end_lsn: Lsn(c.read_u64()?),
             commit_time: c.read_i64()?,
         }),
         b'O' => Message::Origin {
-            lsn: c.read_u64()?,
+            lsn: Lsn(c.read_u64()?),
             name: c.read_string("origin name")?,
         },
         b'R' => Message::Relation(decode_relation(&mut c)?),
@@ -281,7 +283,7 @@ pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
         }
         b'M' => {
             let flags = c.read_u8()?;
-            let lsn = c.read_u64()?;
+            let lsn = Lsn(c.read_u64()?);
             let prefix = c.read_string("message prefix")?;
             let len = c.read_u32()? as usize;
             Message::Message {
@@ -542,7 +544,7 @@ mod tests {
         assert_eq!(
             m,
             Message::Begin(Begin {
-                final_lsn: 0x1_0000_0001,
+                final_lsn: Lsn(0x1_0000_0001),
                 commit_time: -5,
                 xid: 42
             })
@@ -556,8 +558,8 @@ mod tests {
             m,
             Message::Commit(Commit {
                 flags: 0,
-                commit_lsn: 10,
-                end_lsn: 20,
+                commit_lsn: Lsn(10),
+                end_lsn: Lsn(20),
                 commit_time: 700_000_000_000_000
             })
         );
@@ -569,7 +571,7 @@ mod tests {
         assert_eq!(
             m,
             Message::Origin {
-                lsn: 99,
+                lsn: Lsn(99),
                 name: "node_a".into()
             }
         );
@@ -795,7 +797,7 @@ mod tests {
             m,
             Message::Message {
                 transactional: true,
-                lsn: 55,
+                lsn: Lsn(55),
                 prefix: "shapesync".into(),
                 content: Bytes::from_static(b"abc")
             }
@@ -805,7 +807,7 @@ mod tests {
             m,
             Message::Message {
                 transactional: false,
-                lsn: 56,
+                lsn: Lsn(56),
                 prefix: "p".into(),
                 content: Bytes::new()
             }

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use futures::FutureExt;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::pgoutput::{self, Message, Relation};
+use crate::lsn::Lsn;
 use crate::postgres::catalog;
 use crate::postgres::connect::SourceDb;
 use crate::shape::writer::{ChangeKind, Command, Writer};
@@ -118,8 +119,8 @@ pub async fn run(
         anyhow::Error::new(e).context(format!("starting replication on slot {slot}"))
     })?;
     status.send_replace(Status::Active);
-    let mut ack = |client: &ReplicationClient, lsn: u64| {
-        client.update_applied_lsn(Lsn::from_u64(lsn));
+    let mut ack = |client: &ReplicationClient, lsn: Lsn| {
+        client.update_applied_lsn(lsn.into());
         stats.acked(lsn);
     };
     let result = stream(
@@ -148,7 +149,7 @@ async fn stream(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     (shutdown, restart): (&mut watch::Receiver<bool>, &Notify),
     (stats, status): (&ReplicationStats, &watch::Sender<Status>),
-    ack: &mut impl FnMut(&ReplicationClient, u64),
+    ack: &mut impl FnMut(&ReplicationClient, Lsn),
 ) -> anyhow::Result<End> {
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
     let mut lookups = Lookups::new(db);
@@ -197,7 +198,7 @@ async fn stream(
             },
         };
         match event {
-            ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.as_u64(), xid),
+            ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.into(), xid),
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::decode(&data)
                     .map_err(|e| anyhow::Error::new(e).context("pgoutput"))?;
@@ -214,14 +215,16 @@ async fn stream(
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                tracing::trace!(end_lsn = end_lsn.as_u64(), "commit");
-                stats.server_at(end_lsn.as_u64());
-                writer.commit(end_lsn.as_u64());
+                let end_lsn = Lsn::from(end_lsn);
+                tracing::trace!(%end_lsn, "commit");
+                stats.server_at(end_lsn);
+                writer.commit(end_lsn);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                tracing::trace!(wal_end = wal_end.as_u64(), "keepalive");
-                stats.server_at(wal_end.as_u64());
-                if let Some(lsn) = writer.idle_ack(wal_end.as_u64()) {
+                let wal_end = Lsn::from(wal_end);
+                tracing::trace!(%wal_end, "keepalive");
+                stats.server_at(wal_end);
+                if let Some(lsn) = writer.idle_ack(wal_end) {
                     ack(client, lsn);
                 }
             }
@@ -236,7 +239,7 @@ async fn stream(
 async fn finish(
     client: &mut ReplicationClient,
     writer: &mut Writer,
-    ack: &mut impl FnMut(&ReplicationClient, u64),
+    ack: &mut impl FnMut(&ReplicationClient, Lsn),
 ) -> anyhow::Result<End> {
     if writer.in_transaction() {
         writer.reset_after_disconnect();
@@ -254,7 +257,7 @@ async fn flush_durably(
     writer: &mut Writer,
     shutdown: &mut watch::Receiver<bool>,
     status: &watch::Sender<Status>,
-) -> Option<Option<u64>> {
+) -> Option<Option<Lsn>> {
     let mut backoff = Duration::from_millis(50);
     loop {
         match writer.flush().await {

@@ -136,8 +136,8 @@ async fn metrics(
                 status: status_word(&t.stack.status()),
                 shapes: t.stack.registry.len() as u64,
                 storage_bytes: t.stack.storage_bytes(),
-                acked_lsn: st.acked_lsn.load(std::sync::atomic::Ordering::Relaxed),
-                server_wal_end: st.server_wal_end.load(std::sync::atomic::Ordering::Relaxed),
+                acked_lsn: st.acked_lsn.load().as_u64(),
+                server_wal_end: st.server_wal_end.load().as_u64(),
                 lag_seconds: st.lag_seconds(),
                 fsync: Arc::clone(&st.fsync),
                 compacted_chunks: st

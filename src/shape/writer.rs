@@ -16,7 +16,6 @@
 //!   shape is held until the next one or the commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shapesync_storage::{LogOffset, ShapeLog};
@@ -29,6 +28,7 @@ use super::registry::Registry;
 use super::route::TableRoutes;
 use super::visibility::{SnapshotInfo, Verdict};
 use super::{Lifecycle, Shape};
+use crate::lsn::{AtomicLsn, Lsn};
 use crate::metrics::{IntegrityCounters, IntegrityEvent};
 use crate::replication::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, Value};
 use shapesync_filter::table::TableInfo;
@@ -78,7 +78,7 @@ struct Sink {
     /// The shape's latest change in the open transaction, not yet closed.
     held: Option<(LogOffset, Vec<u8>)>,
     /// Commit LSN of the transaction this sink last saw, and whether it skips it.
-    txn_lsn: u64,
+    txn_lsn: Lsn,
     txn_skip: bool,
     dirty: bool,
     /// Listed in `Writer::touched` / `Writer::dirty` (flags, so a transaction fanning out to
@@ -92,7 +92,7 @@ struct Sink {
 }
 
 struct Txn {
-    lsn: u64,
+    lsn: Lsn,
     xid: u32,
     next_op: u64,
 }
@@ -124,10 +124,10 @@ pub struct Writer {
     touched: Vec<usize>,
     dirty: Vec<usize>,
     /// Commit LSN and end LSN of the latest transaction handled.
-    last_commit: Option<(u64, u64)>,
+    last_commit: Option<(Lsn, Lsn)>,
     txns_since_flush: usize,
     /// Latest commit LSN made durable, shared with the HTTP side (`global_last_seen_lsn`).
-    global_lsn: Arc<AtomicU64>,
+    global_lsn: Arc<AtomicLsn>,
     /// Flush batch latency.
     fsync: Arc<crate::metrics::Histogram>,
 }
@@ -135,7 +135,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         registry: Arc<Registry>,
-        global_lsn: Arc<AtomicU64>,
+        global_lsn: Arc<AtomicLsn>,
         fsync: Arc<crate::metrics::Histogram>,
     ) -> Self {
         Writer {
@@ -220,7 +220,7 @@ impl Writer {
             phase,
             last,
             held: None,
-            txn_lsn: 0,
+            txn_lsn: Lsn::ZERO,
             txn_skip: false,
             dirty: false,
             in_touched: false,
@@ -336,7 +336,7 @@ impl Writer {
         }
     }
 
-    pub fn begin(&mut self, lsn: u64, xid: u32) {
+    pub fn begin(&mut self, lsn: Lsn, xid: u32) {
         self.txn = Some(Txn {
             lsn,
             xid,
@@ -456,7 +456,7 @@ impl Writer {
         let Some(txn) = self.txn.as_mut() else { return };
         let op = txn.next_op;
         txn.next_op += 2;
-        let (lsn, xid) = (txn.lsn, txn.xid);
+        let (lsn, xid) = (txn.lsn.as_u64(), txn.xid);
         let at = (lsn, op, xid);
         if self.routes.contains_key(&rel.oid) {
             let row = ChangeRow::decode(rel, kind, old, new, None);
@@ -547,8 +547,8 @@ impl Writer {
                 continue;
             }
             sink.seen = change_no;
-            if sink.txn_lsn != lsn {
-                sink.txn_lsn = lsn;
+            if sink.txn_lsn.as_u64() != lsn {
+                sink.txn_lsn = Lsn(lsn);
                 sink.txn_skip = match &sink.phase {
                     Phase::Filtering(info) => match info.verdict(xid) {
                         Verdict::Skip => true,
@@ -609,7 +609,7 @@ impl Writer {
     }
 
     /// End of the open transaction: close each touched shape's last change.
-    pub fn commit(&mut self, end_lsn: u64) {
+    pub fn commit(&mut self, end_lsn: Lsn) {
         let Some(txn) = self.txn.take() else { return };
         let mut failed = Vec::new();
         for idx in std::mem::take(&mut self.touched) {
@@ -653,7 +653,7 @@ impl Writer {
     /// durable. On a storage error (disk full, I/O error) nothing is published or
     /// acknowledged and every change stays buffered: the caller retries the same batch
     /// later (no shape is lost to a full disk).
-    pub async fn flush(&mut self) -> Result<Option<u64>, shapesync_storage::StoreError> {
+    pub async fn flush(&mut self) -> Result<Option<Lsn>, shapesync_storage::StoreError> {
         let shapes: Vec<Arc<Shape>> = self
             .dirty
             .iter()
@@ -681,7 +681,7 @@ impl Writer {
         let Some((lsn, end)) = self.last_commit else {
             return Ok(None);
         };
-        self.global_lsn.fetch_max(lsn, Ordering::AcqRel);
+        self.global_lsn.advance(lsn);
         if self.buffering() {
             return Ok(None);
         }
@@ -690,7 +690,7 @@ impl Writer {
 
     /// A keepalive with nothing pending: the server's position may be acknowledged so an idle
     /// database does not keep WAL for us.
-    pub fn idle_ack(&self, wal_end: u64) -> Option<u64> {
+    pub fn idle_ack(&self, wal_end: Lsn) -> Option<Lsn> {
         let idle = self.txn.is_none() && self.dirty.is_empty() && self.txns_since_flush == 0;
         (idle && !self.buffering()).then_some(wal_end)
     }
@@ -703,7 +703,7 @@ impl Writer {
         self.txns_since_flush = 0;
         for sink in self.sinks.iter_mut().flatten() {
             sink.held = None;
-            sink.txn_lsn = 0;
+            sink.txn_lsn = Lsn::ZERO;
             sink.shape.log.discard_unflushed();
             sink.last = sink.shape.log.latest_offset();
             sink.dirty = false;

@@ -4,12 +4,13 @@
 //! stack itself, so that none of them depends back on the stack that starts it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::status::{ReplicationStats, ShapeError, Status};
+use crate::lsn::AtomicLsn;
 use crate::postgres::connect::SourceDb;
 use crate::postgres::publication::Publication;
 use crate::shape::definition::ShapeHandle;
@@ -26,7 +27,7 @@ pub struct StackCtx {
     pub publication: Publication,
     pub slot: String,
     /// Latest commit LSN made durable (`global_last_seen_lsn`).
-    pub global_lsn: Arc<AtomicU64>,
+    pub global_lsn: Arc<AtomicLsn>,
     /// Where the schema check keeps what it learnt about partitions.
     pub partitions_file: PathBuf,
     /// Wakes the schema check at once (a table with shapes streamed without replica identity
@@ -55,7 +56,7 @@ pub struct CtxParts {
     pub stats: Arc<ReplicationStats>,
     pub publication: String,
     pub slot: String,
-    pub global_lsn: Arc<AtomicU64>,
+    pub global_lsn: Arc<AtomicLsn>,
     pub partitions_file: PathBuf,
     pub check_now: Arc<Notify>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -164,7 +165,8 @@ impl StackCtx {
         self.identity.get().map(String::as_str)
     }
 
+    /// The latest commit LSN made durable (`global_last_seen_lsn`), as offsets carry it.
     pub fn latest_lsn(&self) -> u64 {
-        self.global_lsn.load(Ordering::Acquire)
+        self.global_lsn.load().as_u64()
     }
 }

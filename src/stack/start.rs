@@ -4,7 +4,6 @@
 //! holding only the stack's shared context ([`StackCtx`]). Shape creation is in
 //! [`super::create`]. One process can run several stacks (one per tenant), fully independent.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use shapesync_storage::{FileStore, ShapeLogStore, StoreConfig};
@@ -15,6 +14,7 @@ use super::ctx::{CtxParts, StackCtx};
 use super::restore::restore_shapes;
 use super::status::ReplicationStats;
 use super::supervisor::replicate;
+use crate::lsn::AtomicLsn;
 use crate::postgres::connect::SourceDb;
 use crate::replication::stream::drop_slot;
 use crate::shape::lifecycle::{self, LifecycleConfig};
@@ -72,7 +72,7 @@ impl Stack {
             Some(_) => Registry::with_tier_cleanup(Arc::clone(&store), tier_cleanup),
             None => Registry::new(Arc::clone(&store)),
         });
-        let global_lsn = Arc::new(AtomicU64::new(0));
+        let global_lsn = Arc::new(AtomicLsn::default());
         let stats = Arc::new(ReplicationStats::new());
         let check_now = Arc::new(Notify::new());
         let mut writer = Writer::new(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::lsn::{AtomicLsn, Lsn};
 use crate::metrics::IntegrityCounters;
 
 /// Is the stack serving?
@@ -60,9 +61,9 @@ impl ShapeError {
 #[derive(Debug, Default)]
 pub struct ReplicationStats {
     /// Latest LSN acknowledged to the server.
-    pub acked_lsn: AtomicU64,
+    pub acked_lsn: AtomicLsn,
     /// Latest WAL position the server reported (keepalives).
-    pub server_wal_end: AtomicU64,
+    pub server_wal_end: AtomicLsn,
     /// Unix µs when the last acknowledgement caught up with the server's position.
     pub caught_up_at_micros: AtomicU64,
     /// Flush (fsync batch) latency.
@@ -87,8 +88,8 @@ impl ReplicationStats {
     /// Bytes of WAL the server has that are not acknowledged yet.
     pub fn lag_bytes(&self) -> u64 {
         self.server_wal_end
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.acked_lsn.load(Ordering::Relaxed))
+            .load()
+            .bytes_since(self.acked_lsn.load())
     }
 
     /// Seconds since the acknowledged position last caught up with the server (0 when caught up).
@@ -103,16 +104,16 @@ impl ReplicationStats {
         (now_micros().saturating_sub(since)) as f64 / 1e6
     }
 
-    pub fn acked(&self, lsn: u64) {
-        self.acked_lsn.fetch_max(lsn, Ordering::AcqRel);
-        if lsn >= self.server_wal_end.load(Ordering::Relaxed) {
+    pub fn acked(&self, lsn: Lsn) {
+        self.acked_lsn.advance(lsn);
+        if lsn >= self.server_wal_end.load() {
             self.caught_up_at_micros
                 .store(now_micros(), Ordering::Relaxed);
         }
     }
 
-    pub fn server_at(&self, wal_end: u64) {
-        self.server_wal_end.fetch_max(wal_end, Ordering::AcqRel);
+    pub fn server_at(&self, wal_end: Lsn) {
+        self.server_wal_end.advance(wal_end);
         if self.caught_up_at_micros.load(Ordering::Relaxed) == 0 {
             self.caught_up_at_micros
                 .store(now_micros(), Ordering::Relaxed);
