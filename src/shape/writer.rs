@@ -999,6 +999,7 @@ mod tests {
     use super::*;
     use crate::replication::pgoutput::{RelationColumn, ReplicaIdentity};
     use crate::shape::definition::{LogMode, ShapeDefinition};
+    use crate::shape::registry::Registry;
     use crate::shape::ShapeMeta;
     use bytes::Bytes;
     use shapesync_filter::table::ColumnInfo;
@@ -1214,6 +1215,244 @@ mod tests {
         assert_eq!(
             insert_like.new.as_deref().map(|r| verdict(&s, r)),
             Some(Some(true))
+        );
+    }
+
+    // The writer driven as the stream drives it, over the in-memory store.
+
+    use crate::lsn::{AtomicLsn, Lsn};
+    use crate::shape::visibility::SnapshotInfo;
+    use shapesync_storage::ReadResult;
+
+    struct Rig {
+        writer: Writer,
+        registry: Arc<Registry>,
+        rel: Relation,
+    }
+
+    fn rig() -> Rig {
+        let store: Arc<dyn ShapeLogStore> = Arc::new(MemoryStore::new(Default::default()));
+        let registry = Arc::new(Registry::new(store));
+        let writer = Writer::new(
+            Arc::clone(&registry),
+            Arc::new(AtomicLsn::default()),
+            Arc::new(crate::metrics::Histogram::default()),
+        );
+        let all = ["id", "big", "small"];
+        Rig {
+            writer,
+            registry,
+            rel: relation(ReplicaIdentity::Full, &all, &all),
+        }
+    }
+
+    impl Rig {
+        /// A shape on `t` with its snapshot written and finished.
+        fn shape(&self, where_clause: Option<&str>) -> Arc<Shape> {
+            let def = ShapeDefinition {
+                schema: "public".into(),
+                table: "t".into(),
+                where_clause: where_clause.map(str::to_string),
+                columns: None,
+                replica: Replica::Default,
+                log: LogMode::Full,
+                params: Vec::new(),
+            };
+            let compiled = crate::shape::compile(&def, &table()).expect("compiles");
+            let handle = ShapeHandle::mint(&def);
+            let log = self
+                .registry
+                .store()
+                .create(handle.as_str(), b"m")
+                .expect("log");
+            log.finish_snapshot(br#"{"headers":{"control":"snapshot-end"}}"#)
+                .expect("snapshot");
+            let meta = ShapeMeta {
+                version: 1,
+                handle,
+                def,
+                table: table(),
+            };
+            let shape = Shape::new(meta, compiled, log);
+            self.registry.insert(&shape);
+            shape
+        }
+
+        /// A live shape (snapshot done, every later transaction applies).
+        fn live(&mut self, where_clause: Option<&str>) -> Arc<Shape> {
+            let shape = self.shape(where_clause);
+            self.writer.restore(Arc::clone(&shape), None);
+            shape
+        }
+
+        /// One transaction inserting `ids` (small = id), committed at `lsn`.
+        fn insert_txn(&mut self, lsn: u64, xid: u32, ids: &[u32]) {
+            self.writer.begin(Lsn(lsn), xid);
+            for id in ids {
+                let new = tuple(vec![
+                    text(&id.to_string()),
+                    text("b"),
+                    text(&id.to_string()),
+                ]);
+                let rel = self.rel.clone();
+                self.writer
+                    .change(&rel, ChangeKind::Insert, None, Some(&new));
+            }
+            self.writer.commit(Lsn(lsn + 1));
+        }
+    }
+
+    /// Every change entry of the shape's log: (offset, operation, id).
+    fn log_changes(shape: &Shape) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut after = LogOffset::LAST_BEFORE_REAL;
+        loop {
+            let ReadResult::Chunk { entries, end, .. } = shape.log.read(after).expect("read")
+            else {
+                panic!("not ready");
+            };
+            for e in &entries {
+                let m: serde_json::Value = serde_json::from_slice(e).expect("json");
+                out.push((
+                    format!(
+                        "{}_{}",
+                        m["headers"]["lsn"].as_str().unwrap_or(""),
+                        m["headers"]["op_position"]
+                    ),
+                    m["headers"]["operation"].as_str().unwrap_or("").to_string(),
+                    m["value"]["id"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+            if entries.is_empty() || end == after {
+                return out;
+            }
+            after = end;
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_are_held_until_the_snapshot_and_never_acknowledged_before() {
+        let mut r = rig();
+        let shape = r.shape(None);
+        let (done, added) = oneshot::channel();
+        r.writer.command(Command::Add {
+            shape: Arc::clone(&shape),
+            done,
+        });
+        assert_eq!(added.await, Ok(true));
+        r.insert_txn(100, 10, &[1]); // committed before the snapshot: in it
+        r.insert_txn(200, 20, &[2]); // running when the snapshot was taken: not in it
+        r.insert_txn(300, 30, &[3]); // after the snapshot
+        assert_eq!(
+            r.writer.flush().await.expect("flush"),
+            None,
+            "held for the snapshot"
+        );
+        assert_eq!(r.writer.idle_ack(Lsn(400)), None);
+        assert!(log_changes(&shape).is_empty());
+        r.writer.command(Command::SnapshotStarted {
+            handle: shape.handle.clone(),
+            info: SnapshotInfo {
+                xmin: 20,
+                xmax: 25,
+                xip: vec![20],
+            },
+        });
+        assert_eq!(r.writer.flush().await.expect("flush"), Some(Lsn(301)));
+        let ids: Vec<String> = log_changes(&shape).into_iter().map(|c| c.2).collect();
+        assert_eq!(ids, ["2", "3"]);
+        assert_eq!(
+            r.writer.idle_ack(Lsn(400)),
+            Some(Lsn(400)),
+            "nothing pending"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_after_a_disconnect_delivers_each_change_once() {
+        let mut r = rig();
+        let shape = r.live(None);
+        r.insert_txn(100, 10, &[1, 2]);
+        assert_eq!(r.writer.flush().await.expect("flush"), Some(Lsn(101)));
+        // Appended, not yet durable, then the connection breaks mid-transaction.
+        r.insert_txn(200, 20, &[3]);
+        r.writer.begin(Lsn(300), 30);
+        r.writer.reset_after_disconnect();
+        // The slot sends everything after the acknowledged position again (and, as it may,
+        // the acknowledged transaction too).
+        r.insert_txn(100, 10, &[1, 2]);
+        r.insert_txn(200, 20, &[3]);
+        r.insert_txn(300, 30, &[4]);
+        assert_eq!(r.writer.flush().await.expect("flush"), Some(Lsn(301)));
+        let changes = log_changes(&shape);
+        let ids: Vec<&str> = changes.iter().map(|c| c.2.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3", "4"], "{changes:?}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_acknowledged_while_a_change_waits_to_be_flushed() {
+        let mut r = rig();
+        let _shape = r.live(None);
+        r.insert_txn(100, 10, &[1]);
+        assert_eq!(
+            r.writer.idle_ack(Lsn(150)),
+            None,
+            "a transaction is not durable yet"
+        );
+        r.writer.begin(Lsn(120), 12);
+        assert_eq!(r.writer.idle_ack(Lsn(150)), None, "inside a transaction");
+        r.writer.commit(Lsn(121));
+        assert_eq!(r.writer.flush().await.expect("flush"), Some(Lsn(121)));
+        assert_eq!(r.writer.idle_ack(Lsn(150)), Some(Lsn(150)));
+    }
+
+    #[tokio::test]
+    async fn truncate_and_a_changed_relation_take_shapes_out_of_service() {
+        let mut r = rig();
+        let a = r.live(Some("small > 0"));
+        let b = r.live(None);
+        r.writer.begin(Lsn(100), 10);
+        r.writer.truncate(&[7]);
+        r.writer.commit(Lsn(101));
+        assert!(!a.is_active() && !b.is_active());
+        let c = r.live(None);
+        let mut changed = r.rel.clone();
+        changed.columns.pop();
+        r.writer.relation(&changed, Some(&[]));
+        assert!(!c.is_active(), "its table lost a column");
+        let d = r.live(None);
+        r.writer.relation(&r.rel.clone(), Some(&[]));
+        assert!(d.is_active(), "same columns: untouched");
+    }
+
+    #[tokio::test]
+    async fn a_partition_change_reaches_its_parent_shapes_in_the_parent_column_order() {
+        let mut r = rig();
+        // The parent (oid 7) is `t`; partition 8 has the same columns in another order.
+        let parent = r.live(Some("small = 5"));
+        let partition = Relation {
+            oid: 8,
+            name: "t_p".into(),
+            ..relation(
+                ReplicaIdentity::Full,
+                &["small", "id", "big"],
+                &["small", "id", "big"],
+            )
+        };
+        r.writer.relation(&partition, Some(&[7]));
+        r.writer.begin(Lsn(100), 10);
+        let row = |id: &str, small: &str| tuple(vec![text(small), text(id), text("x")]);
+        r.writer
+            .change(&partition, ChangeKind::Insert, None, Some(&row("1", "5")));
+        r.writer
+            .change(&partition, ChangeKind::Insert, None, Some(&row("2", "6")));
+        r.writer.commit(Lsn(101));
+        r.writer.flush().await.expect("flush");
+        let changes = log_changes(&parent);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(
+            (changes[0].1.as_str(), changes[0].2.as_str()),
+            ("insert", "1")
         );
     }
 }
