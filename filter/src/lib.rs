@@ -24,9 +24,11 @@
 mod clause;
 mod cmp;
 mod datetime;
+mod enums;
 mod error;
 mod eval;
 mod expr;
+mod functions;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod ident;

@@ -426,7 +426,7 @@ impl Typer<'_> {
         };
         let Some((col, _)) = self.column(col_node)? else {
             return Err(WhereError::new(
-                WhereErrorKind::UnknownColumn,
+                WhereErrorKind::Unsupported,
                 at,
                 "IS DISTINCT FROM needs a column",
             ));
@@ -567,7 +567,7 @@ impl Typer<'_> {
         let name = &self.table.columns[col].name;
         let family = family.ok_or_else(|| {
             WhereError::new(
-                WhereErrorKind::UnknownColumn,
+                WhereErrorKind::Unsupported,
                 at,
                 format!(
                     "columns of type {} are not supported in where clauses yet (column {name:?})",
@@ -757,12 +757,12 @@ impl Typer<'_> {
                 }
             }
             Some(N::ColumnRef(r)) => Err(WhereError::new(
-                WhereErrorKind::UnknownColumn,
+                WhereErrorKind::Unsupported,
                 loc(r.location),
                 "comparing two columns is not supported yet",
             )),
             _ => Err(WhereError::new(
-                WhereErrorKind::UnknownColumn,
+                WhereErrorKind::Unsupported,
                 Loc::NONE,
                 "only constants can be compared with a column so far",
             )),

@@ -51,51 +51,14 @@ pub(crate) fn render(expr: &Expr, names: &[String], out: &mut String) {
             });
         }
         Expr::And(items) | Expr::Or(items) if items.len() == 1 => render(&items[0], names, out),
-        Expr::And(_) | Expr::Or(_) => {
-            let sep = if matches!(expr, Expr::And(_)) {
-                " AND "
-            } else {
-                " OR "
-            };
-            // Nested ANDs in an AND (ORs in an OR) are one list, as Postgres parses them back.
-            fn flat<'e>(e: &'e Expr, and: bool, out: &mut Vec<&'e Expr>) {
-                match e {
-                    Expr::And(items) if and => items.iter().for_each(|i| flat(i, and, out)),
-                    Expr::Or(items) if !and => items.iter().for_each(|i| flat(i, and, out)),
-                    other => out.push(other),
-                }
-            }
-            let mut parts = Vec::new();
-            flat(expr, matches!(expr, Expr::And(_)), &mut parts);
-            out.push('(');
-            for (i, e) in parts.into_iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
-                render(e, names, out);
-            }
-            out.push(')');
-        }
+        Expr::And(_) => render_list(expr, true, names, out),
+        Expr::Or(_) => render_list(expr, false, names, out),
         Expr::Like {
             arg,
             pattern,
             negated,
             fold,
         } => {
-            // Re-rendered with `\` as the escape character, from the compiled pattern.
-            let mut p = String::new();
-            for t in pattern {
-                match t {
-                    LikeTok::Any => p.push('%'),
-                    LikeTok::One => p.push('_'),
-                    LikeTok::Char(c) => {
-                        if matches!(c, '%' | '_' | '\\') {
-                            p.push('\\');
-                        }
-                        p.push(*c);
-                    }
-                }
-            }
             out.push('(');
             arg.render(names, out);
             out.push_str(match (*negated, *fold) {
@@ -104,7 +67,7 @@ pub(crate) fn render(expr: &Expr, names: &[String], out: &mut String) {
                 (false, true) => " ILIKE ",
                 (true, true) => " NOT ILIKE ",
             });
-            out.push_str(&crate::ident::quote_literal(&p));
+            out.push_str(&crate::ident::quote_literal(&like_pattern(pattern)));
             out.push_str(" ESCAPE '\\')");
         }
         Expr::Not(e) => {
@@ -157,4 +120,44 @@ pub(crate) fn render(expr: &Expr, names: &[String], out: &mut String) {
             out.push(')');
         }
     }
+}
+
+/// An `AND` (`and`) or `OR` list in parentheses. Nested ANDs in an AND (ORs in an OR) are one
+/// list, as Postgres parses them back.
+fn render_list(expr: &Expr, and: bool, names: &[String], out: &mut String) {
+    fn flat<'e>(e: &'e Expr, and: bool, out: &mut Vec<&'e Expr>) {
+        match e {
+            Expr::And(items) if and => items.iter().for_each(|i| flat(i, and, out)),
+            Expr::Or(items) if !and => items.iter().for_each(|i| flat(i, and, out)),
+            other => out.push(other),
+        }
+    }
+    let mut parts = Vec::new();
+    flat(expr, and, &mut parts);
+    out.push('(');
+    for (i, e) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(if and { " AND " } else { " OR " });
+        }
+        render(e, names, out);
+    }
+    out.push(')');
+}
+
+/// A compiled LIKE pattern as text with `\\` as the escape character.
+fn like_pattern(pattern: &[LikeTok]) -> String {
+    let mut p = String::new();
+    for t in pattern {
+        match t {
+            LikeTok::Any => p.push('%'),
+            LikeTok::One => p.push('_'),
+            LikeTok::Char(c) => {
+                if matches!(c, '%' | '_' | '\\') {
+                    p.push('\\');
+                }
+                p.push(*c);
+            }
+        }
+    }
+    p
 }

@@ -47,28 +47,10 @@ pub enum Ty {
     Timestamp,
     Timestamptz,
     Interval,
-    /// An enum type, by its labels in declared order (interned: see [`intern_labels`]).
+    /// An enum type, by its labels in declared order (interned: see `enums.rs`).
     Enum(&'static [String]),
     /// A one-dimensional (or multi-dimensional) array of the element type.
     Array(&'static Ty),
-}
-
-/// Enum label lists, interned for the life of the process so that [`Ty`] stays `Copy`: one
-/// entry per distinct list ever seen (a handful per database; a new one only when an enum
-/// type changes).
-pub fn intern_labels(labels: &[String]) -> &'static [String] {
-    use std::sync::{Mutex, OnceLock};
-    static LISTS: OnceLock<Mutex<Vec<&'static [String]>>> = OnceLock::new();
-    let mut lists = LISTS
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(l) = lists.iter().find(|l| **l == labels) {
-        return l;
-    }
-    let leaked: &'static [String] = Box::leak(labels.to_vec().into_boxed_slice());
-    lists.push(leaked);
-    leaked
 }
 
 impl Ty {
@@ -112,22 +94,10 @@ impl Ty {
         })
     }
 
-    /// The type as a `'static` reference (for [`Ty::Array`]). Enum types are kept in a small
-    /// interned table of their own.
+    /// The type as a `'static` reference (for [`Ty::Array`]); enum types from their interner.
     pub fn as_static(self) -> &'static Ty {
         if let Ty::Enum(labels) = self {
-            use std::sync::{Mutex, OnceLock};
-            static ENUMS: OnceLock<Mutex<Vec<&'static Ty>>> = OnceLock::new();
-            let mut all = ENUMS
-                .get_or_init(|| Mutex::new(Vec::new()))
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(t) = all.iter().find(|t| ***t == Ty::Enum(labels)) {
-                return t;
-            }
-            let leaked: &'static Ty = Box::leak(Box::new(Ty::Enum(labels)));
-            all.push(leaked);
-            return leaked;
+            return crate::enums::as_static(labels);
         }
         match self {
             Ty::Int2 => &Ty::Int2,

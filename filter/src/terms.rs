@@ -8,7 +8,7 @@ use crate::cmp::CmpOp;
 use crate::expr::Expr;
 use crate::like::LikeTok;
 use crate::scalar::{self, Scalar, Ty, V};
-use crate::value::{self, Family, OrdKey};
+use crate::value::{self, Family, Literal, OrdKey};
 
 /// A range of values (`None`: unbounded); the flag says whether the bound is included.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,85 +145,21 @@ fn prefix_end(p: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The routing term a typed where clause implies (`None`: the shape is scanned).
 pub(crate) fn route(e: &Expr) -> Option<Filed> {
-    let filed = |column, family, filing| {
-        Some(Filed {
-            column,
-            family,
-            filing,
-        })
-    };
     match e {
         Expr::Compare {
             column,
             family,
             op,
             value,
-        } => {
-            if *op == CmpOp::Eq {
-                return filed(
-                    *column,
-                    *family,
-                    Filing::Keys(vec![value.index_key(*family)?]),
-                );
-            }
-            if *family == Family::Bool {
-                return None;
-            }
-            let key = value.ord_key(*family)?;
-            let span = match op {
-                CmpOp::Gt => Span {
-                    lo: Some((key, false)),
-                    hi: None,
-                },
-                CmpOp::Ge => Span {
-                    lo: Some((key, true)),
-                    hi: None,
-                },
-                CmpOp::Lt => Span {
-                    lo: None,
-                    hi: Some((key, false)),
-                },
-                CmpOp::Le => Span {
-                    lo: None,
-                    hi: Some((key, true)),
-                },
-                _ => return None,
-            };
-            filed(*column, *family, Filing::Spans(vec![span]))
-        }
+        } => compare_term(*column, *family, *op, value),
         Expr::Like {
             arg,
             pattern,
             negated: false,
             fold: false,
-        } => {
-            let Scalar::Col {
-                idx,
-                ty: Ty::Text | Ty::Varchar,
-            } = arg.as_ref()
-            else {
-                return None;
-            };
-            let family = Family::Text { bpchar: false };
-            let mut prefix = String::new();
-            for t in pattern {
-                match t {
-                    LikeTok::Char(c) => prefix.push(*c),
-                    _ => break,
-                }
-            }
-            let exact = pattern.iter().all(|t| matches!(t, LikeTok::Char(_)));
-            if exact {
-                return filed(*idx, family, Filing::Keys(vec![prefix.into_bytes()]));
-            }
-            if prefix.is_empty() {
-                return None;
-            }
-            let hi = prefix_end(prefix.as_bytes()).map(|b| (OrdKey::Bytes(b), false));
-            let lo = Some((OrdKey::Bytes(prefix.into_bytes()), true));
-            filed(*idx, family, Filing::Spans(vec![Span { lo, hi }]))
-        }
+        } => like_term(arg, pattern),
         Expr::AnyAll {
             op: CmpOp::Eq,
             all: false,
@@ -231,105 +167,180 @@ pub(crate) fn route(e: &Expr) -> Option<Filed> {
             arr,
             elem,
             cmp,
-        } => match (strip_int_widening(x), arr.as_ref()) {
-            (Scalar::Col { idx, ty }, Scalar::Const { .. }) => {
-                let family = key_family(*ty, *cmp).filter(|_| key_family(*elem, *cmp).is_some())?;
-                filed(*idx, family, Filing::Keys(elem_keys(arr, *elem, family)?))
-            }
-            (Scalar::Const { v, ty }, Scalar::Col { idx, .. }) if !v.is_null() => {
-                let family = key_family(*elem, *cmp).filter(|_| key_family(*ty, *cmp).is_some())?;
-                let key = value::index_key(family, scalar::output(v, *ty).as_bytes())?;
-                filed(*idx, family, Filing::Elems(vec![key]))
-            }
-            _ => None,
+        } => any_term(x, arr, *elem, *cmp),
+        Expr::ArrayOp { op, l, r, elem } => array_term(*op, l, r, *elem),
+        Expr::And(items) => and_term(items),
+        Expr::Or(items) => or_term(items),
+        _ => None,
+    }
+}
+
+fn filed(column: usize, family: Family, filing: Filing) -> Option<Filed> {
+    Some(Filed {
+        column,
+        family,
+        filing,
+    })
+}
+
+/// `column op constant`: a key for `=`, a half-open range for an ordering.
+fn compare_term(column: usize, family: Family, op: CmpOp, value: &Literal) -> Option<Filed> {
+    if op == CmpOp::Eq {
+        return filed(column, family, Filing::Keys(vec![value.index_key(family)?]));
+    }
+    if family == Family::Bool {
+        return None;
+    }
+    let key = value.ord_key(family)?;
+    let span = match op {
+        CmpOp::Gt => Span {
+            lo: Some((key, false)),
+            hi: None,
         },
-        Expr::ArrayOp { op, l, r, elem } => {
-            let family = elem_family(*elem)?;
-            let (col, konst, any) = match (op, l.as_ref(), r.as_ref()) {
-                (scalar::ArrayOp::Contains, Scalar::Col { idx, .. }, k @ Scalar::Const { .. }) => {
-                    (*idx, k, false)
-                }
-                (
-                    scalar::ArrayOp::ContainedBy,
-                    k @ Scalar::Const { .. },
-                    Scalar::Col { idx, .. },
-                ) => (*idx, k, false),
-                (scalar::ArrayOp::Overlaps, Scalar::Col { idx, .. }, k @ Scalar::Const { .. })
-                | (scalar::ArrayOp::Overlaps, k @ Scalar::Const { .. }, Scalar::Col { idx, .. }) => {
-                    (*idx, k, true)
-                }
-                _ => return None,
-            };
-            let keys = elem_keys(konst, *elem, family)?;
-            if any {
-                filed(col, family, Filing::Elems(keys))
-            } else {
-                // Containing every element means containing the first one.
-                let first = keys.into_iter().next()?;
-                filed(col, family, Filing::Elems(vec![first]))
-            }
+        CmpOp::Ge => Span {
+            lo: Some((key, true)),
+            hi: None,
+        },
+        CmpOp::Lt => Span {
+            lo: None,
+            hi: Some((key, false)),
+        },
+        CmpOp::Le => Span {
+            lo: None,
+            hi: Some((key, true)),
+        },
+        _ => return None,
+    };
+    filed(column, family, Filing::Spans(vec![span]))
+}
+
+/// `text_column LIKE 'prefix%…'` (case-sensitive): the literal prefix as a range, or as a key
+/// when the pattern has no wildcard.
+fn like_term(arg: &Scalar, pattern: &[LikeTok]) -> Option<Filed> {
+    let Scalar::Col {
+        idx,
+        ty: Ty::Text | Ty::Varchar,
+    } = arg
+    else {
+        return None;
+    };
+    let family = Family::Text { bpchar: false };
+    let mut prefix = String::new();
+    for t in pattern {
+        match t {
+            LikeTok::Char(c) => prefix.push(*c),
+            _ => break,
         }
-        Expr::And(items) => {
-            let mut best: Option<Filed> = None;
-            let mut spans: Vec<(usize, Family, Span)> = Vec::new();
-            for f in items.iter().filter_map(route) {
-                match f.filing {
-                    Filing::Spans(mut s) if s.len() == 1 => {
-                        let span = s.pop()?;
-                        match spans
-                            .iter_mut()
-                            .find(|(c, fam, _)| *c == f.column && *fam == f.family)
-                        {
-                            Some(slot) => {
-                                let prev =
-                                    std::mem::replace(&mut slot.2, Span { lo: None, hi: None });
-                                slot.2 = prev.intersect(span);
-                            }
-                            None => spans.push((f.column, f.family, span)),
-                        }
-                    }
-                    _ => best = better(best, Some(f)),
-                }
-            }
-            for (column, family, span) in spans {
-                best = better(best, filed(column, family, Filing::Spans(vec![span])));
-            }
-            best
+    }
+    let exact = pattern.iter().all(|t| matches!(t, LikeTok::Char(_)));
+    if exact {
+        return filed(*idx, family, Filing::Keys(vec![prefix.into_bytes()]));
+    }
+    if prefix.is_empty() {
+        return None;
+    }
+    let hi = prefix_end(prefix.as_bytes()).map(|b| (OrdKey::Bytes(b), false));
+    let lo = Some((OrdKey::Bytes(prefix.into_bytes()), true));
+    filed(*idx, family, Filing::Spans(vec![Span { lo, hi }]))
+}
+
+/// `column = ANY(constant array)` (keys) and `constant = ANY(array_column)` (elements), when
+/// both sides key in the same family.
+fn any_term(x: &Scalar, arr: &Scalar, elem: Ty, cmp: Ty) -> Option<Filed> {
+    match (strip_int_widening(x), arr) {
+        (Scalar::Col { idx, ty }, Scalar::Const { .. }) => {
+            let family = key_family(*ty, cmp).filter(|_| key_family(elem, cmp).is_some())?;
+            filed(*idx, family, Filing::Keys(elem_keys(arr, elem, family)?))
         }
-        Expr::Or(items) => {
-            let mut it = items.iter();
-            let first = route(it.next()?)?;
-            let (column, family) = (first.column, first.family);
-            let mut filing = first.filing;
-            for e in it {
-                let f = route(e)?;
-                if f.column != column || f.family != family {
-                    return None;
-                }
-                filing = match (filing, f.filing) {
-                    (Filing::Keys(mut a), Filing::Keys(b)) => {
-                        a.extend(b);
-                        a.sort_unstable();
-                        a.dedup();
-                        Filing::Keys(a)
-                    }
-                    (Filing::Elems(mut a), Filing::Elems(b)) => {
-                        a.extend(b);
-                        a.sort_unstable();
-                        a.dedup();
-                        Filing::Elems(a)
-                    }
-                    (Filing::Spans(mut a), Filing::Spans(b)) => {
-                        a.extend(b);
-                        Filing::Spans(a)
-                    }
-                    _ => return None,
-                };
-            }
-            filed(column, family, filing)
+        (Scalar::Const { v, ty }, Scalar::Col { idx, .. }) if !v.is_null() => {
+            let family = key_family(elem, cmp).filter(|_| key_family(*ty, cmp).is_some())?;
+            let key = value::index_key(family, scalar::output(v, *ty).as_bytes())?;
+            filed(*idx, family, Filing::Elems(vec![key]))
         }
         _ => None,
     }
+}
+
+/// `array_column @> constant`, `constant <@ array_column` (one element is enough to route
+/// by) and `&&` either way (any of the elements).
+fn array_term(op: scalar::ArrayOp, l: &Scalar, r: &Scalar, elem: Ty) -> Option<Filed> {
+    use scalar::ArrayOp::{ContainedBy, Contains, Overlaps};
+    let family = elem_family(elem)?;
+    let (col, konst, any) = match (op, l, r) {
+        (Contains, Scalar::Col { idx, .. }, k @ Scalar::Const { .. })
+        | (ContainedBy, k @ Scalar::Const { .. }, Scalar::Col { idx, .. }) => (*idx, k, false),
+        (Overlaps, Scalar::Col { idx, .. }, k @ Scalar::Const { .. })
+        | (Overlaps, k @ Scalar::Const { .. }, Scalar::Col { idx, .. }) => (*idx, k, true),
+        _ => return None,
+    };
+    let keys = elem_keys(konst, elem, family)?;
+    if any {
+        filed(col, family, Filing::Elems(keys))
+    } else {
+        // Containing every element means containing the first one.
+        let first = keys.into_iter().next()?;
+        filed(col, family, Filing::Elems(vec![first]))
+    }
+}
+
+/// A conjunction: ranges on one column intersect; of everything else the most selective term.
+fn and_term(items: &[Expr]) -> Option<Filed> {
+    let mut best: Option<Filed> = None;
+    let mut spans: Vec<(usize, Family, Span)> = Vec::new();
+    for f in items.iter().filter_map(route) {
+        match f.filing {
+            Filing::Spans(mut s) if s.len() == 1 => {
+                let span = s.pop()?;
+                match spans
+                    .iter_mut()
+                    .find(|(c, fam, _)| *c == f.column && *fam == f.family)
+                {
+                    Some(slot) => {
+                        let prev = std::mem::replace(&mut slot.2, Span { lo: None, hi: None });
+                        slot.2 = prev.intersect(span);
+                    }
+                    None => spans.push((f.column, f.family, span)),
+                }
+            }
+            _ => best = better(best, Some(f)),
+        }
+    }
+    for (column, family, span) in spans {
+        best = better(best, filed(column, family, Filing::Spans(vec![span])));
+    }
+    best
+}
+
+/// A disjunction routes only when every branch routes on the same column, family and kind of
+/// filing: their union.
+fn or_term(items: &[Expr]) -> Option<Filed> {
+    let mut it = items.iter();
+    let first = route(it.next()?)?;
+    let (column, family) = (first.column, first.family);
+    let mut filing = first.filing;
+    for e in it {
+        let f = route(e)?;
+        if f.column != column || f.family != family {
+            return None;
+        }
+        filing = match (filing, f.filing) {
+            (Filing::Keys(a), Filing::Keys(b)) => Filing::Keys(union(a, b)),
+            (Filing::Elems(a), Filing::Elems(b)) => Filing::Elems(union(a, b)),
+            (Filing::Spans(mut a), Filing::Spans(b)) => {
+                a.extend(b);
+                Filing::Spans(a)
+            }
+            _ => return None,
+        };
+    }
+    filed(column, family, filing)
+}
+
+fn union(mut a: Vec<Vec<u8>>, b: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
 }
 
 /// The more selective of two filings: fewest keys, then element keys, then a bounded range,

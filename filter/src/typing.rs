@@ -23,7 +23,7 @@ use crate::error::{Loc, WhereError, WhereErrorKind};
 use crate::expr::{Expr, JsonHasMode};
 use crate::like::LikeTok;
 use crate::num::Num;
-use crate::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Func, Scalar, Ty, V};
+use crate::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Scalar, Ty, V};
 use crate::typer::{loc, Typer};
 
 /// A value expression before its type is settled.
@@ -42,7 +42,7 @@ impl Val {
         )
     }
 
-    fn known_ty(&self) -> Option<Ty> {
+    pub(crate) fn known_ty(&self) -> Option<Ty> {
         match self {
             Val::Known(s) => Some(s.ty()),
             Val::Unknown(_) => None,
@@ -78,7 +78,7 @@ pub(crate) fn cmp_type(a: Ty, b: Ty) -> Option<Ty> {
 }
 
 /// The common type of several types (Postgres' `select_common_type` for the supported ones).
-fn common_type(types: &[Ty]) -> Option<Ty> {
+pub(crate) fn common_type(types: &[Ty]) -> Option<Ty> {
     let first = *types.first()?;
     let mut t = first;
     for &u in &types[1..] {
@@ -168,10 +168,13 @@ impl Typer<'_> {
                 let ty = if labels.is_empty() {
                     Ty::of_type(self.table.eval_type_name(idx), c.dims)
                 } else {
-                    Some(Ty::Enum(scalar::intern_labels(labels)).array_if(c.dims > 0))
+                    let ty = crate::enums::enum_type(labels).map_err(|e| {
+                        WhereError::new(WhereErrorKind::Unsupported, loc(r.location), e.to_string())
+                    })?;
+                    Some(ty.array_if(c.dims > 0))
                 };
                 let ty = ty.ok_or_else(|| {
-                    WhereError::new(WhereErrorKind::UnknownColumn, loc(r.location), format!("columns of type {} are not supported in where clauses yet (column {:?})",
+                    WhereError::new(WhereErrorKind::Unsupported, loc(r.location), format!("columns of type {} are not supported in where clauses yet (column {:?})",
                         c.type_name,
                         c.name
                     ))
@@ -312,7 +315,7 @@ impl Typer<'_> {
 
     /// Both operands of a binary operator: an `unknown` takes the other side's type (two
     /// unknowns are text).
-    fn pair(&self, a: Val, b: Val) -> Result<(Scalar, Scalar), WhereError> {
+    pub(crate) fn pair(&self, a: Val, b: Val) -> Result<(Scalar, Scalar), WhereError> {
         match (a.known_ty(), b.known_ty()) {
             (Some(_), Some(_)) => Ok((self.settle(a, Ty::Text)?, self.settle(b, Ty::Text)?)),
             (Some(t), None) => Ok((self.settle(a, t)?, self.settle(b, t)?)),
@@ -1136,226 +1139,6 @@ impl Typer<'_> {
             }
         };
         self.call(at, name, &f.args)
-    }
-
-    /// A function call by name.
-    fn call(&self, at: Loc, name: &str, args: &[Node]) -> Result<Scalar, WhereError> {
-        let args = args
-            .iter()
-            .map(|a| self.value(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let count = args.len();
-        let arity = |n: usize| -> Result<(), WhereError> {
-            if count == n {
-                Ok(())
-            } else {
-                Err(WhereError::new(
-                    WhereErrorKind::Type,
-                    at,
-                    format!(
-                        "function {name} takes {n} argument{}",
-                        if n == 1 { "" } else { "s" }
-                    ),
-                ))
-            }
-        };
-        let mut args = args.into_iter();
-        let mut next = || {
-            args.next()
-                .ok_or_else(|| WhereError::new(WhereErrorKind::Type, at, "missing argument"))
-        };
-        match name {
-            "lower" | "upper" => {
-                arity(1)?;
-                let a = self.settle(next()?, Ty::Text)?;
-                if !a.ty().is_text() {
-                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("function {name}({}) does not exist",
-                        a.ty().name()
-                    )));
-                }
-                self.check_fold(at, &a)?;
-                Ok(Scalar::Func {
-                    f: if name == "lower" {
-                        Func::Lower
-                    } else {
-                        Func::Upper
-                    },
-                    args: vec![a.conv(Ty::Text)],
-                    ty: Ty::Text,
-                })
-            }
-            "length" | "char_length" | "character_length" => {
-                arity(1)?;
-                let a = self.settle(next()?, Ty::Text)?;
-                if !a.ty().is_text() {
-                    return Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name}({}) is not supported",
-                        a.ty().name()
-                    )));
-                }
-                Ok(Scalar::Func {
-                    f: Func::Length,
-                    args: vec![a],
-                    ty: Ty::Int4,
-                })
-            }
-            "abs" => {
-                arity(1)?;
-                let a = match next()? {
-                    Val::Known(s) if s.ty().num_rank().is_some() => s,
-                    _ => return Err(WhereError::new(WhereErrorKind::Type, at, "abs needs a number")),
-                };
-                let ty = a.ty();
-                Ok(Scalar::Func {
-                    f: Func::Abs,
-                    args: vec![a],
-                    ty,
-                })
-            }
-            "coalesce" | "greatest" | "least" => {
-                let vals: Vec<Val> = std::iter::from_fn(|| next().ok()).collect();
-                if vals.is_empty() {
-                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs arguments")));
-                }
-                let known: Vec<Ty> = vals.iter().filter_map(Val::known_ty).collect();
-                let ty = if known.is_empty() {
-                    Ty::Text
-                } else {
-                    common_type(&known).ok_or_else(|| {
-                        WhereError::new(WhereErrorKind::Unsupported, at, format!("{name} arguments of these types cannot be matched"))
-                    })?
-                };
-                let args = vals
-                    .into_iter()
-                    .map(|v| self.settle(v, ty).map(|s| s.conv(ty)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let f = match name {
-                    "coalesce" => Func::Coalesce,
-                    "greatest" => Func::Greatest,
-                    _ => Func::Least,
-                };
-                if f != Func::Coalesce && ty.is_text() {
-                    let refs: Vec<&Scalar> = args.iter().collect();
-                    self.check_collation(at, &refs, true)?;
-                }
-                Ok(Scalar::Func { f, args, ty })
-            }
-            "nullif" => {
-                arity(2)?;
-                let (a, b) = self.pair(next()?, next()?)?;
-                let (ta, tb) = (a.ty(), b.ty());
-                let cmp = cmp_type(ta, tb).ok_or_else(|| {
-                    WhereError::new(WhereErrorKind::Type, at, format!("operator does not exist: {} = {}",
-                        ta.name(),
-                        tb.name()
-                    ))
-                })?;
-                // The result has the type of the left operand of the `=` Postgres picks:
-                // unchanged across integer widths or float widths, else the comparison type.
-                let ty = if (ta.is_int() && tb.is_int()) || (ta.is_float() && tb.is_float()) {
-                    ta
-                } else {
-                    cmp
-                };
-                if cmp.is_text() {
-                    self.check_collation(at, &[&a, &b], false)?;
-                }
-                Ok(Scalar::Func {
-                    f: Func::Nullif { cmp },
-                    args: vec![a.conv(ty), b],
-                    ty,
-                })
-            }
-            "concat" => {
-                let mut out = Vec::new();
-                for v in std::iter::from_fn(|| next().ok()) {
-                    let s = self.settle(v, Ty::Text)?;
-                    if s.ty().is_float() {
-                        return Err(WhereError::new(WhereErrorKind::Unsupported, at, "concat of floating-point values is not supported yet"));
-                    }
-                    out.push(s);
-                }
-                Ok(Scalar::Func {
-                    f: Func::Concat,
-                    args: out,
-                    ty: Ty::Text,
-                })
-            }
-            "array_length" | "cardinality" => {
-                arity(if name == "cardinality" { 1 } else { 2 })?;
-                let a = match next()? {
-                    Val::Known(s) if matches!(s.ty(), Ty::Array(_)) => s,
-                    _ => return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs an array"))),
-                };
-                let mut args = vec![a];
-                if name == "array_length" {
-                    let d = self.settle(next()?, Ty::Int4)?;
-                    if !d.ty().is_int() {
-                        return Err(WhereError::new(WhereErrorKind::Type, at, "array_length needs an integer dimension"));
-                    }
-                    args.push(d);
-                }
-                Ok(Scalar::Func {
-                    f: if name == "cardinality" {
-                        Func::Cardinality
-                    } else {
-                        Func::ArrayLength
-                    },
-                    args,
-                    ty: Ty::Int4,
-                })
-            }
-            "date_trunc" | "timezone" => {
-                arity(2)?;
-                let first = self.settle(next()?, Ty::Text)?;
-                let Scalar::Const {
-                    v: V::Text(text), ..
-                } = &first
-                else {
-                    return Err(WhereError::new(WhereErrorKind::Type, at, format!("{name} needs a constant as its first argument")));
-                };
-                let x = self.settle(next()?, Ty::Timestamptz)?;
-                let x = if x.ty() == Ty::Date {
-                    x.conv(Ty::Timestamptz)
-                } else {
-                    x
-                };
-                if !matches!(x.ty(), Ty::Timestamp | Ty::Timestamptz) {
-                    return Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name}(text, {}) is not supported",
-                        x.ty().name()
-                    )));
-                }
-                let (f, ty) = if name == "date_trunc" {
-                    if scalar::date_trunc_field_ok(text) {
-                        (Func::DateTrunc, x.ty())
-                    } else {
-                        return Err(WhereError::new(WhereErrorKind::InvalidValue, at, format!("unit \"{text}\" not recognized for type {}",
-                            x.ty().name()
-                        )));
-                    }
-                } else {
-                    if scalar::zone_ok(text) {
-                    } else {
-                        return Err(WhereError::new(WhereErrorKind::InvalidValue, at, format!("time zone \"{text}\" not recognized")));
-                    }
-                    let ty = if x.ty() == Ty::Timestamp {
-                        Ty::Timestamptz
-                    } else {
-                        Ty::Timestamp
-                    };
-                    (Func::Timezone, ty)
-                };
-                Ok(Scalar::Func {
-                    f,
-                    args: vec![first, x],
-                    ty,
-                })
-            }
-            "now" | "random" | "clock_timestamp" | "statement_timestamp" | "timeofday"
-            | "current_timestamp" | "transaction_timestamp" | "gen_random_uuid" | "nextval" => {
-                Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {name} is not allowed in where clauses (its result changes between evaluations)")))
-            }
-            other => Err(WhereError::new(WhereErrorKind::Unsupported, at, format!("function {other} is not supported in where clauses"))),
-        }
     }
 
     /// Text comparison needs one collation; ordering needs a byte-order one (C, POSIX, or a

@@ -115,151 +115,13 @@ impl Literal {
         family: Family,
         cast: Option<Family>,
     ) -> Result<Literal, WhereError> {
-        // A constant's own type: integer and decimal literals are int/numeric, `true` is
-        // boolean, and a string literal takes the type it is compared with (Postgres' unknown).
-        let natural = match raw {
-            RawConst::Integer(_) => Some(Family::Integer),
-            RawConst::Float(_) => Some(Family::Numeric),
-            RawConst::Bool(_) => Some(Family::Bool),
-            RawConst::Str(_) => None,
-        };
-        let target = cast.or(natural).unwrap_or(family);
-        if matches!(target, Family::Float { .. }) && !matches!(family, Family::Float { .. }) {
-            return Err(WhereError::new(
-                WhereErrorKind::UnknownColumn,
-                Loc::NONE,
-                format!(
-                    "comparing a {} column with a floating-point value is not supported yet",
-                    family.name()
-                ),
-            ));
-        }
-        // Against a float column every number is compared as float8; an untyped string takes
-        // the column's own width, an explicit cast its width.
-        let target = match (family, target) {
-            (Family::Float { f4 }, Family::Integer | Family::Numeric) => {
-                Family::Float { f4: false }
-                    .with_width(cast.is_none() && matches!(raw, RawConst::Str(_)), f4)
-            }
-            (Family::Float { .. }, t) => t,
-            (_, t) => t,
-        };
-        let comparable = target == family
-            || (target.is_number() && family.is_number())
-            || matches!((target, family), (Family::Text { .. }, Family::Text { .. }));
-        if !comparable {
-            return Err(WhereError::new(
-                WhereErrorKind::UnknownColumn,
-                Loc::NONE,
-                format!(
-                    "cannot compare a {} column with a {} value",
-                    family.name(),
-                    target.name()
-                ),
-            ));
-        }
-        let text = match (raw, target) {
-            (RawConst::Integer(s) | RawConst::Float(s), t) if t.is_number() => s.clone(),
-            (RawConst::Integer(s) | RawConst::Float(s), Family::Text { .. }) if cast.is_some() => {
-                s.clone()
-            }
-            (RawConst::Bool(b), Family::Bool) => if *b { "t" } else { "f" }.to_string(),
-            (RawConst::Str(s), _) => s.clone(),
-            (_, t) => {
-                return Err(WhereError::new(
-                    WhereErrorKind::UnknownColumn,
-                    Loc::NONE,
-                    format!("cannot compare a {} column with this constant", t.name()),
-                ))
-            }
-        };
-        if text.contains('\0') {
-            return Err(WhereError::new(
-                WhereErrorKind::InvalidValue,
-                Loc::NONE,
-                "invalid NUL character in constant",
-            ));
-        }
-        let norm = match target {
-            Family::Integer => {
-                let t = text.trim();
-                let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(WhereError::new(
-                        WhereErrorKind::InvalidValue,
-                        Loc::NONE,
-                        format!("invalid input syntax for type integer: {text:?}"),
-                    ));
-                }
-                t.to_string()
-            }
-            Family::Numeric => {
-                Decimal::parse(text.trim()).ok_or_else(|| {
-                    WhereError::new(
-                        WhereErrorKind::InvalidValue,
-                        Loc::NONE,
-                        format!("invalid input syntax for type numeric: {text:?}"),
-                    )
-                })?;
-                text.trim().to_string()
-            }
-            Family::Bool => match parse_bool(text.as_bytes()) {
-                Some(true) => "t".to_string(),
-                Some(false) => "f".to_string(),
-                None => {
-                    return Err(WhereError::new(
-                        WhereErrorKind::InvalidValue,
-                        Loc::NONE,
-                        format!("invalid input syntax for type boolean: {text:?}"),
-                    ))
-                }
-            },
-            Family::Text { bpchar } => {
-                if bpchar || matches!(family, Family::Text { bpchar: true }) {
-                    text.trim_end_matches(' ').to_string()
-                } else {
-                    text.clone()
-                }
-            }
-            Family::Uuid => canonical_uuid(&text).ok_or_else(|| {
-                WhereError::new(
-                    WhereErrorKind::InvalidValue,
-                    Loc::NONE,
-                    format!("invalid input syntax for type uuid: {text:?}"),
-                )
-            })?,
-            Family::Float { f4 } => {
-                let v = parse_float(&text, f4).ok_or_else(|| {
-                    WhereError::new(
-                        WhereErrorKind::InvalidValue,
-                        Loc::NONE,
-                        format!("invalid input syntax for type {}: {text:?}", target.name()),
-                    )
-                })?;
-                float_text(v)
-            }
-        };
+        let target = target_family(raw, family, cast)?;
+        let text = literal_text(raw, target, cast)?;
+        let norm = normalize(&text, target, family)?;
+        let parsed = fast_form(&norm, target)?;
         let sql_as = match target {
             Family::Text { .. } if cast.is_none() => None,
             t => Some(t),
-        };
-        let parsed = match target {
-            Family::Integer | Family::Numeric => {
-                let dec = Decimal::parse(norm.trim()).ok_or_else(|| {
-                    WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid number")
-                })?;
-                match norm.trim().parse::<i128>() {
-                    Ok(i) => Parsed::Int(i),
-                    Err(_) => Parsed::Dec(dec),
-                }
-            }
-            Family::Float { .. } => Parsed::Float(parse_float(&norm, false).ok_or_else(|| {
-                WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid float")
-            })?),
-            Family::Uuid => Parsed::Uuid(uuid_bytes(&norm).ok_or_else(|| {
-                WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, "invalid uuid")
-            })?),
-            _ => Parsed::Other,
         };
         Ok(Literal {
             norm,
@@ -647,6 +509,147 @@ impl Decimal {
             _ => rank(self).cmp(&rank(other)),
         }
     }
+}
+
+/// The family a constant is compared in against a column of `family`. A constant has its own
+/// type (integer and decimal literals are int/numeric, `true` is boolean) unless it is a string
+/// literal, which takes the type it is compared with (Postgres' unknown); an explicit cast
+/// decides over both. Against a float column every number is compared as float8; an untyped
+/// string takes the column's own width, an explicit cast its width.
+fn target_family(
+    raw: &RawConst,
+    family: Family,
+    cast: Option<Family>,
+) -> Result<Family, WhereError> {
+    let natural = match raw {
+        RawConst::Integer(_) => Some(Family::Integer),
+        RawConst::Float(_) => Some(Family::Numeric),
+        RawConst::Bool(_) => Some(Family::Bool),
+        RawConst::Str(_) => None,
+    };
+    let target = cast.or(natural).unwrap_or(family);
+    if matches!(target, Family::Float { .. }) && !matches!(family, Family::Float { .. }) {
+        return Err(WhereError::new(
+            WhereErrorKind::Unsupported,
+            Loc::NONE,
+            format!(
+                "comparing a {} column with a floating-point value is not supported yet",
+                family.name()
+            ),
+        ));
+    }
+    let target = match (family, target) {
+        (Family::Float { f4 }, Family::Integer | Family::Numeric) => Family::Float { f4: false }
+            .with_width(cast.is_none() && matches!(raw, RawConst::Str(_)), f4),
+        (_, t) => t,
+    };
+    let comparable = target == family
+        || (target.is_number() && family.is_number())
+        || matches!((target, family), (Family::Text { .. }, Family::Text { .. }));
+    if !comparable {
+        return Err(WhereError::new(
+            WhereErrorKind::Type,
+            Loc::NONE,
+            format!(
+                "cannot compare a {} column with a {} value",
+                family.name(),
+                target.name()
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+/// The constant's text, as it would be input to `target`.
+fn literal_text(
+    raw: &RawConst,
+    target: Family,
+    cast: Option<Family>,
+) -> Result<String, WhereError> {
+    let text = match (raw, target) {
+        (RawConst::Integer(s) | RawConst::Float(s), t) if t.is_number() => s.clone(),
+        (RawConst::Integer(s) | RawConst::Float(s), Family::Text { .. }) if cast.is_some() => {
+            s.clone()
+        }
+        (RawConst::Bool(b), Family::Bool) => if *b { "t" } else { "f" }.to_string(),
+        (RawConst::Str(s), _) => s.clone(),
+        (_, t) => {
+            return Err(WhereError::new(
+                WhereErrorKind::Type,
+                Loc::NONE,
+                format!("cannot compare a {} column with this constant", t.name()),
+            ))
+        }
+    };
+    if text.contains('\0') {
+        return Err(WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            "invalid NUL character in constant",
+        ));
+    }
+    Ok(text)
+}
+
+/// The constant's canonical text in `target` (what Postgres' input and output functions make
+/// of it), or Postgres' invalid-input error. Compared with a bpchar column, trailing spaces go.
+fn normalize(text: &str, target: Family, family: Family) -> Result<String, WhereError> {
+    let invalid = |ty: &str| {
+        WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            format!("invalid input syntax for type {ty}: {text:?}"),
+        )
+    };
+    Ok(match target {
+        Family::Integer => {
+            let t = text.trim();
+            let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid("integer"));
+            }
+            t.to_string()
+        }
+        Family::Numeric => {
+            Decimal::parse(text.trim()).ok_or_else(|| invalid("numeric"))?;
+            text.trim().to_string()
+        }
+        Family::Bool => match parse_bool(text.as_bytes()) {
+            Some(true) => "t".to_string(),
+            Some(false) => "f".to_string(),
+            None => return Err(invalid("boolean")),
+        },
+        Family::Text { bpchar } => {
+            if bpchar || matches!(family, Family::Text { bpchar: true }) {
+                text.trim_end_matches(' ').to_string()
+            } else {
+                text.to_string()
+            }
+        }
+        Family::Uuid => canonical_uuid(text).ok_or_else(|| invalid("uuid"))?,
+        Family::Float { f4 } => {
+            float_text(parse_float(text, f4).ok_or_else(|| invalid(target.name()))?)
+        }
+    })
+}
+
+/// The form a row's values are compared with on the fast path.
+fn fast_form(norm: &str, target: Family) -> Result<Parsed, WhereError> {
+    let invalid = |what: &str| WhereError::new(WhereErrorKind::InvalidValue, Loc::NONE, what);
+    Ok(match target {
+        Family::Integer | Family::Numeric => {
+            let dec = Decimal::parse(norm.trim()).ok_or_else(|| invalid("invalid number"))?;
+            match norm.trim().parse::<i128>() {
+                Ok(i) => Parsed::Int(i),
+                Err(_) => Parsed::Dec(dec),
+            }
+        }
+        Family::Float { .. } => {
+            Parsed::Float(parse_float(norm, false).ok_or_else(|| invalid("invalid float"))?)
+        }
+        Family::Uuid => Parsed::Uuid(uuid_bytes(norm).ok_or_else(|| invalid("invalid uuid"))?),
+        _ => Parsed::Other,
+    })
 }
 
 #[cfg(test)]
