@@ -32,7 +32,7 @@ impl WhereClause {
     }
 
     /// The equality every matching row satisfies (the [`Self::route_term`] when it is one):
-    /// the column, its family and the constants' [`value::index_key`]s.
+    /// the column, its family and the constants' [`crate::index_key`]s.
     pub fn eq_term(&self) -> Option<(usize, Family, Vec<Vec<u8>>)> {
         match self.route_term()? {
             Filed {
@@ -44,8 +44,8 @@ impl WhereClause {
         }
     }
 
-    /// A condition every matching row satisfies that the routing index can answer (see
-    /// [`crate::shape::route`]): one column equal to one of a few constants, within one of a
+    /// A condition every matching row satisfies that the routing index can answer (the
+    /// server's): one column equal to one of a few constants, within one of a
     /// few ranges, or (an array) holding one of a few elements. From the whole clause or the
     /// most selective conjunct of a top-level `AND`; an `OR` when all its branches give the
     /// same kind of condition on the same column.

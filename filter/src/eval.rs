@@ -7,14 +7,15 @@ use crate::expr::JsonHasMode;
 use crate::expr::{Expr, Operand};
 use crate::like::like_matches;
 use crate::num::Fail;
+use crate::ops;
+use crate::pgtext;
+use crate::pgtext::V;
 use crate::row::Row;
-use crate::scalar;
-use crate::scalar::V;
 use crate::value;
 
 /// The elements of an array in Postgres text form (`None` = NULL), for the routing index.
 pub fn array_elements(text: &str) -> Option<Vec<Option<String>>> {
-    scalar::parse_array(text)
+    pgtext::parse_array(text)
         .map(|(items, _)| items.into_iter().map(|i| i.map(Cow::into_owned)).collect())
 }
 
@@ -93,7 +94,7 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             if a.is_null() || b.is_null() {
                 None
             } else {
-                Some(op.holds(scalar::cmp_values(&a, &b, *ty)))
+                Some(op.holds(ops::cmp_values(&a, &b, *ty)))
             }
         }
         Expr::ValueIsNull { arg, negated } => Some(arg.eval(row)?.is_null() != *negated),
@@ -107,7 +108,7 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
         } => {
             let xv = x.eval(row)?;
             let av = arr.eval(row)?;
-            scalar::any_all(*op, *all, &xv, &av, *elem, *cmp)?
+            ops::any_all(*op, *all, &xv, &av, *elem, *cmp)?
         }
         Expr::JsonContains { l, r } => match (l.eval(row)?, r.eval(row)?) {
             (V::Json(a), V::Json(b)) => Some(a.contains(&b)),
@@ -138,7 +139,7 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             let distinct = match (a.is_null(), b.is_null()) {
                 (true, true) => false,
                 (true, false) | (false, true) => true,
-                _ => scalar::cmp_values(&a, &b, *ty) != Ordering::Equal,
+                _ => ops::cmp_values(&a, &b, *ty) != Ordering::Equal,
             };
             Some(distinct != *not)
         }

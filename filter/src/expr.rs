@@ -3,7 +3,9 @@
 
 use crate::cmp::CmpOp;
 use crate::like::LikeTok;
-use crate::scalar::{self, Scalar, Ty};
+use crate::ops;
+use crate::scalar::Scalar;
+use crate::ty::Ty;
 use crate::value::{Family, Literal};
 
 /// A validated, typed boolean expression over a table's columns (by position).
@@ -63,7 +65,7 @@ pub enum Expr {
     },
     /// `l @> r`, `l <@ r`, `l && r` on arrays with elements of `elem`.
     ArrayOp {
-        op: scalar::ArrayOp,
+        op: ops::ArrayOp,
         l: Box<Scalar>,
         r: Box<Scalar>,
         elem: Ty,

@@ -6,7 +6,9 @@
 use pg_query::Node;
 
 use crate::error::{Loc, WhereError, WhereErrorKind};
-use crate::scalar::{self, Func, Scalar, Ty, V};
+use crate::pgtext::V;
+use crate::scalar::{self, Func, Scalar};
+use crate::ty::Ty;
 use crate::typer::Typer;
 use crate::typing::{cmp_type, common_type, Val};
 

@@ -13,8 +13,10 @@ use crate::clause::WhereClause;
 use crate::cmp::CmpOp;
 use crate::error::{Loc, WhereError, WhereErrorKind};
 use crate::expr::{Expr, JsonHasMode, Operand};
-use crate::scalar::{ArrayOp, Scalar, Ty};
+use crate::ops::ArrayOp;
+use crate::scalar::Scalar;
 use crate::table::TableInfo;
+use crate::ty::Ty;
 use crate::typer::{loc, Typer, PREFIX};
 use crate::value::{Family, Literal, RawConst};
 

@@ -7,7 +7,11 @@ use std::cmp::Ordering;
 use crate::cmp::CmpOp;
 use crate::expr::Expr;
 use crate::like::LikeTok;
-use crate::scalar::{self, Scalar, Ty, V};
+use crate::ops;
+use crate::pgtext;
+use crate::pgtext::V;
+use crate::scalar::Scalar;
+use crate::ty::Ty;
 use crate::value::{self, Family, Literal, OrdKey};
 
 /// A range of values (`None`: unbounded); the flag says whether the bound is included.
@@ -67,7 +71,7 @@ impl Span {
 /// How a shape is filed for one column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filing {
-    /// The column equals one of these keys ([`index_key`]).
+    /// The column equals one of these keys ([`crate::index_key`]).
     Keys(Vec<Vec<u8>>),
     /// The column is within one of these ranges.
     Spans(Vec<Span>),
@@ -117,7 +121,7 @@ fn elem_keys(arr: &Scalar, elem: Ty, family: Family) -> Option<Vec<Vec<u8>>> {
     for item in a.items.iter().filter(|i| !i.is_null()) {
         keys.push(value::index_key(
             family,
-            scalar::output(item, elem).as_bytes(),
+            pgtext::output(item, elem).as_bytes(),
         )?);
     }
     keys.sort_unstable();
@@ -254,7 +258,7 @@ fn any_term(x: &Scalar, arr: &Scalar, elem: Ty, cmp: Ty) -> Option<Filed> {
         }
         (Scalar::Const { v, ty }, Scalar::Col { idx, .. }) if !v.is_null() => {
             let family = key_family(elem, cmp).filter(|_| key_family(*ty, cmp).is_some())?;
-            let key = value::index_key(family, scalar::output(v, *ty).as_bytes())?;
+            let key = value::index_key(family, pgtext::output(v, *ty).as_bytes())?;
             filed(*idx, family, Filing::Elems(vec![key]))
         }
         _ => None,
@@ -263,8 +267,8 @@ fn any_term(x: &Scalar, arr: &Scalar, elem: Ty, cmp: Ty) -> Option<Filed> {
 
 /// `array_column @> constant`, `constant <@ array_column` (one element is enough to route
 /// by) and `&&` either way (any of the elements).
-fn array_term(op: scalar::ArrayOp, l: &Scalar, r: &Scalar, elem: Ty) -> Option<Filed> {
-    use scalar::ArrayOp::{ContainedBy, Contains, Overlaps};
+fn array_term(op: ops::ArrayOp, l: &Scalar, r: &Scalar, elem: Ty) -> Option<Filed> {
+    use ops::ArrayOp::{ContainedBy, Contains, Overlaps};
     let family = elem_family(elem)?;
     let (col, konst, any) = match (op, l, r) {
         (Contains, Scalar::Col { idx, .. }, k @ Scalar::Const { .. })

@@ -23,8 +23,12 @@ use crate::error::{Loc, WhereError, WhereErrorKind};
 use crate::expr::{Expr, JsonHasMode};
 use crate::like::LikeTok;
 use crate::num::Num;
-use crate::scalar::{self, parse_value, wider, ArOp, ArrayOp, CatKind, DtOp, Scalar, Ty, V};
+use crate::ops::{ArOp, ArrayOp, CatKind, DtOp};
+use crate::pgtext::{parse_value, V};
+use crate::scalar::Scalar;
+use crate::ty::{wider, Ty};
 use crate::typer::{loc, Typer};
+use crate::{ops, pgtext, ty};
 
 /// A value expression before its type is settled.
 pub(crate) enum Val {
@@ -168,7 +172,7 @@ impl Typer<'_> {
                 let ty = if labels.is_empty() {
                     Ty::of_type(self.table.eval_type_name(idx), c.dims)
                 } else {
-                    let ty = crate::enums::enum_type(labels).map_err(|e| {
+                    let ty = ty::enum_type(labels).map_err(|e| {
                         WhereError::new(WhereErrorKind::Unsupported, loc(r.location), e.to_string())
                     })?;
                     Some(ty.array_if(c.dims > 0))
@@ -781,7 +785,7 @@ impl Typer<'_> {
                 .collect::<Vec<_>>();
             let dims = vec![values.len()];
             return Ok(Scalar::Const {
-                v: V::Array(Box::new(scalar::Arr {
+                v: V::Array(Box::new(pgtext::Arr {
                     items: values,
                     dims,
                 })),
@@ -1092,7 +1096,7 @@ impl Typer<'_> {
                 if widening {
                     return Ok(Val::Known(s.conv(to)));
                 }
-                if !scalar::explicit_cast_ok(from, to) {
+                if !ty::explicit_cast_ok(from, to) {
                     return Err(WhereError::new(
                         WhereErrorKind::Unsupported,
                         at,
@@ -1256,20 +1260,18 @@ fn explicit_cast(v: V<'static>, from: Ty, to: Ty) -> Result<V<'static>, WhereErr
             return const_of(s, to);
         }
     }
-    if !scalar::explicit_cast_ok(from, to) {
+    if !ty::explicit_cast_ok(from, to) {
         return Err(WhereError::new(
             WhereErrorKind::Type,
             Loc::NONE,
             format!("cannot cast type {} to {}", from.name(), to.name()),
         ));
     }
-    scalar::convert(v, from, to)
-        .map(V::into_static)
-        .map_err(|_| {
-            WhereError::new(
-                WhereErrorKind::InvalidValue,
-                Loc::NONE,
-                format!("{} out of range", to.name()),
-            )
-        })
+    ops::convert(v, from, to).map(V::into_static).map_err(|_| {
+        WhereError::new(
+            WhereErrorKind::InvalidValue,
+            Loc::NONE,
+            format!("{} out of range", to.name()),
+        )
+    })
 }

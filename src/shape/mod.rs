@@ -56,7 +56,7 @@ pub enum Lifecycle {
 pub struct Shape {
     pub handle: ShapeHandle,
     pub def: ShapeDefinition,
-    /// Shared by the shapes of one table description (see [`shared_parts`]).
+    /// Shared by the shapes of one table description (see `shared_parts`).
     pub table: Arc<TableInfo>,
     /// Selected columns (indexes into `table.columns`), in table order.
     pub selected: Vec<usize>,

@@ -6,7 +6,7 @@
 //! that streamed transactions already in the snapshot are dropped.
 //!
 //! The COPY statement is rendered only from validated parts: quoted catalog identifiers and the
-//! where clause as re-rendered by [`crate::shape::filter`].
+//! where clause as re-rendered by `shapesync_filter` from its validated form.
 
 use std::sync::Arc;
 

@@ -192,6 +192,10 @@ fn imports(mods: &BTreeMap<Vec<String>, PathBuf>, module: &[String]) -> BTreeSet
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
+            if tail.ends_with("::") {
+                // `crate::{a, b}` or a glob: the `use` statement above expanded it.
+                continue;
+            }
             let parts: Vec<&str> = tail.split("::").filter(|p| !p.is_empty()).collect();
             if let Some(p) = absolute(&parts) {
                 add(p);
