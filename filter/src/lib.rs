@@ -21,6 +21,7 @@
 //! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
+mod arrays_json;
 mod clause;
 mod cmp;
 mod datetime;
