@@ -1,6 +1,9 @@
-//! The HTTP layer (axum): `GET /v1/shape`, `GET /v1/health`, CORS and common headers. Handlers
-//! are thin: parsing and response rules are pure functions in `params` and `response`; errors map
-//! to HTTP in `error`. No global timeout layer (it would cut off long-polls).
+//! The HTTP layer (axum, served by `shapesync-http1`): `GET/DELETE /v1/shape` (`shape_api`,
+//! with `sse` for live SSE and `subset_api`), the admin API (`admin_api`), `GET /v1/health`,
+//! metrics, CORS and common headers. Handlers are thin: parsing and response rules are pure
+//! functions in `params` and `response`; what a shape request gets is decided in
+//! [`crate::read`]; errors become responses in `error` and are logged once, by the request
+//! middleware here, with the request id. No global timeout layer (it would cut off long-polls).
 
 pub mod access;
 pub mod admin_api;
