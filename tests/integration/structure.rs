@@ -311,4 +311,25 @@ fn the_checker_finds_a_cycle() {
         .map(|m| (m.clone(), imports(&mods, m)))
         .collect();
     assert_eq!(cycles(&graph), vec![vec!["a".to_string(), "b".to_string()]]);
+
+    // Module lists in braces are imports of each module (not of the crate root), and a path
+    // in code counts like a `use`.
+    w("lib.rs", "mod d;\nmod e;\nmod f;\npub use d::D;\n");
+    w("d.rs", "use crate::{e, f};\npub struct D;\n");
+    w("e.rs", "pub struct E;\n");
+    w("f.rs", "pub fn f() -> crate::d::D { crate::d::D }\n");
+    for gone in ["a.rs", "b.rs", "c.rs"] {
+        std::fs::remove_file(dir.path().join(gone)).expect("remove");
+    }
+    let mods = modules(dir.path());
+    let d = vec!["d".to_string()];
+    assert_eq!(
+        imports(&mods, &d),
+        BTreeSet::from([vec!["e".to_string()], vec!["f".to_string()]])
+    );
+    let graph: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = mods
+        .keys()
+        .map(|m| (m.clone(), imports(&mods, m)))
+        .collect();
+    assert_eq!(cycles(&graph), vec![vec!["d".to_string(), "f".to_string()]]);
 }
