@@ -12,7 +12,7 @@ use crate::pgtext::{self, V};
 use crate::scalar::Scalar;
 use crate::ty::{wider, Ty};
 use crate::typer::Typer;
-use crate::typing::{cmp_type, common_type, is_ordering, textual, Val};
+use crate::typing::{cmp_type, common_type, is_ordering, no_operator, textual, Val};
 
 impl Typer<'_> {
     /// `ARRAY[…]`: the elements' common type (text if all are untyped).
@@ -150,18 +150,7 @@ impl Typer<'_> {
                 "op ANY/ALL (array) requires an array on the right side",
             )
         })?;
-        let cmp = cmp_type(x.ty(), elem).ok_or_else(|| {
-            WhereError::new(
-                WhereErrorKind::Type,
-                at,
-                format!(
-                    "operator does not exist: {} {} {}",
-                    x.ty().name(),
-                    op.sql(),
-                    elem.name()
-                ),
-            )
-        })?;
+        let cmp = cmp_type(x.ty(), elem).ok_or_else(|| no_operator(at, x.ty(), op.sql(), elem))?;
         if textual(cmp) {
             self.check_collation(at, &[&x, &arr], is_ordering(op))?;
         }
@@ -248,16 +237,7 @@ impl Typer<'_> {
                 keys.ty().elem().is_some_and(Ty::is_text)
             };
         if !ok {
-            return Err(WhereError::new(
-                WhereErrorKind::Type,
-                at,
-                format!(
-                    "operator does not exist: {} {} {}",
-                    doc.ty().name(),
-                    mode.sql(),
-                    keys.ty().name()
-                ),
-            ));
+            return Err(no_operator(at, doc.ty(), mode.sql(), keys.ty()));
         }
         let keys = if mode == JsonHasMode::One {
             keys.conv(Ty::Text)
@@ -293,18 +273,7 @@ impl Typer<'_> {
         }
         let elem = match (a.ty().elem(), b.ty().elem()) {
             (Some(e), Some(f)) if e == f => e,
-            _ => {
-                return Err(WhereError::new(
-                    WhereErrorKind::Type,
-                    at,
-                    format!(
-                        "operator does not exist: {} {} {}",
-                        a.ty().name(),
-                        op.sql(),
-                        b.ty().name()
-                    ),
-                ))
-            }
+            _ => return Err(no_operator(at, a.ty(), op.sql(), b.ty())),
         };
         if textual(elem) {
             self.check_collation(at, &[&a, &b], false)?;

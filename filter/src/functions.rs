@@ -10,7 +10,7 @@ use crate::pgtext::V;
 use crate::scalar::{self, Func, Scalar};
 use crate::ty::Ty;
 use crate::typer::Typer;
-use crate::typing::{cmp_type, common_type, Val};
+use crate::typing::{cmp_type, common_type, no_operator, Val};
 
 /// The typed arguments of one call, taken in order.
 struct Args<'n> {
@@ -175,12 +175,7 @@ impl Typer<'_> {
         args.arity(2)?;
         let (a, b) = self.pair(args.next()?, args.next()?)?;
         let (ta, tb) = (a.ty(), b.ty());
-        let cmp = cmp_type(ta, tb).ok_or_else(|| {
-            args.error(
-                WhereErrorKind::Type,
-                format!("operator does not exist: {} = {}", ta.name(), tb.name()),
-            )
-        })?;
+        let cmp = cmp_type(ta, tb).ok_or_else(|| no_operator(args.at, ta, "=", tb))?;
         let ty = if (ta.is_int() && tb.is_int()) || (ta.is_float() && tb.is_float()) {
             ta
         } else {

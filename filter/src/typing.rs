@@ -149,6 +149,15 @@ fn numeric_literal(text: &str) -> Result<Scalar, WhereError> {
 }
 
 /// Does comparing values of `ty` involve text collation?
+/// Postgres' error for an operator that has no version for these operand types.
+pub(crate) fn no_operator(at: Loc, l: Ty, op: &str, r: Ty) -> WhereError {
+    WhereError::new(
+        WhereErrorKind::Type,
+        at,
+        format!("operator does not exist: {} {op} {}", l.name(), r.name()),
+    )
+}
+
 pub(crate) fn textual(ty: Ty) -> bool {
     ty.is_text() || ty.elem().is_some_and(Ty::is_text)
 }
@@ -346,18 +355,8 @@ impl Typer<'_> {
     fn compare_vals(&self, at: Loc, op: CmpOp, a: Val, b: Val) -> Result<Expr, WhereError> {
         let null = a.is_null() || b.is_null();
         let (l, r) = self.pair(a, b)?;
-        let ty = cmp_type(l.ty(), r.ty()).ok_or_else(|| {
-            WhereError::new(
-                WhereErrorKind::Type,
-                at,
-                format!(
-                    "operator does not exist: {} {} {}",
-                    l.ty().name(),
-                    op.sql(),
-                    r.ty().name()
-                ),
-            )
-        })?;
+        let ty =
+            cmp_type(l.ty(), r.ty()).ok_or_else(|| no_operator(at, l.ty(), op.sql(), r.ty()))?;
         if textual(ty) {
             self.check_collation(at, &[&l, &r], is_ordering(op))?;
         }
@@ -590,29 +589,14 @@ impl Typer<'_> {
         let (a, b) = self.pair(a, b)?;
         let (ta, tb) = (a.ty(), b.ty());
         if ta.num_rank().is_none() || tb.num_rank().is_none() {
-            return Err(WhereError::new(
-                WhereErrorKind::Type,
-                at,
-                format!(
-                    "operator does not exist: {} {} {}",
-                    ta.name(),
-                    op.sql(),
-                    tb.name()
-                ),
-            ));
+            return Err(no_operator(at, ta, op.sql(), tb));
         }
         let any_float = ta.is_float() || tb.is_float();
         let any_numeric = ta == Ty::Numeric || tb == Ty::Numeric;
         let ty = match op {
             ArOp::Pow if any_float || !any_numeric => Ty::Float8,
             ArOp::Pow => return self.numeric_pow(at, a, b),
-            ArOp::Rem if any_float => {
-                return Err(WhereError::new(
-                    WhereErrorKind::Type,
-                    at,
-                    format!("operator does not exist: {} % {}", ta.name(), tb.name()),
-                ))
-            }
+            ArOp::Rem if any_float => return Err(no_operator(at, ta, "%", tb)),
             _ if any_float => {
                 if ta == Ty::Float4 && tb == Ty::Float4 {
                     Ty::Float4
@@ -697,18 +681,7 @@ impl Typer<'_> {
             (ArOp::Div, Ty::Interval, n) if n.num_rank().is_some() => {
                 node(DtOp::IvDiv, a, b.conv(Ty::Float8), Ty::Interval)
             }
-            _ => {
-                return Err(WhereError::new(
-                    WhereErrorKind::Type,
-                    at,
-                    format!(
-                        "operator does not exist: {} {} {}",
-                        ta.name(),
-                        op.sql(),
-                        tb.name()
-                    ),
-                ))
-            }
+            _ => return Err(no_operator(at, ta, op.sql(), tb)),
         })
     }
 

@@ -5,27 +5,16 @@
 
 use std::sync::Arc;
 
-use shapesync_storage::{
-    FileBudget, FileStore, LogOffset, ReadResult, ShapeLog, ShapeLogStore, StoreConfig,
-};
+#[allow(dead_code)]
+#[path = "integration/support.rs"]
+mod support;
+
+use shapesync_storage::{FileBudget, FileStore, LogOffset, ShapeLog, ShapeLogStore, StoreConfig};
 
 const LOGS: usize = 400;
 
 fn changes(log: &dyn ShapeLog) -> usize {
-    let mut after = LogOffset::BEFORE_ALL;
-    let mut n = 0;
-    loop {
-        match log.read(after).expect("read") {
-            ReadResult::Chunk { entries, end, .. } => {
-                n += entries.len();
-                if end == after || end == log.latest_offset() {
-                    return n;
-                }
-                after = end;
-            }
-            ReadResult::NotReady => panic!("not ready"),
-        }
-    }
+    support::entries_after(log, "-1").len()
 }
 
 #[test]

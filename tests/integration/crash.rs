@@ -9,14 +9,13 @@
 //! duplicate change or inconsistent operation). Chunks are small (4 KiB), so change logs roll
 //! over to new segment files and sealed chunks are offered to compaction throughout.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{connect, eventually, fresh_db, pg_rows, Follower, ShapeClient};
+use crate::support::{connect, free_port, fresh_db, pg_rows, Follower, ServerProcess};
 
 const ROUNDS: usize = 4;
 /// The load pauses while it is this many transactions ahead of the client, so that a slow
@@ -24,57 +23,26 @@ const ROUNDS: usize = 4;
 /// and the test stays bounded.
 const MAX_AHEAD: i64 = 3000;
 
-/// The server binary, started on a free port (killed on drop, e.g. when the test fails).
-struct Proc {
-    child: Child,
-    client: ShapeClient,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn(url: &str, storage: &Path, stream_id: &str) -> Proc {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_shapesync"))
-        .args([
-            "serve",
-            "--insecure",
-            "--database-url",
-            url,
-            "--stream-id",
-            stream_id,
-        ])
-        .arg("--storage-dir")
-        .arg(storage)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--long-poll-timeout-ms", "1000"])
-        // Small chunks: the change log rolls over to new segment files (16 KiB) and sealed
-        // chunks are compacted while the process is being killed.
-        .args(["--chunk-bytes", "4096"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning the shapesync binary");
-    let client = ShapeClient::new(format!("http://127.0.0.1:{port}"));
-    eventually(
-        "the server to be active",
-        Duration::from_secs(30),
-        || async {
-            client
-                .try_raw("/v1/health")
-                .await
-                .is_some_and(|r| r.status == 200)
-        },
-    )
-    .await;
-    Proc { child, client }
+async fn spawn(url: &str, storage: &Path, stream_id: &str) -> ServerProcess {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shapesync"));
+    cmd.args([
+        "serve",
+        "--insecure",
+        "--database-url",
+        url,
+        "--stream-id",
+        stream_id,
+    ])
+    .arg("--storage-dir")
+    .arg(storage)
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .args(["--long-poll-timeout-ms", "1000"])
+    // Small chunks: the change log rolls over to new segment files (16 KiB) and sealed
+    // chunks are compacted while the process is being killed.
+    .args(["--chunk-bytes", "4096"])
+    .env("RUST_LOG", "warn");
+    ServerProcess::spawn(cmd, port, Duration::from_secs(30)).await
 }
 
 /// Polls once and checks that inserts arrive as the next transaction numbers.

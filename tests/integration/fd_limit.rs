@@ -4,35 +4,15 @@
 //! raised to the hard one at start, and a second process on the same storage directory exits
 //! at once naming the directory and the holder's pid.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::support::{connect, eventually, fresh_db, Follower, ShapeClient};
+use crate::support::{connect, free_port, fresh_db, Follower, ServerProcess};
 
 const SHAPES: i32 = 2000;
-
-struct Proc {
-    child: Child,
-    client: ShapeClient,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// `shapesync serve` run by `sh -c '<ulimit>; exec …'`.
 fn command(ulimit: &str, url: &str, storage: &Path, stream_id: &str, port: u16) -> Command {
@@ -51,25 +31,10 @@ fn command(ulimit: &str, url: &str, storage: &Path, stream_id: &str, port: u16) 
     cmd
 }
 
-async fn spawn(ulimit: &str, url: &str, storage: &Path, stream_id: &str) -> Proc {
+async fn spawn(ulimit: &str, url: &str, storage: &Path, stream_id: &str) -> ServerProcess {
     let port = free_port();
-    let child = command(ulimit, url, storage, stream_id, port)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning the shapesync binary");
-    let client = ShapeClient::new(format!("http://127.0.0.1:{port}"));
-    eventually(
-        "the server to be active",
-        Duration::from_secs(60),
-        || async {
-            client
-                .try_raw("/v1/health")
-                .await
-                .is_some_and(|r| r.status == 200)
-        },
-    )
-    .await;
-    Proc { child, client }
+    let cmd = command(ulimit, url, storage, stream_id, port);
+    ServerProcess::spawn(cmd, port, Duration::from_secs(60)).await
 }
 
 fn metric(body: &str, name: &str) -> u64 {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use shapesync_storage::{FileStore, LogOffset, ShapeLog, ShapeLogStore};
 
-use crate::support::{cfg, entry, read, s};
+use crate::support::{cfg, entries_after, entry, read, s};
 
 const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
 const HEADER: u64 = 18;
@@ -30,16 +30,7 @@ fn cut(path: &Path, len: u64) {
 
 /// Every change entry of a log (after its snapshot).
 fn changes(log: &dyn ShapeLog) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut at = "0_inf".to_owned();
-    loop {
-        let (entries, end) = read(log, &at);
-        if entries.is_empty() && end.to_string() == at {
-            return out;
-        }
-        out.extend(entries);
-        at = end.to_string();
-    }
+    entries_after(log, "0_inf")
 }
 
 /// Shapes `s0`, `s1` with finished snapshots and `batches` committed batches of 2 changes

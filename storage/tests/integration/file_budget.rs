@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use shapesync_storage::{
-    FileBudget, FileStore, LogOffset, ReadResult, ShapeLog, ShapeLogStore, StoreConfig,
-};
+use shapesync_storage::{FileBudget, FileStore, LogOffset, ShapeLog, ShapeLogStore, StoreConfig};
+
+use crate::support::entries_after;
 
 /// Descriptors of this process open on files under `dir`.
 fn fds_under(dir: &Path) -> usize {
@@ -26,20 +26,7 @@ const LOGS: usize = 300;
 const BUDGET: usize = 16;
 
 fn changes_of(log: &dyn ShapeLog) -> usize {
-    let mut after = LogOffset::BEFORE_ALL;
-    let mut n = 0;
-    loop {
-        match log.read(after).expect("read") {
-            ReadResult::Chunk { entries, end, .. } => {
-                n += entries.len();
-                if end == after || end == log.latest_offset() {
-                    return n;
-                }
-                after = end;
-            }
-            ReadResult::NotReady => panic!("snapshot not ready"),
-        }
-    }
+    entries_after(log, "-1").len()
 }
 
 #[test]

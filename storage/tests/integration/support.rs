@@ -59,6 +59,20 @@ pub fn read(log: &dyn ShapeLog, after: &str) -> (Vec<String>, LogOffset) {
     chunk(log.read(after.parse().expect("offset")).expect("read"))
 }
 
+/// Every entry of a log after `after` (`-1`: from the start), read chunk by chunk.
+pub fn entries_after(log: &dyn ShapeLog, after: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = after.to_owned();
+    loop {
+        let (entries, end) = read(log, &at);
+        if entries.is_empty() && end.to_string() == at {
+            return out;
+        }
+        out.extend(entries);
+        at = end.to_string();
+    }
+}
+
 pub fn s(json: &[u8]) -> String {
     String::from_utf8(json.to_vec()).expect("utf8")
 }

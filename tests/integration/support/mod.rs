@@ -503,3 +503,44 @@ pub async fn wait_parked(server: &TestServer, n: usize) {
     })
     .await;
 }
+
+/// The shapesync binary run as a process of its own (killed on drop, e.g. when a test fails).
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub client: ShapeClient,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Runs `cmd` (a server listening on `port`, its stdout dropped) and waits up to `limit`
+    /// for its health to answer 200.
+    pub async fn spawn(mut cmd: std::process::Command, port: u16, limit: Duration) -> Self {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning the shapesync binary");
+        let client = ShapeClient::new(format!("http://127.0.0.1:{port}"));
+        eventually("the server to be active", limit, || async {
+            client
+                .try_raw("/v1/health")
+                .await
+                .is_some_and(|r| r.status == 200)
+        })
+        .await;
+        ServerProcess { child, client }
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
