@@ -27,4 +27,5 @@ mod server;
 
 pub use conn::{ParkedConn, Transport};
 pub use parking::{Change, ParkTicket, Parkable, Parked, Parking, Replayed, Waitable, Woken};
+pub use request::client_request_id;
 pub use server::{serve, Http1};

@@ -178,8 +178,8 @@ pub(crate) fn wants_keep_alive(head: &Head) -> bool {
     }
 }
 
-/// The client's request id if usable, else a new one.
-pub(crate) fn client_request_id(headers: &HeaderMap) -> HeaderValue {
+/// The client's `x-request-id` if usable (non-empty, at most 200 bytes), else a new random one.
+pub fn client_request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get("x-request-id")
         .filter(|v| !v.is_empty() && v.len() <= 200)

@@ -257,15 +257,7 @@ async fn options_shape(req: Request) -> Response {
 /// request's cause.
 async fn common_headers(req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>()))
-                .unwrap_or_else(|_| HeaderValue::from_static("0"))
-        });
+    let request_id = shapesync_http1::client_request_id(req.headers());
     let shape_path = req.uri().path() == "/v1/shape";
     let is_options = req.method() == Method::OPTIONS;
     let (method, path) = (req.method().clone(), req.uri().path().to_string());

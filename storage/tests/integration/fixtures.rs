@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use shapesync_storage::{FileStore, LogOffset, ShapeLog, ShapeLogStore, SnapshotState};
 
-use crate::support::{cfg, read};
+use crate::support::{cfg, entries_after, read};
 
 const THRESHOLD: u64 = 64;
 const END: &[u8] = br#"{"headers":{"control":"snapshot-end"}}"#;
@@ -177,16 +177,7 @@ fn write_fixture_with_current_code() {
 
 /// Every entry of a log, following it from `-1` like a client would.
 fn follow(log: &dyn ShapeLog) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut at = "-1".to_owned();
-    loop {
-        let (entries, end) = read(log, &at);
-        if entries.is_empty() && end.to_string() == at {
-            return out;
-        }
-        out.extend(entries);
-        at = end.to_string();
-    }
+    entries_after(log, "-1")
 }
 
 fn expected_a() -> Vec<String> {
