@@ -124,6 +124,25 @@ pub async fn partition_ancestors(
     Ok(exists.then(|| row.get(1)))
 }
 
+/// Whether transaction `xid` (as pgoutput's Begin names it: 32 bits) is visible to a new
+/// snapshot, i.e. whether catalog rows it wrote can be read. A committed transaction can be
+/// decoded and sent by the walsender a moment before the committing backend makes it visible
+/// to other sessions; a lookup in that moment would not see what the transaction created.
+pub async fn xact_visible(client: &tokio_postgres::Client, xid: u32) -> Result<bool, CatalogError> {
+    let row = client
+        .query_one(
+            "WITH s AS (SELECT pg_current_snapshot() AS snap), \
+                  m AS (SELECT pg_snapshot_xmax(snap)::text::int8 AS xmax FROM s) \
+             SELECT pg_visible_in_snapshot( \
+                 ((((m.xmax >> 32) - CASE WHEN $1 >= (m.xmax & 4294967295) THEN 1 ELSE 0 END) << 32) \
+                   | $1)::text::xid8, s.snap) \
+             FROM s, m",
+            &[&i64::from(xid)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The leaf partitions of a partitioned table (foreign tables included), ascending (empty for
 /// any other table), each with the links that attach it ([`Leaf::link`]).
 pub async fn leaf_partitions(

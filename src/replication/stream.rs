@@ -154,6 +154,8 @@ async fn stream(
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
     let mut lookups = Lookups::new(db);
     let mut next: Option<ReplicationEvent> = None;
+    // The transaction being received (its Relation messages are looked up as of its commit).
+    let mut txn_xid: u32 = 0;
     loop {
         if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
             // Group commit: keep going while events are waiting; flush as soon as the stream
@@ -198,7 +200,10 @@ async fn stream(
             },
         };
         match event {
-            ReplicationEvent::Begin { final_lsn, xid, .. } => writer.begin(final_lsn.into(), xid),
+            ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                txn_xid = xid;
+                writer.begin(final_lsn.into(), xid)
+            }
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::decode(&data)
                     .map_err(|e| anyhow::Error::new(e).context("pgoutput"))?;
@@ -206,7 +211,7 @@ async fn stream(
                     // Which partitioned tables the relation's changes also belong to: asked
                     // of the catalog each time Postgres describes it (after any change to it,
                     // attaching and detaching included).
-                    let ancestors = lookups.ancestors(r.oid).await?;
+                    let ancestors = lookups.ancestors(r.oid, txn_xid).await?;
                     tracing::debug!(oid = r.oid, name = %r.name, ?ancestors, "relation");
                     writer.relation(&r, ancestors.as_deref());
                     relations.insert(r.oid, Arc::new(r));
@@ -326,6 +331,10 @@ fn apply(
 
 /// Catalog lookups the stream needs (a partition's ancestors), on a query connection opened on
 /// first use and kept for the session.
+/// How long a decoded transaction may take to become visible to a catalog lookup (it is a
+/// matter of the committing backend finishing its commit; on timeout the session restarts).
+const VISIBLE_WAIT: Duration = Duration::from_secs(10);
+
 struct Lookups<'a> {
     db: &'a SourceDb,
     client: Option<tokio_postgres::Client>,
@@ -336,7 +345,9 @@ impl<'a> Lookups<'a> {
         Lookups { db, client: None }
     }
 
-    async fn ancestors(&mut self, oid: u32) -> anyhow::Result<Option<Vec<u32>>> {
+    /// The partitioned ancestors of relation `oid` as described in transaction `xid`, read
+    /// once that transaction is visible to the lookup (see [`catalog::xact_visible`]).
+    async fn ancestors(&mut self, oid: u32, xid: u32) -> anyhow::Result<Option<Vec<u32>>> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = Some(self.db.connect().await?);
         }
@@ -344,6 +355,18 @@ impl<'a> Lookups<'a> {
             .client
             .as_ref()
             .ok_or_else(|| anyhow!("no catalog connection"))?;
+        let deadline = tokio::time::Instant::now() + VISIBLE_WAIT;
+        while !catalog::xact_visible(client, xid)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("waiting for a transaction to be visible"))?
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "transaction {xid} was not visible {VISIBLE_WAIT:?} after it was decoded"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         catalog::partition_ancestors(client, oid)
             .await
             .map_err(|e| {
