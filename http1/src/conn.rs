@@ -11,26 +11,32 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+use crate::limits::{ConnCounts, ConnSlot};
 use crate::parking::{Parkable, Parked, Parking, Replayed, Woken};
 use crate::request::{
-    body_length, chunk_size, client_request_id, parse_head, wants_keep_alive, BodyLength, Head,
-    Parsed, Reject, MAX_BODY, MAX_HEAD,
+    body_length, chunk_size, client_request_id, parse_head, trailer_line_ok, wants_keep_alive,
+    BodyLength, Head, Parsed, Reject, MAX_BODY, MAX_HEAD,
 };
 use crate::response::{write_reject, write_response};
 
 /// A keep-alive connection with no request for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Once a request has started, its head (and body) must arrive within this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A chunk-size or trailer line longer than this is malformed.
 const MAX_LINE: usize = 4096;
+/// A chunked body's extensions (ignored) may take this many bytes in all.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+/// A chunked body's trailer section (ignored) may take this many bytes, and this many lines.
+const MAX_TRAILERS: usize = 16 * 1024;
+const MAX_TRAILER_LINES: usize = 100;
 
 /// A byte stream a connection runs on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -40,8 +46,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Transport for tokio::net::TcpStream {
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
-        tokio::net::TcpStream::readable(self)
+    /// A peek at one byte: `TcpStream::readable` can report a socket ready that has nothing to
+    /// read (a new socket, or one whose last read did not drain it to `WouldBlock`), and an idle
+    /// connection would then wait in a read, with a buffer and under the request timeout.
+    async fn readable(&self) -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        self.peek(&mut byte).await.map(|_| ())
     }
 }
 
@@ -52,12 +62,14 @@ impl Transport for tokio::io::DuplexStream {
     }
 }
 
-/// A parked request's connection: the stream and what it takes to replay the request.
+/// A parked request's connection: the stream and what it takes to replay the request (and its
+/// place in the connection counts: a parked connection still holds its socket).
 pub struct ParkedConn<S> {
     stream: S,
     peer: SocketAddr,
     head: Bytes,
     request_id: HeaderValue,
+    slot: ConnSlot,
 }
 
 pub(crate) struct Ctx<S> {
@@ -65,6 +77,7 @@ pub(crate) struct Ctx<S> {
     pub(crate) parking: Arc<Parking<ParkedConn<S>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) busy: Busy,
+    pub(crate) conns: Arc<ConnCounts>,
 }
 
 /// Requests in progress, for graceful shutdown.
@@ -120,6 +133,7 @@ pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedCo
         peer,
         head,
         request_id,
+        slot,
     } = woken.conn;
     let replay = Replay {
         head,
@@ -127,18 +141,25 @@ pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedCo
         since: woken.since,
         carry: woken.carry,
     };
-    run(ctx, stream, peer, Some(replay)).await;
+    run(ctx, stream, peer, slot, Some(replay)).await;
 }
 
-/// Serve requests on one connection until it closes, parks, or the server shuts down.
-pub(crate) async fn connection<S: Transport>(ctx: Arc<Ctx<S>>, stream: S, peer: SocketAddr) {
-    run(ctx, stream, peer, None).await;
+/// Serve requests on one connection until it closes, parks, or the server shuts down; `slot`
+/// counts it as open until then (or, if it parks, until its replay ends).
+pub(crate) async fn connection<S: Transport>(
+    ctx: Arc<Ctx<S>>,
+    stream: S,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
+    run(ctx, stream, peer, slot, None).await;
 }
 
 async fn run<S: Transport>(
     ctx: Arc<Ctx<S>>,
     mut stream: S,
     peer: SocketAddr,
+    slot: ConnSlot,
     mut replayed: Option<Replay>,
 ) {
     let mut buf = BytesMut::new();
@@ -220,6 +241,7 @@ async fn run<S: Transport>(
                     peer,
                     head: Bytes::copy_from_slice(&head_bytes),
                     request_id,
+                    slot,
                 };
                 drop(head_bytes);
                 ctx.parking.park(conn, ticket, since);
@@ -289,11 +311,13 @@ async fn read_request<S: Transport>(
             }
         }
     };
-    let length = body_length(&head.headers)?;
+    let length = body_length(&head)?;
     let head_bytes = buf.split_to(head_len).freeze();
     let needs_body = !matches!(length, BodyLength::Fixed(0));
+    // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
     if needs_body
         && buf.is_empty()
+        && head.version == Version::HTTP_11
         && head
             .headers
             .get(header::EXPECT)
@@ -339,8 +363,8 @@ async fn read_more<S: Transport>(
     }
 }
 
-/// Decode a chunked body (RFC 9112 §7.1); chunk extensions and trailers are ignored. Every size
-/// is checked before it is added or used to index.
+/// Decode a chunked body (RFC 9112 §7.1); chunk extensions and trailers are checked for form,
+/// then ignored. Every size is checked before it is added or used to index.
 async fn read_chunked<S: Transport>(
     stream: &mut S,
     buf: &mut BytesMut,
@@ -351,14 +375,32 @@ async fn read_chunked<S: Transport>(
         why: "request body too large",
     };
     let mut body = BytesMut::new();
+    let mut extensions = 0usize;
     loop {
         let line = read_line(stream, buf, deadline).await?;
         let size = chunk_size(&line)?;
+        extensions += line.iter().skip_while(|b| b.is_ascii_hexdigit()).count();
+        if extensions > MAX_CHUNK_EXTENSIONS {
+            return Err(Reject::bad("chunk extensions too large"));
+        }
         if size == 0 {
             // Trailers, up to the empty line.
+            let (mut lines, mut bytes) = (0usize, 0usize);
             loop {
-                if read_line(stream, buf, deadline).await?.is_empty() {
+                let line = read_line(stream, buf, deadline).await?;
+                if line.is_empty() {
                     return Ok(body.freeze());
+                }
+                if !trailer_line_ok(&line) {
+                    return Err(Reject::bad("malformed trailer"));
+                }
+                lines += 1;
+                bytes += line.len() + 2;
+                if lines > MAX_TRAILER_LINES || bytes > MAX_TRAILERS {
+                    return Err(Reject {
+                        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        why: "trailers too large",
+                    });
                 }
             }
         }

@@ -14,18 +14,26 @@
 //! HTTP/1.1 as RFC 9112 asks of a server: keep-alive (1.1 default, 1.0 on request), pipelining,
 //! `Content-Length` and chunked request bodies, `Expect: 100-continue`, `HEAD`, responses with a
 //! length or chunked (streams such as SSE), `Date`, limits on head and body size (431/413), an
-//! idle timeout and a timeout for a request's head to arrive, graceful shutdown.
+//! idle timeout and a timeout for a request's head to arrive, graceful shutdown, and caps on open
+//! connections in total and per peer IP ([`Limits`]; over them a connection is answered `503`).
+//! Ambiguous framing (RFC 9112 §6.3: `Transfer-Encoding` with `Content-Length` or over HTTP/1.0,
+//! a transfer coding other than `chunked`, more than one `Content-Length`, a bare LF in the head,
+//! a malformed chunk line or trailer) is answered `400` and the connection closed, so no byte of
+//! one request's body can be read as another request.
 //!
 //! Files: `request` (parsing, pure), `response` (writing), `conn` (one connection, generic over
-//! its [`Transport`]), `parking` (the registry of parked requests), `server` (accepting).
+//! its [`Transport`]), `parking` (the registry of parked requests), `limits` (connection caps),
+//! `server` (accepting).
 
 mod conn;
+mod limits;
 mod parking;
 mod request;
 mod response;
 mod server;
 
 pub use conn::{ParkedConn, Transport};
+pub use limits::{Exempt, Limits};
 pub use parking::{Change, ParkTicket, Parkable, Parked, Parking, Replayed, Waitable, Woken};
 pub use request::client_request_id;
 pub use server::{serve, Http1};

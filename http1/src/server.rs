@@ -1,5 +1,6 @@
 //! Accepting connections: [`serve`] on a TCP listener until shutdown, or an [`Http1`] handle
-//! that connections of any [`Transport`] are handed to (the tests' in-memory streams).
+//! that connections of any [`Transport`] are handed to (the tests' in-memory streams). Either
+//! way a connection over the [`Limits`] is answered `503` and closed.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -10,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::conn::{connection, replay, stopped, Busy, Ctx, ParkedConn, Transport};
+use crate::limits::{refuse, ConnCounts, Limits};
 use crate::parking::{Parking, Woken};
 
 /// A server for connections of type `S`.
@@ -19,8 +21,14 @@ pub struct Http1<S> {
 
 impl<S: Transport> Http1<S> {
     /// Requests go to `router`; once `shutdown` turns true, connections finish their request in
-    /// progress and close, and parked requests are replayed.
+    /// progress and close, and parked requests are replayed. Connections are capped by the
+    /// default [`Limits`].
     pub fn new(router: Router, shutdown: watch::Receiver<bool>) -> Self {
+        Self::with_limits(router, shutdown, Limits::default())
+    }
+
+    /// As [`Http1::new`], with connections capped by `limits`.
+    pub fn with_limits(router: Router, shutdown: watch::Receiver<bool>, limits: Limits) -> Self {
         let ctx = Arc::new_cyclic(|weak: &Weak<Ctx<S>>| {
             let weak = Weak::clone(weak);
             Ctx {
@@ -32,14 +40,34 @@ impl<S: Transport> Http1<S> {
                 }),
                 shutdown,
                 busy: Busy::default(),
+                conns: ConnCounts::new(limits),
             }
         });
         Http1 { ctx }
     }
 
-    /// Serve one connection (on a task of its own).
+    /// Serve one connection (on a task of its own); over a cap of the [`Limits`] it is answered
+    /// `503 Service Unavailable` and closed instead.
     pub fn connection(&self, stream: S, peer: SocketAddr) {
-        tokio::spawn(connection(Arc::clone(&self.ctx), stream, peer));
+        match self.ctx.conns.acquire(peer.ip()) {
+            Some(slot) => {
+                tokio::spawn(connection(Arc::clone(&self.ctx), stream, peer, slot));
+            }
+            None => {
+                tracing::debug!(%peer, "connection refused: over the connection limits");
+                tokio::spawn(refuse(stream));
+            }
+        }
+    }
+
+    /// Connections open now (parked ones included).
+    pub fn connections(&self) -> usize {
+        self.ctx.conns.total()
+    }
+
+    /// Connections open now from `ip`.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
+        self.ctx.conns.count_from(ip)
     }
 
     /// Requests parked now.
@@ -57,9 +85,15 @@ impl<S: Transport> Http1<S> {
 
 /// Serve `router` on `listener` until `shutdown` turns true; then stop accepting, replay parked
 /// requests (they now wait in their own task and see the server stop), close idle connections,
-/// and return once every request in progress has answered (at most 30 s later).
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
-    let server: Http1<TcpStream> = Http1::new(router, shutdown.clone());
+/// and return once every request in progress has answered (at most 30 s later). Connections
+/// over `limits` are answered `503` and closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let server: Http1<TcpStream> = Http1::with_limits(router, shutdown.clone(), limits);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,6 +117,7 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::time::Instant;
 
     use axum::extract::Extension;
@@ -154,10 +189,14 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(Limits::default())
+    }
+
+    fn harness_with(limits: Limits) -> Harness {
         let (ticker, rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
         Harness {
-            server: Http1::new(router(rx), stop_rx),
+            server: Http1::with_limits(router(rx), stop_rx, limits),
             ticker,
             _stop: stop,
         }
@@ -165,11 +204,54 @@ mod tests {
 
     impl Harness {
         fn connect(&self) -> DuplexStream {
+            self.connect_from([127, 0, 0, 1].into())
+        }
+
+        fn connect_from(&self, ip: IpAddr) -> DuplexStream {
             let (client, server) = tokio::io::duplex(1 << 16);
-            self.server
-                .connection(server, SocketAddr::from(([127, 0, 0, 1], 4000)));
+            self.server.connection(server, SocketAddr::new(ip, 4000));
             client
         }
+
+        /// Wait (up to 5 s) until `n` connections are open.
+        async fn until_open(&self, n: usize) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.server.connections() != n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} connections open, not {n}",
+                    self.server.connections()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        async fn until_parked(&self, n: usize) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.server.parked() != n {
+                assert!(Instant::now() < deadline, "never {n} parked");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// A refusal for being over a connection cap: 503, told when to retry, closed.
+    fn assert_refused_over_cap(out: &str) {
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
+        for header in [
+            "retry-after: 1\r\n",
+            "connection: close\r\n",
+            "content-type: application/json\r\n",
+        ] {
+            assert!(out.contains(header), "{header:?} in {out}");
+        }
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let json: serde_json::Value = serde_json::from_str(body).expect(body);
+        assert_eq!(json["code"], "connection_limit_exceeded", "{out}");
+        assert_eq!(json["message"], "Too many connections", "{out}");
     }
 
     /// Everything the server writes until it closes the stream (or `limit` passes).
@@ -291,5 +373,325 @@ mod tests {
         h.server.drain(Duration::from_secs(1)).await;
         let out = read_all(&mut c, Duration::from_secs(5)).await;
         assert!(out.contains("woken at 0"), "{out}");
+    }
+
+    /// What the fuzzer (tests/fuzz.rs) found the server passing on (hyper refuses each), each
+    /// followed by a request a lax reading would run: now refused with 400 (never 501) and
+    /// closed, and nothing after it runs.
+    #[tokio::test]
+    async fn framings_the_fuzzer_found_are_refused_and_nothing_after_them_runs() {
+        let h = harness();
+        let smuggled = "GET /hello HTTP/1.1\r\n\r\n";
+        let chunked = "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cases = [
+            // A signed length (usize's parser takes a `+`).
+            format!("POST /echo HTTP/1.1\r\nContent-Length: +23\r\n\r\n{smuggled}"),
+            // A list of lengths.
+            format!("POST /echo HTTP/1.1\r\nContent-Length: 23, 23\r\n\r\n{smuggled}"),
+            // Repeated equal lengths.
+            format!("POST /echo HTTP/1.1\r\nContent-Length: 23\r\nContent-Length: 23\r\n\r\n{smuggled}"),
+            // Chunked over HTTP/1.0 (RFC 9112 §6.1: the framing is faulty).
+            format!("POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n17\r\n{smuggled}\r\n0\r\n\r\n"),
+            // Only the first Transfer-Encoding line was looked at: this is `chunked, gzip`.
+            format!("POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n17\r\n{smuggled}\r\n0\r\n\r\n"),
+            // A coding not implemented: was 501, which is no framing answer.
+            format!("POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n{smuggled}"),
+            format!("POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n17\r\n{smuggled}\r\n0\r\n\r\n"),
+            // Whitespace around a chunk size was trimmed (Unicode whitespace too).
+            format!("{chunked} 17\r\n{smuggled}\r\n0\r\n\r\n"),
+            format!("{chunked}17\u{3000}\r\n{smuggled}\r\n0\r\n\r\n"),
+            // Chunk extensions were not looked at: a bare CR or LF, or no name.
+            format!("{chunked}17;a\rb\r\n{smuggled}\r\n0\r\n\r\n"),
+            format!("{chunked}17;a\nb\r\n{smuggled}\r\n0\r\n\r\n"),
+            format!("{chunked}17;\r\n{smuggled}\r\n0\r\n\r\n"),
+            // Trailers were not looked at.
+            format!("{chunked}0\r\nX : y\r\n\r\n{smuggled}"),
+            format!("{chunked}0\r\n X: y\r\n\r\n{smuggled}"),
+            format!("{chunked}0\r\nX: a\rb\r\n\r\n{smuggled}"),
+            format!("{chunked}0\r\n{smuggled}"),
+            // A bare LF in the head.
+            format!("POST /echo HTTP/1.1\nContent-Length: 23\r\n\r\n{smuggled}"),
+        ];
+        for request in cases {
+            let out = exchange(&h, request.as_bytes()).await;
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                    && out.contains("connection: close")
+                    && out.matches("HTTP/1.1 ").count() == 1
+                    && !out.contains("hello"),
+                "{request:?} -> {out}"
+            );
+        }
+        assert_eq!(h.server.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn chunk_extensions_and_trailers_are_bounded() {
+        let h = harness();
+        let mut request = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let ext = format!(";x={}", "e".repeat(1000));
+        for _ in 0..17 {
+            request.extend_from_slice(format!("1{ext}\r\na\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let out = exchange(&h, &request).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+
+        let mut request =
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+        for i in 0..101 {
+            request.extend_from_slice(format!("X-T{i}: v\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
+        let out = exchange(&h, &request).await;
+        assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+        // Up to the bounds, both are read (and ignored).
+        let mut request =
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                .to_vec();
+        for _ in 0..15 {
+            request.extend_from_slice(format!("1{ext}\r\na\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"0\r\n");
+        for i in 0..100 {
+            request.extend_from_slice(format!("X-T{i}: v\r\n").as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
+        let out = exchange(&h, &request).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with(&"a".repeat(15)),
+            "{out}"
+        );
+    }
+
+    /// RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+    #[tokio::test]
+    async fn no_100_continue_for_http_1_0() {
+        let h = harness();
+        let mut c = h.connect();
+        c.write_all(b"POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(200), c.read(&mut first)).await;
+        assert!(early.is_err(), "nothing is written before the body");
+        c.write_all(b"abc").await.unwrap();
+        let out = read_all(&mut c, Duration::from_secs(5)).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("abc"),
+            "{out}"
+        );
+
+        let mut c = h.connect();
+        c.write_all(b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut cont = [0u8; 25];
+        c.read_exact(&mut cont).await.unwrap();
+        assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+        c.write_all(b"abc").await.unwrap();
+        let out = read_all(&mut c, Duration::from_secs(5)).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("abc"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_total_cap_is_refused_until_one_closes() {
+        let h = harness_with(Limits {
+            max_connections: 2,
+            max_connections_per_ip: 10,
+            per_ip_exempt: None,
+        });
+        let first = h.connect_from([10, 0, 0, 1].into());
+        let _second = h.connect_from([10, 0, 0, 2].into());
+        assert_eq!(h.server.connections(), 2);
+
+        // Refused without its request being read (and the refusal does not count).
+        let mut third = h.connect_from([10, 0, 0, 3].into());
+        let out = read_all(&mut third, Duration::from_secs(5)).await;
+        assert_refused_over_cap(&out);
+        assert_eq!(h.server.connections(), 2);
+        // Also when the client sends a request at once.
+        let out = exchange(&h, b"GET /hello HTTP/1.1\r\n\r\n").await;
+        assert_refused_over_cap(&out);
+
+        drop(first);
+        h.until_open(1).await;
+        let out = exchange(&h, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("hello"),
+            "{out}"
+        );
+        h.until_open(1).await;
+    }
+
+    #[tokio::test]
+    async fn the_per_ip_cap_counts_each_ip_on_its_own() {
+        let h = harness_with(Limits {
+            max_connections: 100,
+            max_connections_per_ip: 2,
+            per_ip_exempt: None,
+        });
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let _a1 = h.connect_from(a);
+        let _a2 = h.connect_from(a);
+        let mut a3 = h.connect_from(a);
+        assert_refused_over_cap(&read_all(&mut a3, Duration::from_secs(5)).await);
+        // The same address as IPv4-mapped IPv6 is the same peer.
+        let mut mapped = h.connect_from("::ffff:10.0.0.1".parse().unwrap());
+        assert_refused_over_cap(&read_all(&mut mapped, Duration::from_secs(5)).await);
+        assert_eq!(h.server.connections_from(a), 2);
+
+        // Another address is served.
+        let mut b = h.connect_from([10, 0, 0, 2].into());
+        b.write_all(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let out = read_all(&mut b, Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        h.until_open(2).await;
+        assert_eq!(h.server.connections_from([10, 0, 0, 2].into()), 0);
+    }
+
+    #[tokio::test]
+    async fn exempt_peers_pass_the_per_ip_cap_but_count_in_the_total() {
+        let proxy: IpAddr = [10, 0, 0, 9].into();
+        let h = harness_with(Limits {
+            max_connections: 4,
+            max_connections_per_ip: 1,
+            per_ip_exempt: Some(Arc::new(move |ip| ip == proxy)),
+        });
+        let _p = [
+            h.connect_from(proxy),
+            h.connect_from(proxy),
+            h.connect_from(proxy),
+        ];
+        h.until_open(3).await;
+        assert_eq!(h.server.connections_from(proxy), 3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let _a1 = h.connect_from(a);
+        h.until_open(4).await;
+        // The total cap still holds for the exempt peer.
+        let mut p4 = h.connect_from(proxy);
+        assert_refused_over_cap(&read_all(&mut p4, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_counts_until_its_replay_ends() {
+        let h = harness_with(Limits {
+            max_connections: 1,
+            max_connections_per_ip: 1,
+            per_ip_exempt: None,
+        });
+        let mut c = h.connect();
+        c.write_all(b"GET /wait HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        h.until_parked(1).await;
+        // The parked connection holds its socket, so it holds its place.
+        assert_eq!(h.server.connections(), 1);
+        let mut other = h.connect_from([10, 9, 9, 9].into());
+        assert_refused_over_cap(&read_all(&mut other, Duration::from_secs(5)).await);
+
+        h.ticker.send_replace(1);
+        let out = read_all(&mut c, Duration::from_secs(5)).await;
+        assert!(out.ends_with("woken at 1, carried the slot"), "{out}");
+        h.until_open(0).await;
+
+        // A parked connection whose client went away is released once its replay fails.
+        let mut gone = h.connect();
+        gone.write_all(b"GET /wait HTTP/1.1\r\n\r\n").await.unwrap();
+        h.until_parked(1).await;
+        drop(gone);
+        assert_eq!(h.server.connections(), 1);
+        // Replayed at its deadline (300 ms): the answer cannot be written, the connection ends.
+        h.until_open(0).await;
+        assert_eq!(h.server.parked(), 0);
+        let out = exchange(&h, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    }
+
+    /// Over TCP a connection waits for its first byte (holding no buffer) for the idle timeout;
+    /// then it is closed without an answer, and no longer counted.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_ticker, rx) = watch::channel(0u64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let server: Arc<Http1<TcpStream>> = Arc::new(Http1::new(router(rx), stop_rx));
+        let acceptor = Arc::clone(&server);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                acceptor.connection(stream, peer);
+            }
+        });
+
+        let started = tokio::time::Instant::now();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            crate::conn::IDLE_TIMEOUT + Duration::from_secs(5),
+            idle.read_to_end(&mut out),
+        )
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap();
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            started.elapsed() >= crate::conn::IDLE_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        while server.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        // A request's head that stops arriving: 408 at the request timeout.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /hello HTTP/1.1\r\nHo").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            crate::conn::REQUEST_TIMEOUT + Duration::from_secs(5),
+            slow.read_to_end(&mut out),
+        )
+        .await
+        .expect("closed by the request timeout")
+        .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(started.elapsed() >= crate::conn::REQUEST_TIMEOUT);
+        while server.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// An in-memory stream has no readiness to wait on: it idles under the request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_in_memory_connection_is_closed_by_the_request_timeout() {
+        let h = harness();
+        let started = tokio::time::Instant::now();
+        let mut c = h.connect();
+        let out = read_all(&mut c, crate::conn::REQUEST_TIMEOUT * 2).await;
+        assert_eq!(out, "");
+        assert!(started.elapsed() >= crate::conn::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < crate::conn::REQUEST_TIMEOUT * 2);
+        h.until_open(0).await;
+
+        // After an answered request too.
+        let mut c = h.connect();
+        c.write_all(b"GET /hello HTTP/1.1\r\n\r\n").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let out = read_all(&mut c, crate::conn::REQUEST_TIMEOUT * 2).await;
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("hello"),
+            "{out}"
+        );
+        assert!(started.elapsed() >= crate::conn::REQUEST_TIMEOUT);
+        h.until_open(0).await;
     }
 }
