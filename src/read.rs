@@ -146,9 +146,14 @@ async fn find(
     wait: Waiting,
 ) -> Result<Found, ReadError> {
     let stack = cx.stack;
-    let handle: ShapeHandle = handle
-        .parse()
-        .map_err(|()| ReadError::Invalid("handle", "has invalid format".into()))?;
+    // Handles are opaque to clients: one that is not of this server's format is a handle of
+    // some other server or a stale one, answered like any unknown handle (409 with the live
+    // shape), which is how the official client recovers.
+    let Ok(handle) = handle.parse::<ShapeHandle>() else {
+        return Ok(Found::Answer(Outcome::MustRefetch(Some(
+            live_shape(cx, req).await?,
+        ))));
+    };
     let answer = match stack.registry.get(&handle) {
         Some(s) if s.def == req.def && s.is_active() => return Ok(Found::Shape(s)),
         // Deleted or rotated (perhaps its table was dropped): refetch the replacement.

@@ -20,6 +20,10 @@ impl std::error::Error for IdentError {}
 
 /// Split `s` into identifier parts on unquoted `sep`, applying the folding rules.
 fn split_idents(s: &str, sep: char) -> Result<Vec<String>, IdentError> {
+    if s.contains('\0') {
+        // Postgres text cannot hold NUL: no identifier contains one.
+        return Err(IdentError("Invalid identifier: contains a NUL byte".into()));
+    }
     let mut parts = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -100,12 +104,26 @@ pub fn parse_relation(s: &str) -> Result<(String, String), IdentError> {
         2 => {
             let mut it = parts.into_iter();
             let schema = it.next().unwrap_or_default();
-            Ok((schema, it.next().unwrap_or_default()))
+            let name = it.next().unwrap_or_default();
+            if is_system_schema(&schema) {
+                return Err(IdentError(format!(
+                    "Table {}.{} is not a user table: system schemas (pg_catalog, \
+                     information_schema, pg_toast, pg_*) cannot be synced",
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                )));
+            }
+            Ok((schema, name))
         }
         _ => Err(IdentError(format!(
             "Invalid table name {s:?}: expected at most one unquoted '.' (schema.table)"
         ))),
     }
+}
+
+/// Postgres' own schemas: `pg_` is reserved for them, and `information_schema` holds views.
+pub fn is_system_schema(schema: &str) -> bool {
+    schema.starts_with("pg_") || schema == "information_schema"
 }
 
 /// Parse a `columns` parameter: comma-separated, possibly quoted identifiers.
@@ -173,6 +191,22 @@ mod tests {
             ("public".into(), "a\"b".into())
         );
         assert!(parse_relation("a.b.c").is_err());
+        for system in [
+            "pg_catalog.pg_authid",
+            "PG_CATALOG.pg_class",
+            "information_schema.tables",
+            "pg_toast.pg_toast_1",
+            "pg_temp_3.t",
+        ] {
+            let e = parse_relation(system).unwrap_err().to_string();
+            assert!(e.contains("is not a user table"), "{system}: {e}");
+        }
+        assert!(parse_relation("\"pg\".t").is_ok());
+        assert!(parse_relation("t\0")
+            .unwrap_err()
+            .to_string()
+            .contains("NUL"));
+        assert!(parse_column_list("a,\0b").is_err());
         assert_eq!(
             parse_relation("\"\"").unwrap_err().to_string(),
             "Invalid zero-length delimited identifier"

@@ -158,6 +158,16 @@ impl Access {
         check(&self.admin_limiter, &key)
     }
 
+    /// The request carries the admin key (or the server runs insecure with no key): it may
+    /// see every database's detail. No rate limit is charged.
+    pub fn is_admin(&self, headers: &HeaderMap) -> bool {
+        match (&self.cfg.admin_key, presented_key(headers)) {
+            (Some(k), Some(p)) => constant_time_eq(k.as_bytes(), p.as_bytes()),
+            (None, _) => self.cfg.insecure,
+            _ => false,
+        }
+    }
+
     /// The shape API secret: the tenant's, else the global one; none needed when insecure.
     pub fn check_secret(
         &self,
@@ -205,8 +215,9 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, key) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key)
         })
         .map(str::trim)
 }
@@ -360,6 +371,13 @@ mod tests {
         ));
         let mut ok = HeaderMap::new();
         ok.insert("authorization", "Bearer k3y".parse().unwrap());
+        let mut upper = HeaderMap::new();
+        upper.insert("authorization", "BEARER k3y".parse().unwrap());
+        assert_eq!(presented_key(&upper), Some("k3y"));
+        upper.insert("authorization", "bEaReR   k3y ".parse().unwrap());
+        assert_eq!(presented_key(&upper), Some("k3y"));
+        upper.insert("authorization", "Basic k3y".parse().unwrap());
+        assert_eq!(presented_key(&upper), None);
         assert!(a.check_admin(&ok, ip).is_ok());
         assert!(a.check_admin(&ok, ip).is_ok());
         assert!(matches!(

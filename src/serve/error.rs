@@ -9,6 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::params::FieldErrors;
+use crate::postgres::permanent_db_error;
 use crate::stack::ShapeError;
 
 /// The cause of a 5xx, kept for the log.
@@ -92,6 +93,11 @@ impl From<ShapeError> for ApiError {
                 known: false,
                 cause: Some(Arc::new(e)),
             },
+            // Refused by Postgres for good (e.g. a table it will not publish): a retry would
+            // get the same, so it is the request's problem, not an outage.
+            e @ ShapeError::Database { .. } if permanent_db_error(&e).is_some() => {
+                ApiError::field("table", permanent_db_error(&e).unwrap_or_default())
+            }
             e @ ShapeError::Database { .. } => ApiError::Unavailable {
                 message: "Database is unreachable".into(),
                 retry_after: 10,

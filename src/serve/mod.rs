@@ -45,6 +45,8 @@ pub struct AppState {
     pub cache_ages: CacheAges,
     /// The process's open-file budget for shape logs (metrics).
     pub file_budget: Arc<shapesync_storage::FileBudget>,
+    /// How large a subset answer may be.
+    pub subset_caps: crate::shape::subset::SubsetCaps,
 }
 
 impl AppState {
@@ -171,21 +173,30 @@ async fn metrics(
 
 /// `GET /v1/health[?database_id=…]`: one tenant's state, or every tenant's (active only when all
 /// are).
-async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
-    let id = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "database_id")
-        .map(|(_, v)| v.into_owned());
+async fn health(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.as_deref().unwrap_or("");
+    let (id, _) = shape_api::tenant_and_secret(query);
+    // Who may see per-database detail: the admin (every database), or a caller with the
+    // named database's secret (that one). Anyone else sees only the overall status.
+    let admin = app.access.is_admin(&headers);
     let words: Vec<(String, &'static str)> = match &id {
-        Some(id) => match app.tenants.resolve(Some(id)) {
-            Ok(t) => vec![(t.record.id.to_string(), status_word(&t.stack.status()))],
-            Err(e) => {
-                return error::ApiError::Message {
-                    status: StatusCode::NOT_FOUND,
-                    message: e.to_string(),
-                }
-                .into_response()
+        Some(_) => {
+            let tenant = match app.tenants.resolve(id.as_deref()) {
+                Ok(t) if admin => Ok(t),
+                _ if admin => Err(error::ApiError::UnknownDatabase(
+                    crate::tenant::ResolveError::NotFound.to_string(),
+                )),
+                _ => shape_api::authorized_tenant(&app, query),
+            };
+            match tenant {
+                Ok(t) => vec![(t.record.id.to_string(), status_word(&t.stack.status()))],
+                Err(e) => return e.into_response(),
             }
-        },
+        }
         None => app
             .tenants
             .all()
@@ -193,6 +204,7 @@ async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> 
             .map(|t| (t.record.id.to_string(), status_word(&t.stack.status())))
             .collect(),
     };
+    let detail = admin || id.is_some();
     let overall = if words.iter().all(|(_, w)| *w == "active") {
         "active"
     } else if words
@@ -209,7 +221,7 @@ async fn health(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> 
         StatusCode::ACCEPTED
     };
     let mut body = serde_json::json!({"status": overall});
-    if words.len() > 1 {
+    if detail && words.len() > 1 {
         body["databases"] = words
             .iter()
             .map(|(id, w)| (id.clone(), serde_json::Value::from(*w)))
@@ -252,13 +264,23 @@ async fn options_shape(req: Request) -> Response {
     res
 }
 
+/// The methods a path answers, for `access-control-allow-methods`.
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/v1/shape" => "GET, POST, HEAD, DELETE, OPTIONS",
+        "/v1/admin/database" => "GET, POST, HEAD",
+        p if p.starts_with("/v1/admin/database/") => "GET, DELETE, HEAD",
+        _ => "GET, HEAD",
+    }
+}
+
 /// Headers on every response: server, request id (the client's, echoed, or a new one), CORS,
 /// and a default cache-control for responses that set none; and the one log line of a failed
 /// request's cause.
 async fn common_headers(req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let request_id = shapesync_http1::client_request_id(req.headers());
-    let shape_path = req.uri().path() == "/v1/shape";
+    let methods = allowed_methods(req.uri().path());
     let is_options = req.method() == Method::OPTIONS;
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut res = next.run(req).await;
@@ -278,11 +300,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         "access-control-allow-methods",
-        HeaderValue::from_static(if shape_path {
-            "GET, POST, HEAD, DELETE, OPTIONS"
-        } else {
-            "GET, HEAD"
-        }),
+        HeaderValue::from_static(methods),
     );
     h.insert(
         "access-control-expose-headers",

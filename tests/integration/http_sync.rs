@@ -192,8 +192,10 @@ async fn errors_follow_the_protocol() {
         r.json()["errors"]["handle"][0],
         "can't be blank when offset != -1"
     );
+    // Handles are opaque: one of another format is a stale handle (409 with the live one).
     let r = c.get("table=items&offset=0_0&handle=../../etc").await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 409);
+    assert!(r.header("electric-handle").is_some());
     let r = c.get("table=items&offset=-1&where=1%20x%201").await;
     assert_eq!(
         r.json(),

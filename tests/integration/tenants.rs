@@ -448,9 +448,15 @@ async fn a_database_can_have_its_own_secret() {
     assert_eq!(r.status, 200, "{}", r.body);
     let c = server.client();
     eventually("b to stream", Duration::from_secs(30), || async {
-        c.raw("/v1/health?database_id=b").await.status == 200
+        c.raw("/v1/health?database_id=b&secret=only-b").await.status == 200
     })
     .await;
+    // Its detail needs its own secret (the global one is not b's).
+    assert_eq!(c.raw("/v1/health?database_id=b").await.status, 401);
+    assert_eq!(
+        c.raw("/v1/health?database_id=b&secret=global").await.status,
+        401
+    );
     assert_eq!(
         c.get("table=items&offset=-1&database_id=b&secret=global")
             .await
