@@ -98,6 +98,32 @@ impl TableInfo {
         self.columns.iter().position(|c| c.name == name)
     }
 
+    /// The same table seen with only the columns named in `keep` (which must exist): a where
+    /// clause or ORDER BY parsed against it can name no other column.
+    pub fn restricted(&self, keep: &[String]) -> TableInfo {
+        let kept: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| keep.iter().any(|k| *k == self.columns[i].name))
+            .collect();
+        let pick = |v: &Vec<String>| -> Vec<String> {
+            kept.iter().filter_map(|&i| v.get(i).cloned()).collect()
+        };
+        TableInfo {
+            columns: kept.iter().map(|&i| self.columns[i].clone()).collect(),
+            key: self
+                .key
+                .iter()
+                .filter_map(|k| kept.iter().position(|i| i == k))
+                .collect(),
+            collations: pick(&self.collations),
+            base_types: pick(&self.base_types),
+            enum_labels: kept
+                .iter()
+                .filter_map(|&i| self.enum_labels.get(i).cloned())
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The type name where clauses evaluate a column as: a domain's base type, else its own.
     pub fn eval_type_name(&self, column: usize) -> &str {
         match self.base_types.get(column) {

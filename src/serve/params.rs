@@ -29,6 +29,9 @@ pub struct ShapeRequest {
     pub live: bool,
     pub live_sse: bool,
     pub cursor: Option<String>,
+    /// `queryable_columns`: the only columns a subset's where and order_by may name (set by
+    /// the app's server or proxy; not part of the shape's identity).
+    pub queryable_columns: Option<Vec<String>>,
     /// The raw parameters, to rebuild the refetch `location` of a 409.
     pub raw: Vec<(String, String)>,
 }
@@ -100,6 +103,12 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
     }
 
     let def = definition(params)?;
+    let queryable_columns = match last(params, "queryable_columns") {
+        None => None,
+        Some(c) => {
+            Some(parse_column_list(c).map_err(|m| error("queryable_columns", m.to_string()))?)
+        }
+    };
     Ok(ShapeRequest {
         def,
         offset,
@@ -108,6 +117,7 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
         live,
         live_sse,
         cursor: last(params, "cursor").map(str::to_string),
+        queryable_columns,
         raw,
     })
 }

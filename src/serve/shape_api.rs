@@ -204,14 +204,19 @@ fn not_found() -> ApiError {
 }
 
 /// The tenant a shape request names (`database_id`), once its secret checks out.
-fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiError> {
+pub(super) fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiError> {
     let (database_id, secret) = tenant_and_secret(query);
     let tenant = app
         .tenants
         .resolve(database_id.as_deref())
         .map_err(|e| match e {
             ResolveError::NotProvided => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
-            ResolveError::NotFound => ApiError::UnknownDatabase(e.to_string()),
+            // Without a secret valid for the whole server, an unknown database looks like a
+            // known one (401): ids cannot be enumerated without a secret.
+            ResolveError::NotFound => match app.access.check_secret(None, secret.as_deref()) {
+                Ok(()) => ApiError::UnknownDatabase(e.to_string()),
+                Err(unauthorized) => unauthorized,
+            },
         })?;
     app.access
         .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
@@ -219,7 +224,7 @@ fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiErro
 }
 
 /// The tenant (`database_id`) and secret (`secret`, or the deprecated `api_secret`) of a query.
-fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
+pub(super) fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
     let (mut id, mut secret, mut api_secret) = (None, None, None);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
@@ -301,7 +306,14 @@ async fn serve(
         ),
         Outcome::Subset(shape) => {
             let parts = subset.unwrap_or_default();
-            super::subset_api::respond(app, &tenant.stack, shape, parts).await?
+            super::subset_api::respond(
+                app,
+                &tenant.stack,
+                shape,
+                parts,
+                req.queryable_columns.as_deref(),
+            )
+            .await?
         }
         Outcome::Sse(shape, from) => {
             super::sse::respond(app, Arc::clone(&tenant.stack), shape, &req, from)

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::shape::subset::Subset;
+use crate::postgres::permanent_db_error;
+use crate::shape::subset::{Subset, SubsetError};
 use crate::shape::Shape;
 use crate::stack::Stack;
 
@@ -132,14 +133,15 @@ impl SubsetParts {
     }
 }
 
-/// Run the subset on `shape` and answer.
+/// Run the subset on `shape` and answer. `queryable` (the request's `queryable_columns`)
+/// limits the columns the subset's where and order_by may name.
 pub async fn respond(
     app: &AppState,
     stack: &Arc<Stack>,
     shape: Arc<Shape>,
     parts: SubsetParts,
+    queryable: Option<&[String]>,
 ) -> Result<Response, ApiError> {
-    let _ = app;
     if parts.structured_only {
         return Err(invalid(
             "where",
@@ -153,24 +155,35 @@ pub async fn respond(
         parts.order_by.as_deref(),
         parts.limit,
         parts.offset,
+        queryable,
     )
-    .map_err(|(f, m)| invalid(f, m))?;
-    let client = stack
-        .db()
-        .connect()
+    .map_err(|(f, m)| match f {
+        "queryable_columns" => ApiError::field("queryable_columns", m),
+        f => invalid(f, m),
+    })?;
+    let conn = stack
+        .snapshot_pool
+        .get()
         .await
         .map_err(|e| ApiError::Unavailable {
-            message: format!("Database is unreachable: {}", e.root_cause()),
+            message: "Database is unreachable".into(),
             retry_after: 10,
             known: false,
-            cause: Some(std::sync::Arc::from(Box::<
-                dyn std::error::Error + Send + Sync,
-            >::from(e))),
+            cause: Some(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                e,
+            ))),
         })?;
-    let body = subset
-        .run(&client, &shape)
+    let body = match subset
+        .run(conn.client(), &shape, app.subset_caps, &stack.spill_dir)
         .await
-        .map_err(ApiError::internal)?;
+    {
+        Ok(body) => {
+            conn.release();
+            body
+        }
+        // The connection is dropped (closed) with whatever it was doing.
+        Err(e) => return Err(subset_error(e)),
+    };
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -187,6 +200,39 @@ pub async fn respond(
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     Ok((StatusCode::OK, h, body).into_response())
+}
+
+/// A subset that has no answer, as the answer: caps are 413s naming the flag, Postgres'
+/// refusals (a division by zero, a cast that fails on some row, a table dropped a moment ago)
+/// are 400s like the same mistake in a shape's where clause, the rest 503 or 500.
+fn subset_error(e: SubsetError) -> ApiError {
+    let e = match e {
+        e @ SubsetError::TooLarge { .. } => {
+            return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        SubsetError::Failed(e) => e,
+    };
+    let pg = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<tokio_postgres::Error>());
+    let from_postgres = pg.is_some();
+    if let Some(message) = permanent_db_error(e.as_ref()) {
+        let code = pg.and_then(|p| p.code()).map(|c| c.code().to_string());
+        return match code.as_deref() {
+            Some("42P01") => ApiError::field("table", message),
+            _ => invalid("where", message),
+        };
+    }
+    let cause: Box<dyn std::error::Error + Send + Sync> = e.into();
+    match from_postgres {
+        true => ApiError::Unavailable {
+            message: "Database is unreachable".into(),
+            retry_after: 10,
+            known: false,
+            cause: Some(Arc::from(cause)),
+        },
+        false => ApiError::Internal(Arc::from(cause)),
+    }
 }
 
 #[cfg(test)]

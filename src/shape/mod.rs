@@ -11,6 +11,7 @@ pub mod progress;
 pub mod registry;
 pub mod route;
 pub mod snapshot;
+pub mod spill;
 pub mod subset;
 pub mod visibility;
 pub mod writer;

@@ -7,10 +7,15 @@
 //! with Postgres' grammar and only plain column references with ASC/DESC and NULLS FIRST/LAST are
 //! accepted. The SQL is rendered from the validated parts only.
 
+use std::path::Path;
+
+use axum::body::Body;
+use futures::StreamExt;
+
 use super::message::write_str;
 use super::snapshot::CopyParser;
+use super::spill::Spill;
 use super::Shape;
-use futures::StreamExt;
 use shapesync_filter::ident::quote_ident;
 use shapesync_filter::table::TableInfo;
 use shapesync_filter::{parse_order_by, parse_where, WhereClause};
@@ -35,6 +40,7 @@ impl Subset {
         order_by: Option<&str>,
         limit: Option<u64>,
         offset: Option<u64>,
+        queryable: Option<&[String]>,
     ) -> Result<Subset, (&'static str, String)> {
         if (limit.is_some() || offset.is_some()) && order_by.is_none() {
             return Err((
@@ -44,6 +50,9 @@ impl Subset {
         }
         if limit == Some(0) {
             return Err(("limit", "must be greater than 0".into()));
+        }
+        if let Some(allowed) = queryable {
+            check_queryable(table, allowed, where_clause, params, order_by)?;
         }
         let filter = match where_clause.map(str::trim).filter(|w| !w.is_empty()) {
             Some(w) => Some(parse_where(w, table, params).map_err(|e| ("where", e.to_string()))?),
@@ -61,8 +70,9 @@ impl Subset {
         })
     }
 
-    /// The COPY statement of this subset of `shape`.
-    pub fn copy_sql(&self, shape: &Shape) -> String {
+    /// The COPY statement of this subset of `shape`, with at most `cap` rows (on top of the
+    /// request's own limit).
+    pub fn copy_sql(&self, shape: &Shape, cap: Option<u64>) -> String {
         let cols: Vec<String> = shape
             .table
             .columns
@@ -93,7 +103,11 @@ impl Subset {
             sql.push_str(" ORDER BY ");
             sql.push_str(&self.order_by.join(", "));
         }
-        if let Some(l) = self.limit {
+        let limit = match (self.limit, cap) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        };
+        if let Some(l) = limit {
             sql.push_str(&format!(" LIMIT {l}"));
         }
         if let Some(o) = self.offset {
@@ -103,12 +117,18 @@ impl Subset {
         sql
     }
 
-    /// Run it: the JSON body `{"metadata":{…},"data":[…]}`.
+    /// Run it on `client` (which must not be in a transaction): the JSON body
+    /// `{"metadata":{…},"data":[…]}`, complete before it is answered (a failure on any row is
+    /// an error, not a cut-off body), held in memory up to a threshold and spilled to
+    /// `spill_dir` beyond it. More rows or bytes than `caps` allow is [`SubsetError::TooLarge`];
+    /// the query asks Postgres for at most one row more than the row cap.
     pub async fn run(
         &self,
         client: &tokio_postgres::Client,
         shape: &Shape,
-    ) -> anyhow::Result<Vec<u8>> {
+        caps: SubsetCaps,
+        spill_dir: &Path,
+    ) -> Result<Body, SubsetError> {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
@@ -122,48 +142,145 @@ impl Subset {
         let lsn: String = row.get(1);
         let info: super::visibility::SnapshotInfo = snap.parse().map_err(anyhow::Error::msg)?;
         let mark: u32 = rand::random_range(0..i32::MAX as u32);
-        let mut data = Vec::with_capacity(4096);
-        let stream = client.copy_out(self.copy_sql(shape).as_str()).await?;
+        let head = metadata(&info, &lsn, mark);
+        let mut data = Spill::new(spill_dir);
+        let sql = self.copy_sql(shape, Some(caps.max_rows.saturating_add(1)));
+        let stream = client.copy_out(sql.as_str()).await?;
         futures::pin_mut!(stream);
         let mut parser = CopyParser::default();
         let ncols = shape.table.columns.len();
+        let mut rows = 0u64;
         while let Some(chunk) = stream.next().await {
             parser.feed(&chunk?, ncols, |cells| {
-                if data.len() > 1 {
-                    data.push(b',');
+                if rows > 0 {
+                    data.buf.push(b',');
                 }
-                if data.is_empty() {
-                    data.push(b'[');
-                }
+                rows += 1;
                 shape
                     .encoder
-                    .snapshot_row_marked(&mut data, cells, Some(mark));
+                    .snapshot_row_marked(&mut data.buf, cells, Some(mark));
             })?;
+            if rows > caps.max_rows {
+                return Err(SubsetError::TooLarge {
+                    flag: "--subset-max-rows",
+                    what: "rows",
+                    cap: caps.max_rows,
+                });
+            }
+            if data.len() + head.len() as u64 > caps.max_bytes {
+                return Err(SubsetError::TooLarge {
+                    flag: "--subset-max-bytes",
+                    what: "bytes",
+                    cap: caps.max_bytes,
+                });
+            }
+            data.settle().await.map_err(anyhow::Error::from)?;
         }
         parser.finish()?;
         client.batch_execute("COMMIT").await?;
-        if data.is_empty() {
-            data.push(b'[');
+        Ok(data
+            .into_body(head, b"]}")
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+}
+
+/// `queryable_columns`: every name must be a column, and the subset's where clause and
+/// ORDER BY must parse against the table seen with only those columns.
+fn check_queryable(
+    table: &TableInfo,
+    allowed: &[String],
+    where_clause: Option<&str>,
+    params: &[String],
+    order_by: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    let missing: Vec<&str> = allowed
+        .iter()
+        .filter(|c| table.column_index(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err((
+            "queryable_columns",
+            format!(
+                "The following columns are not found on the table: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let seen = table.restricted(allowed);
+    let refused = |field: &'static str| {
+        (
+            field,
+            format!(
+                "may only reference the queryable columns: {}",
+                allowed.join(", ")
+            ),
+        )
+    };
+    if let Some(w) = where_clause.map(str::trim).filter(|w| !w.is_empty()) {
+        parse_where(w, &seen, params).map_err(|_| refused("where"))?;
+    }
+    if let Some(o) = order_by {
+        parse_order_by(o, &seen).map_err(|_| refused("order_by"))?;
+    }
+    Ok(())
+}
+
+/// `{"metadata":{…},"data":[` of a subset answer.
+fn metadata(info: &super::visibility::SnapshotInfo, lsn: &str, mark: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"metadata\":{\"xmin\":");
+    write_str(&mut out, info.xmin.to_string().as_bytes());
+    out.extend_from_slice(b",\"xmax\":");
+    write_str(&mut out, info.xmax.to_string().as_bytes());
+    out.extend_from_slice(b",\"xip_list\":[");
+    for (i, x) in info.xip.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        data.push(b']');
-        let mut out = Vec::with_capacity(data.len() + 256);
-        out.extend_from_slice(b"{\"metadata\":{\"xmin\":");
-        write_str(&mut out, info.xmin.to_string().as_bytes());
-        out.extend_from_slice(b",\"xmax\":");
-        write_str(&mut out, info.xmax.to_string().as_bytes());
-        out.extend_from_slice(b",\"xip_list\":[");
-        for (i, x) in info.xip.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(&mut out, x.to_string().as_bytes());
+        write_str(&mut out, x.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"],\"database_lsn\":");
+    write_str(&mut out, lsn.as_bytes());
+    out.extend_from_slice(format!(",\"snapshot_mark\":{mark}}},\"data\":[").as_bytes());
+    out
+}
+
+/// How large a subset answer may be.
+#[derive(Debug, Clone, Copy)]
+pub struct SubsetCaps {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for SubsetCaps {
+    fn default() -> Self {
+        SubsetCaps {
+            max_rows: 1_000_000,
+            max_bytes: 256 << 20,
         }
-        out.extend_from_slice(b"],\"database_lsn\":");
-        write_str(&mut out, lsn.as_bytes());
-        out.extend_from_slice(format!(",\"snapshot_mark\":{mark}}},\"data\":").as_bytes());
-        out.extend_from_slice(&data);
-        out.push(b'}');
-        Ok(out)
+    }
+}
+
+/// Why a subset has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SubsetError {
+    /// Over a cap: a 413 naming it.
+    #[error("the subset has more {what} than the server allows ({cap}, {flag})")]
+    TooLarge {
+        flag: &'static str,
+        what: &'static str,
+        cap: u64,
+    },
+    /// The query or the spill failed (Postgres' refusal included).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<tokio_postgres::Error> for SubsetError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SubsetError::Failed(e.into())
     }
 }
 
@@ -208,7 +325,7 @@ mod tests {
     #[test]
     fn order_by_required_with_limit_or_offset() {
         let t = table();
-        let e = Subset::new(&t, None, &[], None, Some(5), None).unwrap_err();
+        let e = Subset::new(&t, None, &[], None, Some(5), None, None).unwrap_err();
         assert_eq!(
             e,
             (
@@ -222,11 +339,12 @@ mod tests {
             &["3".into()],
             Some("id"),
             Some(5),
-            Some(0)
+            Some(0),
+            None
         )
         .is_ok());
         assert_eq!(
-            Subset::new(&t, None, &[], Some("id"), Some(0), None)
+            Subset::new(&t, None, &[], Some("id"), Some(0), None, None)
                 .unwrap_err()
                 .0,
             "limit"

@@ -129,27 +129,15 @@ impl Stack {
     }
 
     fn spawn_snapshot(&self, shape: Arc<Shape>) {
-        let db = self.db.clone();
         let ctx = Arc::clone(self.ctx());
         let registry = Arc::clone(&self.registry);
-        let permits = Arc::clone(&self.snapshots);
-        let pool = Arc::clone(&self.snapshot_conns);
-        let max_idle = self.max_snapshots;
+        let pool = Arc::clone(&self.snapshot_pool);
         tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
             let started = std::time::Instant::now();
             let handle = shape.handle.clone();
             let result = async {
-                let idle = {
-                    let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
-                    idle.retain(|c| !c.is_closed());
-                    idle.pop()
-                };
-                let client = match idle {
-                    Some(c) => c,
-                    None => db.connect().await?,
-                };
-                let rows = shape::snapshot::run(&client, &shape, |info| {
+                let conn = pool.get().await?;
+                let rows = shape::snapshot::run(conn.client(), &shape, |info| {
                     ctx.command(Command::SnapshotStarted {
                         handle: handle.clone(),
                         info,
@@ -157,10 +145,7 @@ impl Stack {
                 })
                 .await?;
                 // Back to the pool only after a clean COMMIT (a failed one is dropped).
-                let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < max_idle {
-                    idle.push(client);
-                }
+                conn.release();
                 Ok::<_, anyhow::Error>(rows)
             }
             .await;

@@ -13,6 +13,7 @@ mod config;
 mod create;
 pub mod ctx;
 mod naming;
+pub mod pool;
 mod restore;
 mod start;
 pub mod status;

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use shapesync_storage::{FileStore, ShapeLogStore, StoreConfig};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 
 use super::config::StackConfig;
 use super::ctx::{CtxParts, StackCtx};
+use super::pool::SnapshotPool;
 use super::restore::restore_shapes;
 use super::status::ReplicationStats;
 use super::supervisor::replicate;
@@ -24,11 +25,10 @@ use crate::shape::Lifecycle;
 
 pub struct Stack {
     ctx: Arc<StackCtx>,
-    pub(super) snapshots: Arc<Semaphore>,
-    /// Idle snapshot connections, reused by the next snapshot (at most `max_snapshots`): a
-    /// creation storm does not open one Postgres connection per shape.
-    pub(super) snapshot_conns: Arc<std::sync::Mutex<Vec<tokio_postgres::Client>>>,
-    pub(super) max_snapshots: usize,
+    /// Connections for initial snapshots and subsets (at most `max_snapshots` at once, reused).
+    pub snapshot_pool: Arc<SnapshotPool>,
+    /// Where subset results larger than memory should hold are spilled (unnamed temp files).
+    pub spill_dir: std::path::PathBuf,
     /// The database's locale (collation and character class), loaded once: where clauses
     /// consult it for text ordering and case mapping.
     pub(super) locale: tokio::sync::OnceCell<shapesync_filter::table::TextLocale>,
@@ -99,9 +99,8 @@ impl Stack {
         }));
         let stack = Arc::new(Stack {
             ctx: Arc::clone(&ctx),
-            snapshots: Arc::new(Semaphore::new(cfg.max_snapshots.max(1))),
-            snapshot_conns: Arc::new(std::sync::Mutex::new(Vec::new())),
-            max_snapshots: cfg.max_snapshots.max(1),
+            snapshot_pool: SnapshotPool::new(cfg.db.clone(), cfg.max_snapshots),
+            spill_dir: cfg.storage_dir.clone(),
             locale: tokio::sync::OnceCell::new(),
             task: std::sync::Mutex::new(None),
             lifecycle: cfg.lifecycle.clone(),

@@ -84,7 +84,7 @@ pub(super) async fn replicate(
                 if stream::publication_missing(&msg) {
                     slot_unusable = true;
                 }
-                tracing::warn!(stack = %stack.id, error = %msg, retry_in_ms = backoff.as_millis() as u64, "replication down");
+                tracing::warn!(stack = %stack.id, database = %stack.db.redacted(), error = %msg, retry_in_ms = backoff.as_millis() as u64, "replication down");
                 stack.status_sender().send_replace(Status::Down(msg));
                 writer.reset_after_disconnect();
                 tokio::select! {

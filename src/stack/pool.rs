@@ -1,0 +1,75 @@
+//! Snapshot connections: at most `max` snapshots (initial shape snapshots and subset queries)
+//! talk to the source database at once, and their connections are reused, so a creation storm
+//! or a burst of subsets does not open one Postgres connection each.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::postgres::connect::SourceDb;
+
+pub struct SnapshotPool {
+    db: SourceDb,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<tokio_postgres::Client>>,
+    max: usize,
+}
+
+/// A connection of the pool, held with its permit. [`PooledConn::release`] gives it back after
+/// a clean end of transaction; dropped otherwise, it closes (whatever state it was left in).
+pub struct PooledConn {
+    client: tokio_postgres::Client,
+    pool: Arc<SnapshotPool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SnapshotPool {
+    pub fn new(db: SourceDb, max: usize) -> Arc<Self> {
+        let max = max.max(1);
+        Arc::new(SnapshotPool {
+            db,
+            permits: Arc::new(Semaphore::new(max)),
+            idle: Mutex::new(Vec::new()),
+            max,
+        })
+    }
+
+    /// Wait for a permit, then an idle connection or a new one.
+    pub async fn get(self: &Arc<Self>) -> anyhow::Result<PooledConn> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow::anyhow!("the snapshot pool is closed"))?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|c| !c.is_closed());
+            idle.pop()
+        };
+        let client = match idle {
+            Some(c) => c,
+            None => self.db.connect().await?,
+        };
+        Ok(PooledConn {
+            client,
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+}
+
+impl PooledConn {
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// Back to the pool: call only once the connection's transaction has ended cleanly.
+    pub fn release(self) {
+        if self.client.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.pool.max {
+            idle.push(self.client);
+        }
+    }
+}
