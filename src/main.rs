@@ -1,5 +1,6 @@
 //! The `shapesync` command.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,12 +122,33 @@ struct ServeArgs {
     /// clients reading old chunks get each row's net change (every offset stays valid).
     #[arg(long, env = "SHAPESYNC_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
     compaction: bool,
+    /// Rows a subset snapshot may return; a larger one answers 413.
+    #[arg(long, env = "SHAPESYNC_SUBSET_MAX_ROWS", default_value_t = 1_000_000)]
+    subset_max_rows: u64,
+    /// Bytes of JSON a subset snapshot may return; a larger one answers 413. Answers above
+    /// 1 MiB are spilled to a temporary file in the storage directory while they are built.
+    #[arg(long, env = "SHAPESYNC_SUBSET_MAX_BYTES", default_value_t = 256 << 20)]
+    subset_max_bytes: u64,
+    /// Open HTTP connections allowed (parked long-polls included); more are answered 503 and
+    /// closed. Default: what the open-file limit leaves after the shape logs' share.
+    #[arg(long, env = "SHAPESYNC_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open HTTP connections allowed from one client address; more are answered 503 and closed.
+    #[arg(
+        long,
+        env = "SHAPESYNC_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1_000
+    )]
+    max_connections_per_ip: usize,
 }
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: logs redirected to a file or a collector stay plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -143,6 +165,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
+    // Before anything is written to disk: a busy address fails the start with nothing left.
+    let listener = shapesync::server::bind(args.listen)?;
     std::fs::create_dir_all(&args.storage_dir)
         .with_context(|| format!("creating {}", args.storage_dir.display()))?;
     // Before anything else uses the directory (the embedded Postgres lives in it too).
@@ -185,6 +209,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.local_retention = args.local_retention.map(Duration::from_secs);
     cfg.max_shapes = args.max_shapes;
     cfg.compaction = args.compaction;
+    cfg.max_connections = args.max_connections;
+    cfg.max_connections_per_ip = args.max_connections_per_ip;
+    cfg.subset_caps = shapesync::shape::subset::SubsetCaps {
+        max_rows: args.subset_max_rows,
+        max_bytes: args.subset_max_bytes,
+    };
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
     cfg.chunk_bytes = args.chunk_bytes;
@@ -197,7 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_age: args.cache_max_age,
         stale_age: args.cache_stale_age,
     };
-    let server = Server::start(cfg).await?;
+    let server = Server::start_on(cfg, listener).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

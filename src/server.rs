@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::postgres::preflight::{self, Preflight};
 use crate::serve::access::{Access, AccessConfig};
 use crate::serve::response::CacheAges;
 use crate::serve::{router, AppState};
@@ -43,6 +44,13 @@ pub struct Config {
     pub max_shapes: Option<usize>,
     /// Compact sealed change chunks (on by default).
     pub compaction: bool,
+    /// How large a subset answer may be.
+    pub subset_caps: crate::shape::subset::SubsetCaps,
+    /// Open connections allowed in total (parked long-polls included); by default what the
+    /// open-file limit leaves after the shape logs' budget and a reserve.
+    pub max_connections: Option<usize>,
+    /// Open connections allowed from one client address (trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -87,6 +95,9 @@ impl Config {
             local_retention: None,
             max_shapes: None,
             compaction: true,
+            subset_caps: crate::shape::subset::SubsetCaps::default(),
+            max_connections: None,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -102,8 +113,35 @@ pub struct Server {
     lock: shapesync_storage::DirLock,
 }
 
+/// Connections allowed when no cap is given: half the open-file limit is the shape logs'
+/// budget; of the other half, 256 descriptors stay for Postgres connections, spill files and
+/// the rest.
+fn connections_for_limit(soft: u64) -> usize {
+    usize::try_from((soft / 2).saturating_sub(256))
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1_000_000)
+}
+
+/// Bind the HTTP address; the error names it and the flag that sets it.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} (--listen / SHAPESYNC_LISTEN): {e}")
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 impl Server {
+    /// Bind `cfg.listen` and start.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        let listener = bind(cfg.listen)?;
+        Server::start_on(cfg, listener).await
+    }
+
+    /// Start serving on `listener` (bound before anything was written to disk). A database
+    /// given in `cfg` that cannot work as configured (credentials, names, `wal_level`,
+    /// replication privilege) fails the start with the reason and the fix.
+    pub async fn start_on(cfg: Config, listener: std::net::TcpListener) -> anyhow::Result<Server> {
         if !stack::valid_stream_id(&cfg.stream_id) {
             anyhow::bail!(
                 "stream id must be 1-40 characters of [a-z0-9_]: {:?}",
@@ -120,6 +158,12 @@ impl Server {
         if access.insecure {
             tracing::warn!("running in insecure mode: no secret is required for shapes and the admin API is open");
         }
+        if let Some(url) = &cfg.database_url {
+            let db = crate::postgres::connect::SourceDb::parse(url)?;
+            if let Preflight::Unreachable(e) = preflight::check(&db).await? {
+                tracing::warn!(database = %db.redacted(), error = %format!("{e:#}"), "the database is not reachable yet: starting anyway and retrying");
+            }
+        }
         tracing::info!(storage = %cfg.storage_dir.display(), "starting");
         let lock = shapesync_storage::DirLock::acquire(&cfg.storage_dir)?;
         // Shape logs are opened and closed within a budget of descriptors, whatever the number
@@ -127,9 +171,24 @@ impl Server {
         let soft = shapesync_storage::raise_nofile_limit();
         let file_budget =
             shapesync_storage::FileBudget::new(shapesync_storage::budget_for_limit(soft));
+        let limits = shapesync_http1::Limits {
+            max_connections: cfg
+                .max_connections
+                .unwrap_or_else(|| connections_for_limit(soft)),
+            max_connections_per_ip: cfg.max_connections_per_ip,
+            // A trusted proxy's connections carry many clients: only the total caps them.
+            per_ip_exempt: (!cfg.access.trusted_proxies.is_empty()).then(|| {
+                let proxies = cfg.access.trusted_proxies.clone();
+                Arc::new(move |ip: std::net::IpAddr| {
+                    proxies.iter().any(|n| n.contains(ip.to_canonical()))
+                }) as shapesync_http1::Exempt
+            }),
+        };
         tracing::info!(
             nofile_limit = soft,
             open_log_files = file_budget.limit(),
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
             "open-file budget"
         );
         let default = cfg.database_url.as_ref().map(|url| TenantRecord {
@@ -182,6 +241,7 @@ impl Server {
             ),
             cache_ages: cfg.cache_ages,
             file_budget,
+            subset_caps: cfg.subset_caps,
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);
@@ -195,12 +255,12 @@ impl Server {
                 }
             }
         });
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let (stop_http, stop_rx) = watch::channel(false);
         let app = router(state);
         let http = tokio::spawn(async move {
-            shapesync_http1::serve(listener, app, stop_rx).await;
+            shapesync_http1::serve(listener, app, stop_rx, limits).await;
         });
         tracing::info!(%addr, "listening");
         Ok(Server {

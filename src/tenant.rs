@@ -291,6 +291,12 @@ impl Tenants {
                 return Err(AdminError::InUse(wanted));
             }
         }
+        // A mistake in the URL (credentials, names, wal_level, privilege) is refused now
+        // rather than retried for ever; an unreachable database is added and retried.
+        let probe = db.clone().prefer_ipv6(rec.use_ipv6).await;
+        if let Err(m) = crate::postgres::preflight::check(&probe).await {
+            return Err(AdminError::Invalid("database_url", m.to_string()));
+        }
         // The same database under another spelling (an address for a host name, a socket,
         // another alias) would get a second slot: compare what the databases are. A copy of a
         // served database (a restored backup, a clone, a branch) has the same identity but is

@@ -94,6 +94,10 @@ impl SourceDb {
         format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
     }
 
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     pub fn dbname(&self) -> &str {
         &self.dbname
     }
