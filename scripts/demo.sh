@@ -5,7 +5,7 @@
 # running afterwards; stop it with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh run
 cargo build --release --locked --bin shapesync
 
 DIR="${SHAPESYNC_DEMO_DIR:-$PWD/.shapesync}"

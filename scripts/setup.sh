@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs what building and testing shapesync needs on a fresh Debian machine with Rust and
-# PostgreSQL 15 binaries: libclang (pg_query's bindgen), nginx, the Node packages of the client tests,
-# and schemathesis (the OpenAPI contract check) in a Python venv under target/tools.
+# Installs what shapesync needs on a fresh Debian machine with Rust and PostgreSQL 15 binaries.
+#   bash scripts/setup.sh run    building and running: libclang (pg_query's bindgen) only
+#   bash scripts/setup.sh [test] also what the tests need: nginx (the CDN stand-in), the Node
+#                                packages of the client tests, and schemathesis and moto (the
+#                                OpenAPI contract check, the S3 stand-in) in Python venvs under target/
 # Idempotent: skips what is already there. Runs apt only as root (or via sudo when available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-test}"
+case "$mode" in run|test) ;; *) echo "usage: $0 [run|test]" >&2; exit 2 ;; esac
 
 need_apt=()
 [ -e /usr/lib/llvm-14/lib/libclang-14.so.1 ] || [ -e /usr/lib/x86_64-linux-gnu/libclang-14.so.1 ] || need_apt+=(libclang1-14)
@@ -12,8 +16,11 @@ need_apt=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
 # nginx: the CDN stand-in of the caching tests and the deploy config check. Installed here, once,
 # so tests running in parallel never race for the dpkg lock.
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ "$mode" = test ]; then
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+fi
 [ ${#need_apt[@]} -eq 0 ] || bash scripts/apt-install.sh "${need_apt[@]}"
+[ "$mode" = test ] || exit 0
 
 if [ ! -d tests/client/node_modules/@electric-sql/client ]; then
   echo "setup: installing the client test packages (npm ci)"

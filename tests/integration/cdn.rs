@@ -147,3 +147,59 @@ async fn chunks_are_cache_hits_and_live_requests_collapse() {
         "{n} live clients, one origin request"
     );
 }
+
+/// A cached response is served stale only within the origin's `stale-while-revalidate`:
+/// past `max-age + stale-while-revalidate` nginx asks the origin again (EXPIRED), never STALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_responses_never_outlive_what_the_origin_allowed() {
+    let url = fresh_db("cdn_stale").await;
+    let db = connect(&url).await;
+    db.batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text); INSERT INTO c VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let server = TestServer::start_with(&url, |c| {
+        c.cache_ages = shapesync::serve::response::CacheAges {
+            max_age: 1,
+            stale_age: 1,
+        }
+    })
+    .await;
+    let nginx = start_nginx(server.base.trim_start_matches("http://")).await;
+    let http = reqwest::Client::new();
+    let get = |q: String| {
+        let http = http.clone();
+        let base = nginx.base.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/v1/shape?{q}"))
+                .send()
+                .await
+                .unwrap();
+            let h = r.headers().clone();
+            (r.status().as_u16(), h, r.text().await.unwrap())
+        }
+    };
+    let (_, h, _) = get("table=c&offset=-1".into()).await;
+    let handle = h["electric-handle"].to_str().unwrap().to_string();
+    let catch_up = format!("table=c&offset=0_0&handle={handle}");
+    let (status, h, _) = get(catch_up.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-cache-status"], "MISS");
+    let cc = h["cache-control"].to_str().unwrap().to_string();
+    assert!(
+        cc.contains("max-age=1") && cc.contains("stale-while-revalidate=1"),
+        "{cc}"
+    );
+    // Past max-age + stale-while-revalidate (2 s), with a margin.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    for _ in 0..2 {
+        let (status, h, _) = get(catch_up.clone()).await;
+        assert_eq!(status, 200);
+        let cache = h["x-cache-status"].to_str().unwrap().to_string();
+        assert_ne!(cache, "STALE", "served past what the origin allowed");
+        assert!(
+            ["EXPIRED", "REVALIDATED", "HIT"].contains(&cache.as_str()),
+            "{cache}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod compaction;
 mod crash;
 mod deployment;
 mod disk_full;
+mod edge;
 mod fd_limit;
 mod http1;
 mod http_sync;

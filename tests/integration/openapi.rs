@@ -291,19 +291,17 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
         "get",
         &request(&server, Method::GET, "/metrics", None, None).await,
     );
-    check(
-        &spec,
-        "/v1/health",
-        "get",
-        &request(
-            &server,
-            Method::GET,
-            "/v1/health?database_id=zz",
-            None,
-            None,
-        )
-        .await,
-    );
+    for (path, key, status) in [
+        ("/v1/health?database_id=zz", None, 401),
+        ("/v1/health?database_id=default", None, 401),
+        ("/v1/health?database_id=zz", k, 404),
+        ("/v1/health?database_id=default&secret=s", None, 200),
+        ("/v1/health", k, 200),
+    ] {
+        let r = request(&server, Method::GET, path, key, None).await;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        check(&spec, "/v1/health", "get", &r);
+    }
     check(
         &spec,
         "/v1/shape",
