@@ -129,17 +129,19 @@ struct ServeArgs {
     /// 1 MiB are spilled to a temporary file in the storage directory while they are built.
     #[arg(long, env = "SHAPESYNC_SUBSET_MAX_BYTES", default_value_t = 256 << 20)]
     subset_max_bytes: u64,
+    /// Bytes of spilled subset answers (in the storage directory) held at once across all
+    /// subsets; past it, a large subset answers 503 with retry-after.
+    #[arg(long, env = "SHAPESYNC_SUBSET_SPILL_BYTES", default_value_t = 1 << 30)]
+    subset_spill_bytes: u64,
     /// Open HTTP connections allowed (parked long-polls included); more are answered 503 and
     /// closed. Default: what the open-file limit leaves after the shape logs' share.
     #[arg(long, env = "SHAPESYNC_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Open HTTP connections allowed from one client address; more are answered 503 and closed.
-    #[arg(
-        long,
-        env = "SHAPESYNC_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 1_000
-    )]
-    max_connections_per_ip: usize,
+    /// Open HTTP connections allowed from one client address (trusted proxies and loopback
+    /// exempt); more are answered 503 and closed. Default: an eighth of --max-connections,
+    /// at most 1,000.
+    #[arg(long, env = "SHAPESYNC_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -165,7 +167,23 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
-    // Before anything is written to disk: a busy address fails the start with nothing left.
+    let access = AccessConfig {
+        secret: args.secret.clone(),
+        admin_key: args.admin_key.clone(),
+        insecure: args.insecure,
+        trusted_proxies: args.trusted_proxies.clone(),
+        admin_rate: RateLimit {
+            per_second: args.admin_rate,
+            burst: args.admin_rate.saturating_mul(2),
+        },
+        create_rate: RateLimit {
+            per_second: args.shape_create_rate,
+            burst: args.shape_create_rate.saturating_mul(2),
+        },
+    };
+    // Before anything is written to disk: settings, then the address (a mistake or a busy
+    // address fails the start with nothing left behind).
+    shapesync::server::check_settings(&args.stream_id, &access)?;
     let listener = shapesync::server::bind(args.listen)?;
     std::fs::create_dir_all(&args.storage_dir)
         .with_context(|| format!("creating {}", args.storage_dir.display()))?;
@@ -190,20 +208,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let mut cfg = Config::new(database_url, args.storage_dir.join("data"));
-    cfg.access = AccessConfig {
-        secret: args.secret,
-        admin_key: args.admin_key,
-        insecure: args.insecure,
-        trusted_proxies: args.trusted_proxies,
-        admin_rate: RateLimit {
-            per_second: args.admin_rate,
-            burst: args.admin_rate.saturating_mul(2),
-        },
-        create_rate: RateLimit {
-            per_second: args.shape_create_rate,
-            burst: args.shape_create_rate.saturating_mul(2),
-        },
-    };
+    cfg.access = access;
     cfg.listen = args.listen;
     cfg.object_store_url = args.object_store_url;
     cfg.local_retention = args.local_retention.map(Duration::from_secs);
@@ -214,6 +219,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.subset_caps = shapesync::shape::subset::SubsetCaps {
         max_rows: args.subset_max_rows,
         max_bytes: args.subset_max_bytes,
+        spill_bytes: args.subset_spill_bytes,
     };
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);
@@ -227,7 +233,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_age: args.cache_max_age,
         stale_age: args.cache_stale_age,
     };
-    let server = Server::start_on(cfg, listener).await?;
+    let server = match Server::start_on(cfg, listener).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Leave no embedded Postgres running behind a failed start.
+            if let Some(pg) = embedded {
+                let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+            }
+            return Err(e);
+        }
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -49,8 +49,9 @@ pub struct Config {
     /// Open connections allowed in total (parked long-polls included); by default what the
     /// open-file limit leaves after the shape logs' budget and a reserve.
     pub max_connections: Option<usize>,
-    /// Open connections allowed from one client address (trusted proxies are exempt).
-    pub max_connections_per_ip: usize,
+    /// Open connections allowed from one client address (trusted proxies and loopback are
+    /// exempt); by default an eighth of the total, at most 1,000.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {
@@ -97,7 +98,7 @@ impl Config {
             compaction: true,
             subset_caps: crate::shape::subset::SubsetCaps::default(),
             max_connections: None,
-            max_connections_per_ip: 1_000,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -122,6 +123,20 @@ fn connections_for_limit(soft: u64) -> usize {
         .clamp(16, 1_000_000)
 }
 
+/// The settings a start needs, checked before anything is written.
+pub fn check_settings(stream_id: &str, access: &AccessConfig) -> anyhow::Result<()> {
+    if !stack::valid_stream_id(stream_id) {
+        anyhow::bail!("stream id must be 1-40 characters of [a-z0-9_]: {stream_id:?}");
+    }
+    if !access.insecure && (access.secret.is_none() || access.admin_key.is_none()) {
+        anyhow::bail!(
+            "set both a shape API secret (--secret) and an admin key (--admin-key), \
+             or run with --insecure to serve without them"
+        );
+    }
+    Ok(())
+}
+
 /// Bind the HTTP address; the error names it and the flag that sets it.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
@@ -142,19 +157,8 @@ impl Server {
     /// given in `cfg` that cannot work as configured (credentials, names, `wal_level`,
     /// replication privilege) fails the start with the reason and the fix.
     pub async fn start_on(cfg: Config, listener: std::net::TcpListener) -> anyhow::Result<Server> {
-        if !stack::valid_stream_id(&cfg.stream_id) {
-            anyhow::bail!(
-                "stream id must be 1-40 characters of [a-z0-9_]: {:?}",
-                cfg.stream_id
-            );
-        }
+        check_settings(&cfg.stream_id, &cfg.access)?;
         let access = &cfg.access;
-        if !access.insecure && (access.secret.is_none() || access.admin_key.is_none()) {
-            anyhow::bail!(
-                "set both a shape API secret (--secret) and an admin key (--admin-key), \
-                 or run with --insecure to serve without them"
-            );
-        }
         if access.insecure {
             tracing::warn!("running in insecure mode: no secret is required for shapes and the admin API is open");
         }
@@ -171,16 +175,22 @@ impl Server {
         let soft = shapesync_storage::raise_nofile_limit();
         let file_budget =
             shapesync_storage::FileBudget::new(shapesync_storage::budget_for_limit(soft));
+        let max_connections = cfg
+            .max_connections
+            .unwrap_or_else(|| connections_for_limit(soft));
         let limits = shapesync_http1::Limits {
-            max_connections: cfg
-                .max_connections
-                .unwrap_or_else(|| connections_for_limit(soft)),
-            max_connections_per_ip: cfg.max_connections_per_ip,
-            // A trusted proxy's connections carry many clients: only the total caps them.
-            per_ip_exempt: (!cfg.access.trusted_proxies.is_empty()).then(|| {
+            max_connections,
+            // One address may not take every connection.
+            max_connections_per_ip: cfg
+                .max_connections_per_ip
+                .unwrap_or((max_connections / 8).clamp(16, 1_000)),
+            // A trusted proxy's connections carry many clients, and so do a local proxy's (a
+            // loopback peer): only the total caps them.
+            per_ip_exempt: Some({
                 let proxies = cfg.access.trusted_proxies.clone();
                 Arc::new(move |ip: std::net::IpAddr| {
-                    proxies.iter().any(|n| n.contains(ip.to_canonical()))
+                    let ip = ip.to_canonical();
+                    ip.is_loopback() || proxies.iter().any(|n| n.contains(ip))
                 }) as shapesync_http1::Exempt
             }),
         };
@@ -242,6 +252,7 @@ impl Server {
             cache_ages: cfg.cache_ages,
             file_budget,
             subset_caps: cfg.subset_caps,
+            spill_budget: crate::shape::spill::SpillBudget::new(cfg.subset_caps.spill_bytes),
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);

@@ -2,7 +2,9 @@
 //! `HEAD` and bodiless statuses, keep-alive; small responses in one write. And the short answer
 //! to a request that could not be read.
 
-use std::time::SystemTime;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Response, StatusCode, Version};
@@ -35,6 +37,41 @@ pub(crate) fn date_header() -> HeaderValue {
             }
         }
     })
+}
+
+/// A client that stops reading holds its connection at most this long without progress.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Write all of `buf`, failing once the client has taken nothing for [`WRITE_STALL`]. A write
+/// the socket takes at once costs no timer.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = {
+            let mut write = std::pin::pin!(stream.write(buf));
+            let now = {
+                let mut cx = Context::from_waker(Waker::noop());
+                write.as_mut().poll(&mut cx)
+            };
+            match now {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    tokio::time::timeout(WRITE_STALL, write)
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the client stopped reading",
+                            )
+                        })??
+                }
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 /// Write `res`; Ok(true) if the connection stays open for another request.
@@ -95,7 +132,7 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
     if no_body {
-        stream.write_all(&out).await?;
+        send(stream, &out).await?;
         return Ok(keep_alive);
     }
 
@@ -103,7 +140,7 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     let mut pending = Some(out);
     if exact.is_none() {
         if let Some(head) = pending.take() {
-            stream.write_all(&head).await?;
+            send(stream, &head).await?;
         }
     }
     while let Some(frame) = body.frame().await {
@@ -126,12 +163,12 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
             if chunked {
                 framed.extend_from_slice(b"\r\n");
             }
-            stream.write_all(&framed).await?;
+            send(stream, &framed).await?;
         } else {
-            stream.write_all(&framed).await?;
-            stream.write_all(&data).await?;
+            send(stream, &framed).await?;
+            send(stream, &data).await?;
             if chunked {
-                stream.write_all(b"\r\n").await?;
+                send(stream, b"\r\n").await?;
             }
         }
     }
@@ -140,7 +177,7 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
         tail.extend_from_slice(b"0\r\n\r\n");
     }
     if !tail.is_empty() {
-        stream.write_all(&tail).await?;
+        send(stream, &tail).await?;
     }
     if !keep_alive {
         let _ = stream.shutdown().await;
@@ -162,7 +199,52 @@ pub(crate) async fn write_reject<S: AsyncWrite + Unpin>(
         body.len(),
         date_header().to_str().unwrap_or(""),
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    send(stream, head.as_bytes()).await?;
+    send(stream, body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_dropped_after_the_stall_limit() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let res = Response::new(Body::from(vec![b'x'; 1 << 20]));
+        let started = tokio::time::Instant::now();
+        let r = write_response(&mut server, res, Version::HTTP_11, false, true).await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_STALL);
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_gets_everything() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            loop {
+                // Slower than the stall limit in total, never stalled that long at once.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match client.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            got
+        });
+        let res = Response::new(Body::from(vec![b'x'; 64 * 1024]));
+        assert!(
+            !write_response(&mut server, res, Version::HTTP_11, false, false)
+                .await
+                .unwrap()
+        );
+        drop(server);
+        let got = reader.await.unwrap();
+        assert!(got.ends_with(&[b'x'; 100]));
+        assert!(got.len() > 64 * 1024);
+    }
 }

@@ -60,6 +60,12 @@ impl SourceDb {
         if dbname.is_empty() {
             bail!("invalid database URL: no database name");
         }
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            bail!(
+                "invalid database URL: sslmode=require is not supported (shapesync connects \
+                 without TLS); use sslmode=prefer or disable, or a TLS-terminating proxy"
+            );
+        }
         config.options(DISPLAY_OPTIONS);
         config.application_name("shapesync");
         config.connect_timeout(Duration::from_secs(10));

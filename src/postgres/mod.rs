@@ -27,7 +27,9 @@ pub fn permanent_db_error(e: &(dyn std::error::Error + 'static)) -> Option<Strin
 
 /// SQLSTATE classes that a retry may clear.
 fn sqlstate_transient(code: &str) -> bool {
-    const CLASSES: [&str; 7] = ["08", "25", "40", "53", "57", "58", "XX"];
+    // 28 (authentication) and 3D (no such database) after the start mean credentials or the
+    // database changed under a running server: an outage, not the request's mistake.
+    const CLASSES: [&str; 10] = ["08", "25", "28", "3D", "40", "53", "57", "58", "F0", "XX"];
     // 55P03 lock not available, 55006 object in use.
     CLASSES.iter().any(|c| code.starts_with(c)) || code == "55P03" || code == "55006"
 }

@@ -62,7 +62,10 @@ pub async fn check(db: &SourceDb) -> Result<Preflight, Misconfigured> {
         let wal: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
         let replication: bool = client
             .query_one(
-                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                // RDS and Aurora grant replication through the rds_replication role.
+                "SELECT rolreplication OR rolsuper OR coalesce((SELECT pg_has_role(current_user, \
+                 oid, 'member') FROM pg_roles WHERE rolname = 'rds_replication'), false) \
+                 FROM pg_roles WHERE rolname = current_user",
                 &[],
             )
             .await?

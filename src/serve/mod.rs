@@ -47,6 +47,8 @@ pub struct AppState {
     pub file_budget: Arc<shapesync_storage::FileBudget>,
     /// How large a subset answer may be.
     pub subset_caps: crate::shape::subset::SubsetCaps,
+    /// Spilled subset answers held at once (process-wide).
+    pub spill_budget: Arc<crate::shape::spill::SpillBudget>,
 }
 
 impl AppState {
@@ -82,11 +84,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(health))
         .route(
             "/v1/admin/database",
-            get(admin_api::list).post(admin_api::add),
+            get(admin_api::list)
+                .post(admin_api::add)
+                .options(options_admin),
         )
         .route(
             "/v1/admin/database/{database_id}",
-            get(admin_api::show).delete(admin_api::remove),
+            get(admin_api::show)
+                .delete(admin_api::remove)
+                .options(options_admin),
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not found") })
@@ -268,10 +274,22 @@ async fn options_shape(req: Request) -> Response {
 fn allowed_methods(path: &str) -> &'static str {
     match path {
         "/v1/shape" => "GET, POST, HEAD, DELETE, OPTIONS",
-        "/v1/admin/database" => "GET, POST, HEAD",
-        p if p.starts_with("/v1/admin/database/") => "GET, DELETE, HEAD",
+        "/v1/admin/database" => "GET, POST, HEAD, OPTIONS",
+        p if p.starts_with("/v1/admin/database/") => "GET, DELETE, HEAD, OPTIONS",
         _ => "GET, HEAD",
     }
+}
+
+/// CORS preflight of the admin API: 204, never authenticated; the key and JSON headers allowed.
+async fn options_admin() -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("x-api-key, authorization, content-type"),
+    );
+    res
 }
 
 /// Headers on every response: server, request id (the client's, echoed, or a new one), CORS,

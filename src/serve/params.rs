@@ -103,12 +103,23 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
     }
 
     let def = definition(params)?;
-    let queryable_columns = match last(params, "queryable_columns") {
-        None => None,
-        Some(c) => {
-            Some(parse_column_list(c).map_err(|m| error("queryable_columns", m.to_string()))?)
+    let queryable_columns = queryable(params)?;
+    if let (Some(allowed), Some(cols)) = (&queryable_columns, &def.columns) {
+        let outside: Vec<&str> = cols
+            .iter()
+            .filter(|c| !allowed.contains(c))
+            .map(String::as_str)
+            .collect();
+        if !outside.is_empty() {
+            return Err(error(
+                "columns",
+                format!(
+                    "may only name the queryable columns; not: {}",
+                    outside.join(", ")
+                ),
+            ));
         }
-    };
+    }
     Ok(ShapeRequest {
         def,
         offset,
@@ -120,6 +131,20 @@ pub fn parse(query: &str) -> Result<ShapeRequest, FieldErrors> {
         queryable_columns,
         raw,
     })
+}
+
+/// `queryable_columns`; given more than once (a proxy adding its own list), only the columns
+/// in every list.
+fn queryable(params: &[(String, String)]) -> Result<Option<Vec<String>>, FieldErrors> {
+    let mut out: Option<Vec<String>> = None;
+    for (_, v) in params.iter().filter(|(k, _)| k == "queryable_columns") {
+        let list = parse_column_list(v).map_err(|m| error("queryable_columns", m.to_string()))?;
+        out = Some(match out {
+            None => list,
+            Some(prev) => prev.into_iter().filter(|c| list.contains(c)).collect(),
+        });
+    }
+    Ok(out)
 }
 
 /// The shape definition parts of the parameters (`table`, `columns`, `where`, `replica`, `log`,

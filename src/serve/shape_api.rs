@@ -210,7 +210,11 @@ pub(super) fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenan
         .tenants
         .resolve(database_id.as_deref())
         .map_err(|e| match e {
-            ResolveError::NotProvided => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
+            // Only a caller with the server's secret learns that there are several databases.
+            ResolveError::NotProvided => match app.access.check_secret(None, secret.as_deref()) {
+                Ok(()) => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(unauthorized) => unauthorized,
+            },
             // Without a secret valid for the whole server, an unknown database looks like a
             // known one (401): ids cannot be enumerated without a secret.
             ResolveError::NotFound => match app.access.check_secret(None, secret.as_deref()) {

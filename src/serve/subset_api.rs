@@ -79,8 +79,12 @@ fn number(v: Option<&Value>, field: &'static str, min: u64) -> Result<Option<u64
         _ => None,
     };
     match n {
-        Some(n) if n >= min => Ok(Some(n)),
-        _ => Err(invalid(field, format!("must be an integer >= {min}"))),
+        // Postgres' LIMIT and OFFSET are bigint.
+        Some(n) if n >= min && i64::try_from(n).is_ok() => Ok(Some(n)),
+        _ => Err(invalid(
+            field,
+            format!("must be an integer >= {min} and <= {}", i64::MAX),
+        )),
     }
 }
 
@@ -174,15 +178,24 @@ pub async fn respond(
             ))),
         })?;
     let body = match subset
-        .run(conn.client(), &shape, app.subset_caps, &stack.spill_dir)
+        .run(
+            conn.client(),
+            &shape,
+            app.subset_caps,
+            &stack.spill_dir,
+            &app.spill_budget,
+        )
         .await
     {
         Ok(body) => {
             conn.release();
             body
         }
-        // The connection is dropped (closed) with whatever it was doing.
-        Err(e) => return Err(subset_error(e)),
+        // Whatever the connection was running is cancelled, and it is closed.
+        Err(e) => {
+            conn.discard().await;
+            return Err(subset_error(e));
+        }
     };
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     let mut h = HeaderMap::new();
@@ -209,6 +222,14 @@ fn subset_error(e: SubsetError) -> ApiError {
     let e = match e {
         e @ SubsetError::TooLarge { .. } => {
             return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        SubsetError::Busy => {
+            return ApiError::Unavailable {
+                message: SubsetError::Busy.to_string(),
+                retry_after: 5,
+                known: false,
+                cause: None,
+            }
         }
         SubsetError::Failed(e) => e,
     };

@@ -8,13 +8,14 @@
 //! accepted. The SQL is rendered from the validated parts only.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Body;
 use futures::StreamExt;
 
 use super::message::write_str;
 use super::snapshot::CopyParser;
-use super::spill::Spill;
+use super::spill::{Spill, SpillBudget, SpillFull};
 use super::Shape;
 use shapesync_filter::ident::quote_ident;
 use shapesync_filter::table::TableInfo;
@@ -51,17 +52,19 @@ impl Subset {
         if limit == Some(0) {
             return Err(("limit", "must be greater than 0".into()));
         }
-        if let Some(allowed) = queryable {
-            check_queryable(table, allowed, where_clause, params, order_by)?;
-        }
         let filter = match where_clause.map(str::trim).filter(|w| !w.is_empty()) {
             Some(w) => Some(parse_where(w, table, params).map_err(|e| ("where", e.to_string()))?),
             None => None,
         };
-        let order_by = match order_by {
+        let order_text = order_by;
+        let order_by = match order_text {
             Some(o) => parse_order_by(o, table).map_err(|e| ("order_by", e.to_string()))?,
             None => Vec::new(),
         };
+        // Valid against the table; then it may name only the queryable columns.
+        if let Some(allowed) = queryable {
+            check_queryable(table, allowed, where_clause, params, order_text)?;
+        }
         Ok(Subset {
             filter,
             order_by,
@@ -128,6 +131,7 @@ impl Subset {
         shape: &Shape,
         caps: SubsetCaps,
         spill_dir: &Path,
+        spill_budget: &Arc<SpillBudget>,
     ) -> Result<Body, SubsetError> {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -143,7 +147,7 @@ impl Subset {
         let info: super::visibility::SnapshotInfo = snap.parse().map_err(anyhow::Error::msg)?;
         let mark: u32 = rand::random_range(0..i32::MAX as u32);
         let head = metadata(&info, &lsn, mark);
-        let mut data = Spill::new(spill_dir);
+        let mut data = Spill::new(spill_dir, spill_budget);
         let sql = self.copy_sql(shape, Some(caps.max_rows.saturating_add(1)));
         let stream = client.copy_out(sql.as_str()).await?;
         futures::pin_mut!(stream);
@@ -174,7 +178,10 @@ impl Subset {
                     cap: caps.max_bytes,
                 });
             }
-            data.settle().await.map_err(anyhow::Error::from)?;
+            data.settle().await.map_err(|e| match e.get_ref() {
+                Some(inner) if inner.is::<SpillFull>() => SubsetError::Busy,
+                _ => SubsetError::Failed(e.into()),
+            })?;
         }
         parser.finish()?;
         client.batch_execute("COMMIT").await?;
@@ -252,6 +259,8 @@ fn metadata(info: &super::visibility::SnapshotInfo, lsn: &str, mark: u32) -> Vec
 pub struct SubsetCaps {
     pub max_rows: u64,
     pub max_bytes: u64,
+    /// Bytes of spilled answers the process holds at once, across subsets.
+    pub spill_bytes: u64,
 }
 
 impl Default for SubsetCaps {
@@ -259,6 +268,7 @@ impl Default for SubsetCaps {
         SubsetCaps {
             max_rows: 1_000_000,
             max_bytes: 256 << 20,
+            spill_bytes: 1 << 30,
         }
     }
 }
@@ -273,6 +283,9 @@ pub enum SubsetError {
         what: &'static str,
         cap: u64,
     },
+    /// The process holds as many spilled answers as it may: retry shortly (503).
+    #[error("too many large subset answers are held at once; retry shortly")]
+    Busy,
     /// The query or the spill failed (Postgres' refusal included).
     #[error(transparent)]
     Failed(#[from] anyhow::Error),

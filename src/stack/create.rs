@@ -143,9 +143,19 @@ impl Stack {
                         info,
                     });
                 })
-                .await?;
-                // Back to the pool only after a clean COMMIT (a failed one is dropped).
-                conn.release();
+                .await;
+                // Back to the pool only after a clean COMMIT; a failed snapshot's query is
+                // cancelled and its connection closed.
+                let rows = match rows {
+                    Ok(rows) => {
+                        conn.release();
+                        rows
+                    }
+                    Err(e) => {
+                        conn.discard().await;
+                        return Err(e);
+                    }
+                };
                 Ok::<_, anyhow::Error>(rows)
             }
             .await;

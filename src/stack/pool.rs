@@ -16,7 +16,8 @@ pub struct SnapshotPool {
 }
 
 /// A connection of the pool, held with its permit. [`PooledConn::release`] gives it back after
-/// a clean end of transaction; dropped otherwise, it closes (whatever state it was left in).
+/// a clean end of transaction; [`PooledConn::discard`] cancels what it was running and closes
+/// it (a query abandoned mid-COPY would otherwise run on in Postgres until it ends).
 pub struct PooledConn {
     client: tokio_postgres::Client,
     pool: Arc<SnapshotPool>,
@@ -60,6 +61,16 @@ impl SnapshotPool {
 impl PooledConn {
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.client
+    }
+
+    /// Cancel whatever the connection is running, then close it (the permit is held until
+    /// the cancel request has been sent).
+    pub async fn discard(self) {
+        let cancel = self.client.cancel_token();
+        drop(self.client);
+        if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+            tracing::debug!(error = %e, "cancelling an abandoned snapshot query");
+        }
     }
 
     /// Back to the pool: call only once the connection's transaction has ended cleanly.

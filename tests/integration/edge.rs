@@ -215,14 +215,15 @@ const BODIES: &[&str] = &[
 ];
 
 fn no_5xx(r: &Option<Reply>, what: &str) {
-    if let Some(r) = r {
-        assert!(
-            r.status < 500,
-            "{what}: {} {}",
-            r.status,
-            r.body.chars().take(400).collect::<String>()
-        );
-    }
+    let Some(r) = r else {
+        panic!("{what}: no answer (connection dropped or timed out)");
+    };
+    assert!(
+        r.status < 500,
+        "{what}: {} {}",
+        r.status,
+        r.body.chars().take(400).collect::<String>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,6 +495,32 @@ async fn subset_errors_caps_and_queryable_columns() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 1);
+    // Given twice (a proxy adding its own), only the columns in both lists.
+    let r = subset(
+        &server,
+        "queryable_columns=id,v&queryable_columns=v&subset__where=id%20%3C%203",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A syntax error is reported as such, not as a queryable-columns refusal.
+    let r = subset(&server, "queryable_columns=v&subset__where=1%20x%201").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("syntax error"), "{}", r.body);
+    // The shape's own columns must be queryable too.
+    let r = server
+        .client()
+        .get("table=t&offset=-1&columns=id,j&queryable_columns=id,v")
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["errors"]["columns"][0].is_string(), "{}", r.body);
+    // LIMIT and OFFSET are bigint in Postgres.
+    let r = subset(
+        &server,
+        "subset__where=id%20%3E%200&subset__order_by=id&subset__limit=9223372036854775808",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("limit"), "{}", r.body);
     let r = subset(&server, "queryable_columns=nope&subset__where=id%20%3C%203").await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("queryable_columns"), "{}", r.body);
@@ -617,7 +644,7 @@ async fn health_and_database_ids_disclose_nothing_without_a_secret() {
     .await;
     assert_eq!(
         r.header("access-control-allow-methods"),
-        Some("GET, POST, HEAD")
+        Some("GET, POST, HEAD, OPTIONS")
     );
     let r = request(
         &server,
@@ -629,7 +656,7 @@ async fn health_and_database_ids_disclose_nothing_without_a_secret() {
     .await;
     assert_eq!(
         r.header("access-control-allow-methods"),
-        Some("GET, DELETE, HEAD")
+        Some("GET, DELETE, HEAD, OPTIONS")
     );
 }
 
@@ -642,7 +669,7 @@ async fn connections_beyond_the_caps_get_503_and_close() {
     db.batch_execute(TABLE_SQL).await.unwrap();
     let server = TestServer::start_with(&url, |c| {
         c.max_connections = Some(8);
-        c.max_connections_per_ip = 8;
+        c.max_connections_per_ip = Some(8);
     })
     .await;
     let addr = server.base.trim_start_matches("http://").to_string();
@@ -754,8 +781,34 @@ async fn busy_address_and_plain_logs() {
         "{err}"
     );
     assert!(!storage.exists(), "nothing written before the bind failed");
+    assert!(!err.contains('\u{1b}'));
+    // A server that runs (its database unreachable: it starts and retries) logs to a pipe
+    // without colour codes.
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--insecure",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--storage-dir")
+        .arg(dir.path().join("running"))
+        .env("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        !err.contains('\u{1b}'),
-        "no ANSI codes when not a terminal: {err}"
+        logs.contains("127.0.0.1:1"),
+        "the retry names host and port: {logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no ANSI codes when not a terminal: {logs}"
     );
 }
