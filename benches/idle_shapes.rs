@@ -64,6 +64,7 @@ async fn run() {
         port: None,
         fast_unsafe: false,
         remove_on_exit: true,
+        settings: Vec::new(),
     })
     .expect("postgres");
     let url = pg.url("postgres");

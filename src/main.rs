@@ -200,6 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 port: Some(args.embedded_pg_port),
                 fast_unsafe: false,
                 remove_on_exit: false,
+                settings: Vec::new(),
             };
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts)).await??;
             let url = pg.url("postgres");

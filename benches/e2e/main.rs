@@ -192,6 +192,7 @@ fn main() {
                 port: None,
                 fast_unsafe: false,
                 remove_on_exit: true,
+                settings: Vec::new(),
             },
         )
         .expect("postgres");

@@ -23,6 +23,9 @@ pub struct EmbeddedOptions {
     /// Stop the server and delete `dir` when this process exits, however it exits (a small
     /// watchdog process waits for our pid to disappear). Used by tests.
     pub remove_on_exit: bool,
+    /// More `-c name=value` settings, after (so overriding) the defaults: e.g. a test of a
+    /// server without logical replication.
+    pub settings: Vec<(String, String)>,
 }
 
 /// A running cluster. Dropping it does not stop the server; call [`EmbeddedPostgres::stop`].
@@ -83,6 +86,17 @@ impl EmbeddedPostgres {
         );
         if opts.fast_unsafe {
             settings.push_str(" -c fsync=off -c full_page_writes=off");
+        }
+        for (name, value) in &opts.settings {
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            };
+            if !valid(name) || !valid(value) {
+                bail!("invalid embedded Postgres setting {name}={value}");
+            }
+            settings.push_str(&format!(" -c {name}={value}"));
         }
         let log = dir.join("server.log");
         let out = as_pg(bin.join("pg_ctl"))

@@ -812,3 +812,33 @@ async fn busy_address_and_plain_logs() {
         "no ANSI codes when not a terminal: {logs}"
     );
 }
+
+/// A database without logical replication (`wal_level = replica`) fails the start with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_logical_replication_fails_the_start() {
+    use shapesync::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        dir: dir.path().join("pg"),
+        port: None,
+        fast_unsafe: true,
+        remove_on_exit: true,
+        settings: vec![("wal_level".into(), "replica".into())],
+    };
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
+        .await
+        .unwrap()
+        .expect("a replica-level cluster");
+    let mut cfg = shapesync::server::Config::new(pg.url("postgres"), dir.path().join("data"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let result = shapesync::server::Server::start(cfg).await;
+    let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+    let err = match result {
+        Ok(_) => panic!("started on a database without logical replication"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("wal_level is \"replica\"") && err.contains("wal_level = logical"),
+        "{err}"
+    );
+}

@@ -38,6 +38,7 @@ pub fn pg() -> &'static EmbeddedPostgres {
             port: None,
             fast_unsafe: true,
             remove_on_exit: true,
+            settings: Vec::new(),
         })
         .expect("starting the test Postgres")
     })
