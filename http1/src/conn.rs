@@ -28,6 +28,9 @@ use crate::response::{write_reject, write_response};
 
 /// A keep-alive connection with no request for this long is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A new connection that sends nothing for this long is closed (it holds a descriptor and a
+/// place under the connection caps).
+pub(crate) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Once a request has started, its head (and body) must arrive within this.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A chunk-size or trailer line longer than this is malformed.
@@ -163,6 +166,11 @@ async fn run<S: Transport>(
     mut replayed: Option<Replay>,
 ) {
     let mut buf = BytesMut::new();
+    // A replayed connection has served a request already.
+    let mut idle_limit = match replayed {
+        Some(_) => IDLE_TIMEOUT,
+        None => FIRST_BYTE_TIMEOUT,
+    };
     loop {
         // The head is parsed once as a request arrives; a replay parses its stored bytes.
         let (head, head_bytes, body, request_id, replay_info) = match replayed.take() {
@@ -180,8 +188,11 @@ async fn run<S: Transport>(
                     return;
                 }
             },
-            None => match Box::pin(read_request(&ctx, &mut stream, &mut buf)).await {
-                Ok(Some((head, head_bytes, body))) => (head, head_bytes, body, None, None),
+            None => match Box::pin(read_request(&ctx, &mut stream, &mut buf, idle_limit)).await {
+                Ok(Some((head, head_bytes, body))) => {
+                    idle_limit = IDLE_TIMEOUT;
+                    (head, head_bytes, body, None, None)
+                }
                 Ok(None) => return,
                 Err(reject) => {
                     let _ = write_reject(&mut stream, reject.status, reject.why).await;
@@ -270,6 +281,7 @@ async fn read_request<S: Transport>(
     ctx: &Ctx<S>,
     stream: &mut S,
     buf: &mut BytesMut,
+    idle_limit: Duration,
 ) -> Result<Option<(Head, Bytes, Bytes)>, Reject> {
     let mut shutdown = ctx.shutdown.clone();
     // Between requests: wait for the first byte without holding a buffer.
@@ -279,7 +291,7 @@ async fn read_request<S: Transport>(
         }
         tokio::select! {
             r = stream.readable() => if r.is_err() { return Ok(None) },
-            _ = tokio::time::sleep(IDLE_TIMEOUT) => return Ok(None),
+            _ = tokio::time::sleep(idle_limit) => return Ok(None),
             _ = stopped(&mut shutdown) => return Ok(None),
         }
     }

@@ -13,8 +13,10 @@
 //!
 //! HTTP/1.1 as RFC 9112 asks of a server: keep-alive (1.1 default, 1.0 on request), pipelining,
 //! `Content-Length` and chunked request bodies, `Expect: 100-continue`, `HEAD`, responses with a
-//! length or chunked (streams such as SSE), `Date`, limits on head and body size (431/413), an
-//! idle timeout and a timeout for a request's head to arrive, graceful shutdown, and caps on open
+//! length or chunked (streams such as SSE), `Date`, limits on head and body size (431/413), a
+//! first-byte timeout for new connections (20 s), an idle timeout between requests (120 s), a
+//! timeout for a request's head to arrive (30 s), a stall limit on writes to a client that stops
+//! reading (30 s without progress), graceful shutdown, and caps on open
 //! connections in total and per peer IP ([`Limits`]; over them a connection is answered `503`).
 //! Ambiguous framing (RFC 9112 §6.3: `Transfer-Encoding` with `Content-Length` or over HTTP/1.0,
 //! a transfer coding other than `chunked`, more than one `Content-Length`, a bare LF in the head,

@@ -614,8 +614,9 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     }
 
-    /// Over TCP a connection waits for its first byte (holding no buffer) for the idle timeout;
-    /// then it is closed without an answer, and no longer counted.
+    /// Over TCP a new connection waits for its first byte (holding no buffer) for the
+    /// first-byte timeout, a kept-alive one for the idle timeout; then it is closed without an
+    /// answer, and no longer counted.
     #[tokio::test(start_paused = true)]
     async fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -634,8 +635,39 @@ mod tests {
         let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut out = Vec::new();
         tokio::time::timeout(
-            crate::conn::IDLE_TIMEOUT + Duration::from_secs(5),
+            crate::conn::FIRST_BYTE_TIMEOUT + Duration::from_secs(5),
             idle.read_to_end(&mut out),
+        )
+        .await
+        .expect("closed by the first-byte timeout")
+        .unwrap();
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        let waited = started.elapsed();
+        assert!(
+            waited >= crate::conn::FIRST_BYTE_TIMEOUT && waited < crate::conn::IDLE_TIMEOUT,
+            "{waited:?}"
+        );
+        while server.connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        // After a request, a kept-alive connection waits for the next for the idle timeout.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut piece = [0u8; 1024];
+        while !got.ends_with(b"hello") {
+            let n = kept.read(&mut piece).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&piece[..n]);
+        }
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            crate::conn::IDLE_TIMEOUT + Duration::from_secs(5),
+            kept.read_to_end(&mut out),
         )
         .await
         .expect("closed by the idle timeout")
