@@ -133,6 +133,10 @@ struct ServeArgs {
     /// subsets; past it, a large subset answers 503 with retry-after.
     #[arg(long, env = "SHAPESYNC_SUBSET_SPILL_BYTES", default_value_t = 1 << 30)]
     subset_spill_bytes: u64,
+    /// How long one subset query may run in Postgres, in ms (its statement_timeout); a longer
+    /// one answers 400 naming this flag.
+    #[arg(long, env = "SHAPESYNC_SUBSET_TIMEOUT_MS", default_value_t = 30_000)]
+    subset_timeout_ms: u64,
     /// Open HTTP connections allowed (parked long-polls included); more are answered 503 and
     /// closed. Default: what the open-file limit leaves after the shape logs' share.
     #[arg(long, env = "SHAPESYNC_MAX_CONNECTIONS")]
@@ -221,6 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_rows: args.subset_max_rows,
         max_bytes: args.subset_max_bytes,
         spill_bytes: args.subset_spill_bytes,
+        timeout_ms: args.subset_timeout_ms.max(1),
     };
     cfg.stream_id = args.stream_id;
     cfg.long_poll = Duration::from_millis(args.long_poll_timeout_ms);

@@ -14,6 +14,7 @@ use super::AppState;
 use crate::postgres::permanent_db_error;
 use crate::shape::subset::{Subset, SubsetError};
 use crate::shape::Shape;
+use crate::stack::pool::PoolBusy;
 use crate::stack::Stack;
 
 /// The raw parts of a subset request.
@@ -167,15 +168,23 @@ pub async fn respond(
     })?;
     let conn = stack
         .snapshot_pool
-        .get()
+        .get_for_subset(std::time::Duration::from_secs(10))
         .await
-        .map_err(|e| ApiError::Unavailable {
-            message: "Database is unreachable".into(),
-            retry_after: 10,
-            known: false,
-            cause: Some(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
-                e,
-            ))),
+        .map_err(|e| match e.downcast_ref::<PoolBusy>() {
+            Some(busy) => ApiError::Unavailable {
+                message: busy.to_string(),
+                retry_after: 5,
+                known: false,
+                cause: None,
+            },
+            None => ApiError::Unavailable {
+                message: "Database is unreachable".into(),
+                retry_after: 10,
+                known: false,
+                cause: Some(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                    e,
+                ))),
+            },
         })?;
     let body = match subset
         .run(
@@ -194,7 +203,7 @@ pub async fn respond(
         // Whatever the connection was running is cancelled, and it is closed.
         Err(e) => {
             conn.discard().await;
-            return Err(subset_error(e));
+            return Err(subset_error(e, app.subset_caps.timeout_ms));
         }
     };
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
@@ -218,7 +227,7 @@ pub async fn respond(
 /// A subset that has no answer, as the answer: caps are 413s naming the flag, Postgres'
 /// refusals (a division by zero, a cast that fails on some row, a table dropped a moment ago)
 /// are 400s like the same mistake in a shape's where clause, the rest 503 or 500.
-fn subset_error(e: SubsetError) -> ApiError {
+fn subset_error(e: SubsetError, timeout_ms: u64) -> ApiError {
     let e = match e {
         e @ SubsetError::TooLarge { .. } => {
             return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
@@ -237,8 +246,18 @@ fn subset_error(e: SubsetError) -> ApiError {
         .chain()
         .find_map(|c| c.downcast_ref::<tokio_postgres::Error>());
     let from_postgres = pg.is_some();
+    let code = pg.and_then(|p| p.code()).map(|c| c.code().to_string());
+    if code.as_deref() == Some("57014") {
+        // The subset's own statement_timeout: the same query would run as long again.
+        return invalid(
+            "where",
+            format!(
+                "the subset query ran longer than the server allows ({timeout_ms} ms, \
+                 --subset-timeout-ms)"
+            ),
+        );
+    }
     if let Some(message) = permanent_db_error(e.as_ref()) {
-        let code = pg.and_then(|p| p.code()).map(|c| c.code().to_string());
         return match code.as_deref() {
             Some("42P01") => ApiError::field("table", message),
             _ => invalid("where", message),

@@ -134,7 +134,11 @@ impl Subset {
         spill_budget: &Arc<SpillBudget>,
     ) -> Result<Body, SubsetError> {
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(&format!(
+                // A number: nothing of the request reaches this statement.
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {}",
+                caps.timeout_ms
+            ))
             .await?;
         let row = client
             .query_one(
@@ -261,6 +265,8 @@ pub struct SubsetCaps {
     pub max_bytes: u64,
     /// Bytes of spilled answers the process holds at once, across subsets.
     pub spill_bytes: u64,
+    /// How long one subset query may run in Postgres (its `statement_timeout`).
+    pub timeout_ms: u64,
 }
 
 impl Default for SubsetCaps {
@@ -269,6 +275,7 @@ impl Default for SubsetCaps {
             max_rows: 1_000_000,
             max_bytes: 256 << 20,
             spill_bytes: 1 << 30,
+            timeout_ms: 30_000,
         }
     }
 }

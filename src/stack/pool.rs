@@ -11,6 +11,9 @@ use crate::postgres::connect::SourceDb;
 pub struct SnapshotPool {
     db: SourceDb,
     permits: Arc<Semaphore>,
+    /// Subsets may hold at most half of the permits: a burst of heavy subsets cannot starve
+    /// the initial snapshots of new shapes.
+    subset_permits: Arc<Semaphore>,
     idle: Mutex<Vec<tokio_postgres::Client>>,
     max: usize,
 }
@@ -22,7 +25,13 @@ pub struct PooledConn {
     client: tokio_postgres::Client,
     pool: Arc<SnapshotPool>,
     _permit: OwnedSemaphorePermit,
+    _subset_permit: Option<OwnedSemaphorePermit>,
 }
+
+/// No connection for a subset within the wait: the pool is busy (503, retry).
+#[derive(Debug, thiserror::Error)]
+#[error("every snapshot connection is busy; retry shortly")]
+pub struct PoolBusy;
 
 impl SnapshotPool {
     pub fn new(db: SourceDb, max: usize) -> Arc<Self> {
@@ -30,6 +39,7 @@ impl SnapshotPool {
         Arc::new(SnapshotPool {
             db,
             permits: Arc::new(Semaphore::new(max)),
+            subset_permits: Arc::new(Semaphore::new((max / 2).max(1))),
             idle: Mutex::new(Vec::new()),
             max,
         })
@@ -41,6 +51,32 @@ impl SnapshotPool {
             .acquire_owned()
             .await
             .map_err(|_| anyhow::anyhow!("the snapshot pool is closed"))?;
+        self.connection(permit, None).await
+    }
+
+    /// A connection for a subset: within the subsets' share of the permits, waiting at most
+    /// `wait` for one ([`PoolBusy`] after that).
+    pub async fn get_for_subset(
+        self: &Arc<Self>,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<PooledConn> {
+        let permits = async {
+            let share = Arc::clone(&self.subset_permits).acquire_owned().await?;
+            let permit = Arc::clone(&self.permits).acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((share, permit))
+        };
+        let (share, permit) = tokio::time::timeout(wait, permits)
+            .await
+            .map_err(|_| PoolBusy)?
+            .map_err(|_| anyhow::anyhow!("the snapshot pool is closed"))?;
+        self.connection(permit, Some(share)).await
+    }
+
+    async fn connection(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        share: Option<OwnedSemaphorePermit>,
+    ) -> anyhow::Result<PooledConn> {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|c| !c.is_closed());
@@ -54,6 +90,7 @@ impl SnapshotPool {
             client,
             pool: Arc::clone(self),
             _permit: permit,
+            _subset_permit: share,
         })
     }
 }

@@ -842,3 +842,31 @@ async fn a_database_without_logical_replication_fails_the_start() {
         "{err}"
     );
 }
+
+/// A subset query that runs past its statement timeout is a 400 naming the flag (it would run
+/// as long again), and the connection it ran on serves the next subset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_past_its_time_is_refused_and_the_pool_recovers() {
+    let url = fresh_db("edge_subset_time").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 400000) g",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start_with(&url, |c| c.subset_caps.timeout_ms = 1).await;
+    let r = server
+        .client()
+        .get("table=t&offset=-1&subset__where=v%20LIKE%20'%25zzzz%25'")
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("--subset-timeout-ms"), "{}", r.body);
+    for _ in 0..3 {
+        let r = server
+            .client()
+            .get("table=t&offset=-1&subset__where=id%20%3D%207")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
