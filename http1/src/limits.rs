@@ -63,10 +63,24 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
+/// Refusals (503 then close) in progress at most; past it, a refused connection is closed at
+/// once.
+const MAX_REFUSING: usize = 256;
+
 /// Open connections, against their [`Limits`].
 pub(crate) struct ConnCounts {
     limits: Limits,
     counts: Mutex<Counts>,
+    refusing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One refusal in progress, counted until dropped.
+pub(crate) struct Refusing(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
@@ -78,7 +92,19 @@ impl ConnCounts {
         Arc::new(ConnCounts {
             limits,
             counts: Mutex::new(Counts::default()),
+            refusing: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
+    }
+
+    /// A place for one more refusal in progress, if there is one.
+    pub(crate) fn refusing(&self) -> Option<Refusing> {
+        use std::sync::atomic::Ordering;
+        self.refusing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_REFUSING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Refusing(Arc::clone(&self.refusing)))
     }
 
     /// A slot for a new connection from `ip`, or `None` if that would pass a cap.
@@ -156,4 +182,24 @@ pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
         std::io::Result::Ok(())
     };
     let _ = tokio::time::timeout(REFUSE_TIMEOUT, answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_in_progress_are_bounded() {
+        let counts = ConnCounts::new(Limits::default());
+        let held: Vec<Refusing> = (0..MAX_REFUSING)
+            .filter_map(|_| counts.refusing())
+            .collect();
+        assert_eq!(held.len(), MAX_REFUSING);
+        assert!(
+            counts.refusing().is_none(),
+            "past the bound: closed at once"
+        );
+        drop(held);
+        assert!(counts.refusing().is_some(), "places come back");
+    }
 }

@@ -53,10 +53,18 @@ impl<S: Transport> Http1<S> {
             Some(slot) => {
                 tokio::spawn(connection(Arc::clone(&self.ctx), stream, peer, slot));
             }
-            None => {
-                tracing::debug!(%peer, "connection refused: over the connection limits");
-                tokio::spawn(refuse(stream));
-            }
+            // A flood of refusals must not hold descriptors itself: past a bound, a connection
+            // over the caps is closed without an answer.
+            None => match self.ctx.conns.refusing() {
+                Some(refusing) => {
+                    tracing::debug!(%peer, "connection refused: over the connection limits");
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        drop(refusing);
+                    });
+                }
+                None => drop(stream),
+            },
         }
     }
 
