@@ -100,25 +100,35 @@ pub struct Compiled {
 /// A definition that does not fit its table: (field, message) for the 400 answer.
 pub type FieldError = (&'static str, String);
 
+/// Every name in `cols` is a column of `table`; else the reference's error for `field`.
+pub fn columns_exist(
+    table: &TableInfo,
+    cols: &[String],
+    field: &'static str,
+) -> Result<(), FieldError> {
+    let missing: Vec<&str> = cols
+        .iter()
+        .filter(|c| table.column_index(c).is_none())
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err((
+        field,
+        format!(
+            "The following columns are not found on the table: {}",
+            missing.join(", ")
+        ),
+    ))
+}
+
 /// Check `def` against `table`.
 pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, FieldError> {
     let selected = match &def.columns {
         None => (0..table.columns.len()).collect(),
         Some(cols) => {
-            let missing: Vec<&str> = cols
-                .iter()
-                .filter(|c| table.column_index(c).is_none())
-                .map(String::as_str)
-                .collect();
-            if !missing.is_empty() {
-                return Err((
-                    "columns",
-                    format!(
-                        "The following columns are not found on the table: {}",
-                        missing.join(", ")
-                    ),
-                ));
-            }
+            columns_exist(table, cols, "columns")?;
             let mut idx: Vec<usize> = cols.iter().filter_map(|c| table.column_index(c)).collect();
             idx.sort_unstable();
             idx.dedup();

@@ -205,20 +205,7 @@ fn check_queryable(
     params: &[String],
     order_by: Option<&str>,
 ) -> Result<(), (&'static str, String)> {
-    let missing: Vec<&str> = allowed
-        .iter()
-        .filter(|c| table.column_index(c).is_none())
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err((
-            "queryable_columns",
-            format!(
-                "The following columns are not found on the table: {}",
-                missing.join(", ")
-            ),
-        ));
-    }
+    super::columns_exist(table, allowed, "queryable_columns")?;
     let seen = table.restricted(allowed);
     let refused = |field: &'static str| {
         (

@@ -81,6 +81,21 @@ async fn start_nginx(origin: &str) -> Nginx {
     Nginx { child, dir, base }
 }
 
+/// GET `/v1/shape?<q>` through nginx: status, headers, body.
+async fn get_via(
+    http: reqwest::Client,
+    base: String,
+    q: String,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = http
+        .get(format!("{base}/v1/shape?{q}"))
+        .send()
+        .await
+        .unwrap();
+    let h = r.headers().clone();
+    (r.status().as_u16(), h, r.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_are_cache_hits_and_live_requests_collapse() {
     let url = fresh_db("cdn").await;
@@ -91,19 +106,7 @@ async fn chunks_are_cache_hits_and_live_requests_collapse() {
     let server = TestServer::start_with(&url, |c| c.long_poll = Duration::from_secs(10)).await;
     let nginx = start_nginx(server.base.trim_start_matches("http://")).await;
     let http = reqwest::Client::new();
-    let get = |q: String| {
-        let http = http.clone();
-        let base = nginx.base.clone();
-        async move {
-            let r = http
-                .get(format!("{base}/v1/shape?{q}"))
-                .send()
-                .await
-                .unwrap();
-            let h = r.headers().clone();
-            (r.status().as_u16(), h, r.text().await.unwrap())
-        }
-    };
+    let get = |q: String| get_via(http.clone(), nginx.base.clone(), q);
 
     // A repeated chunk request is served from the cache.
     let (s1, h1, b1) = get("table=c&offset=-1".into()).await;
@@ -166,19 +169,7 @@ async fn cached_responses_never_outlive_what_the_origin_allowed() {
     .await;
     let nginx = start_nginx(server.base.trim_start_matches("http://")).await;
     let http = reqwest::Client::new();
-    let get = |q: String| {
-        let http = http.clone();
-        let base = nginx.base.clone();
-        async move {
-            let r = http
-                .get(format!("{base}/v1/shape?{q}"))
-                .send()
-                .await
-                .unwrap();
-            let h = r.headers().clone();
-            (r.status().as_u16(), h, r.text().await.unwrap())
-        }
-    };
+    let get = |q: String| get_via(http.clone(), nginx.base.clone(), q);
     let (_, h, _) = get("table=c&offset=-1".into()).await;
     let handle = h["electric-handle"].to_str().unwrap().to_string();
     let catch_up = format!("table=c&offset=0_0&handle={handle}");
