@@ -301,7 +301,7 @@ impl Server {
     /// Graceful stop: parked long-polls answer, complete transactions are made durable and
     /// acknowledged, the replication connection closes.
     pub async fn stop(self) {
-        let _ = self.stop_http.send(true);
+        self.stop_http.send_replace(true);
         self.tenants.stop_all().await;
         let _ = self.http.await;
         drop(self.lock);

@@ -164,7 +164,8 @@ pub async fn run(
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(TICK) => false,
-            _ = shutdown.changed() => true,
+            // The value, not a change: a stop that came before this task subscribed counts.
+            _ = crate::stack::stopping(&mut shutdown) => true,
         };
         let registry = Some(Arc::clone(&stack.registry));
         while let Ok(handle) = deletions.try_recv() {

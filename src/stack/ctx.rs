@@ -153,7 +153,10 @@ impl StackCtx {
     }
 
     pub(super) fn begin_shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        // send_replace, not send: with no receiver yet (a stop right after the start, before
+        // the replication task subscribed), send would leave the value unchanged and the task
+        // would then run for ever.
+        self.shutdown.send_replace(true);
     }
 
     pub(super) fn mark_removed(&self) {
