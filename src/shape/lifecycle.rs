@@ -165,7 +165,7 @@ pub async fn run(
         let stopping = tokio::select! {
             _ = tokio::time::sleep(TICK) => false,
             // The value, not a change: a stop that came before this task subscribed counts.
-            _ = crate::stack::stopping(&mut shutdown) => true,
+            _ = shutdown.wait_for(|stop| *stop) => true,
         };
         let registry = Some(Arc::clone(&stack.registry));
         while let Ok(handle) = deletions.try_recv() {
