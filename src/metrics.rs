@@ -245,12 +245,16 @@ impl IntegrityCounters {
     }
 }
 
-/// The process's shape-log file descriptors (see `shapesync_storage::FileBudget`).
+/// The process's descriptors: shape-log files (see `shapesync_storage::FileBudget`) and HTTP
+/// connections (see `shapesync_http1::Limits`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileSample {
     pub budget: u64,
     pub open: u64,
     pub evicted: u64,
+    pub connections_limit: u64,
+    pub connections_open: u64,
+    pub connections_refused: u64,
 }
 
 /// One tenant's figures, gathered by the caller at scrape time.
@@ -534,6 +538,16 @@ fn render_files(out: &mut String, files: FileSample) {
             "Shape log files kept open now.",
             files.open,
         ),
+        (
+            "shapesync_http_connections_limit",
+            "HTTP connections allowed at once (--max-connections).",
+            files.connections_limit,
+        ),
+        (
+            "shapesync_http_connections_open",
+            "HTTP connections open now, parked long-polls included.",
+            files.connections_open,
+        ),
     ];
     for (name, help, v) in gauges {
         header(out, name, "gauge", help);
@@ -547,6 +561,14 @@ fn render_files(out: &mut String, files: FileSample) {
         "Shape log files closed to stay within the budget.",
     );
     sample(out, name, "", Value::Uint(files.evicted));
+    let name = "shapesync_http_connections_refused_total";
+    header(
+        out,
+        name,
+        "counter",
+        "HTTP connections refused (503, then closed) over --max-connections or --max-connections-per-ip.",
+    );
+    sample(out, name, "", Value::Uint(files.connections_refused));
 }
 
 #[cfg(test)]
@@ -807,7 +829,7 @@ mod tests {
             &[tenant(odd, 5, 9), tenant("b", 1, 1)],
         );
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 17);
+        assert_eq!(types.len(), 20);
         assert_eq!(types["shapesync_http_requests_total"], "counter");
         assert_eq!(types["shapesync_integrity_events_total"], "counter");
         assert!(text.contains(
@@ -830,7 +852,7 @@ mod tests {
     fn empty_families_still_print_help_and_type() {
         let text = render(&HttpMetrics::default(), FileSample::default(), &[]);
         let types = check_exposition(&text);
-        assert_eq!(types.len(), 17);
+        assert_eq!(types.len(), 20);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
@@ -839,7 +861,10 @@ mod tests {
                 "shapesync_http_requests_parked 0",
                 "shapesync_log_files_budget 0",
                 "shapesync_log_files_open 0",
+                "shapesync_http_connections_limit 0",
+                "shapesync_http_connections_open 0",
                 "shapesync_log_files_evicted_total 0",
+                "shapesync_http_connections_refused_total 0",
             ]
         );
         assert_eq!(

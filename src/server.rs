@@ -193,6 +193,7 @@ impl Server {
                     ip.is_loopback() || proxies.iter().any(|n| n.contains(ip))
                 }) as shapesync_http1::Exempt
             }),
+            stats: Arc::default(),
         };
         tracing::info!(
             nofile_limit = soft,
@@ -253,6 +254,7 @@ impl Server {
             file_budget,
             subset_caps: cfg.subset_caps,
             spill_budget: crate::shape::spill::SpillBudget::new(cfg.subset_caps.spill_bytes),
+            connections: (limits.max_connections, Arc::clone(&limits.stats)),
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);

@@ -35,7 +35,7 @@ mod response;
 mod server;
 
 pub use conn::{ParkedConn, Transport};
-pub use limits::{Exempt, Limits};
+pub use limits::{ConnStats, Exempt, Limits};
 pub use parking::{Change, ParkTicket, Parkable, Parked, Parking, Replayed, Waitable, Woken};
 pub use request::client_request_id;
 pub use server::{serve, Http1};

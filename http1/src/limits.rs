@@ -17,6 +17,25 @@ use crate::response::date_header;
 /// connections carry many clients).
 pub type Exempt = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
+/// Counters of the connections a server holds and refuses (for metrics).
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    open: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl ConnStats {
+    /// Connections open now (parked ones included).
+    pub fn open(&self) -> u64 {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connections refused over a cap since the start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Caps on open connections (parked long-polls included).
 #[derive(Clone)]
 pub struct Limits {
@@ -27,6 +46,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Peers exempt from `max_connections_per_ip` (they still count towards the total).
     pub per_ip_exempt: Option<Exempt>,
+    /// Where the server counts what it holds and refuses.
+    pub stats: Arc<ConnStats>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -35,6 +56,7 @@ impl std::fmt::Debug for Limits {
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("per_ip_exempt", &self.per_ip_exempt.is_some())
+            .field("stats", &self.stats)
             .finish()
     }
 }
@@ -45,6 +67,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             per_ip_exempt: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -116,9 +139,17 @@ impl ConnCounts {
         if counts.total >= self.limits.max_connections
             || (from_ip >= self.limits.max_connections_per_ip && !exempt())
         {
+            self.limits
+                .stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return None;
         }
         counts.total += 1;
+        self.limits
+            .stats
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         counts.per_ip.insert(ip, from_ip + 1);
         Some(ConnSlot {
             counts: Arc::clone(self),
@@ -148,6 +179,11 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts.counts);
         counts.total = counts.total.saturating_sub(1);
+        self.counts
+            .limits
+            .stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {

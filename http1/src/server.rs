@@ -508,14 +508,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_over_the_total_cap_is_refused_until_one_closes() {
+        let stats: Arc<crate::limits::ConnStats> = Arc::default();
         let h = harness_with(Limits {
             max_connections: 2,
             max_connections_per_ip: 10,
             per_ip_exempt: None,
+            stats: Arc::clone(&stats),
         });
         let first = h.connect_from([10, 0, 0, 1].into());
         let _second = h.connect_from([10, 0, 0, 2].into());
         assert_eq!(h.server.connections(), 2);
+        assert_eq!((stats.open(), stats.refused()), (2, 0));
 
         // Refused without its request being read (and the refusal does not count).
         let mut third = h.connect_from([10, 0, 0, 3].into());
@@ -526,8 +529,10 @@ mod tests {
         let out = exchange(&h, b"GET /hello HTTP/1.1\r\n\r\n").await;
         assert_refused_over_cap(&out);
 
+        assert_eq!(stats.refused(), 2);
         drop(first);
         h.until_open(1).await;
+        assert_eq!(stats.open(), 1);
         let out = exchange(&h, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert!(
             out.starts_with("HTTP/1.1 200 OK") && out.ends_with("hello"),
@@ -542,6 +547,7 @@ mod tests {
             max_connections: 100,
             max_connections_per_ip: 2,
             per_ip_exempt: None,
+            stats: Arc::default(),
         });
         let a: IpAddr = [10, 0, 0, 1].into();
         let _a1 = h.connect_from(a);
@@ -571,6 +577,7 @@ mod tests {
             max_connections: 4,
             max_connections_per_ip: 1,
             per_ip_exempt: Some(Arc::new(move |ip| ip == proxy)),
+            stats: Arc::default(),
         });
         let _p = [
             h.connect_from(proxy),
@@ -593,6 +600,7 @@ mod tests {
             max_connections: 1,
             max_connections_per_ip: 1,
             per_ip_exempt: None,
+            stats: Arc::default(),
         });
         let mut c = h.connect();
         c.write_all(b"GET /wait HTTP/1.1\r\nConnection: close\r\n\r\n")

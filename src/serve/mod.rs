@@ -49,6 +49,8 @@ pub struct AppState {
     pub subset_caps: crate::shape::subset::SubsetCaps,
     /// Spilled subset answers held at once (process-wide).
     pub spill_budget: Arc<crate::shape::spill::SpillBudget>,
+    /// The connection cap and the HTTP server's connection counters.
+    pub connections: (usize, Arc<shapesync_http1::ConnStats>),
 }
 
 impl AppState {
@@ -166,6 +168,9 @@ async fn metrics(
         budget: files.limit as u64,
         open: files.open as u64,
         evicted: files.evicted,
+        connections_limit: app.connections.0 as u64,
+        connections_open: app.connections.1.open(),
+        connections_refused: app.connections.1.refused(),
     };
     let mut res = crate::metrics::render(&app.metrics, files, &samples).into_response();
     res.headers_mut().insert(

@@ -693,6 +693,18 @@ async fn connections_beyond_the_caps_get_503_and_close() {
     assert!(text.contains("retry-after:"), "{text}");
     drop(idle);
     crate::support::eventually("capacity back", Duration::from_secs(5), || async {
+        server.client().try_raw("/metrics").await.is_some_and(|r| {
+            r.status == 200
+                && r.body.contains("shapesync_http_connections_limit 8\n")
+                && r.body.lines().any(|l| {
+                    l.strip_prefix("shapesync_http_connections_refused_total ")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|v| v >= 1)
+                })
+        })
+    })
+    .await;
+    crate::support::eventually("capacity back", Duration::from_secs(5), || async {
         server
             .client()
             .try_raw("/v1/health")
