@@ -882,3 +882,30 @@ async fn a_subset_past_its_time_is_refused_and_the_pool_recovers() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
 }
+
+/// Past the process-wide spill budget a large subset is refused for now (503, retry-after),
+/// and a small one is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subsets_past_the_spill_budget_are_refused_for_now() {
+    let url = fresh_db("edge_spill_budget").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::start_with(&url, |c| c.subset_caps.spill_bytes = 2 << 20).await;
+    let r = server
+        .client()
+        .get("table=t&offset=-1&subset__where=id%20%3E%200")
+        .await;
+    assert_eq!(r.status, 503, "{}", &r.body[..r.body.len().min(300)]);
+    assert!(r.header("retry-after").is_some());
+    let r = server
+        .client()
+        .get("table=t&offset=-1&subset__where=id%20%3C%2010")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 9);
+}
