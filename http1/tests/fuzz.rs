@@ -1238,18 +1238,7 @@ async fn fuzz_server() {
         let mut rng = case_rng(config.seed, 1, case_no);
         let case = gen_case(&mut rng);
         let port = (case_no % 60_000) as u16 + 1;
-        let fail = |e: String| -> ! {
-            panic!(
-                "fuzz_server: {e}\n  case {case_no} ({:?}, buffer {}, eof {}, splits {:?})\n  \
-                 input {}\n  replay with HTTP1_FUZZ_SEED={} HTTP1_FUZZ_CASE={case_no}",
-                case.kind,
-                case.buffer,
-                case.eof,
-                case.splits,
-                show(&case.input),
-                config.seed
-            )
-        };
+        let fail = |e: String| -> ! { fail_case("fuzz_server", &e, case_no, &case, config.seed) };
         let outcome = run_ours(&ours, &case, port)
             .await
             .unwrap_or_else(|e| fail(e));
@@ -1269,6 +1258,19 @@ async fn fuzz_server() {
     );
 }
 
+/// Fail `test` on `case`, with everything needed to replay it.
+fn fail_case(test: &str, e: &str, case_no: u64, case: &Case, seed: u64) -> ! {
+    panic!(
+        "{test}: {e}\n  case {case_no} ({:?}, buffer {}, eof {}, splits {:?})\n  input {}\n  \
+         replay with HTTP1_FUZZ_SEED={seed} HTTP1_FUZZ_CASE={case_no}",
+        case.kind,
+        case.buffer,
+        case.eof,
+        case.splits,
+        show(&case.input),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn differential_against_hyper() {
     count_panics();
@@ -1281,15 +1283,12 @@ async fn differential_against_hyper() {
         let case = gen_case(&mut rng);
         let port = (case_no % 60_000) as u16 + 1;
         let fail = |e: String| -> ! {
-            panic!(
-                "differential_against_hyper: {e}\n  case {case_no} ({:?}, buffer {}, eof {}, \
-                 splits {:?})\n  input {}\n  replay with HTTP1_FUZZ_SEED={} HTTP1_FUZZ_CASE={case_no}",
-                case.kind,
-                case.buffer,
-                case.eof,
-                case.splits,
-                show(&case.input),
-                config.seed
+            fail_case(
+                "differential_against_hyper",
+                &e,
+                case_no,
+                &case,
+                config.seed,
             )
         };
         let outcome = run_ours(&ours, &case, port)

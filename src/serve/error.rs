@@ -74,6 +74,26 @@ impl ApiError {
         ApiError::Internal(Arc::from(e.into()))
     }
 
+    /// 503: the source database cannot be asked now; `cause` is logged.
+    pub fn unreachable(cause: Cause) -> Self {
+        ApiError::Unavailable {
+            message: "Database is unreachable".into(),
+            retry_after: 10,
+            known: false,
+            cause: Some(cause),
+        }
+    }
+
+    /// 503: busy for a moment (nothing to log); retry after `retry_after` seconds.
+    pub fn busy(message: impl Into<String>, retry_after: u32) -> Self {
+        ApiError::Unavailable {
+            message: message.into(),
+            retry_after,
+            known: false,
+            cause: None,
+        }
+    }
+
     /// 4xx with a message.
     pub fn message(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError::Message {
@@ -95,14 +115,9 @@ impl From<ShapeError> for ApiError {
             },
             // Refused by Postgres for good (e.g. a table it will not publish): a retry would
             // get the same, so it is the request's problem, not an outage.
-            e @ ShapeError::Database { .. } if permanent_db_error(&e).is_some() => {
-                ApiError::field("table", permanent_db_error(&e).unwrap_or_default())
-            }
-            e @ ShapeError::Database { .. } => ApiError::Unavailable {
-                message: "Database is unreachable".into(),
-                retry_after: 10,
-                known: false,
-                cause: Some(Arc::new(e)),
+            e @ ShapeError::Database { .. } => match permanent_db_error(&e) {
+                Some(message) => ApiError::field("table", message),
+                None => ApiError::unreachable(Arc::new(e)),
             },
             e @ ShapeError::Storage(_) => ApiError::Internal(Arc::new(e)),
         }

@@ -171,20 +171,10 @@ pub async fn respond(
         .get_for_subset(std::time::Duration::from_secs(10))
         .await
         .map_err(|e| match e.downcast_ref::<PoolBusy>() {
-            Some(busy) => ApiError::Unavailable {
-                message: busy.to_string(),
-                retry_after: 5,
-                known: false,
-                cause: None,
-            },
-            None => ApiError::Unavailable {
-                message: "Database is unreachable".into(),
-                retry_after: 10,
-                known: false,
-                cause: Some(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
-                    e,
-                ))),
-            },
+            Some(busy) => ApiError::busy(busy.to_string(), 5),
+            None => ApiError::unreachable(Arc::from(
+                Box::<dyn std::error::Error + Send + Sync>::from(e),
+            )),
         })?;
     let body = match subset
         .run(
@@ -232,14 +222,7 @@ fn subset_error(e: SubsetError, timeout_ms: u64) -> ApiError {
         e @ SubsetError::TooLarge { .. } => {
             return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
         }
-        SubsetError::Busy => {
-            return ApiError::Unavailable {
-                message: SubsetError::Busy.to_string(),
-                retry_after: 5,
-                known: false,
-                cause: None,
-            }
-        }
+        SubsetError::Busy => return ApiError::busy(SubsetError::Busy.to_string(), 5),
         SubsetError::Failed(e) => e,
     };
     let pg = e
@@ -265,12 +248,7 @@ fn subset_error(e: SubsetError, timeout_ms: u64) -> ApiError {
     }
     let cause: Box<dyn std::error::Error + Send + Sync> = e.into();
     match from_postgres {
-        true => ApiError::Unavailable {
-            message: "Database is unreachable".into(),
-            retry_after: 10,
-            known: false,
-            cause: Some(Arc::from(cause)),
-        },
+        true => ApiError::unreachable(Arc::from(cause)),
         false => ApiError::Internal(Arc::from(cause)),
     }
 }
