@@ -22,6 +22,7 @@
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
 mod arrays_json;
+mod claims;
 mod clause;
 mod cmp;
 mod datetime;
@@ -49,6 +50,7 @@ mod typer;
 mod typing;
 mod value;
 
+pub use claims::{parse_where_with, referenced_columns, row_filter_claims, ClaimSource};
 pub use clause::WhereClause;
 pub use cmp::CmpOp;
 pub use error::{Loc, WhereError, WhereErrorKind};

@@ -27,6 +27,22 @@ pub fn parse_where(
     table: &TableInfo,
     params: &[String],
 ) -> Result<WhereClause, WhereError> {
+    let tree = parse_tree(clause)?;
+    let cx = Typer {
+        table,
+        params,
+        claims: None,
+    };
+    cx.boolean_root(tree.where_node()?)
+}
+
+/// A clause parsed with Postgres' grammar (wrapped as `SELECT 1 WHERE …`), not yet typed.
+pub(crate) struct Tree {
+    pub(crate) result: pg_query::ParseResult,
+}
+
+/// Parse `clause` with Postgres' grammar: one statement, or the syntax error where it fails.
+pub(crate) fn parse_tree(clause: &str) -> Result<Tree, WhereError> {
     let wrapped = format!("{PREFIX}{clause}");
     let parsed = match pg_query::parse(&wrapped, pg_query::ParserOptions::DEFAULT) {
         Ok(p) => p,
@@ -42,46 +58,51 @@ pub fn parse_where(
             ))
         }
     };
-    let stmts = &parsed.protobuf.stmts;
-    if stmts.len() != 1 {
+    if parsed.protobuf.stmts.len() != 1 {
         return Err(WhereError::new(
             WhereErrorKind::Syntax,
             Loc::NONE,
             "unescaped \";\" causing statement split",
         ));
     }
-    let Some(N::SelectStmt(select)) = stmts[0].stmt.as_ref().and_then(|s| s.node.as_ref()) else {
-        return Err(WhereError::new(
-            WhereErrorKind::Syntax,
-            Loc::NONE,
-            "invalid where clause",
-        ));
-    };
-    if !select.from_clause.is_empty()
-        || !select.group_clause.is_empty()
-        || select.having_clause.is_some()
-        || !select.sort_clause.is_empty()
-        || select.limit_count.is_some()
-        || select.limit_offset.is_some()
-        || !select.window_clause.is_empty()
-        || select.target_list.len() != 1
-    {
-        return Err(WhereError::new(
-            WhereErrorKind::Syntax,
-            Loc::NONE,
-            "the where clause must be a single boolean expression",
-        ));
+    Ok(Tree { result: parsed })
+}
+
+impl Tree {
+    /// The clause's expression: the statement must be nothing but `SELECT 1 WHERE <clause>`.
+    pub(crate) fn where_node(&self) -> Result<&Node, WhereError> {
+        let stmts = &self.result.protobuf.stmts;
+        let Some(N::SelectStmt(select)) = stmts[0].stmt.as_ref().and_then(|s| s.node.as_ref())
+        else {
+            return Err(WhereError::new(
+                WhereErrorKind::Syntax,
+                Loc::NONE,
+                "invalid where clause",
+            ));
+        };
+        if !select.from_clause.is_empty()
+            || !select.group_clause.is_empty()
+            || select.having_clause.is_some()
+            || !select.sort_clause.is_empty()
+            || select.limit_count.is_some()
+            || select.limit_offset.is_some()
+            || !select.window_clause.is_empty()
+            || select.target_list.len() != 1
+        {
+            return Err(WhereError::new(
+                WhereErrorKind::Syntax,
+                Loc::NONE,
+                "the where clause must be a single boolean expression",
+            ));
+        }
+        select.where_clause.as_deref().ok_or_else(|| {
+            WhereError::new(
+                WhereErrorKind::Syntax,
+                Loc::NONE,
+                "the where clause is empty",
+            )
+        })
     }
-    let Some(node) = select.where_clause.as_deref() else {
-        return Err(WhereError::new(
-            WhereErrorKind::Syntax,
-            Loc::NONE,
-            "the where clause is empty",
-        ));
-    };
-    let cx = Typer { table, params };
-    let expr = cx.boolean(node)?;
-    Ok(WhereClause::new(expr))
 }
 
 /// Position of the token where the grammar failed: the first token whose prefix no longer parses
@@ -100,6 +121,11 @@ fn syntax_error_location(wrapped: &str) -> Option<usize> {
 }
 
 impl Typer<'_> {
+    /// Type the root of a clause.
+    pub(crate) fn boolean_root(&self, node: &Node) -> Result<WhereClause, WhereError> {
+        self.boolean(node).map(WhereClause::new)
+    }
+
     fn boolean(&self, node: &Node) -> Result<Expr, WhereError> {
         match node.node.as_ref() {
             Some(N::BoolExpr(b)) => {
@@ -191,11 +217,24 @@ impl Typer<'_> {
                 loc(s.location),
                 "subqueries are not supported",
             )),
-            Some(N::FuncCall(f)) => Err(WhereError::new(
-                WhereErrorKind::Unsupported,
-                loc(f.location),
-                "function calls are not supported in where clauses yet",
-            )),
+            Some(N::FuncCall(f)) => match self.claim(f) {
+                Some(value) => match value? {
+                    None => Ok(Expr::Const(None)),
+                    Some(s) => match crate::value::parse_bool(s.as_bytes()) {
+                        Some(b) => Ok(Expr::Const(Some(b))),
+                        None => Err(WhereError::new(
+                            WhereErrorKind::InvalidValue,
+                            loc(f.location),
+                            format!("invalid input syntax for type boolean: {s:?}"),
+                        )),
+                    },
+                },
+                None => Err(WhereError::new(
+                    WhereErrorKind::Unsupported,
+                    loc(f.location),
+                    "function calls are not supported in where clauses yet",
+                )),
+            },
             Some(N::ParamRef(p)) => match self.param(p)? {
                 RawConst::Str(s) => match crate::value::parse_bool(s.as_bytes()) {
                     Some(b) => Ok(Expr::Const(Some(b))),
@@ -688,6 +727,12 @@ impl Typer<'_> {
     fn constant(&self, node: &Node) -> Result<(RawConst, Option<Family>), WhereError> {
         match node.node.as_ref() {
             Some(N::ParamRef(p)) => Ok((self.param(p)?, None)),
+            Some(N::FuncCall(f)) if crate::claims::claim_call(f).is_some() => {
+                match self.claim(f).unwrap_or(Ok(None))? {
+                    Some(s) => Ok((RawConst::Str(s), None)),
+                    None => Ok((RawConst::Str(NULL_MARK.to_string()), None)),
+                }
+            }
             Some(N::AConst(c)) => {
                 let raw = match &c.val {
                     None => RawConst::Str(NULL_MARK.to_string()),
@@ -788,6 +833,7 @@ fn cmp_op(name: &str) -> Option<CmpOp> {
 fn is_const_node(node: &Node) -> bool {
     match node.node.as_ref() {
         Some(N::AConst(_) | N::ParamRef(_)) => true,
+        Some(N::FuncCall(f)) => crate::claims::claim_call(f).is_some(),
         Some(N::TypeCast(t)) => t.arg.as_deref().is_some_and(is_const_node),
         Some(N::AExpr(a)) => {
             a.lexpr.is_none()

@@ -299,7 +299,10 @@ impl Typer<'_> {
                 };
                 self.arith(at, ar, l, r).map(Val::Known)
             }
-            Some(N::FuncCall(f)) => self.func(f).map(Val::Known),
+            Some(N::FuncCall(f)) => match self.claim(f) {
+                Some(value) => value.map(Val::Unknown),
+                None => self.func(f).map(Val::Known),
+            },
             Some(N::AArrayExpr(a)) => self
                 .array_cons(loc(a.location), &a.elements)
                 .map(Val::Known),
