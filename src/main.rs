@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shapesync::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use shapesync::serve::access::{AccessConfig, RateLimit};
+use shapesync::serve::access::{AccessConfig, JwtKey, RateLimit};
 use shapesync::serve::response::CacheAges;
 use shapesync::server::{Config, Server};
 
@@ -93,6 +93,13 @@ struct ServeArgs {
     /// Key for the admin API and /metrics (`X-API-Key` or `Authorization: Bearer`).
     #[arg(long, env = "SHAPESYNC_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Verify `Authorization: Bearer <JWT>` with HS256 and this secret (32 bytes or more); the
+    /// token's `role` claim names a role of the admin API.
+    #[arg(long, env = "SHAPESYNC_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Verify JWTs with RS256 or ES256 and the public key in this PEM file.
+    #[arg(long, env = "SHAPESYNC_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
     /// Serve without a secret and with an open admin API (local development only).
     #[arg(long, env = "SHAPESYNC_INSECURE")]
     insecure: bool,
@@ -183,6 +190,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         create_rate: RateLimit {
             per_second: args.shape_create_rate,
             burst: args.shape_create_rate.saturating_mul(2),
+        },
+        jwt: match (&args.jwt_secret, &args.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give either --jwt-secret or --jwt-public-key, not both")
+            }
+            (Some(s), None) => Some(JwtKey::Secret(s.clone())),
+            (None, Some(path)) => Some(JwtKey::PublicKeyPem(std::fs::read(path).with_context(
+                || {
+                    format!(
+                        "reading the JWT public key {} (--jwt-public-key)",
+                        path.display()
+                    )
+                },
+            )?)),
+            (None, None) => None,
         },
     };
     // Before anything is written to disk: settings, then the address (a mistake or a busy

@@ -526,6 +526,39 @@ pub fn render(http: &HttpMetrics, files: FileSample, tenants: &[TenantSample]) -
     out
 }
 
+/// Authorization counters: refused credentials by code, admin changes to roles and keys.
+pub fn render_auth(
+    out: &mut String,
+    denials: &[(&'static str, u64)],
+    changes: &[((&'static str, &'static str), u64)],
+) {
+    let name = "shapesync_auth_denied_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Shape requests refused for their credential, by code (auth_required, auth_invalid, forbidden).",
+    );
+    for (code, n) in denials {
+        sample(out, name, &labels(&[("code", code)]), Value::Uint(*n));
+    }
+    let name = "shapesync_admin_changes_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Admin changes to roles and API keys, by object and action.",
+    );
+    for ((object, action), n) in changes {
+        sample(
+            out,
+            name,
+            &labels(&[("object", object), ("action", action)]),
+            Value::Uint(*n),
+        );
+    }
+}
+
 fn render_files(out: &mut String, files: FileSample) {
     let gauges = [
         (

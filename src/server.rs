@@ -128,11 +128,15 @@ pub fn check_settings(stream_id: &str, access: &AccessConfig) -> anyhow::Result<
     if !stack::valid_stream_id(stream_id) {
         anyhow::bail!("stream id must be 1-40 characters of [a-z0-9_]: {stream_id:?}");
     }
-    if !access.insecure && (access.secret.is_none() || access.admin_key.is_none()) {
+    if !access.insecure && access.admin_key.is_none() {
         anyhow::bail!(
-            "set both a shape API secret (--secret) and an admin key (--admin-key), \
-             or run with --insecure to serve without them"
+            "set an admin key (--admin-key) and a shape API secret (--secret) or roles and API \
+             keys, or run with --insecure to serve without them"
         );
+    }
+    if let Some(key) = &access.jwt {
+        key.verifier()
+            .map_err(|e| anyhow::anyhow!("--jwt-secret / --jwt-public-key: {e}"))?;
     }
     Ok(())
 }
@@ -170,6 +174,14 @@ impl Server {
         }
         tracing::info!(storage = %cfg.storage_dir.display(), "starting");
         let lock = shapesync_storage::DirLock::acquire(&cfg.storage_dir)?;
+        let auth_store = Arc::new(
+            shapesync_auth::AuthStore::open(&cfg.storage_dir.join("auth.json"))
+                .map_err(|e| anyhow::anyhow!("roles and API keys (auth.json): {e}"))?,
+        );
+        let jwt = match &access.jwt {
+            Some(k) => Some(k.verifier()?),
+            None => None,
+        };
         // Shape logs are opened and closed within a budget of descriptors, whatever the number
         // of shapes; the budget comes from the limit, raised to the hard limit first.
         let soft = shapesync_storage::raise_nofile_limit();
@@ -255,6 +267,7 @@ impl Server {
             subset_caps: cfg.subset_caps,
             spill_budget: crate::shape::spill::SpillBudget::new(cfg.subset_caps.spill_bytes),
             connections: (limits.max_connections, Arc::clone(&limits.stats)),
+            auth: crate::serve::authz::AuthState::new(auth_store, jwt),
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);
@@ -263,7 +276,13 @@ impl Server {
             loop {
                 tick.tick().await;
                 match housekeeping.upgrade() {
-                    Some(state) => state.access.housekeeping(),
+                    Some(state) => {
+                        state.access.housekeeping();
+                        // Keys' last use, written now and then rather than on every request.
+                        if let Err(e) = state.auth.store.flush() {
+                            tracing::warn!(error = %e, "writing API keys' last use");
+                        }
+                    }
                     None => break,
                 }
             }

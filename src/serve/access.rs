@@ -29,6 +29,27 @@ pub struct AccessConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub admin_rate: RateLimit,
     pub create_rate: RateLimit,
+    /// The key JWTs are verified with (`--jwt-secret` / `--jwt-public-key`), if any.
+    pub jwt: Option<JwtKey>,
+}
+
+/// How bearer tokens are verified.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 with a shared secret.
+    Secret(String),
+    /// RS256 or ES256 with a PEM public key (the file's contents).
+    PublicKeyPem(Vec<u8>),
+}
+
+impl JwtKey {
+    /// The verifier this key makes; a key that cannot make one is a configuration error.
+    pub fn verifier(&self) -> Result<shapesync_auth::JwtVerifier, shapesync_auth::JwtConfigError> {
+        match self {
+            JwtKey::Secret(s) => shapesync_auth::JwtVerifier::hs256(s.as_bytes()),
+            JwtKey::PublicKeyPem(pem) => shapesync_auth::JwtVerifier::from_public_key_pem(pem),
+        }
+    }
 }
 
 impl std::fmt::Debug for AccessConfig {
@@ -38,6 +59,13 @@ impl std::fmt::Debug for AccessConfig {
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
             .field("insecure", &self.insecure)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field(
+                "jwt",
+                &self.jwt.as_ref().map(|k| match k {
+                    JwtKey::Secret(_) => "HS256 secret <redacted>",
+                    JwtKey::PublicKeyPem(_) => "public key",
+                }),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +86,7 @@ impl AccessConfig {
                 per_second: 1000,
                 burst: 2000,
             },
+            jwt: None,
         }
     }
 }
@@ -168,6 +197,14 @@ impl Access {
         }
     }
 
+    /// `presented` is the admin key.
+    pub fn is_admin_key(&self, presented: &str) -> bool {
+        self.cfg
+            .admin_key
+            .as_ref()
+            .is_some_and(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
+    }
+
     /// The shape API secret: the tenant's, else the global one; none needed when insecure.
     pub fn check_secret(
         &self,
@@ -175,7 +212,13 @@ impl Access {
         presented: Option<&str>,
     ) -> Result<(), ApiError> {
         let Some(required) = tenant_secret.or(self.cfg.secret.as_deref()) else {
-            return Ok(());
+            // No secret to match: open only on an insecure server (without --secret, shapes
+            // are read with API keys or tokens).
+            return if self.cfg.insecure {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized)
+            };
         };
         match presented {
             Some(p) if constant_time_eq(required.as_bytes(), p.as_bytes()) => Ok(()),
@@ -207,7 +250,8 @@ fn check<K: std::hash::Hash + Eq + Clone>(
     })
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+/// The credential of `X-API-Key`, else of `Authorization: Bearer`.
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim());
     }

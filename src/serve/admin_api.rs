@@ -19,7 +19,7 @@ use crate::tenant::{status_word, AdminError, DatabaseId, Tenant, TenantRecord};
 /// Request bodies larger than this are refused (413).
 const MAX_BODY: usize = 64 * 1024;
 
-fn ok_json(status: StatusCode, body: serde_json::Value) -> Response {
+pub(super) fn ok_json(status: StatusCode, body: serde_json::Value) -> Response {
     let mut res = (status, body.to_string()).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -30,11 +30,16 @@ pub enum ApiError {
     Internal(Cause),
     /// 401 `{"message":"Unauthorized - Invalid API secret"}` (shape API).
     Unauthorized,
-    /// Admin key problems: 401 `auth_required` / 403 `auth_invalid`.
+    /// 401 for a request without any credential: the reference's body, with the code
+    /// `auth_required` in the seeds' form as well.
+    AuthRequired,
+    /// Credential problems in the seeds' form `{"error":{"code","message"}}`: 401
+    /// `auth_required`, 403 `auth_invalid` (wrong, expired or revoked), 403 `forbidden` (valid
+    /// but lacking the right).
     Auth {
         status: StatusCode,
         code: &'static str,
-        message: &'static str,
+        message: String,
     },
     /// 429 `rate_limited` with `retry-after`.
     RateLimited { retry_after: u32 },
@@ -52,14 +57,16 @@ pub enum ApiError {
     AdminText { status: StatusCode, text: String },
     /// Admin API field errors: `{"field": ["message"]}`.
     AdminFields(FieldErrors),
+    /// The same, with field paths built at run time (`access[0].table`).
+    AdminFieldsOwned(std::collections::BTreeMap<String, Vec<String>>),
 }
 
 impl ApiError {
-    pub fn auth(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+    pub fn auth(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Auth {
             status,
             code,
-            message,
+            message: message.into(),
         }
     }
 
@@ -220,6 +227,16 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"message": "Unauthorized - Invalid API secret"}),
             ),
+            ApiError::AuthRequired => json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({
+                    "message": "Unauthorized - Invalid API secret",
+                    "error": {
+                        "code": "auth_required",
+                        "message": "A credential is required: the secret parameter, or an API key or token in X-API-Key or Authorization: Bearer."
+                    }
+                }),
+            ),
             ApiError::Auth {
                 status,
                 code,
@@ -262,6 +279,9 @@ impl IntoResponse for ApiError {
             ),
             ApiError::AdminText { status, text } => json(status, serde_json::Value::String(text)),
             ApiError::AdminFields(errors) => {
+                json(StatusCode::BAD_REQUEST, serde_json::json!(errors))
+            }
+            ApiError::AdminFieldsOwned(errors) => {
                 json(StatusCode::BAD_REQUEST, serde_json::json!(errors))
             }
             ApiError::Internal(cause) => with_cause(

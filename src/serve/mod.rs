@@ -7,7 +7,9 @@
 
 pub mod access;
 pub mod admin_api;
+pub mod admin_auth;
 pub mod admission;
+pub mod authz;
 pub mod error;
 pub mod params;
 pub mod response;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub subset_caps: crate::shape::subset::SubsetCaps,
     /// Spilled subset answers held at once (process-wide).
     pub spill_budget: Arc<crate::shape::spill::SpillBudget>,
+    /// Roles, API keys and tokens.
+    pub auth: authz::AuthState,
     /// The connection cap and the HTTP server's connection counters.
     pub connections: (usize, Arc<shapesync_http1::ConnStats>),
 }
@@ -94,6 +98,31 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/database/{database_id}",
             get(admin_api::show)
                 .delete(admin_api::remove)
+                .options(options_admin),
+        )
+        .route(
+            "/v1/admin/role",
+            get(admin_auth::list_roles)
+                .post(admin_auth::create_role)
+                .options(options_admin),
+        )
+        .route(
+            "/v1/admin/role/{name}",
+            get(admin_auth::show_role)
+                .put(admin_auth::put_role)
+                .delete(admin_auth::delete_role)
+                .options(options_admin),
+        )
+        .route(
+            "/v1/admin/api-key",
+            get(admin_auth::list_keys)
+                .post(admin_auth::create_key)
+                .options(options_admin),
+        )
+        .route(
+            "/v1/admin/api-key/{id}",
+            get(admin_auth::show_key)
+                .delete(admin_auth::delete_key)
                 .options(options_admin),
         )
         .route("/metrics", get(metrics))
@@ -172,7 +201,13 @@ async fn metrics(
         connections_open: app.connections.1.open(),
         connections_refused: app.connections.1.refused(),
     };
-    let mut res = crate::metrics::render(&app.metrics, files, &samples).into_response();
+    let mut text = crate::metrics::render(&app.metrics, files, &samples);
+    crate::metrics::render_auth(
+        &mut text,
+        &app.auth.denial_counts(),
+        &app.auth.change_counts(),
+    );
+    let mut res = text.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -281,6 +316,9 @@ fn allowed_methods(path: &str) -> &'static str {
         "/v1/shape" => "GET, POST, HEAD, DELETE, OPTIONS",
         "/v1/admin/database" => "GET, POST, HEAD, OPTIONS",
         p if p.starts_with("/v1/admin/database/") => "GET, DELETE, HEAD, OPTIONS",
+        "/v1/admin/role" | "/v1/admin/api-key" => "GET, POST, HEAD, OPTIONS",
+        p if p.starts_with("/v1/admin/role/") => "GET, PUT, DELETE, HEAD, OPTIONS",
+        p if p.starts_with("/v1/admin/api-key/") => "GET, DELETE, HEAD, OPTIONS",
         _ => "GET, HEAD",
     }
 }

@@ -183,6 +183,7 @@ fn definition(params: &[(String, String)]) -> Result<ShapeDefinition, FieldError
         replica,
         log,
         params: values,
+        row_filter: None,
     })
 }
 

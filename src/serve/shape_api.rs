@@ -9,10 +9,12 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use shapesync_auth::Verb;
 use shapesync_http1::{Change, ParkTicket, Parkable, Parked, Replayed, Waitable};
 use shapesync_storage::LogOffset;
 
 use super::admission::Admitted;
+use super::authz;
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
 use super::response::{cache_control, etag, if_none_match, CacheKind, Variant};
@@ -158,7 +160,11 @@ pub async fn post_shape(
 }
 
 /// `DELETE /v1/shape` (when enabled): invalidate a shape by definition, handle, or both.
-pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+pub async fn delete_shape(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     if !app.shape_deletion {
         return ApiError::Message {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -168,8 +174,17 @@ pub async fn delete_shape(State(app): State<Arc<AppState>>, RawQuery(query): Raw
     }
     let query = query.as_deref().unwrap_or("");
     let result = async {
-        let tenant = authorized_tenant(&app, query)?;
-        let req = params::parse_delete(query).map_err(ApiError::Invalid)?;
+        let (tenant, grant) = authz::authenticate(&app, &headers, query).await?;
+        let mut req = params::parse_delete(query).map_err(ApiError::Invalid)?;
+        if let authz::Grant::Role(_) = grant {
+            // A role deletes only the shape it would read: named by its definition.
+            let Some(def) = req.def.as_mut() else {
+                return Err(authz::forbidden(
+                    "Deleting a shape by handle alone needs full access: name its table (and where clause, columns).",
+                ));
+            };
+            authz::apply_def(&grant, tenant.record.id.as_str(), def, Verb::Delete)?;
+        }
         let registry = &tenant.stack.registry;
         let by_handle = req.handle.as_deref().and_then(|h| h.parse::<ShapeHandle>().ok()).and_then(|h| registry.get(&h));
         let shape = match (&req.def, &req.handle) {
@@ -249,7 +264,7 @@ async fn serve(
     subset: Option<SubsetParts>,
     wait: Waiting,
 ) -> Result<Response, ApiError> {
-    let tenant = match authorized_tenant(app, query) {
+    let (tenant, grant) = match authz::authenticate(app, headers, query).await {
         Ok(t) => t,
         // A parked request whose database was removed while it waited: refetch (and learn).
         Err(ApiError::UnknownDatabase(_)) if wait.since.is_some() => {
@@ -258,7 +273,14 @@ async fn serve(
         }
         Err(e) => return Err(e),
     };
-    let req = params::parse(query).map_err(ApiError::Invalid)?;
+    let mut req = params::parse(query).map_err(ApiError::Invalid)?;
+    let verb = if subset.is_some() {
+        Verb::Subset
+    } else {
+        Verb::Read
+    };
+    authz::apply(&grant, tenant.record.id.as_str(), &mut req, verb)
+        .map_err(|e| app.auth.denied(e))?;
     let ip = app.access.client_ip(peer, headers);
     if req.live_sse && subset.is_some() {
         return Err(ApiError::InvalidSubset(

@@ -42,6 +42,28 @@ pub struct ShapeDefinition {
     /// Values of `$1`, `$2`, … in the where clause (`params[n]`), part of the identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<String>,
+    /// The caller's role's row filter with its claims bound (None without a role): ANDed to
+    /// `where_clause` as a separate node, so nothing in the client's clause can widen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_filter: Option<RowFilter>,
+}
+
+/// A role's row filter as one caller sees it: the clause and the values of the claims it uses.
+/// Two callers share a shape only when both (and the rest of the definition) are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RowFilter {
+    pub clause: String,
+    /// Claim name → its constant text (None: SQL NULL).
+    pub claims: std::collections::BTreeMap<String, Option<String>>,
+}
+
+impl shapesync_filter::ClaimSource for RowFilter {
+    fn claim(&self, name: &str) -> Result<Option<String>, String> {
+        self.claims
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("the credential has no claim {name:?}"))
+    }
 }
 
 impl ShapeDefinition {
@@ -138,6 +160,7 @@ mod tests {
             replica: Replica::Default,
             log: LogMode::Full,
             params: Vec::new(),
+            row_filter: None,
         }
     }
 

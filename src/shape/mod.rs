@@ -152,12 +152,31 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
             idx
         }
     };
-    let filter = match &def.where_clause {
+    let client = match &def.where_clause {
         None => None,
         Some(w) => Some(
             shapesync_filter::parse_where(w, table, &def.params)
                 .map_err(|e| ("where", e.to_string()))?,
         ),
+    };
+    // The role's row filter is typed on its own (its claims bound as constants) and joined to
+    // the client's clause as a sibling under AND: the two never share a parse.
+    let role = match &def.row_filter {
+        None => None,
+        Some(f) => Some(
+            shapesync_filter::parse_where_with(&f.clause, table, f).map_err(|e| {
+                (
+                    "where",
+                    format!("the role's row filter does not apply to this table: {e}"),
+                )
+            })?,
+        ),
+    };
+    let filter = match (client, role) {
+        (Some(c), Some(r)) => Some(shapesync_filter::WhereClause::new(
+            shapesync_filter::Expr::And(vec![c.expr().clone(), r.expr().clone()]),
+        )),
+        (c, r) => c.or(r),
     };
     Ok(Compiled { selected, filter })
 }

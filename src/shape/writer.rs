@@ -1058,6 +1058,7 @@ mod tests {
             replica,
             log: LogMode::Full,
             params: Vec::new(),
+            row_filter: None,
         };
         let compiled = crate::shape::compile(&def, &table()).expect("compiles");
         let store = MemoryStore::new(Default::default());
@@ -1257,6 +1258,7 @@ mod tests {
                 replica: Replica::Default,
                 log: LogMode::Full,
                 params: Vec::new(),
+                row_filter: None,
             };
             let compiled = crate::shape::compile(&def, &table()).expect("compiles");
             let handle = ShapeHandle::mint(&def);

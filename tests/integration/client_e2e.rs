@@ -119,3 +119,57 @@ async fn official_client_every_type_special_columns_delete_and_truncate_sse() {
     })
     .await;
 }
+
+/// Per-user shapes with the official client and no proxy: two users' JWTs, one role filtering
+/// by `owner = claim('sub')`, the same table; each sees only their rows, live, including a row
+/// moving from one to the other (tests/client/peruser.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_per_user_shapes_with_jwts() {
+    use crate::authz::{admin, secured, token};
+    npm_install();
+    let url = fresh_db("clientperuser").await;
+    crate::support::connect(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, owner text NOT NULL, title text);
+             INSERT INTO docs SELECT g, (ARRAY['alice','bob','carol'])[1 + g % 3], 'doc ' || g
+               FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let server = secured(&url).await;
+    let r = admin(
+        &server,
+        reqwest::Method::POST,
+        "/v1/admin/role",
+        Some(serde_json::json!({"name": "user", "access": [{
+            "database_id": "default", "table": "public.docs",
+            "columns": ["id", "owner", "title"], "row_filter": "owner = claim('sub')"
+        }]})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/peruser.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(path)
+        .env("SHAPESYNC_URL", &server.base)
+        .env("DATABASE_URL", &url)
+        .env(
+            "TOKEN_ALICE",
+            token(serde_json::json!({"role": "user", "sub": "alice"})),
+        )
+        .env(
+            "TOKEN_BOB",
+            token(serde_json::json!({"role": "user", "sub": "bob"})),
+        )
+        .output()
+        .await
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "peruser.mjs failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

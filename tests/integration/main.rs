@@ -1,5 +1,6 @@
 //! All integration tests, compiled as one binary so they share one Postgres cluster.
 
+mod authz;
 mod cdn;
 mod client_e2e;
 mod collation;

@@ -215,6 +215,7 @@ async fn the_spec_documents_the_admin_api_metrics_and_access_control() {
                 per_second: 1,
                 burst: 1,
             },
+            jwt: None,
         };
     })
     .await;
@@ -412,6 +413,7 @@ async fn schemathesis_finds_no_contract_violation() {
                 per_second: 10_000,
                 burst: 10_000,
             },
+            jwt: None,
         };
     })
     .await;

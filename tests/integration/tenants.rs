@@ -312,6 +312,7 @@ async fn secrets_admin_keys_and_rate_limits() {
                 per_second: 1,
                 burst: 2,
             },
+            jwt: None,
         };
     })
     .await;

@@ -220,12 +220,16 @@ impl ShapeClient {
     }
 
     pub async fn raw(&self, path: &str) -> Reply {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
+        self.raw_with(path, &[]).await
+    }
+
+    /// A GET of `path` with these headers.
+    pub async fn raw_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request");
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let body = res.text().await.expect("body");
@@ -256,6 +260,8 @@ pub struct Follower {
     pub allow_rotation: bool,
     /// How many 409s it got.
     pub rotations: usize,
+    /// Headers sent with every request (a credential).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Follower {
@@ -272,6 +278,7 @@ impl Follower {
             changes_seen: 0,
             allow_rotation: false,
             rotations: 0,
+            headers: Vec::new(),
         }
     }
 
@@ -304,7 +311,12 @@ impl Follower {
                 self.cursor.clone().unwrap_or_default()
             ));
         }
-        let r = self.client.get(&q).await;
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = self.client.get_with(&q, &headers).await;
         if r.status == 409 && self.allow_rotation {
             self.start_over();
             return r;
