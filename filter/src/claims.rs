@@ -136,8 +136,25 @@ pub fn row_filter_claims(clause: &str) -> Result<Vec<String>, WhereError> {
 /// against a column allow-list before any table is at hand.
 pub fn referenced_columns(clause: &str) -> Result<Vec<String>, WhereError> {
     let tree = crate::parse::parse_tree(clause)?;
+    Ok(column_names(&tree.result))
+}
+
+/// Every column name an `ORDER BY` list refers to, like [`referenced_columns`].
+pub fn order_by_columns(order_by: &str) -> Result<Vec<String>, WhereError> {
+    let sql = format!("SELECT 1 ORDER BY {order_by}");
+    let parsed = pg_query::parse(&sql, pg_query::ParserOptions::DEFAULT).map_err(|e| {
+        WhereError::new(
+            WhereErrorKind::Syntax,
+            crate::error::Loc::NONE,
+            e.to_string(),
+        )
+    })?;
+    Ok(column_names(&parsed))
+}
+
+fn column_names(parsed: &pg_query::ParseResult) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for (node, _, _, _) in tree.result.protobuf.nodes() {
+    for (node, _, _, _) in parsed.protobuf.nodes() {
         if let pg_query::NodeRef::ColumnRef(c) = node {
             let last = c.fields.last().and_then(|f| match f.node.as_ref() {
                 Some(N::String(s)) => Some(s.sval.clone()),
@@ -154,7 +171,7 @@ pub fn referenced_columns(clause: &str) -> Result<Vec<String>, WhereError> {
             }
         }
     }
-    Ok(names)
+    names
 }
 
 #[cfg(test)]

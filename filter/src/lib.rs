@@ -50,7 +50,9 @@ mod typer;
 mod typing;
 mod value;
 
-pub use claims::{parse_where_with, referenced_columns, row_filter_claims, ClaimSource};
+pub use claims::{
+    order_by_columns, parse_where_with, referenced_columns, row_filter_claims, ClaimSource,
+};
 pub use clause::WhereClause;
 pub use cmp::CmpOp;
 pub use error::{Loc, WhereError, WhereErrorKind};

@@ -42,6 +42,30 @@ pub struct RoleGrant {
     pub role: Arc<Role>,
     /// The token's claims (empty for an API key).
     pub claims: Map<String, Value>,
+    /// The API key it came from, if any.
+    pub key_id: Option<String>,
+    /// When the token expires, if it came from one.
+    pub token_expires: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl RoleGrant {
+    /// For a long-lived answer (an SSE stream): is the grant still what it was? The key not
+    /// revoked or expired, the token not expired, the role not changed or deleted.
+    pub fn still_valid(&self, store: &shapesync_auth::AuthStore) -> bool {
+        let now = chrono::Utc::now();
+        if self.token_expires.is_some_and(|t| t <= now) {
+            return false;
+        }
+        if let Some(id) = &self.key_id {
+            match store.key(id) {
+                Some(k) if k.expires_at.is_none_or(|t| t > now) => {}
+                _ => return false,
+            }
+        }
+        store
+            .role(&self.role.name)
+            .is_some_and(|r| r.updated_at == self.role.updated_at)
+    }
 }
 
 /// The credential a request's headers carry.
@@ -200,6 +224,8 @@ async fn role_of_key(app: &AppState, key: &str) -> Result<RoleGrant, ApiError> {
     Ok(RoleGrant {
         role,
         claims: Map::new(),
+        key_id: Some(grant.id),
+        token_expires: None,
     })
 }
 
@@ -219,6 +245,8 @@ fn role_of_token(
     Ok(RoleGrant {
         role,
         claims: claims.claims,
+        key_id: None,
+        token_expires: Some(claims.expires_at),
     })
 }
 
@@ -229,15 +257,43 @@ pub fn apply(
     database_id: &str,
     req: &mut ShapeRequest,
     verb: Verb,
-) -> Result<(), ApiError> {
-    if let Some(allowed) = apply_def(grant, database_id, &mut req.def, verb)? {
+) -> Result<Option<Vec<String>>, ApiError> {
+    let allowed = apply_def(grant, database_id, &mut req.def, verb)?;
+    if let Some(allowed) = &allowed {
         // A subset's where and order_by may name only the allowed columns too.
         req.queryable_columns = Some(match req.queryable_columns.take() {
             Some(q) => q.into_iter().filter(|c| allowed.contains(c)).collect(),
-            None => allowed,
+            None => allowed.clone(),
         });
     }
-    Ok(())
+    Ok(allowed)
+}
+
+/// A subset's where clause and order_by may name only the role's allowed columns: 403
+/// naming the others.
+pub fn check_subset_columns(
+    allowed: &[String],
+    where_clause: Option<&str>,
+    order_by: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut named: Vec<String> = Vec::new();
+    if let Some(w) = where_clause {
+        // A clause that does not parse is the subset's own 400, later.
+        named.extend(shapesync_filter::referenced_columns(w).unwrap_or_default());
+    }
+    if let Some(o) = order_by {
+        named.extend(shapesync_filter::order_by_columns(o).unwrap_or_default());
+    }
+    let mut bad: Vec<String> = named.into_iter().filter(|c| !allowed.contains(c)).collect();
+    bad.dedup();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "The subset names columns not allowed for this credential: {}.",
+            bad.join(", ")
+        )))
+    }
 }
 
 /// [`apply`] to a bare definition; the rule's column allow-list when it has one.

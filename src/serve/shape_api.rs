@@ -279,8 +279,16 @@ async fn serve(
     } else {
         Verb::Read
     };
-    authz::apply(&grant, tenant.record.id.as_str(), &mut req, verb)
+    let allowed = authz::apply(&grant, tenant.record.id.as_str(), &mut req, verb)
         .map_err(|e| app.auth.denied(e))?;
+    if let (Some(allowed), Some(parts)) = (&allowed, &subset) {
+        authz::check_subset_columns(
+            allowed,
+            parts.where_clause.as_deref(),
+            parts.order_by.as_deref(),
+        )
+        .map_err(|e| app.auth.denied(e))?;
+    }
     let ip = app.access.client_ip(peer, headers);
     if req.live_sse && subset.is_some() {
         return Err(ApiError::InvalidSubset(
@@ -342,7 +350,14 @@ async fn serve(
             .await?
         }
         Outcome::Sse(shape, from) => {
-            super::sse::respond(app, Arc::clone(&tenant.stack), shape, &req, from)
+            let allowed: super::sse::StillAllowed = match grant {
+                authz::Grant::Full => Box::new(|| true),
+                authz::Grant::Role(g) => {
+                    let store = Arc::clone(&app.auth.store);
+                    Box::new(move || g.still_valid(&store))
+                }
+            };
+            super::sse::respond(app, Arc::clone(&tenant.stack), shape, &req, from, allowed)
         }
         Outcome::Data {
             shape,

@@ -30,13 +30,18 @@ fn event(out: &mut Vec<u8>, json: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// Open an SSE response for `shape` from `from`.
+/// Asked before each batch of a stream: does the caller's credential still allow it?
+pub type StillAllowed = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Open an SSE response for `shape` from `from`. The stream ends as soon as `allowed` says no
+/// (a revoked key, a changed role): the reconnect is authenticated again.
 pub fn respond(
     app: &AppState,
     stack: Arc<Stack>,
     shape: Arc<Shape>,
     req: &ShapeRequest,
     from: LogOffset,
+    allowed: StillAllowed,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let timeout = app.sse_timeout;
@@ -44,7 +49,7 @@ pub fn respond(
     let handle = shape.handle.clone();
     tokio::spawn(async move {
         let _parked = parked;
-        stream_events(stack, shape, from, timeout, tx).await;
+        stream_events(stack, shape, from, timeout, tx, allowed).await;
     });
     let mut h = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
@@ -78,6 +83,7 @@ async fn stream_events(
     mut from: LogOffset,
     timeout: Duration,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    allowed: StillAllowed,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut progress = shape.subscribe();
@@ -87,6 +93,9 @@ async fn stream_events(
         let was_first = std::mem::replace(&mut first, false);
         if progress.borrow_and_update().state != Lifecycle::Active {
             return; // invalidated: end; the reconnect gets 409
+        }
+        if !allowed() {
+            return; // the credential no longer allows it: the reconnect learns why
         }
         let read = {
             let s = Arc::clone(&shape);

@@ -135,7 +135,7 @@ async fn role_matrix() {
         "/v1/admin/role",
         Some(json!({"name": "reader", "access": [
             {"database_id": "default", "table": "public.items", "columns": ["id", "title", "owner_id"], "verbs": ["read"]},
-            {"database_id": "default", "table": "public.*", "verbs": ["subset"]}
+            {"database_id": "default", "table": "public.*", "columns": ["id"], "verbs": ["subset"]}
         ]})),
     )
     .await;
@@ -187,6 +187,24 @@ async fn role_matrix() {
             "table=other&offset=-1&subset__where=id%3C3",
             200,
             "",
+        ),
+        (
+            "reader",
+            "table=other&offset=-1&subset__where=v%3D'x'",
+            403,
+            "v",
+        ),
+        (
+            "reader",
+            "table=other&offset=-1&subset__where=id%3C3&subset__order_by=v",
+            403,
+            "v",
+        ),
+        (
+            "reader",
+            "table=other&offset=-1&columns=id,v&subset__where=id%3C3",
+            403,
+            "v",
         ),
         ("reader", "table=private.x&offset=-1", 403, "private.x"),
         (
@@ -840,6 +858,54 @@ async fn revocation_reaches_a_parked_long_poll() {
     assert!(!r.body.contains("after revocation"));
     let r = get(&server, "table=items&offset=-1", Some(&key)).await;
     assert_eq!(r.status, 403);
+
+    // An SSE stream ends when its key is revoked, before the next change reaches it.
+    let key = create_key(&server, "r").await;
+    let id = admin(&server, Method::GET, "/v1/admin/api-key", None)
+        .await
+        .json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut f = Follower::new(server.client(), "table=items");
+    f.headers = vec![("authorization".into(), format!("Bearer {key}"))];
+    f.sync().await;
+    let url = format!(
+        "{}/v1/shape?table=items&offset={}&handle={}&live=true&live_sse=true",
+        server.base,
+        f.offset,
+        f.handle.clone().unwrap()
+    );
+    let mut res = reqwest::Client::new()
+        .get(url)
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let r = admin(
+        &server,
+        Method::DELETE,
+        &format!("/v1/admin/api-key/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    db.batch_execute("INSERT INTO items VALUES (3, 'sse after revocation')")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(chunk)) = res.chunk().await {
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the SSE stream must end after the revocation"
+    );
+    assert!(!body.contains("sse after revocation"), "{body}");
 }
 
 /// The admin API of roles and keys: validation in the seeds' form, conflicts, not found,
