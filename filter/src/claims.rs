@@ -7,19 +7,12 @@
 //! spliced into SQL. `claim()` exists only in row filters: in a client's clause it is refused.
 
 use pg_query::protobuf::node::Node as N;
-use pg_query::protobuf::FuncCall;
 
 use crate::clause::WhereClause;
 use crate::error::{WhereError, WhereErrorKind};
 use crate::table::TableInfo;
-use crate::typer::{loc, Typer};
-
-/// Where the values of `claim('<name>')` come from (a caller's verified token).
-pub trait ClaimSource {
-    /// The claim's value as constant text (`None`: SQL NULL), or why it cannot be had (the
-    /// caller has no such claim, or its value has no SQL form).
-    fn claim(&self, name: &str) -> Result<Option<String>, String>;
-}
+pub use crate::typer::ClaimSource;
+use crate::typer::{claim_call, loc, Typer};
 
 /// Parse and type-check a role's row filter against `table`, with `claim(...)` bound from
 /// `claims` (the filter has no `$n` parameters of its own).
@@ -35,70 +28,6 @@ pub fn parse_where_with(
         claims: Some(claims),
     };
     cx.boolean_root(tree.where_node()?)
-}
-
-/// The claim name of `f` when it is a call of `claim`: `Some(Ok(name))` for `claim('<name>')`,
-/// `Some(Err)` for a malformed call, `None` for any other function.
-pub(crate) fn claim_call(f: &FuncCall) -> Option<Result<String, WhereError>> {
-    let name: Vec<&str> = f
-        .funcname
-        .iter()
-        .filter_map(|n| match n.node.as_ref() {
-            Some(N::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
-    if name.as_slice() != ["claim"] {
-        return None;
-    }
-    let malformed = || {
-        WhereError::new(
-            WhereErrorKind::Syntax,
-            loc(f.location),
-            "claim() takes one string constant: the claim's name, e.g. claim('sub')",
-        )
-    };
-    if f.args.len() != 1
-        || f.agg_star
-        || f.agg_distinct
-        || f.over.is_some()
-        || f.agg_filter.is_some()
-        || !f.agg_order.is_empty()
-        || f.func_variadic
-    {
-        return Some(Err(malformed()));
-    }
-    match f.args[0].node.as_ref() {
-        Some(N::AConst(c)) if !c.isnull => match &c.val {
-            Some(pg_query::protobuf::a_const::Val::Sval(s)) if !s.sval.is_empty() => {
-                Some(Ok(s.sval.clone()))
-            }
-            _ => Some(Err(malformed())),
-        },
-        _ => Some(Err(malformed())),
-    }
-}
-
-impl Typer<'_> {
-    /// The value of a `claim(...)` call: `None` when `f` is another function.
-    pub(crate) fn claim(&self, f: &FuncCall) -> Option<Result<Option<String>, WhereError>> {
-        let name = match claim_call(f)? {
-            Ok(n) => n,
-            Err(e) => return Some(Err(e)),
-        };
-        let Some(source) = self.claims else {
-            return Some(Err(WhereError::new(
-                WhereErrorKind::Unsupported,
-                loc(f.location),
-                "claim() can only be used in a role's row filter",
-            )));
-        };
-        Some(
-            source
-                .claim(&name)
-                .map_err(|m| WhereError::new(WhereErrorKind::Parameter, loc(f.location), m)),
-        )
-    }
 }
 
 /// Check a row filter's syntax (one boolean expression in Postgres' grammar, `claim()` calls

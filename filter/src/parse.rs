@@ -727,7 +727,7 @@ impl Typer<'_> {
     fn constant(&self, node: &Node) -> Result<(RawConst, Option<Family>), WhereError> {
         match node.node.as_ref() {
             Some(N::ParamRef(p)) => Ok((self.param(p)?, None)),
-            Some(N::FuncCall(f)) if crate::claims::claim_call(f).is_some() => {
+            Some(N::FuncCall(f)) if crate::typer::claim_call(f).is_some() => {
                 match self.claim(f).unwrap_or(Ok(None))? {
                     Some(s) => Ok((RawConst::Str(s), None)),
                     None => Ok((RawConst::Str(NULL_MARK.to_string()), None)),
@@ -833,7 +833,7 @@ fn cmp_op(name: &str) -> Option<CmpOp> {
 fn is_const_node(node: &Node) -> bool {
     match node.node.as_ref() {
         Some(N::AConst(_) | N::ParamRef(_)) => true,
-        Some(N::FuncCall(f)) => crate::claims::claim_call(f).is_some(),
+        Some(N::FuncCall(f)) => crate::typer::claim_call(f).is_some(),
         Some(N::TypeCast(t)) => t.arg.as_deref().is_some_and(is_const_node),
         Some(N::AExpr(a)) => {
             a.lexpr.is_none()

@@ -109,9 +109,9 @@ pub async fn authenticate(
     headers: &HeaderMap,
     query: &str,
 ) -> Result<(Arc<Tenant>, Grant), ApiError> {
-    let (database_id, secret) = super::shape_api::tenant_and_secret(query);
+    let (database_id, secret) = tenant_and_secret(query);
     if secret.is_some() {
-        return super::shape_api::authorized_tenant(app, query).map(|t| (t, Grant::Full));
+        return authorized_tenant(app, query).map(|t| (t, Grant::Full));
     }
     let insecure = app.access.config().insecure;
     let grant = match presented(app, headers) {
@@ -138,7 +138,7 @@ pub async fn authenticate(
             // Full access: the admin key, or an insecure server (a database's own secret
             // still applies there).
             let tenant = if insecure {
-                super::shape_api::authorized_tenant(app, query)?
+                authorized_tenant(app, query)?
             } else {
                 app.tenants
                     .resolve(database_id.as_deref())
@@ -457,4 +457,42 @@ impl AuthState {
         v.sort_unstable();
         v
     }
+}
+
+/// The tenant a shape request names (`database_id`), once its secret checks out.
+pub fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiError> {
+    let (database_id, secret) = tenant_and_secret(query);
+    let tenant = app
+        .tenants
+        .resolve(database_id.as_deref())
+        .map_err(|e| match e {
+            // Only a caller with the server's secret learns that there are several databases.
+            ResolveError::NotProvided => match app.access.check_secret(None, secret.as_deref()) {
+                Ok(()) => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(unauthorized) => unauthorized,
+            },
+            // Without a secret valid for the whole server, an unknown database looks like a
+            // known one (401): ids cannot be enumerated without a secret.
+            ResolveError::NotFound => match app.access.check_secret(None, secret.as_deref()) {
+                Ok(()) => ApiError::UnknownDatabase(e.to_string()),
+                Err(unauthorized) => unauthorized,
+            },
+        })?;
+    app.access
+        .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
+    Ok(tenant)
+}
+
+/// The tenant (`database_id`) and secret (`secret`, or the deprecated `api_secret`) of a query.
+pub fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
+    let (mut id, mut secret, mut api_secret) = (None, None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "database_id" => id = Some(v.into_owned()),
+            "secret" => secret = Some(v.into_owned()),
+            "api_secret" => api_secret = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (id, secret.or(api_secret))
 }

@@ -225,7 +225,7 @@ async fn health(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.as_deref().unwrap_or("");
-    let (id, _) = shape_api::tenant_and_secret(query);
+    let (id, _) = authz::tenant_and_secret(query);
     // Who may see per-database detail: the admin (every database), or a caller with the
     // named database's secret (that one). Anyone else sees only the overall status.
     let admin = app.access.is_admin(&headers);
@@ -236,7 +236,7 @@ async fn health(
                 _ if admin => Err(error::ApiError::UnknownDatabase(
                     crate::tenant::ResolveError::NotFound.to_string(),
                 )),
-                _ => shape_api::authorized_tenant(&app, query),
+                _ => authz::authorized_tenant(&app, query),
             };
             match tenant {
                 Ok(t) => vec![(t.record.id.to_string(), status_word(&t.stack.status()))],

@@ -25,7 +25,6 @@ use crate::read::{decide, Outcome, ReadCtx, ReadError, Waiting};
 use crate::shape::definition::ShapeHandle;
 use crate::shape::message;
 use crate::shape::{Progress, Shape};
-use crate::tenant::{ResolveError, Tenant};
 
 /// What a parked request carries back to its replay: its admission slot (a parked request
 /// stays admitted), and the parked-requests gauge it counts in while it waits.
@@ -216,44 +215,6 @@ fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         message: "No existing shape found".into(),
     }
-}
-
-/// The tenant a shape request names (`database_id`), once its secret checks out.
-pub(super) fn authorized_tenant(app: &AppState, query: &str) -> Result<Arc<Tenant>, ApiError> {
-    let (database_id, secret) = tenant_and_secret(query);
-    let tenant = app
-        .tenants
-        .resolve(database_id.as_deref())
-        .map_err(|e| match e {
-            // Only a caller with the server's secret learns that there are several databases.
-            ResolveError::NotProvided => match app.access.check_secret(None, secret.as_deref()) {
-                Ok(()) => ApiError::message(StatusCode::BAD_REQUEST, e.to_string()),
-                Err(unauthorized) => unauthorized,
-            },
-            // Without a secret valid for the whole server, an unknown database looks like a
-            // known one (401): ids cannot be enumerated without a secret.
-            ResolveError::NotFound => match app.access.check_secret(None, secret.as_deref()) {
-                Ok(()) => ApiError::UnknownDatabase(e.to_string()),
-                Err(unauthorized) => unauthorized,
-            },
-        })?;
-    app.access
-        .check_secret(tenant.record.secret.as_deref(), secret.as_deref())?;
-    Ok(tenant)
-}
-
-/// The tenant (`database_id`) and secret (`secret`, or the deprecated `api_secret`) of a query.
-pub(super) fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
-    let (mut id, mut secret, mut api_secret) = (None, None, None);
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "database_id" => id = Some(v.into_owned()),
-            "secret" => secret = Some(v.into_owned()),
-            "api_secret" => api_secret = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    (id, secret.or(api_secret))
 }
 
 async fn serve(

@@ -1062,3 +1062,186 @@ async fn admin_api_of_roles_and_keys() {
     let r = admin(&server, Method::GET, "/v1/admin/role/x", None).await;
     assert_eq!(r.status, 200);
 }
+
+/// `openapi/shapesync.yaml` documents every status and header the roles and keys API and the
+/// shape endpoint's credential errors answer with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_documents_roles_keys_and_credential_errors() {
+    use crate::openapi::{check, spec};
+    let spec = spec();
+    let url = fresh_db("authz_spec").await;
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a')",
+        )
+        .await
+        .unwrap();
+    let server = secured(&url).await;
+    let role = json!({"name": "r", "access": [{"database_id": "default", "table": "items", "columns": ["id"]}]});
+    // (spec path, method, url, body, admin key)
+    type Call<'a> = (&'a str, Method, String, Option<Value>, Option<&'a str>);
+    let calls: Vec<Call> = vec![
+        (
+            "/v1/admin/role",
+            Method::POST,
+            "/v1/admin/role".into(),
+            Some(role.clone()),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role",
+            Method::POST,
+            "/v1/admin/role".into(),
+            Some(role.clone()),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role",
+            Method::POST,
+            "/v1/admin/role".into(),
+            Some(json!({"name": "!"})),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role",
+            Method::GET,
+            "/v1/admin/role".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role",
+            Method::GET,
+            "/v1/admin/role".into(),
+            None,
+            None,
+        ),
+        (
+            "/v1/admin/role",
+            Method::GET,
+            "/v1/admin/role".into(),
+            None,
+            Some("wrong"),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::GET,
+            "/v1/admin/role/r".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::GET,
+            "/v1/admin/role/zz".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::PUT,
+            "/v1/admin/role/r".into(),
+            Some(role.clone()),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::PUT,
+            "/v1/admin/role/r2".into(),
+            Some(json!({"access": []})),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::PUT,
+            "/v1/admin/role/r2".into(),
+            Some(json!({"access": [{"table": "x"}]})),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::DELETE,
+            "/v1/admin/role/r2".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/role/{name}",
+            Method::DELETE,
+            "/v1/admin/role/r2".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/api-key",
+            Method::POST,
+            "/v1/admin/api-key".into(),
+            Some(json!({"role": "r"})),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/api-key",
+            Method::POST,
+            "/v1/admin/api-key".into(),
+            Some(json!({"role": "none"})),
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/api-key",
+            Method::GET,
+            "/v1/admin/api-key".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/api-key/{id}",
+            Method::GET,
+            "/v1/admin/api-key/nope".into(),
+            None,
+            Some(ADMIN),
+        ),
+        (
+            "/v1/admin/api-key/{id}",
+            Method::DELETE,
+            "/v1/admin/api-key/nope".into(),
+            None,
+            Some(ADMIN),
+        ),
+    ];
+    for (path, method, url, body, key) in calls {
+        let r = request(&server, method.clone(), &url, key, body).await;
+        check(&spec, path, &method.as_str().to_lowercase(), &r);
+    }
+    let key = create_key(&server, "r").await;
+    let id = admin(&server, Method::GET, "/v1/admin/api-key", None)
+        .await
+        .json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = admin(
+        &server,
+        Method::GET,
+        &format!("/v1/admin/api-key/{id}"),
+        None,
+    )
+    .await;
+    check(&spec, "/v1/admin/api-key/{id}", "get", &r);
+    for (query, cred) in [
+        ("table=items&offset=-1", Some(key.as_str())),
+        ("table=items&offset=-1&columns=id,v", Some(key.as_str())),
+        ("table=items&offset=-1", Some("garbage")),
+        ("table=items&offset=-1", None),
+    ] {
+        check(&spec, "/v1/shape", "get", &get(&server, query, cred).await);
+    }
+    let r = admin(
+        &server,
+        Method::DELETE,
+        &format!("/v1/admin/api-key/{id}"),
+        None,
+    )
+    .await;
+    check(&spec, "/v1/admin/api-key/{id}", "delete", &r);
+}

@@ -318,9 +318,14 @@ async fn secrets_admin_keys_and_rate_limits() {
     .await;
     let c = server.client();
     let r = c.get("table=items&offset=-1").await;
+    // No credential: the reference's message, and the code `auth_required`.
     assert_eq!(
-        (r.status, r.json()),
-        (401, json!({"message": "Unauthorized - Invalid API secret"}))
+        (r.status, &r.json()["message"], &r.json()["error"]["code"]),
+        (
+            401,
+            &json!("Unauthorized - Invalid API secret"),
+            &json!("auth_required")
+        )
     );
     assert_eq!(
         c.get("table=items&offset=-1&secret=wrong").await.status,

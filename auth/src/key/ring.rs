@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{text, ApiKeyRecord, ApiKeyView, KeyError, KeyGrant};
+use super::record::{ApiKeyRecord, ApiKeyView, KeyError, KeyGrant};
+use super::text;
 
 /// The `last_used_ms` of a key never used.
 const NEVER: i64 = i64::MIN;

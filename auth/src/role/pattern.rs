@@ -117,7 +117,7 @@ fn parse(input: &str) -> Result<TablePattern, String> {
         }
         (Some(Part::Name(schema)), Some(Part::Star), None) => Ok(TablePattern::Schema(schema)),
         (Some(Part::Star), Some(_), None) => {
-            Err("a schema cannot be `*`; use `*` alone for any table".into())
+            Err("a schema cannot be `*`; write `*` alone for any table".into())
         }
         _ => Err("expected `table`, `schema.table`, `schema.*` or `*`".into()),
     }

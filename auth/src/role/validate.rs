@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
+use super::model::{RoleInput, Rule};
 use super::pattern::MAX_IDENTIFIER_BYTES;
-use super::{RoleInput, Rule};
 use crate::field::{self, FieldErrors};
 
 /// The most rules one role may have.
