@@ -31,6 +31,9 @@ pub struct ReadCtx<'a> {
     pub allow_create: &'a (dyn Fn() -> Result<(), u32> + Sync),
     /// Counts a live request while it waits in its own task.
     pub waiting: &'a (dyn Fn() -> ActiveGuard + Sync),
+    /// Does the caller's credential still allow the request? Asked after waiting in the task
+    /// (a key revoked meanwhile gets no data).
+    pub still_allowed: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// How a live request may wait: parked by its connection, and since when it has been waiting
@@ -89,6 +92,9 @@ pub enum ReadError {
     /// The shape's log could not be read.
     #[error("reading the shape log")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The caller's credential stopped allowing the request while it waited.
+    #[error("the credential is no longer valid")]
+    Revoked,
 }
 
 /// Decide what the request gets. `subset`: the request asks for a subset snapshot.
@@ -290,6 +296,9 @@ async fn read_or_wait(
             r = tokio::time::timeout_at(wait_until.into(), progress.changed()) => r.is_ok(),
             _ = crate::stack::stopping(&mut shutdown) => false,
         };
+        if !(cx.still_allowed)() {
+            return Err(ReadError::Revoked);
+        }
         if !woke {
             if stack.is_stopped() && !shape.is_active() {
                 return Ok(Outcome::MustRefetch(None));

@@ -185,7 +185,21 @@ impl AuthStore {
     /// name exists again.
     pub fn delete_role(&self, name: &str) -> Result<(), StoreError> {
         self.change(|state| match state.roles.remove(name) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                // Its keys go with it: a role created later under the same name must not
+                // bring them back.
+                let bound: Vec<String> = state
+                    .keys
+                    .records()
+                    .into_iter()
+                    .filter(|k| k.role == name)
+                    .map(|k| k.id)
+                    .collect();
+                for id in bound {
+                    state.keys.remove(&id);
+                }
+                Ok(())
+            }
             None => Err(StoreError::NotFound(format!("role {name:?}"))),
         })
     }

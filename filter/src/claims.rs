@@ -37,14 +37,14 @@ pub fn row_filter_claims(clause: &str) -> Result<Vec<String>, WhereError> {
     let tree = crate::parse::parse_tree(clause)?;
     tree.where_node()?;
     let mut names: Vec<String> = Vec::new();
+    // The tree walk of `nodes()` does not enter every node (array constructors, for one): the
+    // calls are found in the token stream, and the parse tree checks their form where it sees
+    // them. A call it does not see is typed later with the same rules (`claim_call`).
     for (node, _, _, _) in tree.result.protobuf.nodes() {
         match node {
             pg_query::NodeRef::FuncCall(f) => {
                 if let Some(name) = claim_call(f) {
-                    let name = name?;
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
+                    name?;
                 }
             }
             pg_query::NodeRef::SubLink(s) => {
@@ -55,6 +55,44 @@ pub fn row_filter_claims(clause: &str) -> Result<Vec<String>, WhereError> {
                 ))
             }
             _ => {}
+        }
+    }
+    let wrapped = format!("{}{clause}", crate::typer::PREFIX);
+    let tokens = pg_query::scan(&wrapped)
+        .map_err(|e| {
+            WhereError::new(
+                WhereErrorKind::Syntax,
+                crate::error::Loc::NONE,
+                e.to_string(),
+            )
+        })?
+        .tokens;
+    let text = |t: &pg_query::protobuf::ScanToken| -> &str {
+        wrapped.get(t.start as usize..t.end as usize).unwrap_or("")
+    };
+    for (i, t) in tokens.iter().enumerate() {
+        if !text(t).eq_ignore_ascii_case("claim") {
+            continue;
+        }
+        let next = |k: usize| tokens.get(i + k).map(text);
+        if next(1) != Some("(") {
+            continue;
+        }
+        let malformed = || {
+            WhereError::new(
+                WhereErrorKind::Syntax,
+                loc(t.start),
+                "claim() takes one string constant: the claim's name, e.g. claim('sub')",
+            )
+        };
+        let name = match (next(2), next(3)) {
+            (Some(lit), Some(")")) if lit.starts_with('\'') && lit.len() > 2 => {
+                lit[1..lit.len() - 1].replace("''", "'")
+            }
+            _ => return Err(malformed()),
+        };
+        if !names.contains(&name) {
+            names.push(name);
         }
     }
     Ok(names)
@@ -216,6 +254,12 @@ mod tests {
             vec!["sub".to_string(), "orgs".to_string()]
         );
         assert!(row_filter_claims("owner IN (SELECT 1)").is_err());
+        // Inside an array constructor, which the tree walk does not enter.
+        assert_eq!(
+            row_filter_claims("owner = ANY(ARRAY[claim('a'), claim('b')])").unwrap(),
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert!(row_filter_claims("owner = ANY(ARRAY[claim(owner)])").is_err());
         assert!(row_filter_claims("1=1) OR (1=1").is_err());
         assert_eq!(
             referenced_columns("a = 1 AND items.b > 2 OR public.items.a IS NULL OR lower(c) = 'x'")

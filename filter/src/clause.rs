@@ -11,11 +11,29 @@ use crate::value::Family;
 #[derive(Debug, Clone, PartialEq)]
 pub struct WhereClause {
     expr: Expr,
+    /// `expr` is `guard AND clause`, to be rendered so that Postgres evaluates `clause` only
+    /// on rows `guard` keeps (see [`WhereClause::guarded`]).
+    guarded: bool,
 }
 
 impl WhereClause {
     pub fn new(expr: Expr) -> Self {
-        WhereClause { expr }
+        WhereClause {
+            expr,
+            guarded: false,
+        }
+    }
+
+    /// `guard AND clause`, where `clause` must never be evaluated on a row `guard` does not
+    /// keep (a role's row filter and a client's clause: an error the client's clause raises on
+    /// another user's row would tell about that row). Rows match as under `AND`; the SQL is
+    /// `CASE WHEN (guard) THEN (clause) ELSE false END`, whose order Postgres keeps (an `AND`'s
+    /// it may change by cost).
+    pub fn guarded(guard: WhereClause, clause: WhereClause) -> Self {
+        WhereClause {
+            expr: Expr::And(vec![guard.expr, clause.expr]),
+            guarded: true,
+        }
     }
 
     /// The clause as SQL over `table`'s columns, rendered from the validated expression (on
@@ -23,7 +41,16 @@ impl WhereClause {
     pub fn sql(&self, table: &crate::table::TableInfo) -> String {
         let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
         let mut sql = String::new();
-        render(&self.expr, &names, &mut sql);
+        match &self.expr {
+            Expr::And(parts) if self.guarded && parts.len() == 2 => {
+                sql.push_str("CASE WHEN (");
+                render(&parts[0], &names, &mut sql);
+                sql.push_str(") THEN (");
+                render(&parts[1], &names, &mut sql);
+                sql.push_str(") ELSE false END");
+            }
+            _ => render(&self.expr, &names, &mut sql),
+        }
         sql
     }
 

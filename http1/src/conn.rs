@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
 use crate::limits::{ConnCounts, ConnSlot};
-use crate::parking::{Parkable, Parked, Parking, Replayed, Woken};
+use crate::parking::{Parkable, Parked, Parking, Replayed, Wake, Woken};
 use crate::request::{
     body_length, chunk_size, client_request_id, parse_head, trailer_line_ok, wants_keep_alive,
     BodyLength, Head, Parsed, Reject, MAX_BODY, MAX_HEAD,
@@ -73,6 +73,9 @@ pub struct ParkedConn<S> {
     head: Bytes,
     request_id: HeaderValue,
     slot: ConnSlot,
+    /// The request's HTTP version and whether it keeps the connection, for a direct reply.
+    version: Version,
+    keep_alive: bool,
 }
 
 pub(crate) struct Ctx<S> {
@@ -132,19 +135,36 @@ struct Replay {
 
 pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedConn<S>>) {
     let ParkedConn {
-        stream,
+        mut stream,
         peer,
         head,
         request_id,
         slot,
+        version,
+        keep_alive,
     } = woken.conn;
+    // What it waited on changed: its own reply, when it has one, answers without the router.
+    if woken.why == Wake::Changed && !*ctx.shutdown.borrow() {
+        if let Some(res) = woken.reply.and_then(|reply| reply()) {
+            let written = {
+                let _busy = ctx.busy.enter();
+                drop(woken.carry);
+                Box::pin(write_response(&mut stream, res, version, false, keep_alive)).await
+            };
+            if let Ok(true) = written {
+                // Keep-alive: the connection goes on with its next request.
+                run(ctx, stream, peer, slot, None, true).await;
+            }
+            return;
+        }
+    }
     let replay = Replay {
         head,
         request_id,
         since: woken.since,
         carry: woken.carry,
     };
-    run(ctx, stream, peer, slot, Some(replay)).await;
+    run(ctx, stream, peer, slot, Some(replay), true).await;
 }
 
 /// Serve requests on one connection until it closes, parks, or the server shuts down; `slot`
@@ -155,7 +175,7 @@ pub(crate) async fn connection<S: Transport>(
     peer: SocketAddr,
     slot: ConnSlot,
 ) {
-    run(ctx, stream, peer, slot, None).await;
+    run(ctx, stream, peer, slot, None, false).await;
 }
 
 async fn run<S: Transport>(
@@ -164,12 +184,15 @@ async fn run<S: Transport>(
     peer: SocketAddr,
     slot: ConnSlot,
     mut replayed: Option<Replay>,
+    served: bool,
 ) {
     let mut buf = BytesMut::new();
-    // A replayed connection has served a request already.
-    let mut idle_limit = match replayed {
-        Some(_) => IDLE_TIMEOUT,
-        None => FIRST_BYTE_TIMEOUT,
+    // A replayed connection has served a request already, and so has one whose parked request
+    // was answered directly (`served`).
+    let mut idle_limit = if replayed.is_some() || served {
+        IDLE_TIMEOUT
+    } else {
+        FIRST_BYTE_TIMEOUT
     };
     loop {
         // The head is parsed once as a request arrives; a replay parses its stored bytes.
@@ -253,6 +276,8 @@ async fn run<S: Transport>(
                     head: Bytes::copy_from_slice(&head_bytes),
                     request_id,
                     slot,
+                    version,
+                    keep_alive,
                 };
                 drop(head_bytes);
                 ctx.parking.park(conn, ticket, since);

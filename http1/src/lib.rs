@@ -36,6 +36,8 @@ mod server;
 
 pub use conn::{ParkedConn, Transport};
 pub use limits::{ConnStats, Exempt, Limits};
-pub use parking::{Change, ParkTicket, Parkable, Parked, Parking, Replayed, Waitable, Woken};
+pub use parking::{
+    Change, ParkTicket, Parkable, Parked, Parking, Replayed, Reply, Waitable, Wake, Woken,
+};
 pub use request::client_request_id;
 pub use server::{serve, Http1};

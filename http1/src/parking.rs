@@ -37,12 +37,30 @@ pub trait Waitable: Send + Sync + 'static {
     fn next_change(&self) -> Option<Change>;
 }
 
+/// A parked request's own answer to the change that woke it, without a replay through the
+/// router: `Some(response)` is written as the answer (it must be the response the replay would
+/// give), `None` replays the request as usual. Only called when what it waits on changed (not
+/// on a timeout or at shutdown).
+pub type Reply = Box<dyn FnOnce() -> Option<axum::response::Response> + Send>;
+
 /// What a handler hands back instead of waiting: what it waits on, when its wait times out,
-/// and what the replay carries back to it.
+/// what the replay carries back to it, and, optionally, how to answer a change directly.
 pub struct ParkTicket {
     pub wait: Box<dyn Waitable>,
     pub deadline: Instant,
     pub carry: Option<Box<dyn Any + Send>>,
+    pub reply: Option<Reply>,
+}
+
+/// Why a parked request was woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// What it waits on changed.
+    Changed,
+    /// Its deadline passed.
+    TimedOut,
+    /// The registry closed (shutdown), or it could not park.
+    Closed,
 }
 
 /// Response extension carrying a [`ParkTicket`] (extensions must be `Clone`).
@@ -62,6 +80,13 @@ impl Parked {
     pub fn set_carry(&self, carry: Box<dyn Any + Send>) {
         if let Some(t) = lock(&self.0).as_mut() {
             t.carry = Some(carry);
+        }
+    }
+
+    /// Set how the request answers a change directly (see [`Reply`]).
+    pub fn set_reply(&self, reply: Reply) {
+        if let Some(t) = lock(&self.0).as_mut() {
+            t.reply = Some(reply);
         }
     }
 }
@@ -104,13 +129,16 @@ struct Waiter<C> {
     key: u64,
     since: Instant,
     carry: Option<Box<dyn Any + Send>>,
+    reply: Option<Reply>,
 }
 
-/// A waiter taken out of the registry, to be replayed.
+/// A waiter taken out of the registry, to be answered or replayed.
 pub struct Woken<C> {
     pub conn: C,
     pub since: Instant,
     pub carry: Option<Box<dyn Any + Send>>,
+    pub reply: Option<Reply>,
+    pub why: Wake,
 }
 
 struct Inner<C> {
@@ -160,6 +188,7 @@ impl<C: Send + 'static> Parking<C> {
             wait,
             deadline,
             carry,
+            reply,
         } = ticket;
         let mut inner = lock(&self.inner);
         // Taken under the lock: a change after this wakes the watcher.
@@ -168,7 +197,13 @@ impl<C: Send + 'static> Parking<C> {
             Some(c) if !inner.closed && deadline > Instant::now() => c,
             _ => {
                 drop(inner);
-                (self.resume)(Woken { conn, since, carry });
+                (self.resume)(Woken {
+                    conn,
+                    since,
+                    carry,
+                    reply,
+                    why: Wake::Closed,
+                });
                 return;
             }
         };
@@ -191,6 +226,7 @@ impl<C: Send + 'static> Parking<C> {
                 key,
                 since,
                 carry,
+                reply,
             },
         );
         drop(inner);
@@ -222,7 +258,7 @@ impl<C: Send + 'static> Parking<C> {
         };
         self.timer.notify_one();
         for w in woken {
-            self.wake(w);
+            self.wake(w, Wake::Closed);
         }
     }
 
@@ -230,11 +266,13 @@ impl<C: Send + 'static> Parking<C> {
         lock(&self.inner).closed
     }
 
-    fn wake(&self, w: Waiter<C>) {
+    fn wake(&self, w: Waiter<C>, why: Wake) {
         (self.resume)(Woken {
             conn: w.conn,
             since: w.since,
             carry: w.carry,
+            reply: w.reply,
+            why,
         });
     }
 
@@ -250,7 +288,7 @@ impl<C: Send + 'static> Parking<C> {
                 .collect()
         };
         for w in woken {
-            self.wake(w);
+            self.wake(w, Wake::Changed);
         }
     }
 
@@ -280,7 +318,7 @@ impl<C: Send + 'static> Parking<C> {
             inner.deadlines.peek().map(|Reverse((at, _))| *at)
         };
         for w in due {
-            self.wake(w);
+            self.wake(w, Wake::TimedOut);
         }
         next
     }
@@ -370,6 +408,7 @@ mod tests {
             }),
             deadline: Instant::now() + wait,
             carry: None,
+            reply: None,
         }
     }
 

@@ -178,6 +178,7 @@ mod tests {
                     }),
                     deadline: Instant::now() + Duration::from_millis(300),
                     carry: Some(Box::new("the slot")),
+                    reply: None,
                 }));
                 res
             }

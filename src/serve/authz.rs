@@ -114,7 +114,9 @@ pub async fn authenticate(
         return authorized_tenant(app, query).map(|t| (t, Grant::Full));
     }
     let insecure = app.access.config().insecure;
-    let grant = match presented(app, headers) {
+    let presented = presented(app, headers);
+    let admin = matches!(presented, Presented::Admin);
+    let grant = match presented {
         Presented::Admin => None,
         Presented::Key(key) => Some(role_of_key(app, key).await?),
         Presented::Token(token) => match &app.auth.jwt {
@@ -137,7 +139,7 @@ pub async fn authenticate(
         None => {
             // Full access: the admin key, or an insecure server (a database's own secret
             // still applies there).
-            let tenant = if insecure {
+            let tenant = if insecure && !admin {
                 authorized_tenant(app, query)?
             } else {
                 app.tenants
@@ -195,12 +197,20 @@ async fn role_of_key(app: &AppState, key: &str) -> Result<RoleGrant, ApiError> {
     let verified = match store.verify_fast(key) {
         Some(r) => r,
         None => {
-            let _permit = app
-                .auth
-                .hashing
-                .acquire()
-                .await
-                .map_err(ApiError::internal)?;
+            // A key that needs argon2 is one not seen valid yet (or a wrong secret for a known
+            // id): bounded per id, and in time, so guesses cannot take the hashing from others.
+            if let Some(id) = key.get(4..4 + shapesync_auth::key::KEY_ID_LEN) {
+                if app.auth.slow_checks.check_key(&id.to_string()).is_err() {
+                    return Err(ApiError::RateLimited { retry_after: 1 });
+                }
+            }
+            let _permit = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                app.auth.hashing.acquire(),
+            )
+            .await
+            .map_err(|_| ApiError::busy("Too many API keys to verify at once, please retry", 1))?
+            .map_err(ApiError::internal)?;
             let store = Arc::clone(store);
             let key = key.to_string();
             tokio::task::spawn_blocking(move || store.verify(&key))
@@ -216,10 +226,10 @@ async fn role_of_key(app: &AppState, key: &str) -> Result<RoleGrant, ApiError> {
     })?;
     store.touch(&grant.id);
     let role = store.role(&grant.role).ok_or_else(|| {
-        forbidden(format!(
+        app.auth.denied(forbidden(format!(
             "The API key's role {:?} no longer exists.",
             grant.role
-        ))
+        )))
     })?;
     Ok(RoleGrant {
         role,
@@ -237,11 +247,10 @@ fn role_of_token(
     let claims = verifier
         .verify(token)
         .map_err(|e| app.auth.denied(invalid(e.to_string())))?;
-    let role = app
-        .auth
-        .store
-        .role(&claims.role)
-        .ok_or_else(|| forbidden(format!("Role {:?} does not exist.", claims.role)))?;
+    let role = app.auth.store.role(&claims.role).ok_or_else(|| {
+        app.auth
+            .denied(forbidden(format!("Role {:?} does not exist.", claims.role)))
+    })?;
     Ok(RoleGrant {
         role,
         claims: claims.claims,
@@ -386,6 +395,8 @@ pub struct AuthState {
     pub jwt: Option<JwtVerifier>,
     /// argon2 verifications at once (each takes ~20 MB and tens of milliseconds).
     pub hashing: tokio::sync::Semaphore,
+    /// argon2 verifications per key id (a wrong secret for a known id costs one each time).
+    pub slow_checks: governor::DefaultKeyedRateLimiter<String>,
     /// Refused credentials, by error code.
     denials: dashmap::DashMap<&'static str, std::sync::atomic::AtomicU64>,
     /// Admin changes to roles and keys, by (object, action).
@@ -398,6 +409,10 @@ impl AuthState {
             store,
             jwt,
             hashing: tokio::sync::Semaphore::new(2),
+            slow_checks: governor::RateLimiter::keyed(
+                governor::Quota::per_second(std::num::NonZeroU32::MIN.saturating_add(1))
+                    .allow_burst(std::num::NonZeroU32::MIN.saturating_add(4)),
+            ),
             denials: Default::default(),
             changes: Default::default(),
         }
@@ -494,5 +509,68 @@ pub fn tenant_and_secret(query: &str) -> (Option<String>, Option<String>) {
             _ => {}
         }
     }
-    (id, secret.or(api_secret))
+    // An empty value is no secret (a proxy's blank template), so a header credential counts.
+    (id, secret.or(api_secret).filter(|s| !s.is_empty()))
+}
+
+/// Under a column allow-list: the client's where clause must type on `table` seen with only
+/// the allowed columns (whatever form names a column: arrays, functions, qualified names), and
+/// the table must have a primary key of allowed columns (without one, every column keys a row
+/// and would show in each message's `key`).
+pub fn check_table(
+    allowed: &[String],
+    def: &ShapeDefinition,
+    table: &shapesync_filter::table::TableInfo,
+) -> Result<(), ApiError> {
+    let name = format!("{}.{}", def.schema, def.table);
+    let keyed_by_hidden = if table.has_pk {
+        table
+            .key
+            .iter()
+            .any(|&k| !allowed.contains(&table.columns[k].name))
+    } else {
+        table.columns.iter().any(|c| !allowed.contains(&c.name))
+    };
+    if keyed_by_hidden {
+        return Err(forbidden(format!(
+            "Table {name} is keyed by columns not allowed for this credential (a table without a primary key is keyed by all its columns)."
+        )));
+    }
+    if let Some(w) = &def.where_clause {
+        if let Err(e) = shapesync_filter::parse_where(w, &table.restricted(allowed), &def.params) {
+            return Err(forbidden(format!(
+                "The where clause uses columns not allowed on table {name}: {e}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A role's answers are that caller's: never stored by a shared cache (`private`, no
+/// `s-maxage`), and varying with the credential headers.
+pub fn private_cache(h: &mut axum::http::HeaderMap) {
+    use axum::http::{header, HeaderValue};
+    if let Some(cc) = h.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+        if cc.contains("public") || cc.contains("s-maxage") {
+            let private: Vec<String> = cc
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.starts_with("s-maxage") && !d.starts_with("stale-while-revalidate"))
+                .map(|d| {
+                    if d == "public" {
+                        "private".to_string()
+                    } else {
+                        d.to_string()
+                    }
+                })
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&private.join(", ")) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
+        }
+    }
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("authorization, x-api-key"),
+    );
 }

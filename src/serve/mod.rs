@@ -341,7 +341,6 @@ async fn options_admin() -> Response {
 async fn common_headers(req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let request_id = shapesync_http1::client_request_id(req.headers());
-    let methods = allowed_methods(req.uri().path());
     let is_options = req.method() == Method::OPTIONS;
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut res = next.run(req).await;
@@ -352,7 +351,19 @@ async fn common_headers(req: Request, next: Next) -> Response {
         &path,
         request_id.to_str().unwrap_or(""),
     );
-    let h = res.headers_mut();
+    common_response_headers(res.headers_mut(), origin, request_id, &path, is_options);
+    res
+}
+
+/// The headers every response gets (see [`common_headers`]); also used by answers that do not
+/// pass through the router (a parked request's direct reply).
+pub(crate) fn common_response_headers(
+    h: &mut HeaderMap,
+    origin: Option<HeaderValue>,
+    request_id: HeaderValue,
+    path: &str,
+    is_options: bool,
+) {
     h.insert("electric-server", HeaderValue::from_static(SERVER));
     h.insert("x-request-id", request_id);
     h.insert(
@@ -361,7 +372,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         "access-control-allow-methods",
-        HeaderValue::from_static(methods),
+        HeaderValue::from_static(allowed_methods(path)),
     );
     h.insert(
         "access-control-expose-headers",
@@ -375,5 +386,4 @@ async fn common_headers(req: Request, next: Next) -> Response {
             HeaderValue::from_static("max-age=0, private, must-revalidate"),
         );
     }
-    res
 }

@@ -189,6 +189,8 @@ pub async fn delete_shape(
         let shape = match (&req.def, &req.handle) {
             (Some(def), Some(_)) => match by_handle {
                 Some(s) if s.def == *def => s,
+                // Under a role, another caller's handle is no business of this one.
+                Some(_) if matches!(grant, authz::Grant::Role(_)) => return Err(not_found()),
                 Some(_) => {
                     return Err(ApiError::Message {
                         status: StatusCode::BAD_REQUEST,
@@ -218,7 +220,7 @@ fn not_found() -> ApiError {
 }
 
 async fn serve(
-    app: &AppState,
+    app: &Arc<AppState>,
     headers: &HeaderMap,
     peer: SocketAddr,
     query: &str,
@@ -264,34 +266,71 @@ async fn serve(
         })
     };
     let waiting = || app.metrics.parked();
+    let still_allowed = || match &grant {
+        authz::Grant::Full => true,
+        authz::Grant::Role(g) => g.still_valid(&app.auth.store),
+    };
     let cx = ReadCtx {
         stack: &tenant.stack,
         long_poll: app.long_poll,
         allow_create: &allow_create,
         waiting: &waiting,
+        still_allowed: &still_allowed,
     };
     let outcome = decide(&cx, &req, subset.is_some(), wait)
         .await
         .map_err(api_error)?;
-    Ok(match outcome {
+    // Under a column allow-list, the client's clause must type on the table seen with those
+    // columns only (what a name check cannot promise), and the table's rows must be keyed by
+    // allowed columns (a table without a primary key is keyed by all of them).
+    if let Some(allowed) = &allowed {
+        let table = match &outcome {
+            Outcome::Park { shape, .. }
+            | Outcome::Data { shape, .. }
+            | Outcome::Subset(shape)
+            | Outcome::Sse(shape, _) => Some(&shape.table),
+            Outcome::Archived(found) => Some(&found.table),
+            Outcome::MustRefetch(_) => None,
+        };
+        if let Some(table) = table {
+            authz::check_table(allowed, &req.def, table).map_err(|e| app.auth.denied(e))?;
+        }
+    }
+    let private = matches!(grant, authz::Grant::Role(_));
+    let mut res = match outcome {
         Outcome::Park {
             shape,
             observed,
             deadline,
         } => {
+            let reply = match req.offset {
+                RequestOffset::At(requested) if req.live => Some(FastReply {
+                    app: Arc::clone(app),
+                    stack: Arc::clone(&tenant.stack),
+                    shape: Arc::clone(&shape),
+                    grant,
+                    requested,
+                    offset_text: req.offset_text.clone(),
+                    cursor: req.cursor.clone(),
+                    origin: headers.get(header::ORIGIN).cloned(),
+                    request_id: headers.get("x-request-id").cloned(),
+                    if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
+                }),
+                _ => None,
+            };
             let mut res = Response::new(Body::empty());
             res.extensions_mut().insert(Parked::new(ParkTicket {
                 wait: Box::new(ShapeWait { shape, observed }),
                 deadline,
                 carry: None,
+                reply: reply.map(|r| Box::new(move || r.answer()) as shapesync_http1::Reply),
             }));
             res
         }
         Outcome::MustRefetch(active) => must_refetch(&req, active.as_deref()),
         Outcome::Archived(found) => respond(
             app,
-            headers,
-            &req,
+            &Asked::of(&req, headers),
             (found.handle.as_str(), &found.schema_header),
             found.chunk.entries,
             found.chunk.end,
@@ -329,8 +368,7 @@ async fn serve(
             compacted,
         } => respond(
             app,
-            headers,
-            &req,
+            &Asked::of(&req, headers),
             (shape.handle.as_str(), &shape.schema_header),
             entries,
             end,
@@ -338,14 +376,120 @@ async fn serve(
             has_data,
             compacted,
         ),
-    })
+    };
+    if private {
+        authz::private_cache(res.headers_mut());
+    }
+    Ok(res)
+}
+
+/// What a data answer depends on in the request.
+struct Asked<'a> {
+    offset_text: &'a str,
+    initial: bool,
+    live: bool,
+    cursor: Option<&'a str>,
+    if_none_match: Option<&'a str>,
+}
+
+impl<'a> Asked<'a> {
+    fn of(req: &'a ShapeRequest, headers: &'a HeaderMap) -> Self {
+        Asked {
+            offset_text: &req.offset_text,
+            initial: req.offset == RequestOffset::At(LogOffset::BEFORE_ALL),
+            live: req.live,
+            cursor: req.cursor.as_deref(),
+            if_none_match: headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok()),
+        }
+    }
+}
+
+/// A parked live request's own answer to the change that woke it: what its replay through
+/// the router would answer when new entries are there (the same `respond`, and the headers
+/// every response gets), without parsing, authenticating and deciding again. Anything else
+/// (no entries, a shape gone or rotated, a credential no longer valid, a stopped database)
+/// leaves it to the replay.
+struct FastReply {
+    app: Arc<AppState>,
+    stack: Arc<crate::stack::Stack>,
+    shape: Arc<Shape>,
+    grant: authz::Grant,
+    requested: LogOffset,
+    offset_text: String,
+    cursor: Option<String>,
+    origin: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    if_none_match: Option<HeaderValue>,
+}
+
+impl FastReply {
+    fn answer(self) -> Option<Response> {
+        let started = std::time::Instant::now();
+        if let authz::Grant::Role(g) = &self.grant {
+            if !g.still_valid(&self.app.auth.store) {
+                return None;
+            }
+        }
+        if self.stack.is_stopped() || !self.shape.is_active() {
+            return None;
+        }
+        let shapesync_storage::ReadResult::Chunk {
+            entries,
+            end,
+            compacted,
+        } = self.shape.log.read(self.requested).ok()?
+        else {
+            return None;
+        };
+        if entries.is_empty() {
+            return None;
+        }
+        self.shape.touch();
+        let latest = self.shape.log.latest_offset();
+        let head = end >= latest.max(self.requested) && !self.requested.is_before_all();
+        let asked = Asked {
+            offset_text: &self.offset_text,
+            initial: false,
+            live: true,
+            cursor: self.cursor.as_deref(),
+            if_none_match: self.if_none_match.as_ref().and_then(|v| v.to_str().ok()),
+        };
+        let mut res = respond(
+            &self.app,
+            &asked,
+            (self.shape.handle.as_str(), &self.shape.schema_header),
+            entries,
+            end,
+            head.then_some(end.tx()),
+            true,
+            Some(compacted),
+        );
+        if matches!(self.grant, authz::Grant::Role(_)) {
+            authz::private_cache(res.headers_mut());
+        }
+        let request_id = self
+            .request_id
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+        super::common_response_headers(
+            res.headers_mut(),
+            self.origin,
+            request_id,
+            "/v1/shape",
+            false,
+        );
+        self.app
+            .metrics
+            .record("shape", res.status().as_u16(), started.elapsed());
+        Some(res)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn respond(
     app: &AppState,
-    headers: &HeaderMap,
-    req: &ShapeRequest,
+    asked: &Asked<'_>,
     (handle, schema_header): (&str, &str),
     entries: Vec<bytes::Bytes>,
     end: LogOffset,
@@ -364,10 +508,10 @@ fn respond(
                 .unwrap_or(0),
         ),
     };
-    let tag = etag(handle, &req.offset_text, &end_text, variant);
-    let kind = if req.offset == RequestOffset::At(LogOffset::BEFORE_ALL) {
+    let tag = etag(handle, asked.offset_text, &end_text, variant);
+    let kind = if asked.initial {
         CacheKind::Initial
-    } else if req.live {
+    } else if asked.live {
         CacheKind::Live
     } else {
         CacheKind::Catchup
@@ -376,8 +520,8 @@ fn respond(
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
     h.insert("electric-handle", hv(handle));
     h.insert("electric-offset", hv(&end_text));
-    if req.live {
-        let cursor = app.next_cursor(req.cursor.as_deref());
+    if asked.live {
+        let cursor = app.next_cursor(asked.cursor);
         h.insert("electric-cursor", HeaderValue::from(cursor));
     }
     if up_to_date.is_some() {
@@ -392,15 +536,12 @@ fn respond(
         header::CACHE_CONTROL,
         hv(&cache_control(kind, app.cache_ages)),
     );
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(inm) = asked.if_none_match {
         if if_none_match(inm, &tag) {
             return (StatusCode::NOT_MODIFIED, h).into_response();
         }
     }
-    if !req.live {
+    if !asked.live {
         h.insert("electric-schema", hv(schema_header));
     }
     h.insert(
@@ -444,6 +585,7 @@ fn api_error(e: ReadError) -> ApiError {
             cause: None,
         },
         e @ ReadError::Storage(_) => ApiError::internal(e),
+        ReadError::Revoked => authz::invalid("The credential is no longer valid."),
     }
 }
 

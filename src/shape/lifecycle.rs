@@ -20,6 +20,7 @@ use super::{Shape, ShapeMeta};
 use crate::postgres::catalog::schema_header;
 use crate::stack::ctx::StackCtx;
 use crate::stack::status::ReplicationStats;
+use shapesync_filter::table::TableInfo;
 
 /// How a stack's shapes are kept.
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct ArchivedChunk {
     pub handle: ShapeHandle,
     pub schema_header: String,
     pub chunk: RemoteChunk,
+    /// The table as the shape saw it (for checks a caller's rights need).
+    pub table: Arc<TableInfo>,
 }
 
 /// Final manifests (`archived: true`) by handle. They never change, so a read of an archived
@@ -141,6 +144,7 @@ pub async fn read_archived(
             handle: handle.clone(),
             schema_header: schema_header(&meta.table, &compiled.selected),
             chunk,
+            table: Arc::new(meta.table.clone()),
         }))
     };
     match found.await {

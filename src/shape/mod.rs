@@ -165,17 +165,19 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
         None => None,
         Some(f) => Some(
             shapesync_filter::parse_where_with(&f.clause, table, f).map_err(|e| {
+                // The filter's text is the role's business, not the caller's.
+                tracing::warn!(table = %table.quoted_name(), error = %e, "a role's row filter does not apply to a table");
                 (
                     "where",
-                    format!("the role's row filter does not apply to this table: {e}"),
+                    "the credential's row filter does not apply to this table (see the server log)"
+                        .to_string(),
                 )
             })?,
         ),
     };
+    // The client's clause is evaluated only on rows the role's filter keeps.
     let filter = match (client, role) {
-        (Some(c), Some(r)) => Some(shapesync_filter::WhereClause::new(
-            shapesync_filter::Expr::And(vec![c.expr().clone(), r.expr().clone()]),
-        )),
+        (Some(c), Some(r)) => Some(shapesync_filter::WhereClause::guarded(r, c)),
         (c, r) => c.or(r),
     };
     Ok(Compiled { selected, filter })

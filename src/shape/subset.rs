@@ -87,20 +87,22 @@ impl Subset {
             cols.join(", "),
             shape.table.quoted_name()
         );
-        let conds: Vec<String> = [shape.filter.as_ref(), self.filter.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|w| w.sql(&shape.table))
-            .collect();
-        if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(
-                &conds
-                    .iter()
-                    .map(|c| format!("({c})"))
-                    .collect::<Vec<_>>()
-                    .join(" AND "),
-            );
+        // The subset's clause is evaluated only on the shape's rows (CASE keeps the order an
+        // AND would not): an error it raises can tell nothing about rows outside the shape.
+        match (shape.filter.as_ref(), self.filter.as_ref()) {
+            (Some(s), Some(w)) => {
+                sql.push_str(" WHERE CASE WHEN (");
+                sql.push_str(&s.sql(&shape.table));
+                sql.push_str(") THEN (");
+                sql.push_str(&w.sql(&shape.table));
+                sql.push_str(") ELSE false END");
+            }
+            (Some(w), None) | (None, Some(w)) => {
+                sql.push_str(" WHERE (");
+                sql.push_str(&w.sql(&shape.table));
+                sql.push(')');
+            }
+            (None, None) => {}
         }
         if !self.order_by.is_empty() {
             sql.push_str(" ORDER BY ");
