@@ -814,3 +814,86 @@ async fn snapshot_connections_are_pooled_across_shape_creations() {
         "the second wave reused the first wave's connections: {first:?} then {second:?}"
     );
 }
+
+/// A parked live request woken by a change answers by itself, without a replay through the
+/// router: its answer must be the replay's, header for header (the request id and origin it
+/// came with, CORS, cursor, ETag, up-to-date, live cache directives), and be counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_long_poll_answers_like_a_replay() {
+    let (db, server) = setup("woken_reply").await;
+    let c = server.client();
+    let mut f = Follower::new(c.clone(), "table=items");
+    f.sync().await;
+    let q = format!(
+        "table=items&offset={}&handle={}&live=true&cursor={}",
+        f.offset,
+        f.handle.clone().unwrap(),
+        f.cursor.clone().unwrap_or_default()
+    );
+    let live = {
+        let c = c.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            c.get_with(
+                &q,
+                &[
+                    ("x-request-id", "woken-1"),
+                    ("origin", "https://app.example"),
+                ],
+            )
+            .await
+        })
+    };
+    wait_parked(&server, 1).await;
+    db.batch_execute("INSERT INTO items VALUES (1000, 'woken')")
+        .await
+        .unwrap();
+    let woken = live.await.unwrap();
+    assert_eq!(woken.status, 200, "{}", woken.body);
+    assert!(woken.body.contains("woken"), "{}", woken.body);
+    // The same request, not parked (the data is there now): what a replay answers.
+    let direct = c
+        .get_with(
+            &q,
+            &[
+                ("x-request-id", "woken-1"),
+                ("origin", "https://app.example"),
+            ],
+        )
+        .await;
+    assert_eq!(direct.status, 200);
+    let names = |r: &crate::support::Reply| {
+        let mut v: Vec<String> = r.headers.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&woken), names(&direct));
+    for h in [
+        "electric-handle",
+        "electric-offset",
+        "electric-up-to-date",
+        "electric-has-data",
+        "etag",
+        "cache-control",
+        "content-type",
+        "x-request-id",
+        "access-control-allow-origin",
+        "access-control-allow-methods",
+        "access-control-expose-headers",
+        "electric-server",
+    ] {
+        assert_eq!(woken.header(h), direct.header(h), "{h}");
+    }
+    assert_eq!(woken.header("x-request-id"), Some("woken-1"));
+    assert_eq!(
+        woken.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(woken.header("electric-cursor").is_some());
+    assert_eq!(woken.body, direct.body);
+    let metrics = c.raw("/metrics").await.body;
+    assert!(
+        metrics.contains("shapesync_http_requests_parked 0\n"),
+        "the woken request is no longer counted as parked"
+    );
+}
