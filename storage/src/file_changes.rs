@@ -59,7 +59,14 @@ pub(crate) struct ChangeFile {
     /// Serialises the (single) writer; readers never take it. Held across the write and
     /// fsync in `flush`, which is fine: only the writer waits on it.
     writer: Mutex<ChangeWriter>,
+    /// The records last made durable, from their logical position: the readers their
+    /// publication wakes (live requests) read them from memory instead of the file. Dropped
+    /// when the log goes idle (`release_if_unused`), so idle logs hold nothing.
+    recent: Mutex<Option<(u64, Bytes)>>,
 }
+
+/// Publications up to this size are kept in memory for the readers they wake.
+const RECENT_BYTES: usize = 64 << 10;
 
 struct ChangeWriter {
     /// Encoded records not yet written.
@@ -235,6 +242,7 @@ impl ChangeFile {
         let active_base = index.segments().last().copied().unwrap_or(FIRST_BASE);
         ChangeFile {
             file,
+            recent: Mutex::new(None),
             index: RwLock::new(index),
             writer: Mutex::new(ChangeWriter {
                 buf: Vec::new(),
@@ -427,6 +435,9 @@ impl ChangeFile {
     /// Marks the `len` pending bytes (all of them) durable and visible.
     fn publish_locked(&self, w: &mut ChangeWriter, len: u64) -> LogOffset {
         debug_assert_eq!(len, w.pending_len());
+        let recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
+            .then(|| (w.write_pos, Bytes::copy_from_slice(&w.buf)));
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = recent;
         w.write_pos += len;
         // Capacity is kept for the next commit (a hot log); `release_if_unused` gives it back
         // once the log goes idle.
@@ -467,7 +478,17 @@ impl ChangeFile {
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let buf = self.file.read(&self.segment_bases(), from, to)?;
+        let cached = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, bytes)| *at <= from && to <= *at + bytes.len() as u64)
+            .map(|(at, bytes)| bytes.slice((from - at) as usize..(to - at) as usize));
+        let buf = match cached {
+            Some(buf) => buf,
+            None => self.file.read(&self.segment_bases(), from, to)?,
+        };
         let mut entries = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -691,6 +712,7 @@ impl ChangeFile {
         if w.buf.is_empty() {
             w.buf = Vec::new();
         }
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = None;
         true
     }
 
