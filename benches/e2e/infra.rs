@@ -82,6 +82,10 @@ impl Shapesync {
             "5000",
             "--max-existing-requests",
             "60000",
+            // P8 parks 10,000 connections: above the default cap (half the open-file limit
+            // less a reserve), which the bench raises like the admission limits.
+            "--max-connections",
+            "60000",
             "--long-poll-timeout-ms",
             "300000",
             "--schema-check-ms",

@@ -145,7 +145,7 @@ pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedCo
     } = woken.conn;
     // What it waited on changed: its own reply, when it has one, answers without the router.
     if woken.why == Wake::Changed && !*ctx.shutdown.borrow() {
-        if let Some(res) = woken.reply.and_then(|reply| reply()) {
+        if let Some(res) = woken.reply.and_then(|reply| reply(request_id.clone())) {
             let written = {
                 let _busy = ctx.busy.enter();
                 drop(woken.carry);

@@ -304,18 +304,24 @@ async fn serve(
             deadline,
         } => {
             let reply = match req.offset {
-                RequestOffset::At(requested) if req.live => Some(FastReply {
-                    app: Arc::clone(app),
-                    stack: Arc::clone(&tenant.stack),
-                    shape: Arc::clone(&shape),
-                    grant,
-                    requested,
-                    offset_text: req.offset_text.clone(),
-                    cursor: req.cursor.clone(),
-                    origin: headers.get(header::ORIGIN).cloned(),
-                    request_id: headers.get("x-request-id").cloned(),
-                    if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
-                }),
+                RequestOffset::At(requested) if req.live => {
+                    let origin = headers.get(header::ORIGIN).cloned();
+                    let inm = headers.get(header::IF_NONE_MATCH).cloned();
+                    Some(FastReply {
+                        app: Arc::clone(app),
+                        stack: Arc::clone(&tenant.stack),
+                        shape: Arc::clone(&shape),
+                        role: match grant {
+                            authz::Grant::Full => None,
+                            authz::Grant::Role(g) => Some(Box::new(g)),
+                        },
+                        requested,
+                        offset_text: (req.offset_text != requested.to_string())
+                            .then(|| req.offset_text.as_str().into()),
+                        cursor: req.cursor.as_deref().map(Into::into),
+                        extra: (origin.is_some() || inm.is_some()).then(|| Box::new((origin, inm))),
+                    })
+                }
                 _ => None,
             };
             let mut res = Response::new(Body::empty());
@@ -323,7 +329,7 @@ async fn serve(
                 wait: Box::new(ShapeWait { shape, observed }),
                 deadline,
                 carry: None,
-                reply: reply.map(|r| Box::new(move || r.answer()) as shapesync_http1::Reply),
+                reply: reply.map(|r| Box::new(move |id| r.answer(id)) as shapesync_http1::Reply),
             }));
             res
         }
@@ -411,23 +417,27 @@ impl<'a> Asked<'a> {
 /// every response gets), without parsing, authenticating and deciding again. Anything else
 /// (no entries, a shape gone or rotated, a credential no longer valid, a stopped database)
 /// leaves it to the replay.
+///
+/// Kept small (it waits with every parked request, target P8): what is rare is boxed, and the
+/// request id comes from the connection when it answers.
 struct FastReply {
     app: Arc<AppState>,
     stack: Arc<crate::stack::Stack>,
     shape: Arc<Shape>,
-    grant: authz::Grant,
+    /// The role's grant (None: full access).
+    role: Option<Box<authz::RoleGrant>>,
     requested: LogOffset,
-    offset_text: String,
-    cursor: Option<String>,
-    origin: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
-    if_none_match: Option<HeaderValue>,
+    /// The offset as sent, when it is not `requested`'s canonical text.
+    offset_text: Option<Box<str>>,
+    cursor: Option<Box<str>>,
+    /// `origin` and `if-none-match`, when the request had either.
+    extra: Option<Box<(Option<HeaderValue>, Option<HeaderValue>)>>,
 }
 
 impl FastReply {
-    fn answer(self) -> Option<Response> {
+    fn answer(self, request_id: HeaderValue) -> Option<Response> {
         let started = std::time::Instant::now();
-        if let authz::Grant::Role(g) = &self.grant {
+        if let Some(g) = &self.role {
             if !g.still_valid(&self.app.auth.store) {
                 return None;
             }
@@ -449,12 +459,24 @@ impl FastReply {
         self.shape.touch();
         let latest = self.shape.log.latest_offset();
         let head = end >= latest.max(self.requested) && !self.requested.is_before_all();
+        let (origin, if_none_match) = match self.extra {
+            Some(extra) => *extra,
+            None => (None, None),
+        };
+        let canonical;
+        let offset_text = match &self.offset_text {
+            Some(t) => &**t,
+            None => {
+                canonical = self.requested.to_string();
+                &canonical
+            }
+        };
         let asked = Asked {
-            offset_text: &self.offset_text,
+            offset_text,
             initial: false,
             live: true,
             cursor: self.cursor.as_deref(),
-            if_none_match: self.if_none_match.as_ref().and_then(|v| v.to_str().ok()),
+            if_none_match: if_none_match.as_ref().and_then(|v| v.to_str().ok()),
         };
         let mut res = respond(
             &self.app,
@@ -466,19 +488,10 @@ impl FastReply {
             true,
             Some(compacted),
         );
-        if matches!(self.grant, authz::Grant::Role(_)) {
+        if self.role.is_some() {
             authz::private_cache(res.headers_mut());
         }
-        let request_id = self
-            .request_id
-            .unwrap_or_else(|| HeaderValue::from_static(""));
-        super::common_response_headers(
-            res.headers_mut(),
-            self.origin,
-            request_id,
-            "/v1/shape",
-            false,
-        );
+        super::common_response_headers(res.headers_mut(), origin, request_id, "/v1/shape", false);
         self.app
             .metrics
             .record("shape", res.status().as_u16(), started.elapsed());
