@@ -874,12 +874,25 @@ async fn a_subset_past_its_time_is_refused_and_the_pool_recovers() {
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("--subset-timeout-ms"), "{}", r.body);
+    // The pool recovers: a point lookup is answered. It too runs under the 1 ms limit, which a
+    // loaded machine can exceed now and then: such a run is the same clear 400, and a retry
+    // gets the answer.
     for _ in 0..3 {
-        let r = server
-            .client()
-            .get("table=t&offset=-1&subset__where=id%20%3D%207")
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
+        let mut answered = false;
+        for _ in 0..20 {
+            let r = server
+                .client()
+                .get("table=t&offset=-1&subset__where=id%20%3D%207")
+                .await;
+            if r.status == 200 {
+                answered = true;
+                break;
+            }
+            assert_eq!(r.status, 400, "{}", r.body);
+            assert!(r.body.contains("--subset-timeout-ms"), "{}", r.body);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(answered, "the pool did not recover");
     }
 }
 
