@@ -162,7 +162,7 @@ pub async fn put_role(
     )
 }
 
-/// `DELETE /v1/admin/role/{name}`: keys bound to it stop granting anything.
+/// `DELETE /v1/admin/role/{name}`: its keys are revoked with it.
 pub async fn delete_role(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

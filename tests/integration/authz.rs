@@ -87,6 +87,17 @@ fn code(r: &Reply) -> String {
     r.json()["error"]["code"].as_str().unwrap_or("").to_string()
 }
 
+async fn revoke(server: &TestServer, id: &str) {
+    let r = admin(
+        server,
+        Method::DELETE,
+        &format!("/v1/admin/api-key/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 async fn create_key(server: &TestServer, role: &str) -> String {
     let r = admin(
         server,
@@ -859,14 +870,7 @@ async fn revocation_reaches_a_parked_long_poll() {
             .contains("shapesync_http_requests_parked 1\n")
     })
     .await;
-    let r = admin(
-        &server,
-        Method::DELETE,
-        &format!("/v1/admin/api-key/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    revoke(&server, &id).await;
     db.batch_execute("INSERT INTO items VALUES (2, 'after revocation')")
         .await
         .unwrap();
@@ -908,14 +912,7 @@ async fn revocation_reaches_a_parked_long_poll() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let r = admin(
-        &server,
-        Method::DELETE,
-        &format!("/v1/admin/api-key/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    revoke(&server, &id).await;
     db.batch_execute("INSERT INTO items VALUES (3, 'sse after revocation')")
         .await
         .unwrap();
