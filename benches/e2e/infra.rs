@@ -79,7 +79,7 @@ impl Shapesync {
             "--admin-rate",
             "1000000",
             "--max-initial-requests",
-            "5000",
+            "20000",
             "--max-existing-requests",
             "60000",
             // P8 parks 10,000 connections: above the default cap (half the open-file limit

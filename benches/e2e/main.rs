@@ -5,6 +5,7 @@
 //! ```sh
 //! bash scripts/bench.sh            # quick mode (< 10 min on 2 cores), builds and installs what it needs
 //! bash scripts/bench.sh full       # the sizes of targets.md
+//! bash scripts/bench.sh scale      # 100,000 shapes on one node (P1, P2, P7, P10, P11)
 //! cargo bench --bench e2e -- quick --only P1,P4   # some targets (needs target/release/shapesync)
 //! ```
 //!
@@ -38,6 +39,10 @@ pub struct Sizes {
     pub wrk_secs: u64,
     /// Rows of ~1 KB in the one big transaction (P12).
     pub big_rows: u64,
+    /// Goals that depend on the size: P2's ratio to P1, P10's and P11's seconds.
+    pub p2_goal: (f64, &'static str),
+    pub p10_goal: (f64, &'static str),
+    pub p11_goal: (f64, &'static str),
 }
 
 impl Sizes {
@@ -53,6 +58,9 @@ impl Sizes {
             creations: 2_000,
             wrk_secs: 5,
             big_rows: 100_000,
+            p2_goal: (0.8, "≥ 0.8"),
+            p10_goal: (3.0, "< 3 s"),
+            p11_goal: (1.0, "< 1 s"),
         }
     }
 
@@ -68,6 +76,29 @@ impl Sizes {
             creations: 2_000,
             wrk_secs: 10,
             big_rows: 1_000_000,
+            p2_goal: (0.8, "≥ 0.8"),
+            p10_goal: (3.0, "< 3 s"),
+            p11_goal: (1.0, "< 1 s"),
+        }
+    }
+
+    /// 100,000 shapes on one node: P7 at 100,000 idle shapes, P11 restarting with them, P10
+    /// with 10,000 shapes created at once, P2 routing to 100,000 shapes.
+    fn scale() -> Sizes {
+        Sizes {
+            mode: "scale",
+            ingest_rows: 1_000_000,
+            shapes: 100_000,
+            sync_rows: 1_000,
+            latency_samples: 10,
+            fanout: 1_500,
+            parked: 1_000,
+            creations: 10_000,
+            wrk_secs: 5,
+            big_rows: 1_000,
+            p2_goal: (0.7, "≥ 0.7"),
+            p10_goal: (10.0, "< 10 s"),
+            p11_goal: (3.0, "< 3 s"),
         }
     }
 }
@@ -153,15 +184,26 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return; // `cargo test --benches` lists targets; nothing to list here.
     }
-    let mut sizes = if args.iter().any(|a| a == "full") {
+    let scale = args.iter().any(|a| a == "scale");
+    let mut sizes = if scale {
+        Sizes::scale()
+    } else if args.iter().any(|a| a == "full") {
         Sizes::full()
     } else {
         Sizes::quick()
     };
-    let only: Option<BTreeSet<String>> = args
+    let mut only: Option<BTreeSet<String>> = args
         .iter()
         .find_map(|a| a.strip_prefix("--only="))
         .map(|s| s.split(',').map(|t| t.trim().to_uppercase()).collect());
+    if scale && only.is_none() {
+        only = Some(
+            ["P1", "P2", "P7", "P10", "P11"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
