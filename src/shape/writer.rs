@@ -102,7 +102,7 @@ pub struct Writer {
     sinks: Vec<Option<Sink>>,
     free: Vec<usize>,
     by_handle: HashMap<ShapeHandle, usize>,
-    by_table: HashMap<u32, Vec<usize>>,
+    by_table: HashMap<u32, std::collections::BTreeSet<usize>>,
     /// The routing index per table (see [`super::route`]).
     routes: HashMap<u32, TableRoutes>,
     /// Partitions: the partitioned ancestors of a relation, nearest first, as the catalog
@@ -251,7 +251,7 @@ impl Writer {
             }
         };
         self.by_handle.insert(handle, idx);
-        self.by_table.entry(oid).or_default().push(idx);
+        self.by_table.entry(oid).or_default().insert(idx);
         // A partitioned table's column maps are rebuilt from this shape's description.
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
         self.routes.entry(oid).or_default().add(idx, term);
@@ -262,8 +262,9 @@ impl Writer {
         let idx = self.by_handle.remove(handle)?;
         let sink = self.sinks[idx].take()?;
         let oid = sink.shape.table.oid;
+        // O(log N): invalidating all the shapes of a table (dropped, say) stays O(N log N).
         if let Some(v) = self.by_table.get_mut(&oid) {
-            v.retain(|&i| i != idx);
+            v.remove(&idx);
         }
         if let Some(r) = self.routes.get_mut(&oid) {
             let term: Term = sink.shape.filter.as_ref().and_then(|f| f.route_term());
@@ -272,8 +273,13 @@ impl Writer {
                 self.routes.remove(&oid);
             }
         }
-        self.touched.retain(|&i| i != idx);
-        self.dirty.retain(|&i| i != idx);
+        // Only a sink listed there is looked for (its flags say so).
+        if sink.in_touched {
+            self.touched.retain(|&i| i != idx);
+        }
+        if sink.in_dirty {
+            self.dirty.retain(|&i| i != idx);
+        }
         self.free.push(idx);
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
         Some(sink.shape)
