@@ -209,9 +209,9 @@ impl Writer {
         for s in self
             .by_table
             .get(&oid)
+            .filter(|_| differs)
             .into_iter()
             .flatten()
-            .filter(|_| differs)
             .filter_map(|&i| self.sinks[i].as_ref())
             .filter(|s| !same_layout(&s.shape.table, &shape.table))
         {
