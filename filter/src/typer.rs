@@ -32,18 +32,21 @@ pub trait ClaimSource {
     fn claim(&self, name: &str) -> Result<Option<String>, String>;
 }
 
-/// The claim name of `f` when it is a call of `claim`: `Some(Ok(name))` for `claim('<name>')`,
-/// `Some(Err)` for a malformed call, `None` for any other function.
-pub(crate) fn claim_call(f: &FuncCall) -> Option<Result<String, WhereError>> {
-    let name: Vec<&str> = f
-        .funcname
+/// The parts of a called function's name (`["lower"]`, `["pg_catalog", "lower"]`).
+pub(crate) fn func_name(f: &FuncCall) -> Vec<&str> {
+    f.funcname
         .iter()
         .filter_map(|n| match n.node.as_ref() {
             Some(N::String(s)) => Some(s.sval.as_str()),
             _ => None,
         })
-        .collect();
-    if name.as_slice() != ["claim"] {
+        .collect()
+}
+
+/// The claim name of `f` when it is a call of `claim`: `Some(Ok(name))` for `claim('<name>')`,
+/// `Some(Err)` for a malformed call, `None` for any other function.
+pub(crate) fn claim_call(f: &FuncCall) -> Option<Result<String, WhereError>> {
+    if func_name(f).as_slice() != ["claim"] {
         return None;
     }
     let malformed = || {

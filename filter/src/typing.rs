@@ -806,14 +806,7 @@ impl Typer<'_> {
                 "aggregate and window functions are not allowed in where clauses",
             ));
         }
-        let parts: Vec<&str> = f
-            .funcname
-            .iter()
-            .filter_map(|n| match n.node.as_ref() {
-                Some(N::String(s)) => Some(s.sval.as_str()),
-                _ => None,
-            })
-            .collect();
+        let parts = crate::typer::func_name(f);
         let name = match parts.as_slice() {
             [n] | ["pg_catalog", n] => *n,
             _ => {
