@@ -59,10 +59,42 @@ pub(crate) struct ChangeFile {
     /// Serialises the (single) writer; readers never take it. Held across the write and
     /// fsync in `flush`, which is fine: only the writer waits on it.
     writer: Mutex<ChangeWriter>,
+    /// Published bytes not written to the segment files yet (write-behind), and the records
+    /// last published (see [`Behind`]).
+    behind: Mutex<Behind>,
+    /// Serialises writers of the write-behind tail (the store's writeback thread, a segment
+    /// roll, a spill, `flush`): one writes a part, then drops it, before the next looks.
+    tail_write: Mutex<()>,
+}
+
+/// What a log holds in memory beyond its index.
+#[derive(Default)]
+struct Behind {
+    /// Published (durable in the commit log) but not yet in the segment files, in position
+    /// order and contiguous, ending at the durable end. Readers overlay them on the file; the
+    /// store's writeback writes them (coalesced: one write per segment for several batches)
+    /// and drops them. A checkpoint writes them all before its `syncfs`.
+    tail: Vec<TailPart>,
     /// The records last made durable, from their logical position: the readers their
     /// publication wakes (live requests) read them from memory instead of the file. Dropped
     /// when the log goes idle (`release_if_unused`), so idle logs hold nothing.
-    recent: Mutex<Option<(u64, Bytes)>>,
+    recent: Option<(u64, Bytes)>,
+    /// The log was removed from its store: its tail is dropped, never written.
+    dead: bool,
+}
+
+struct TailPart {
+    /// Logical position of the first byte.
+    pos: u64,
+    /// Base of the segment it belongs to (a batch never spans segments).
+    base: u64,
+    bytes: Bytes,
+}
+
+impl TailPart {
+    fn end(&self) -> u64 {
+        self.pos + self.bytes.len() as u64
+    }
 }
 
 /// Publications up to this size are kept in memory for the readers they wake.
@@ -242,7 +274,8 @@ impl ChangeFile {
         let active_base = index.segments().last().copied().unwrap_or(FIRST_BASE);
         ChangeFile {
             file,
-            recent: Mutex::new(None),
+            behind: Mutex::new(Behind::default()),
+            tail_write: Mutex::new(()),
             index: RwLock::new(index),
             writer: Mutex::new(ChangeWriter {
                 buf: Vec::new(),
@@ -352,18 +385,21 @@ impl ChangeFile {
         if len == 0 {
             return Ok(self.latest_offset());
         }
+        // Earlier batches still behind go first: the file has no gap before `write_pos`.
+        self.write_tail()?;
         self.roll_if_full(&mut w)?;
         let file = self.file.get(w.active_base)?;
         self.write_pending(&file, &w)
             .and_then(|()| file.sync_data())?;
-        Ok(self.publish_locked(&mut w, len))
+        Ok(self.publish_locked(&mut w, len, true))
     }
 
-    /// Group commit, phase 1: writes the buffered changes at the durable end **without**
-    /// fsync and hands `(position, bytes)` to `record` (for the commit log). A log that
-    /// spilled is written whole and fsynced itself instead (`Staged::Synced`; the commit log
-    /// never holds more than `SPILL_BYTES` per shape). Nothing becomes visible. On error
-    /// nothing changes and the call can be repeated.
+    /// Group commit, phase 1: hands the buffered changes' `(position, bytes)` to `record` (for
+    /// the commit log). They are not written to the segment file here: once published they
+    /// are the log's write-behind tail, served from memory until the store's writeback (or a
+    /// checkpoint) writes them. A log that spilled is written whole and fsynced itself instead
+    /// (`Staged::Synced`; the commit log never holds more than `SPILL_BYTES` per shape).
+    /// Nothing becomes visible. On error nothing changes and the call can be repeated.
     pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<Staged, StoreError> {
         let mut w = self.writer()?;
         let len = w.pending_len();
@@ -371,15 +407,73 @@ impl ChangeFile {
             return Ok(Staged::Nothing);
         }
         self.roll_if_full(&mut w)?;
-        let file = self.file.get(w.active_base)?;
         if w.spill.is_some() {
+            self.write_tail()?;
+            let file = self.file.get(w.active_base)?;
             self.write_pending(&file, &w)
                 .and_then(|()| file.sync_data())?;
             return Ok(Staged::Synced(len));
         }
-        file.write_all_at(&w.buf, file_offset(w.active_base, w.write_pos))?;
         record(w.write_pos, &w.buf);
         Ok(Staged::Logged(len))
+    }
+
+    /// Writes the write-behind tail to the segment files (one write per segment it touches)
+    /// and drops what was written. Without fsync: the bytes are durable in the commit log
+    /// until a checkpoint syncs the files. On error the tail is kept (served from memory, and
+    /// written again by the next call).
+    pub(crate) fn write_tail(&self) -> Result<(), StoreError> {
+        let _one_writer = self.tail_write.lock().unwrap_or_else(|e| e.into_inner());
+        let parts: Vec<(u64, u64, Bytes)> = {
+            let behind = self.behind();
+            if behind.dead {
+                return Ok(());
+            }
+            behind
+                .tail
+                .iter()
+                .map(|p| (p.pos, p.base, p.bytes.clone()))
+                .collect()
+        };
+        let mut i = 0;
+        while i < parts.len() {
+            let base = parts[i].1;
+            let j = i + parts[i..].iter().take_while(|p| p.1 == base).count();
+            let file = self.file.get(base)?;
+            let at = file_offset(base, parts[i].0);
+            if j == i + 1 {
+                file.write_all_at(&parts[i].2, at)?;
+            } else {
+                let mut joined = Vec::with_capacity(parts[i..j].iter().map(|p| p.2.len()).sum());
+                for p in &parts[i..j] {
+                    joined.extend_from_slice(&p.2);
+                }
+                file.write_all_at(&joined, at)?;
+            }
+            let end = parts[j - 1].0 + parts[j - 1].2.len() as u64;
+            // Parts are contiguous and in order: the written ones are a prefix.
+            self.behind().tail.retain(|p| p.end() > end);
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// True while published bytes wait for the writeback.
+    pub(crate) fn has_tail(&self) -> bool {
+        !self.behind().tail.is_empty()
+    }
+
+    /// The log was removed from its store: drops its write-behind tail and never writes one
+    /// again (waits for a write of it in progress to finish, so nothing is written after).
+    pub(crate) fn kill(&self) {
+        let _one_writer = self.tail_write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut behind = self.behind();
+        behind.dead = true;
+        behind.tail = Vec::new();
+    }
+
+    fn behind(&self) -> std::sync::MutexGuard<'_, Behind> {
+        self.behind.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// At the start of a write batch: if the active segment is full, finish it (fsync, then
@@ -395,6 +489,8 @@ impl ChangeFile {
         if w.write_pos - w.active_base < segment_bytes(threshold) {
             return Ok(());
         }
+        // The finished segment's bytes still behind are written to it before it is indexed.
+        self.write_tail()?;
         let dir = self.file.dir();
         // No fsync of the finished segment here: its records are as durable as any others
         // (fsynced by `flush`, or in the commit log until a checkpoint syncs them), and a
@@ -420,28 +516,49 @@ impl ChangeFile {
         Ok(())
     }
 
-    /// Group commit, phase 2 (after the commit log fsync): publishes the `len` staged bytes.
-    /// The caller is the single writer, so the buffer still holds exactly what was staged.
-    pub(crate) fn publish(&self, len: u64) -> Result<LogOffset, StoreError> {
+    /// Group commit, phase 2 (after the commit log fsync): publishes the `len` staged bytes;
+    /// `written`: `stage` wrote them to the segment (`Staged::Synced`), else they become the
+    /// write-behind tail. The caller is the single writer, so the buffer still holds exactly
+    /// what was staged. True if the log has a tail to write now.
+    pub(crate) fn publish(&self, len: u64, written: bool) -> Result<bool, StoreError> {
         let mut w = self.writer()?;
         if w.pending_len() != len {
             return Err(StoreError::Corrupt(
                 "changes appended between stage and publish".into(),
             ));
         }
-        Ok(self.publish_locked(&mut w, len))
+        self.publish_locked(&mut w, len, written);
+        Ok(!written && self.has_tail())
     }
 
-    /// Marks the `len` pending bytes (all of them) durable and visible.
-    fn publish_locked(&self, w: &mut ChangeWriter, len: u64) -> LogOffset {
+    /// Marks the `len` pending bytes (all of them) durable and visible. `written`: they are in
+    /// the segment file; else (not spilled) they join the write-behind tail, which is
+    /// extended before the index is, so a reader never plans past file + tail.
+    fn publish_locked(&self, w: &mut ChangeWriter, len: u64, written: bool) -> LogOffset {
         debug_assert_eq!(len, w.pending_len());
-        let recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
-            .then(|| (w.write_pos, Bytes::copy_from_slice(&w.buf)));
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = recent;
+        let at = w.write_pos;
+        {
+            let mut behind = self.behind();
+            if written {
+                behind.recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
+                    .then(|| (at, Bytes::copy_from_slice(&w.buf)));
+                // Capacity is kept for the next commit (a hot log); `release_if_unused` gives
+                // it back once the log goes idle.
+                w.buf.clear();
+            } else {
+                debug_assert!(w.spill.is_none());
+                let bytes = Bytes::from(std::mem::take(&mut w.buf));
+                behind.recent = (bytes.len() <= RECENT_BYTES).then(|| (at, bytes.clone()));
+                if !behind.dead {
+                    behind.tail.push(TailPart {
+                        pos: at,
+                        base: w.active_base,
+                        bytes,
+                    });
+                }
+            }
+        }
         w.write_pos += len;
-        // Capacity is kept for the next commit (a hot log); `release_if_unused` gives it back
-        // once the log goes idle.
-        w.buf.clear();
         self.drop_spill(w);
         w.durable_chunker = w.chunker;
         w.durable_last = w.last;
@@ -472,23 +589,70 @@ impl ChangeFile {
             .collect()
     }
 
+    /// The published bytes `[from, to)`: from memory when one publication (the last, or a part
+    /// of the write-behind tail) holds them all, else from the files with the tail overlaid.
+    fn read_range(&self, from: u64, to: u64) -> Result<Bytes, StoreError> {
+        {
+            let behind = self.behind();
+            let whole = |at: u64, bytes: &Bytes| {
+                (at <= from && to <= at + bytes.len() as u64)
+                    .then(|| bytes.slice((from - at) as usize..(to - at) as usize))
+            };
+            let hit = behind
+                .recent
+                .as_ref()
+                .and_then(|(at, bytes)| whole(*at, bytes))
+                .or_else(|| behind.tail.iter().find_map(|p| whole(p.pos, &p.bytes)));
+            if let Some(bytes) = hit {
+                return Ok(bytes);
+            }
+        }
+        let mut buf = Vec::new();
+        self.read_range_into(&self.segment_bases(), from, to, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// `[from, to)` into `buf`: what lies below the write-behind tail from the segment files
+    /// (`bases`), the rest from the tail. The tail is looked at first: a part leaves it only
+    /// once written, so everything below its first part is in the files.
+    fn read_range_into(
+        &self,
+        bases: &[u64],
+        from: u64,
+        to: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let overlap: Vec<(u64, Bytes)> = self
+            .behind()
+            .tail
+            .iter()
+            .filter(|p| p.end() > from && p.pos < to)
+            .map(|p| (p.pos, p.bytes.clone()))
+            .collect();
+        let file_to = overlap
+            .first()
+            .map_or(to, |(pos, _)| (*pos).clamp(from, to));
+        self.file.read_into(bases, from, file_to, buf)?;
+        for (pos, bytes) in overlap {
+            let (s, e) = (from.max(pos), to.min(pos + bytes.len() as u64));
+            buf.extend_from_slice(&bytes[(s - pos) as usize..(e - pos) as usize]);
+        }
+        if buf.len() as u64 != to - from {
+            return Err(StoreError::Corrupt(format!(
+                "read of [{from}, {to}) got {} bytes (write-behind tail out of order)",
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads every entry stored in `[from, to)` with its offset.
     pub(crate) fn read_with_offsets(
         &self,
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let cached = self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .filter(|(at, bytes)| *at <= from && to <= *at + bytes.len() as u64)
-            .map(|(at, bytes)| bytes.slice((from - at) as usize..(to - at) as usize));
-        let buf = match cached {
-            Some(buf) => buf,
-            None => self.file.read(&self.segment_bases(), from, to)?,
-        };
+        let buf = self.read_range(from, to)?;
         let mut entries = Vec::new();
         let mut at = 0;
         while at < buf.len() {
@@ -584,7 +748,7 @@ impl ChangeFile {
         while at < to {
             // One piece: at least the next whole frame, at most VISIT_PIECE if that holds it.
             let mut header = Vec::new();
-            self.file.read_into(
+            self.read_range_into(
                 &bases,
                 at,
                 (at + FRAME_HEADER_LEN as u64).min(to),
@@ -595,8 +759,7 @@ impl ChangeFile {
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
                 .ok_or_else(|| corrupt(at, 0, "short frame header"))?;
             let want = (FRAME_HEADER_LEN as u64 + first).max(VISIT_PIECE);
-            self.file
-                .read_into(&bases, at, (at + want).min(to), scratch)?;
+            self.read_range_into(&bases, at, (at + want).min(to), scratch)?;
             let mut pos = 0;
             while pos < scratch.len() {
                 let Ok((body, len)) = parse_frame(&scratch[pos..], false) else {
@@ -712,7 +875,7 @@ impl ChangeFile {
         if w.buf.is_empty() {
             w.buf = Vec::new();
         }
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.behind().recent = None;
         true
     }
 

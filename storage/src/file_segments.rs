@@ -19,8 +19,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::offset::LogOffset;
 use crate::open_files::{CachedFile, FileBudget, OpenFile};
 use crate::record::{encode_frame, encode_log_header, parse_frame, CHANGES_MAGIC, LOG_HEADER_LEN};
@@ -214,15 +212,9 @@ impl SegmentFiles {
         )
     }
 
-    /// Reads logical range `[from, to)`, which may cross segment boundaries: `bases` are the
-    /// segments' bases, ascending, the first being `FIRST_BASE`.
-    pub(crate) fn read(&self, bases: &[u64], from: u64, to: u64) -> io::Result<Bytes> {
-        let mut buf = Vec::new();
-        self.read_into(bases, from, to, &mut buf)?;
-        Ok(Bytes::from(buf))
-    }
-
-    /// `read` into a caller's buffer (its capacity is reused).
+    /// Reads logical range `[from, to)`, which may cross segment boundaries (`bases` are the
+    /// segments' bases, ascending, the first being `FIRST_BASE`), into a caller's buffer (its
+    /// capacity is reused).
     pub(crate) fn read_into(
         &self,
         bases: &[u64],

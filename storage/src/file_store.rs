@@ -11,7 +11,9 @@
 //! (a crash during create) and leftover `*.tmp` files, and recovers every log.
 //!
 //! `commit` is the group commit of the change parts of many logs through the store's
-//! commit log (`commit_log`): one fsync per batch, whatever the number of shapes.
+//! commit log (`commit_log`): one write and one fsync per batch, whatever the number of
+//! shapes. The shape files get the bytes afterwards, from the store's writeback
+//! (`writeback`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -30,6 +32,7 @@ use crate::log::{validate_id, CommitStats, OpenedLog, ShapeLog, ShapeLogStore, S
 use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::record::{decode_meta, encode_meta};
+use crate::writeback::Writeback;
 
 const META_FILE: &str = "meta";
 const META_TMP: &str = "meta.tmp";
@@ -44,6 +47,8 @@ pub struct FileStore {
     wal: Mutex<WalState>,
     /// Open log files are counted against this budget (shared by the process's stores).
     budget: Arc<FileBudget>,
+    /// Writes committed bytes to the shape files behind the commit log.
+    writeback: Writeback,
 }
 
 pub(crate) struct WalState {
@@ -88,12 +93,18 @@ impl FileStore {
             cfg,
             wal,
             budget,
+            writeback: Writeback::start(),
         })
     }
 
     /// Counters of the group commit path (for benches and metrics).
     pub fn commit_stats(&self) -> CommitStats {
-        self.wal().stats
+        let (passes, failures) = self.writeback.stats();
+        CommitStats {
+            writeback_passes: passes,
+            writeback_failures: failures,
+            ..self.wal().stats
+        }
     }
 
     pub(crate) fn wal(&self) -> MutexGuard<'_, WalState> {
@@ -103,7 +114,7 @@ impl FileStore {
     /// Makes every shape file durable and resets the commit log.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let mut wal = self.wal();
-        checkpoint(&mut wal)
+        checkpoint(&mut wal, &self.writeback)
     }
 
     /// The open-file budget its logs count against.
@@ -148,7 +159,7 @@ impl ShapeLogStore for FileStore {
         {
             let mut wal = self.wal();
             if wal.removed.contains(id) {
-                checkpoint(&mut wal)?;
+                checkpoint(&mut wal, &self.writeback)?;
             }
         }
         let path = self.dir.join(id);
@@ -236,7 +247,7 @@ impl ShapeLogStore for FileStore {
         let mut wal = self.wal();
         let mut batch = BatchBuilder::new();
         let mut staged = Vec::with_capacity(logs.len());
-        for log in logs {
+        for (i, log) in logs.iter().enumerate() {
             let any: &dyn std::any::Any = &**log;
             let Some(log) = any.downcast_ref::<FileLog>() else {
                 return Err(StoreError::ForeignLog);
@@ -246,10 +257,10 @@ impl ShapeLogStore for FileStore {
                 .stage(|pos, bytes| batch.entry(log.id(), pos, bytes))?
             {
                 Staged::Nothing => {}
-                Staged::Logged(len) => staged.push((log, len)),
+                Staged::Logged(len) => staged.push((i, len, false)),
                 Staged::Synced(len) => {
                     wal.stats.log_fsyncs += 1;
-                    staged.push((log, len));
+                    staged.push((i, len, true));
                 }
             }
         }
@@ -261,13 +272,26 @@ impl ShapeLogStore for FileStore {
             wal.stats.batches += 1;
             wal.stats.wal_fsyncs += 1;
         }
-        for (log, len) in staged {
-            log.changes().publish(len)?;
+        let mut behind = Vec::new();
+        for (i, len, written) in staged {
+            let any: &dyn std::any::Any = &*logs[i];
+            let Some(log) = any.downcast_ref::<FileLog>() else {
+                continue;
+            };
+            if wal.removed.contains(log.id()) {
+                // Committed to after its removal: its files are gone, its bytes are not
+                // written anywhere (replay skips ids without a directory).
+                log.changes().kill();
+            }
+            if log.changes().publish(len, written)? {
+                behind.push(Arc::clone(&logs[i]));
+            }
         }
+        self.writeback.queue(behind);
         if wal.log.len() >= CHECKPOINT_BYTES {
             // The batch is durable in the commit log whatever happens here; a failed
             // checkpoint is retried at the next one (counted in the stats).
-            let _ = checkpoint(&mut wal);
+            let _ = checkpoint(&mut wal, &self.writeback);
         }
         Ok(())
     }
@@ -275,6 +299,7 @@ impl ShapeLogStore for FileStore {
     fn remove(&self, id: &str) -> Result<(), StoreError> {
         validate_id(id)?;
         self.wal().removed.insert(id.to_owned());
+        self.writeback.forget(id);
         match fs::remove_dir_all(self.dir.join(id)) {
             Ok(()) => Ok(sync_dir(&self.dir)?),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(id.to_owned())),
@@ -283,9 +308,10 @@ impl ShapeLogStore for FileStore {
     }
 }
 
-/// Resets the commit log after making every shape file durable.
-fn checkpoint(wal: &mut WalState) -> Result<(), StoreError> {
-    let result = wal.log.checkpoint();
+/// Resets the commit log after making every shape file durable: the write-behind tails are
+/// written first (the commit log is their only durable copy until then).
+fn checkpoint(wal: &mut WalState, writeback: &Writeback) -> Result<(), StoreError> {
+    let result = writeback.write_all().and_then(|()| wal.log.checkpoint());
     match &result {
         Ok(()) => {
             wal.stats.checkpoints += 1;

@@ -19,6 +19,8 @@
 //!   the group commit of many logs.
 //! - `commit_record` / `commit_log`: the store's commit log (`commit.wal`): codec (pure) and
 //!   I/O (append + one fsync per batch, checkpoint, replay on open).
+//! - `writeback`: the thread that writes committed bytes to the shape files behind the
+//!   commit log (coalesced per file), and before every checkpoint.
 //! - `file_log`: a shape's log on disk, combining `file_snapshot` (`snapshot.log`) and
 //!   `file_changes` (the change part: `changes.log` and later segments, whose files and
 //!   persisted chunk index are `file_segments`), with `file_scan` for crash recovery and
@@ -48,6 +50,7 @@ pub mod offset;
 mod open_files;
 mod record;
 mod seek;
+mod writeback;
 
 pub use dir_lock::{DirLock, DirLockError, LOCK_FILE};
 pub use error::StoreError;

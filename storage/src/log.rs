@@ -184,6 +184,10 @@ pub struct CommitStats {
     pub checkpoint_failures: u64,
     /// Commit-log entries replayed into shape logs when the store was opened.
     pub replayed_entries: u64,
+    /// Passes of the writeback (committed bytes written to the shape files behind the
+    /// commit log), and passes where a write failed (retried).
+    pub writeback_passes: u64,
+    pub writeback_failures: u64,
 }
 
 /// Checks a shape id: `[A-Za-z0-9_-]{1,100}` (safe as a directory name).

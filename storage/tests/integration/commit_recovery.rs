@@ -190,6 +190,61 @@ fn checkpoint_makes_shape_files_durable_and_resets_the_log() {
     assert_eq!(changes(&*logs[1]), want);
 }
 
+/// A commit writes only the commit log: the shape files get the bytes behind it. They are
+/// readable at once (from memory), the writeback puts them in the file soon after without any
+/// checkpoint, and a checkpoint writes whatever is still behind before it resets the log.
+#[test]
+fn committed_bytes_reach_the_shape_files_behind_the_commit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path(), cfg(1 << 20)).unwrap();
+    let log = store.create("s0", b"m").unwrap();
+    log.finish_snapshot(END).unwrap();
+    let file = dir.path().join("s0/changes.log");
+    let size = || fs::metadata(&file).unwrap().len();
+    let mut want = Vec::new();
+    for b in 1..=3u64 {
+        log.append_change(LogOffset::new(b, 0), &entry(b as usize, 40))
+            .unwrap();
+        store.commit(&[Arc::clone(&log)]).unwrap();
+        want.push(String::from_utf8(entry(b as usize, 40)).unwrap());
+        assert_eq!(changes(&*log), want, "readable as soon as committed");
+    }
+    // The writeback (no checkpoint: the commit log still holds the batches).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() < HEADER + 3 * 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "written behind the commit log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        size(),
+        HEADER + 3 * 64,
+        "each record written once, in place"
+    );
+    assert!(wal_len(dir.path()) > HEADER, "no checkpoint was needed");
+    assert!(store.commit_stats().writeback_passes >= 1);
+    assert_eq!(changes(&*log), want, "read back from the file");
+    // A batch still behind when a checkpoint comes: written before the log is reset. The
+    // process then dies without any other write (the writeback thread has nothing left).
+    log.append_change(LogOffset::new(4, 0), &entry(4, 40))
+        .unwrap();
+    store.commit(&[Arc::clone(&log)]).unwrap();
+    store.checkpoint().unwrap();
+    assert_eq!(wal_len(dir.path()), HEADER);
+    assert_eq!(
+        size(),
+        HEADER + 4 * 64,
+        "the checkpoint wrote the tail first"
+    );
+    std::mem::forget((store, log));
+    want.push(String::from_utf8(entry(4, 40)).unwrap());
+    let (store, logs) = reopen(dir.path());
+    assert_eq!(store.commit_stats().replayed_entries, 0);
+    assert_eq!(changes(&*logs[0]), want);
+}
+
 #[test]
 fn a_removed_and_recreated_id_never_gets_old_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -303,6 +358,8 @@ fn idle_logs_close_their_files_and_reopen_them_on_demand() {
             .unwrap();
     }
     store.commit(&logs).unwrap();
+    // The committed bytes reach the files behind the commit log; a checkpoint writes them now.
+    store.checkpoint().unwrap();
     assert!(logs.iter().all(|l| l.open_files() == 2));
     for log in &logs {
         log.release_idle_files(); // used since creation: kept
@@ -324,9 +381,15 @@ fn idle_logs_close_their_files_and_reopen_them_on_demand() {
         .unwrap();
     store.commit(&[Arc::clone(other)]).unwrap();
     assert_eq!(
+        changes(&**other),
+        vec![s(&entry(1, 40)), s(&entry(2, 40))],
+        "readable at once (from memory until written)"
+    );
+    store.checkpoint().unwrap();
+    assert_eq!(
         other.open_files(),
         1,
-        "the commit opened the change file only"
+        "writing the commit opened the change file only"
     );
     drop(logs);
     drop(store);
