@@ -2,11 +2,14 @@
 //! hand it to the [`Writer`], and acknowledge LSNs only once the writer has made them durable.
 //!
 //! Group commit: transactions are applied while events keep arriving; when the stream goes quiet
-//! (no event waiting) or 512 transactions are pending, the writer flushes every shape log touched
-//! since the last flush in one batch (one group commit of the store: one fsync) and the last
-//! commit's end LSN is acknowledged. A failed commit (disk full, I/O error) is retried with
-//! backoff while the stream is paused and the stack reports `Degraded`. Writer commands (new shapes, snapshot starts, removals)
-//! are handled only between transactions.
+//! (no event waiting) or 512 transactions are pending, the writer commits every shape log touched
+//! since the last commit in one batch (one group commit of the store: one write, one fsync).
+//! The commit is pipelined: it runs on a blocking thread while the next events are decoded,
+//! routed and appended (they belong to the next batch), and when it lands the last
+//! transaction it covers is acknowledged. One commit is in flight at a time. A failed commit
+//! (disk full, I/O error) is retried with backoff while the stream is paused and the stack
+//! reports `Degraded`. Writer commands (new shapes, snapshot starts, removals) are handled only
+//! between transactions and with no commit in flight.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use super::pgoutput::{self, Message, Relation};
 use crate::lsn::Lsn;
 use crate::postgres::catalog;
 use crate::postgres::connect::SourceDb;
-use crate::shape::writer::{ChangeKind, Command, Writer};
+use crate::shape::writer::{ChangeKind, Command, InFlight, Writer};
 use crate::stack::status::{ReplicationStats, Status};
 
 /// Flush after at most this many transactions even if more are waiting.
@@ -151,6 +154,78 @@ async fn stream(
     (stats, status): (&ReplicationStats, &watch::Sender<Status>),
     ack: &mut impl FnMut(&ReplicationClient, Lsn),
 ) -> anyhow::Result<End> {
+    let mut inflight = None;
+    let result = stream_events(
+        client,
+        db,
+        writer,
+        commands,
+        (shutdown, restart),
+        (stats, status),
+        ack,
+        &mut inflight,
+    )
+    .await;
+    // Never leave a commit running behind a reset (the writer then drops what is unflushed)
+    // or a shutdown. Failed, its changes are simply replayed by the slot.
+    if let Some(mut flight) = inflight.take() {
+        let outcome = (&mut flight.task).await;
+        if let Ok(Some(lsn)) = writer.finish_flush(flight, outcome) {
+            ack(client, lsn);
+        }
+    }
+    result
+}
+
+/// Waits for the commit in flight, if any (pending for ever otherwise: a `select!` branch).
+async fn landed(
+    inflight: &mut Option<InFlight>,
+) -> Result<Result<(), shapesync_storage::StoreError>, tokio::task::JoinError> {
+    match inflight {
+        Some(flight) => (&mut flight.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes the commit in flight, if any, and acknowledges what it made durable; if it
+/// failed, retries its changes with [`flush_durably`]. `false` on shutdown (during a retry).
+async fn settle(
+    client: &ReplicationClient,
+    writer: &mut Writer,
+    inflight: &mut Option<InFlight>,
+    (shutdown, status): (&mut watch::Receiver<bool>, &watch::Sender<Status>),
+    ack: &mut impl FnMut(&ReplicationClient, Lsn),
+) -> bool {
+    let Some(mut flight) = inflight.take() else {
+        return true;
+    };
+    let outcome = (&mut flight.task).await;
+    let landed = match writer.finish_flush(flight, outcome) {
+        Ok(lsn) => Some(lsn),
+        Err(e) => {
+            tracing::warn!(error = %e, "group commit failed; retrying");
+            flush_durably(writer, shutdown, status).await
+        }
+    };
+    match landed {
+        Some(Some(lsn)) => ack(client, lsn),
+        Some(None) => {}
+        None => return false,
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_events(
+    client: &mut ReplicationClient,
+    db: &SourceDb,
+    writer: &mut Writer,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    (shutdown, restart): (&mut watch::Receiver<bool>, &Notify),
+    (stats, status): (&ReplicationStats, &watch::Sender<Status>),
+    ack: &mut impl FnMut(&ReplicationClient, Lsn),
+    inflight: &mut Option<InFlight>,
+) -> anyhow::Result<End> {
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
     let mut lookups = Lookups::new(db);
     let mut next: Option<ReplicationEvent> = None;
@@ -171,33 +246,70 @@ async fn stream(
                 }
             };
             if next.is_none() {
-                match flush_durably(writer, shutdown, status).await {
-                    Some(Some(lsn)) => ack(client, lsn),
-                    Some(None) => {}
-                    None => return Ok(End::Shutdown),
+                // Pipelined: the commit runs while the next events are decoded and routed.
+                // One at a time: the previous one lands (and is acknowledged) first.
+                if !settle(client, writer, inflight, (shutdown, status), ack).await {
+                    return Ok(End::Shutdown);
+                }
+                match writer.start_flush() {
+                    Ok(Some(flight)) => *inflight = Some(flight),
+                    // Nothing to take, a log too large for memory, or a failure to take:
+                    // the classic commit, waited for.
+                    Ok(None) | Err(_) => match flush_durably(writer, shutdown, status).await {
+                        Some(Some(lsn)) => ack(client, lsn),
+                        Some(None) => {}
+                        None => return Ok(End::Shutdown),
+                    },
                 }
             }
         }
         let event = match next.take() {
             Some(ev) => ev,
-            None if writer.in_transaction() => tokio::select! {
-                biased;
-                _ = shutdown.changed() => return finish(client, writer, ack).await,
-                _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
-                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
-                    .ok_or_else(|| anyhow!("replication stream ended"))?,
-            },
-            None => tokio::select! {
-                biased;
-                _ = shutdown.changed() => return finish(client, writer, ack).await,
-                _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
-                Some(cmd) = commands.recv() => {
-                    writer.command(cmd);
-                    continue;
+            None => {
+                let in_txn = writer.in_transaction();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        // Landed once, not retried: `finish` makes one last attempt.
+                        if let Some(mut flight) = inflight.take() {
+                            let outcome = (&mut flight.task).await;
+                            if let Ok(Some(lsn)) = writer.finish_flush(flight, outcome) {
+                                ack(client, lsn);
+                            }
+                        }
+                        return finish(client, writer, ack).await;
+                    }
+                    _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
+                    outcome = landed(inflight), if inflight.is_some() => {
+                        if let Some(flight) = inflight.take() {
+                            match writer.finish_flush(flight, outcome) {
+                                Ok(Some(lsn)) => ack(client, lsn),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "group commit failed; retrying");
+                                    match flush_durably(writer, shutdown, status).await {
+                                        Some(Some(lsn)) => ack(client, lsn),
+                                        Some(None) => {}
+                                        None => return Ok(End::Shutdown),
+                                    }
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(cmd) = commands.recv(), if !in_txn => {
+                        // Commands (new shapes, snapshot starts, removals) see no commit in
+                        // flight.
+                        if !settle(client, writer, inflight, (shutdown, status), ack).await {
+                            return Ok(End::Shutdown);
+                        }
+                        writer.command(cmd);
+                        continue;
+                    }
+                    ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
+                        .ok_or_else(|| anyhow!("replication stream ended"))?,
                 }
-                ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
-                    .ok_or_else(|| anyhow!("replication stream ended"))?,
-            },
+            }
         };
         match event {
             ReplicationEvent::Begin { final_lsn, xid, .. } => {
@@ -229,7 +341,7 @@ async fn stream(
                 let wal_end = Lsn::from(wal_end);
                 tracing::trace!(%wal_end, "keepalive");
                 stats.server_at(wal_end);
-                if let Some(lsn) = writer.idle_ack(wal_end) {
+                if let Some(lsn) = writer.idle_ack(wal_end).filter(|_| inflight.is_none()) {
                     ack(client, lsn);
                 }
             }

@@ -707,6 +707,82 @@ impl Writer {
         Ok(Some(end))
     }
 
+    /// Starts a group commit of every change appended so far that runs while the stream goes
+    /// on: the dirty logs' changes are taken (`ShapeLogStore::prepare_commit`) and made
+    /// durable on a blocking thread; changes appended meanwhile belong to the next commit.
+    /// Complete it with [`Writer::finish_flush`] before the next flush, a command, or a reset.
+    /// `None`: nothing to take, or the store cannot split this commit (a log holding a
+    /// transaction too large for memory): use [`Writer::flush`].
+    pub fn start_flush(&mut self) -> Result<Option<InFlight>, shapesync_storage::StoreError> {
+        if self.dirty.is_empty() {
+            return Ok(None);
+        }
+        let sinks: Vec<(usize, Arc<Shape>)> = self
+            .dirty
+            .iter()
+            .filter_map(|&i| self.sinks[i].as_ref().map(|s| (i, Arc::clone(&s.shape))))
+            .collect();
+        let logs: Vec<Arc<dyn ShapeLog>> = sinks.iter().map(|(_, s)| Arc::clone(&s.log)).collect();
+        let store = Arc::clone(self.registry.store());
+        let Some(prepared) = store.prepare_commit(&logs)? else {
+            return Ok(None);
+        };
+        for i in std::mem::take(&mut self.dirty) {
+            if let Some(sink) = self.sinks[i].as_mut() {
+                sink.dirty = false;
+                sink.in_dirty = false;
+            }
+        }
+        self.txns_since_flush = 0;
+        let started = std::time::Instant::now();
+        Ok(Some(InFlight {
+            task: tokio::task::spawn_blocking(move || store.run_prepared(prepared)),
+            sinks,
+            commit: self.last_commit,
+            started,
+        }))
+    }
+
+    /// Completes a commit started by [`Writer::start_flush`], given its task's outcome: wakes
+    /// the readers of its shapes and returns the LSN that may now be acknowledged (the last
+    /// transaction it covered), as [`Writer::flush`] does. On a storage error its changes are
+    /// back in their logs, which are dirty again: a [`Writer::flush`] retries them.
+    pub fn finish_flush(
+        &mut self,
+        flight: InFlight,
+        outcome: Result<Result<(), shapesync_storage::StoreError>, tokio::task::JoinError>,
+    ) -> Result<Option<Lsn>, shapesync_storage::StoreError> {
+        let outcome = outcome
+            .map_err(|e| std::io::Error::other(format!("commit task failed: {e}")))
+            .map_err(shapesync_storage::StoreError::from)
+            .and_then(|r| r);
+        if let Err(e) = outcome {
+            for (i, shape) in &flight.sinks {
+                if let Some(sink) = self.sinks[*i].as_mut() {
+                    if Arc::ptr_eq(&sink.shape, shape) && !sink.in_dirty {
+                        sink.dirty = true;
+                        sink.in_dirty = true;
+                        self.dirty.push(*i);
+                    }
+                }
+            }
+            self.txns_since_flush = self.txns_since_flush.max(1);
+            return Err(e);
+        }
+        self.fsync.observe_duration(flight.started.elapsed());
+        for (_, shape) in &flight.sinks {
+            shape.publish_log_state();
+        }
+        let Some((lsn, end)) = flight.commit else {
+            return Ok(None);
+        };
+        self.global_lsn.advance(lsn);
+        if self.buffering() {
+            return Ok(None);
+        }
+        Ok(Some(end))
+    }
+
     /// A keepalive with nothing pending: the server's position may be acknowledged so an idle
     /// database does not keep WAL for us.
     pub fn idle_ack(&self, wal_end: Lsn) -> Option<Lsn> {
@@ -734,6 +810,17 @@ impl Writer {
         }
         self.dirty.clear();
     }
+}
+
+/// A group commit in flight (see [`Writer::start_flush`]).
+pub struct InFlight {
+    /// The blocking commit; await it, then hand its outcome to [`Writer::finish_flush`].
+    pub task: tokio::task::JoinHandle<Result<(), shapesync_storage::StoreError>>,
+    /// The sinks whose changes it holds.
+    sinks: Vec<(usize, Arc<Shape>)>,
+    /// The last transaction it covers: (commit LSN, end LSN).
+    commit: Option<(Lsn, Lsn)>,
+    started: std::time::Instant,
 }
 
 fn relation_schema(rel: &Relation) -> &str {

@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use crate::error::FormatError;
-use crate::record::{encode_frame, LOG_HEADER_LEN};
+use crate::record::LOG_HEADER_LEN;
 
 pub(crate) const WAL_MAGIC: [u8; 4] = *b"SSWL";
 /// The store format version that introduced the commit log.
@@ -56,27 +56,36 @@ pub(crate) fn decode_wal_header(h: &[u8]) -> Result<u16, FormatError> {
 /// Builds the body of one batch frame, entry by entry.
 #[derive(Default)]
 pub(crate) struct BatchBuilder {
-    body: Vec<u8>,
+    /// The frame being built in place: frame header (8 bytes, filled by `finish`), count,
+    /// entries.
+    frame: Vec<u8>,
     count: u32,
 }
 
+/// Frame header (len, crc) and entry count, before the first entry.
+const BATCH_START: usize = 8 + 4;
+
 impl BatchBuilder {
-    pub(crate) fn new() -> Self {
+    /// A builder writing into `buf` (cleared; its capacity is reused, so a steady stream of
+    /// batches does not fault in fresh pages each time).
+    pub(crate) fn reusing(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.resize(BATCH_START, 0);
         BatchBuilder {
-            body: vec![0; 4],
+            frame: buf,
             count: 0,
         }
     }
 
-    /// Adds one entry; `bytes` is filled by `fill` (the records written to the shape file).
-    /// `id` is a validated shape id (at most 100 bytes).
+    /// Adds one entry: `bytes` are the records for the shape file at `pos`. `id` is a
+    /// validated shape id (at most 100 bytes).
     pub(crate) fn entry(&mut self, id: &str, pos: u64, bytes: &[u8]) {
-        self.body.push(id.len() as u8);
-        self.body.extend_from_slice(id.as_bytes());
-        self.body.extend_from_slice(&pos.to_le_bytes());
-        self.body
+        self.frame.push(id.len() as u8);
+        self.frame.extend_from_slice(id.as_bytes());
+        self.frame.extend_from_slice(&pos.to_le_bytes());
+        self.frame
             .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        self.body.extend_from_slice(bytes);
+        self.frame.extend_from_slice(bytes);
         self.count += 1;
     }
 
@@ -84,12 +93,20 @@ impl BatchBuilder {
         self.count == 0
     }
 
-    /// The framed batch.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        self.body[0..4].copy_from_slice(&self.count.to_le_bytes());
-        let mut out = Vec::with_capacity(self.body.len() + 8);
-        encode_frame(&mut out, &[&self.body]);
-        out
+    /// The framed batch (the record framing: `len | crc32(body) | body`), built in place.
+    pub(crate) fn finish(&mut self) -> &[u8] {
+        self.frame[8..12].copy_from_slice(&self.count.to_le_bytes());
+        let body = &self.frame[8..];
+        let len = body.len() as u32;
+        let crc = crc32fast::hash(body);
+        self.frame[0..4].copy_from_slice(&len.to_le_bytes());
+        self.frame[4..8].copy_from_slice(&crc.to_le_bytes());
+        &self.frame
+    }
+
+    /// The buffer back, for the next batch.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.frame
     }
 }
 
@@ -131,11 +148,11 @@ mod tests {
 
     #[test]
     fn batch_round_trip_and_damage() {
-        let mut b = BatchBuilder::new();
+        let mut b = BatchBuilder::reusing(vec![1, 2, 3]);
         assert!(b.is_empty());
         b.entry("s1", 18, b"abc");
         b.entry("shape-2", 40, b"");
-        let framed = b.finish();
+        let framed = b.finish().to_vec();
         let (body, len) = parse_frame(&framed, true).unwrap();
         assert_eq!(len, framed.len());
         let body = &framed[body];

@@ -117,6 +117,18 @@ struct ChangeWriter {
     durable_last: Option<LogOffset>,
     /// Records moved out of `buf`: they precede `buf` in what will be written at `write_pos`.
     spill: Option<Spill>,
+    /// Records taken by a prepared group commit (`prepare`), being made durable while appends
+    /// go on into `buf`: they come first, at `write_pos`.
+    staged: Option<Prepared>,
+}
+
+/// A log's part of a prepared group commit: what `prepare` took from the buffer.
+struct Prepared {
+    bytes: Bytes,
+    seals: Vec<SealedChunk<u64>>,
+    /// `chunker` and `last` as of its end (the durable ones once it is published).
+    chunker: Chunker,
+    last: Option<LogOffset>,
 }
 
 struct Spill {
@@ -125,9 +137,24 @@ struct Spill {
 }
 
 impl ChangeWriter {
-    /// Bytes appended and not yet durable (spilled + buffered).
+    /// Bytes appended and not yet durable nor taken by a prepared commit (spilled + buffered).
     fn pending_len(&self) -> u64 {
         self.spill.as_ref().map_or(0, |s| s.len) + self.buf.len() as u64
+    }
+
+    /// Bytes taken by a prepared commit in flight.
+    fn staged_len(&self) -> u64 {
+        self.staged.as_ref().map_or(0, |p| p.bytes.len() as u64)
+    }
+
+    /// The single-log paths (`flush`, `stage`) never run while a prepared commit is in flight.
+    fn check_not_staged(&self) -> Result<(), StoreError> {
+        match self.staged {
+            Some(_) => Err(StoreError::Corrupt(
+                "a prepared commit of this log is still in flight".into(),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -287,6 +314,7 @@ impl ChangeFile {
                 durable_chunker: chunker,
                 durable_last: last,
                 spill: None,
+                staged: None,
             }),
         }
     }
@@ -305,15 +333,16 @@ impl ChangeFile {
         encode_change(&mut w.buf, tx, op, json);
         w.last = Some(offset);
         if w.chunker.add(json.len()) {
-            let end_pos = w.write_pos + w.pending_len();
+            let end_pos = w.write_pos + w.staged_len() + w.pending_len();
             w.pending_seals.push(SealedChunk {
                 end: offset,
                 end_pos,
             });
         }
-        if w.buf.len() >= SPILL_BYTES {
+        if w.buf.len() >= SPILL_BYTES && w.staged.is_none() {
             // On failure the bytes simply stay in memory (nothing is lost; the next append
-            // or the commit tries again).
+            // or the commit tries again). Not while a prepared commit is in flight: a failed
+            // one puts its bytes back in front of the buffer, which must then be in memory.
             let _ = self.spill(&mut w);
         }
         Ok(())
@@ -371,8 +400,92 @@ impl ChangeFile {
         w.buf.clear();
         self.drop_spill(&mut w);
         w.pending_seals.clear();
+        w.staged = None;
         w.chunker = w.durable_chunker;
         w.last = w.durable_last;
+    }
+
+    /// Pipelined group commit, step 1 (no I/O): takes the buffered records for a commit that
+    /// runs while appends go on. `false` if there is nothing to take. A log that spilled, or
+    /// has a prepared commit in flight already, cannot be: `Err` (the caller commits the
+    /// classic way instead, after the one in flight).
+    pub(crate) fn prepare(&self) -> Result<bool, StoreError> {
+        let mut w = self.writer()?;
+        w.check_not_staged()?;
+        if w.spill.is_some() {
+            return Err(StoreError::Corrupt(
+                "a spilled log is committed the classic way".into(),
+            ));
+        }
+        if w.buf.is_empty() {
+            return Ok(false);
+        }
+        let prepared = Prepared {
+            bytes: Bytes::from(std::mem::take(&mut w.buf)),
+            seals: std::mem::take(&mut w.pending_seals),
+            chunker: w.chunker,
+            last: w.last,
+        };
+        w.staged = Some(prepared);
+        Ok(true)
+    }
+
+    /// Step 2 (on the committing thread): rolls the segment if it is full, then hands the
+    /// prepared records' `(position, bytes)` to `record` for the commit log.
+    pub(crate) fn stage_prepared(&self, record: impl FnOnce(u64, &[u8])) -> Result<(), StoreError> {
+        let mut w = self.writer()?;
+        if w.staged.is_none() {
+            return Ok(());
+        }
+        self.roll_if_full(&mut w)?;
+        if let Some(p) = &w.staged {
+            record(w.write_pos, &p.bytes);
+        }
+        Ok(())
+    }
+
+    /// Step 3, after the commit log's fsync: publishes the prepared records (they become the
+    /// write-behind tail). True if the log has a tail to write now.
+    pub(crate) fn publish_prepared(&self) -> Result<bool, StoreError> {
+        let mut w = self.writer()?;
+        let Some(p) = w.staged.take() else {
+            return Ok(false);
+        };
+        let at = w.write_pos;
+        let len = p.bytes.len() as u64;
+        {
+            let mut behind = self.behind();
+            behind.recent = (p.bytes.len() <= RECENT_BYTES).then(|| (at, p.bytes.clone()));
+            if !behind.dead {
+                behind.tail.push(TailPart {
+                    pos: at,
+                    base: w.active_base,
+                    bytes: p.bytes,
+                });
+            }
+        }
+        w.write_pos += len;
+        w.durable_chunker = p.chunker;
+        w.durable_last = p.last;
+        let latest = p.last.unwrap_or(LogOffset::LAST_BEFORE_REAL);
+        let durable_end = w.write_pos;
+        self.index_mut().publish(p.seals, durable_end, latest);
+        drop(w);
+        Ok(self.has_tail())
+    }
+
+    /// A prepared commit failed: its records go back in front of what was appended since, to
+    /// be committed again.
+    pub(crate) fn abort_prepared(&self) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = w.staged.take() else { return };
+        let mut buf = Vec::with_capacity(p.bytes.len() + w.buf.len());
+        buf.extend_from_slice(&p.bytes);
+        buf.extend_from_slice(&w.buf);
+        w.buf = buf;
+        let mut seals = p.seals;
+        seals.append(&mut w.pending_seals);
+        w.pending_seals = seals;
     }
 
     /// Writes buffered changes and fsyncs them (the single-log path; the store's group commit
@@ -381,6 +494,7 @@ impl ChangeFile {
     /// writeback failed, so a later successful fsync covers them.
     pub(crate) fn flush(&self) -> Result<LogOffset, StoreError> {
         let mut w = self.writer()?;
+        w.check_not_staged()?;
         let len = w.pending_len();
         if len == 0 {
             return Ok(self.latest_offset());
@@ -402,6 +516,7 @@ impl ChangeFile {
     /// Nothing becomes visible. On error nothing changes and the call can be repeated.
     pub(crate) fn stage(&self, record: impl FnOnce(u64, &[u8])) -> Result<Staged, StoreError> {
         let mut w = self.writer()?;
+        w.check_not_staged()?;
         let len = w.pending_len();
         if len == 0 {
             return Ok(Staged::Nothing);

@@ -85,6 +85,10 @@ impl ShapeLog for FileLog {
         self.changes.discard_unflushed()
     }
 
+    fn abort_prepared(&self) {
+        self.changes.abort_prepared()
+    }
+
     fn release_idle_files(&self) {
         self.snapshot.release_if_unused();
         self.changes.release_if_unused();

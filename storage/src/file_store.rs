@@ -28,7 +28,9 @@ use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
 use crate::file_scan::{sync_dir, write_atomic};
 use crate::file_segments::parse_segment_name;
-use crate::log::{validate_id, CommitStats, OpenedLog, ShapeLog, ShapeLogStore, StoreConfig};
+use crate::log::{
+    validate_id, CommitStats, OpenedLog, PreparedCommit, ShapeLog, ShapeLogStore, StoreConfig,
+};
 use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::record::{decode_meta, encode_meta};
@@ -57,6 +59,24 @@ pub(crate) struct WalState {
     /// re-creating one of them checkpoints first (a replay must never reach a new log).
     removed: HashSet<String>,
     stats: CommitStats,
+    /// The last batch's buffer, reused by the next one.
+    scratch: Vec<u8>,
+}
+
+/// A batch buffer larger than this is not kept for the next batch.
+const SCRATCH_KEEP: usize = 16 << 20;
+
+impl WalState {
+    fn batch(&mut self) -> BatchBuilder {
+        BatchBuilder::reusing(std::mem::take(&mut self.scratch))
+    }
+
+    fn keep(&mut self, batch: BatchBuilder) {
+        let buf = batch.into_buffer();
+        if buf.capacity() <= SCRATCH_KEEP {
+            self.scratch = buf;
+        }
+    }
 }
 
 /// Reset the commit log once it holds this many bytes of batches.
@@ -87,6 +107,7 @@ impl FileStore {
             log,
             removed: HashSet::new(),
             stats,
+            scratch: Vec::new(),
         });
         Ok(FileStore {
             dir,
@@ -245,7 +266,7 @@ impl ShapeLogStore for FileStore {
 
     fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError> {
         let mut wal = self.wal();
-        let mut batch = BatchBuilder::new();
+        let mut batch = wal.batch();
         let mut staged = Vec::with_capacity(logs.len());
         for (i, log) in logs.iter().enumerate() {
             let any: &dyn std::any::Any = &**log;
@@ -268,10 +289,11 @@ impl ShapeLogStore for FileStore {
             return Ok(());
         }
         if !batch.is_empty() {
-            wal.log.append(&batch.finish())?;
+            wal.log.append(batch.finish())?;
             wal.stats.batches += 1;
             wal.stats.wal_fsyncs += 1;
         }
+        wal.keep(batch);
         let mut behind = Vec::new();
         for (i, len, written) in staged {
             let any: &dyn std::any::Any = &*logs[i];
@@ -291,6 +313,68 @@ impl ShapeLogStore for FileStore {
         if wal.log.len() >= CHECKPOINT_BYTES {
             // The batch is durable in the commit log whatever happens here; a failed
             // checkpoint is retried at the next one (counted in the stats).
+            let _ = checkpoint(&mut wal, &self.writeback);
+        }
+        Ok(())
+    }
+
+    fn prepare_commit(
+        &self,
+        logs: &[Arc<dyn ShapeLog>],
+    ) -> Result<Option<PreparedCommit>, StoreError> {
+        let mut prepared = PreparedCommit { logs: Vec::new() };
+        for log in logs {
+            let any: &dyn std::any::Any = &**log;
+            let Some(file_log) = any.downcast_ref::<FileLog>() else {
+                return Err(StoreError::ForeignLog);
+            };
+            match file_log.changes().prepare() {
+                Ok(true) => prepared.logs.push(Arc::clone(log)),
+                Ok(false) => {}
+                // Spilled (or already in flight): the classic commit, once `prepared` has
+                // given back what it took (its drop).
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(Some(prepared))
+    }
+
+    fn run_prepared(&self, mut prepared: PreparedCommit) -> Result<(), StoreError> {
+        if prepared.logs.is_empty() {
+            return Ok(());
+        }
+        let mut wal = self.wal();
+        let mut batch = wal.batch();
+        let mut files = Vec::with_capacity(prepared.logs.len());
+        for log in &prepared.logs {
+            let any: &dyn std::any::Any = &**log;
+            let Some(file_log) = any.downcast_ref::<FileLog>() else {
+                return Err(StoreError::ForeignLog);
+            };
+            // On error `prepared` is dropped: every log gets its changes back.
+            file_log
+                .changes()
+                .stage_prepared(|pos, bytes| batch.entry(file_log.id(), pos, bytes))?;
+            files.push(file_log);
+        }
+        wal.log.append(batch.finish())?;
+        wal.stats.batches += 1;
+        wal.stats.wal_fsyncs += 1;
+        wal.keep(batch);
+        let mut behind = Vec::new();
+        for (log, file_log) in prepared.logs.iter().zip(&files) {
+            if wal.removed.contains(file_log.id()) {
+                file_log.changes().kill();
+            }
+            if file_log.changes().publish_prepared()? {
+                behind.push(Arc::clone(log));
+            }
+        }
+        drop(files);
+        // Run: nothing to give back.
+        prepared.logs.clear();
+        self.writeback.queue(behind);
+        if wal.log.len() >= CHECKPOINT_BYTES {
             let _ = checkpoint(&mut wal, &self.writeback);
         }
         Ok(())

@@ -56,8 +56,8 @@ pub use dir_lock::{DirLock, DirLockError, LOCK_FILE};
 pub use error::StoreError;
 pub use file_store::FileStore;
 pub use log::{
-    CommitStats, CompactionCandidate, OpenedLog, ReadResult, SealedRead, ShapeLog, ShapeLogStore,
-    SnapshotState, StoreConfig,
+    CommitStats, CompactionCandidate, OpenedLog, PreparedCommit, ReadResult, SealedRead, ShapeLog,
+    ShapeLogStore, SnapshotState, StoreConfig,
 };
 pub use memory_store::MemoryStore;
 pub use offset::{LogOffset, ParseOffsetError};

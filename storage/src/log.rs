@@ -72,6 +72,9 @@ pub trait ShapeLog: std::any::Any + Send + Sync {
     /// the writer's state returns to the durable point, so the same offsets can be appended
     /// again (used when the replication stream breaks mid-batch and is replayed).
     fn discard_unflushed(&self);
+    /// A prepared group commit holding this log's changes failed or was dropped: the changes go
+    /// back in front of those appended since (see [`ShapeLogStore::prepare_commit`]).
+    fn abort_prepared(&self) {}
     /// Close the log's open files if they were not used since the previous call (they are
     /// reopened on the next read or write), so idle shapes hold no file descriptors. Called
     /// periodically; cheap when nothing is open.
@@ -167,6 +170,50 @@ pub trait ShapeLogStore: Send + Sync {
     /// `flush` on each, at the cost of one flush). On error nothing of the batch became
     /// visible and the same call can be retried (disk full, I/O error).
     fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError>;
+    /// Pipelined group commit, step 1 (cheap, no I/O): takes the changes buffered in `logs`
+    /// so that the caller can go on appending while [`ShapeLogStore::run_prepared`] makes
+    /// exactly these durable. `None`: this store (or one of the logs, e.g. one holding a
+    /// transaction too large for memory) commits only the classic way, with `commit`; nothing
+    /// was taken then.
+    fn prepare_commit(
+        &self,
+        _logs: &[Arc<dyn ShapeLog>],
+    ) -> Result<Option<PreparedCommit>, StoreError> {
+        Ok(None)
+    }
+    /// Step 2 (blocking: one write and one fsync): makes a prepared commit durable, then
+    /// visible. On error nothing of it became visible and its changes are back in their logs,
+    /// ahead of what was appended since: a `commit` of the same logs retries them.
+    fn run_prepared(&self, prepared: PreparedCommit) -> Result<(), StoreError> {
+        drop(prepared);
+        Ok(())
+    }
+}
+
+/// A group commit taken by [`ShapeLogStore::prepare_commit`], to be run by the same store's
+/// [`ShapeLogStore::run_prepared`].
+pub struct PreparedCommit {
+    pub(crate) logs: Vec<Arc<dyn ShapeLog>>,
+}
+
+impl Drop for PreparedCommit {
+    /// Not run to success (failed, or dropped unrun): every log gets its changes back.
+    fn drop(&mut self) {
+        for log in self.logs.drain(..) {
+            log.abort_prepared();
+        }
+    }
+}
+
+impl PreparedCommit {
+    /// Logs it holds changes of.
+    pub fn len(&self) -> usize {
+        self.logs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
 }
 
 /// Counters of a store's group commit path.
