@@ -78,9 +78,16 @@ struct Behind {
     /// The records last made durable, from their logical position: the readers their
     /// publication wakes (live requests) read them from memory instead of the file. Dropped
     /// when the log goes idle (`release_if_unused`), so idle logs hold nothing.
-    recent: Option<(u64, Bytes)>,
+    recent: Option<Recent>,
     /// The log was removed from its store: its tail is dropped, never written.
     dead: bool,
+}
+
+/// The last publication: its position, its records, and the last offset before it.
+struct Recent {
+    at: u64,
+    bytes: Bytes,
+    before: Option<LogOffset>,
 }
 
 struct TailPart {
@@ -455,7 +462,11 @@ impl ChangeFile {
         let len = p.bytes.len() as u64;
         {
             let mut behind = self.behind();
-            behind.recent = (p.bytes.len() <= RECENT_BYTES).then(|| (at, p.bytes.clone()));
+            behind.recent = (p.bytes.len() <= RECENT_BYTES).then(|| Recent {
+                at,
+                bytes: p.bytes.clone(),
+                before: w.durable_last,
+            });
             if !behind.dead {
                 behind.tail.push(TailPart {
                     pos: at,
@@ -655,15 +666,23 @@ impl ChangeFile {
         {
             let mut behind = self.behind();
             if written {
-                behind.recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
-                    .then(|| (at, Bytes::copy_from_slice(&w.buf)));
+                behind.recent =
+                    (w.spill.is_none() && w.buf.len() <= RECENT_BYTES).then(|| Recent {
+                        at,
+                        bytes: Bytes::copy_from_slice(&w.buf),
+                        before: w.durable_last,
+                    });
                 // Capacity is kept for the next commit (a hot log); `release_if_unused` gives
                 // it back once the log goes idle.
                 w.buf.clear();
             } else {
                 debug_assert!(w.spill.is_none());
                 let bytes = Bytes::from(std::mem::take(&mut w.buf));
-                behind.recent = (bytes.len() <= RECENT_BYTES).then(|| (at, bytes.clone()));
+                behind.recent = (bytes.len() <= RECENT_BYTES).then(|| Recent {
+                    at,
+                    bytes: bytes.clone(),
+                    before: w.durable_last,
+                });
                 if !behind.dead {
                     behind.tail.push(TailPart {
                         pos: at,
@@ -716,7 +735,7 @@ impl ChangeFile {
             let hit = behind
                 .recent
                 .as_ref()
-                .and_then(|(at, bytes)| whole(*at, bytes))
+                .and_then(|r| whole(r.at, &r.bytes))
                 .or_else(|| behind.tail.iter().find_map(|p| whole(p.pos, &p.bytes)));
             if let Some(bytes) = hit {
                 return Ok(bytes);
@@ -767,23 +786,49 @@ impl ChangeFile {
         from: u64,
         to: u64,
     ) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
-        let buf = self.read_range(from, to)?;
-        let mut entries = Vec::new();
-        let mut at = 0;
-        while at < buf.len() {
-            let (body, len) = parse_frame(&buf[at..], false).map_err(|e| corrupt(from, at, e))?;
-            let body = at + body.start..at + body.end;
-            let (offset, json) =
-                decode_change_body(&buf[body.clone()]).ok_or_else(|| corrupt(from, at, "body"))?;
-            entries.push((
-                offset,
-                buf.slice(body.start + json.start..body.start + json.end),
-            ));
-            at += len;
-        }
-        Ok(entries)
+        parse_entries(self.read_range(from, to)?, from)
     }
 
+    /// The entries of chunk `[from, to)` after `after`, when the last publication holds all
+    /// of them: a reader woken by it (a live request at the offset before it) reads no file,
+    /// however much of the chunk came before.
+    fn recent_after(
+        &self,
+        from: u64,
+        to: u64,
+        after: LogOffset,
+    ) -> Option<Result<Vec<(LogOffset, Bytes)>, StoreError>> {
+        let bytes = {
+            let behind = self.behind();
+            let r = behind.recent.as_ref()?;
+            let end = r.at + r.bytes.len() as u64;
+            let all_inside = r.before.is_none_or(|b| after >= b);
+            (from <= r.at && r.at <= to && to <= end && all_inside)
+                .then(|| (r.at, r.bytes.slice(..(to - r.at) as usize)))?
+        };
+        Some(parse_entries(bytes.1, bytes.0))
+    }
+}
+
+/// The framed change records in `buf` (read from logical position `from`) with their offsets.
+fn parse_entries(buf: Bytes, from: u64) -> Result<Vec<(LogOffset, Bytes)>, StoreError> {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let (body, len) = parse_frame(&buf[at..], false).map_err(|e| corrupt(from, at, e))?;
+        let body = at + body.start..at + body.end;
+        let (offset, json) =
+            decode_change_body(&buf[body.clone()]).ok_or_else(|| corrupt(from, at, "body"))?;
+        entries.push((
+            offset,
+            buf.slice(body.start + json.start..body.start + json.end),
+        ));
+        at += len;
+    }
+    Ok(entries)
+}
+
+impl ChangeFile {
     /// The compacted form of the sealed chunk ending at `end`, if it has one. A compacted file
     /// that is missing or does not verify is dropped from service: readers get the original
     /// chunk (`read_chunk`). Other I/O errors (out of descriptors, say) are errors, and the
@@ -811,14 +856,19 @@ impl ChangeFile {
     /// The sealed or tail chunk `[from, to)` ending at `end`, whole: its compacted form if it
     /// has one (`true`), else its records. A read of the records that fails because the chunk
     /// was compacted and its segment reclaimed meanwhile is answered from the compacted form.
+    /// With `after`, entries up to it may be left out (the caller drops them anyway).
     pub(crate) fn read_chunk(
         &self,
         from: u64,
         to: u64,
         end: LogOffset,
+        after: Option<LogOffset>,
     ) -> Result<(Vec<(LogOffset, Bytes)>, bool), StoreError> {
         if let Some(entries) = self.read_compacted(end)? {
             return Ok((entries, true));
+        }
+        if let Some(read) = after.and_then(|a| self.recent_after(from, to, a)) {
+            return Ok((read?, false));
         }
         match self.read_with_offsets(from, to) {
             Ok(entries) => Ok((entries, false)),

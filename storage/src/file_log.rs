@@ -108,7 +108,7 @@ impl ShapeLog for FileLog {
                 compacted: false,
             },
             Plan::Changes { from, to, end } => {
-                let (entries, compacted) = self.changes.read_chunk(from, to, end)?;
+                let (entries, compacted) = self.changes.read_chunk(from, to, end, Some(after))?;
                 ReadResult::Chunk {
                     entries: entries
                         .into_iter()
@@ -135,7 +135,7 @@ impl ShapeLog for FileLog {
                 entries: self.snapshot.read_chunk(k)?,
             }),
             Plan::Changes { from, to, end } if self.changes.is_sealed_end(end) => {
-                let (entries, compacted) = self.changes.read_chunk(from, to, end)?;
+                let (entries, compacted) = self.changes.read_chunk(from, to, end, None)?;
                 Some(SealedRead::Changes { entries, compacted })
             }
             _ => None,

@@ -19,7 +19,7 @@ use crate::file_log::FileLog;
 use crate::log::ShapeLog;
 
 /// How long the thread lets commits accumulate before a pass.
-const DELAY: Duration = Duration::from_millis(25);
+const DELAY: Duration = Duration::from_millis(100);
 /// Pause after a pass that failed (a full or failing disk): retried, not spun on.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 

@@ -226,6 +226,10 @@ fn committed_bytes_reach_the_shape_files_behind_the_commit_log() {
     assert!(wal_len(dir.path()) > HEADER, "no checkpoint was needed");
     assert!(store.commit_stats().writeback_passes >= 1);
     assert_eq!(changes(&*log), want, "read back from the file");
+    // A reader at the offset before the last batch (a woken live request) gets exactly it;
+    // one further back gets everything after its offset (file and memory together).
+    assert_eq!(read(&*log, "2_0").0, want[2..].to_vec());
+    assert_eq!(read(&*log, "1_0").0, want[1..].to_vec());
     // A batch still behind when a checkpoint comes: written before the log is reset. The
     // process then dies without any other write (the writeback thread has nothing left).
     log.append_change(LogOffset::new(4, 0), &entry(4, 40))
