@@ -279,6 +279,18 @@ pub async fn run(
             goal: "< 256 MB, no purge",
             pass: growth < 256.0 && kept,
         });
+        let throughput = anchor_secs / ours_secs;
+        report.push(Line {
+            target: "P12",
+            figure: format!("one {mb:.0} MB transaction: throughput, commit → acknowledged"),
+            unit: "MB/s",
+            ours: mb / ours_secs,
+            anchor: Some(mb / anchor_secs),
+            anchor_what: "pg_recvlogical".into(),
+            ratio: Some(throughput),
+            goal: "≥ 0.9",
+            pass: throughput >= 0.9,
+        });
         report.note(format!(
             "P12: commit → acknowledged in {ours_secs:.1} s ({:.1} MB/s); pg_recvlogical streamed it in {anchor_secs:.1} s ({:.1} MB/s); shape kept its handle: {kept}",
             mb / ours_secs,
