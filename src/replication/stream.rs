@@ -2,7 +2,7 @@
 //! hand it to the [`Writer`], and acknowledge LSNs only once the writer has made them durable.
 //!
 //! Group commit: transactions are applied while events keep arriving; when the stream goes quiet
-//! (no event waiting) or 512 transactions are pending, the writer commits every shape log touched
+//! (no event waiting) or 512 transactions or 8 MiB of records are pending, the writer commits every shape log touched
 //! since the last commit in one batch (one group commit of the store: one write, one fsync).
 //! The commit is pipelined: it runs on a blocking thread while the next events are decoded,
 //! routed and appended (they belong to the next batch), and when it lands the last
@@ -29,6 +29,10 @@ use crate::stack::status::{ReplicationStats, Status};
 
 /// Flush after at most this many transactions even if more are waiting.
 const MAX_TXNS_PER_FLUSH: usize = 512;
+/// ... or this many bytes of change records: a batch of this size lands in a few milliseconds
+/// while the next one is ingested (a 150 MB batch of 512 large transactions stalled the
+/// pipeline on its own write, fsync and checkpoint).
+const MAX_BYTES_PER_FLUSH: usize = 8 << 20;
 
 /// Make sure the logical replication slot exists and can be used; with `recreate`, or when it
 /// has lost WAL it needs (`wal_status` lost), drop it first. Returns true if it was created now
@@ -235,7 +239,9 @@ async fn stream_events(
         if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
             // Group commit: keep going while events are waiting; flush as soon as the stream
             // goes quiet (or the batch is full), before blocking on it.
-            next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH {
+            next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH
+                || writer.unflushed_bytes() >= MAX_BYTES_PER_FLUSH
+            {
                 None
             } else {
                 match client.recv().now_or_never() {

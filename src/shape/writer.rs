@@ -126,6 +126,8 @@ pub struct Writer {
     /// Commit LSN and end LSN of the latest transaction handled.
     last_commit: Option<(Lsn, Lsn)>,
     txns_since_flush: usize,
+    /// Bytes of change records appended since the last flush started.
+    bytes_since_flush: usize,
     /// Latest commit LSN made durable, shared with the HTTP side (`global_last_seen_lsn`).
     global_lsn: Arc<AtomicLsn>,
     /// Flush batch latency.
@@ -156,6 +158,7 @@ impl Writer {
             dirty: Vec::new(),
             last_commit: None,
             txns_since_flush: 0,
+            bytes_since_flush: 0,
             global_lsn,
             fsync,
         }
@@ -601,6 +604,7 @@ impl Writer {
                 self.touched.push(idx);
             }
             for (offset, json) in records {
+                self.bytes_since_flush += json.len();
                 if let Err(e) = hold(sink, offset, json, xid) {
                     failed.push((shape.handle.clone(), e.to_string()));
                     break;
@@ -659,6 +663,12 @@ impl Writer {
         self.txns_since_flush
     }
 
+    /// Bytes of change records appended since the last flush started (a batch is cut by size
+    /// too: a small commit lands sooner and overlaps the next one's ingest better).
+    pub fn unflushed_bytes(&self) -> usize {
+        self.bytes_since_flush
+    }
+
     fn buffering(&self) -> bool {
         self.sinks
             .iter()
@@ -697,6 +707,7 @@ impl Writer {
             }
         }
         self.txns_since_flush = 0;
+        self.bytes_since_flush = 0;
         let Some((lsn, end)) = self.last_commit else {
             return Ok(None);
         };
@@ -734,6 +745,7 @@ impl Writer {
             }
         }
         self.txns_since_flush = 0;
+        self.bytes_since_flush = 0;
         let started = std::time::Instant::now();
         Ok(Some(InFlight {
             task: tokio::task::spawn_blocking(move || store.run_prepared(prepared)),
@@ -796,6 +808,7 @@ impl Writer {
         self.txn = None;
         self.touched.clear();
         self.txns_since_flush = 0;
+        self.bytes_since_flush = 0;
         for sink in self.sinks.iter_mut().flatten() {
             sink.held = None;
             sink.txn_lsn = Lsn::ZERO;

@@ -93,6 +93,11 @@ impl BatchBuilder {
         self.count == 0
     }
 
+    /// Bytes of the framed batch so far.
+    pub(crate) fn len(&self) -> usize {
+        self.frame.len()
+    }
+
     /// The framed batch (the record framing: `len | crc32(body) | body`), built in place.
     pub(crate) fn finish(&mut self) -> &[u8] {
         self.frame[8..12].copy_from_slice(&self.count.to_le_bytes());

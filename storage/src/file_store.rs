@@ -288,6 +288,7 @@ impl ShapeLogStore for FileStore {
         if staged.is_empty() {
             return Ok(());
         }
+        let batch_bytes = batch.len() as u64;
         if !batch.is_empty() {
             wal.log.append(batch.finish())?;
             wal.stats.batches += 1;
@@ -309,7 +310,7 @@ impl ShapeLogStore for FileStore {
                 behind.push(Arc::clone(&logs[i]));
             }
         }
-        self.writeback.queue(behind);
+        self.writeback.queue(behind, batch_bytes);
         if wal.log.len() >= CHECKPOINT_BYTES {
             // The batch is durable in the commit log whatever happens here; a failed
             // checkpoint is retried at the next one (counted in the stats).
@@ -357,6 +358,7 @@ impl ShapeLogStore for FileStore {
                 .stage_prepared(|pos, bytes| batch.entry(file_log.id(), pos, bytes))?;
             files.push(file_log);
         }
+        let batch_bytes = batch.len() as u64;
         wal.log.append(batch.finish())?;
         wal.stats.batches += 1;
         wal.stats.wal_fsyncs += 1;
@@ -373,7 +375,7 @@ impl ShapeLogStore for FileStore {
         drop(files);
         // Run: nothing to give back.
         prepared.logs.clear();
-        self.writeback.queue(behind);
+        self.writeback.queue(behind, batch_bytes);
         if wal.log.len() >= CHECKPOINT_BYTES {
             let _ = checkpoint(&mut wal, &self.writeback);
         }
