@@ -94,6 +94,8 @@ pub async fn run(
     let mut ss = Shapesync::new(url, &dir.join("a"), STREAM);
     ss.spawn();
     ss.wait_active(&http, Duration::from_secs(60)).await;
+    // A fresh process: the baseline of P7's second reading (after the P11 restart).
+    let (rss_fresh, _) = ss.rss();
     let n = sizes.ingest_rows;
     let s = sizes.shapes;
 
@@ -145,24 +147,17 @@ pub async fn run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, _) = ss.rss();
     let files1 = ss.open_files();
+    // Reading 1: growth while they are created. The memory P1's ingest freed (commit batches,
+    // write-behind tails) stays with the allocator and is reused by the new shapes, so this can
+    // read low; reading 2 (after the P11 restart, two fresh processes compared) cannot.
+    let p7_live = rss1.saturating_sub(rss0) as f64 / s as f64;
     if selected(only, "P7") {
-        let per = rss1.saturating_sub(rss0) as f64 / s as f64;
-        report.push(Line {
-            target: "P7",
-            figure: format!("resident memory per idle live shape, {s} shapes"),
-            unit: "bytes",
-            ours: per,
-            anchor: Some(2048.0),
-            anchor_what: String::new(),
-            ratio: Some(per / 2048.0),
-            goal: "≤ 2,048",
-            pass: per <= 2048.0,
-        });
         report.note(format!(
             "P7: {:.2} open files per idle live shape ({files0} → {files1})",
             (files1.saturating_sub(files0)) as f64 / s as f64
         ));
     }
+    let mut p7_restart = None;
 
     // P2: the same workload routed to N `value = k` shapes (each row hits one).
     if selected(only, "P2") {
@@ -223,6 +218,9 @@ pub async fn run(
         let res = http.get(&q).send().await.expect("shape after restart");
         let served = t.elapsed().as_secs_f64();
         assert!(res.status().is_success(), "after restart: {}", res.status());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (rss_restarted, _) = ss.rss();
+        p7_restart = Some(rss_restarted.saturating_sub(rss_fresh) as f64 / (s + 1) as f64);
         report.push(Line {
             target: "P11",
             figure: format!(
@@ -240,6 +238,27 @@ pub async fn run(
         report.note(format!(
             "P11: first shape request answered (same handle, stored offset) {served:.3} s after start"
         ));
+    }
+    if selected(only, "P7") {
+        // The larger of the two readings.
+        let per = p7_restart.map_or(p7_live, |r| r.max(p7_live));
+        report.push(Line {
+            target: "P7",
+            figure: format!("resident memory per idle live shape, {s} shapes"),
+            unit: "bytes",
+            ours: per,
+            anchor: Some(2048.0),
+            anchor_what: String::new(),
+            ratio: Some(per / 2048.0),
+            goal: "≤ 2,048",
+            pass: per <= 2048.0,
+        });
+        report.note(match p7_restart {
+            Some(r) => format!(
+                "P7: {p7_live:.0} B per shape while created, {r:.0} B after a restart (fresh process with the shapes vs. fresh process without)"
+            ),
+            None => format!("P7: {p7_live:.0} B per shape while created (P11 not run: no restart reading)"),
+        });
     }
 
     let mut next_id = 100_000_000i64;
