@@ -78,7 +78,7 @@ struct Behind {
     /// The records last made durable, from their logical position: the readers their
     /// publication wakes (live requests) read them from memory instead of the file. Dropped
     /// when the log goes idle (`release_if_unused`), so idle logs hold nothing.
-    recent: Option<Recent>,
+    recent: Option<Box<Recent>>,
     /// The log was removed from its store: its tail is dropped, never written.
     dead: bool,
 }
@@ -126,7 +126,7 @@ struct ChangeWriter {
     spill: Option<Spill>,
     /// Records taken by a prepared group commit (`prepare`), being made durable while appends
     /// go on into `buf`: they come first, at `write_pos`.
-    staged: Option<Prepared>,
+    staged: Option<Box<Prepared>>,
 }
 
 /// A log's part of a prepared group commit: what `prepare` took from the buffer.
@@ -433,7 +433,7 @@ impl ChangeFile {
             chunker: w.chunker,
             last: w.last,
         };
-        w.staged = Some(prepared);
+        w.staged = Some(Box::new(prepared));
         Ok(true)
     }
 
@@ -462,11 +462,13 @@ impl ChangeFile {
         let len = p.bytes.len() as u64;
         {
             let mut behind = self.behind();
-            behind.recent = (p.bytes.len() <= RECENT_BYTES).then(|| Recent {
-                at,
-                bytes: p.bytes.clone(),
-                before: w.durable_last,
-            });
+            behind.recent = (p.bytes.len() <= RECENT_BYTES)
+                .then(|| Recent {
+                    at,
+                    bytes: p.bytes.clone(),
+                    before: w.durable_last,
+                })
+                .map(Box::new);
             if !behind.dead {
                 behind.tail.push(TailPart {
                     pos: at,
@@ -666,23 +668,26 @@ impl ChangeFile {
         {
             let mut behind = self.behind();
             if written {
-                behind.recent =
-                    (w.spill.is_none() && w.buf.len() <= RECENT_BYTES).then(|| Recent {
+                behind.recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
+                    .then(|| Recent {
                         at,
                         bytes: Bytes::copy_from_slice(&w.buf),
                         before: w.durable_last,
-                    });
+                    })
+                    .map(Box::new);
                 // Capacity is kept for the next commit (a hot log); `release_if_unused` gives
                 // it back once the log goes idle.
                 w.buf.clear();
             } else {
                 debug_assert!(w.spill.is_none());
                 let bytes = Bytes::from(std::mem::take(&mut w.buf));
-                behind.recent = (bytes.len() <= RECENT_BYTES).then(|| Recent {
-                    at,
-                    bytes: bytes.clone(),
-                    before: w.durable_last,
-                });
+                behind.recent = (bytes.len() <= RECENT_BYTES)
+                    .then(|| Recent {
+                        at,
+                        bytes: bytes.clone(),
+                        before: w.durable_last,
+                    })
+                    .map(Box::new);
                 if !behind.dead {
                     behind.tail.push(TailPart {
                         pos: at,
