@@ -143,6 +143,16 @@ impl Stack {
         if let Some(task) = task {
             let _ = task.await;
         }
+        // Everything committed into the shape files and synced: the next start replays
+        // nothing (best effort: the commit log still holds it all if this fails).
+        let store = Arc::clone(self.registry.store());
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(stack = %self.id, error = %e, "final checkpoint failed; the next start replays the commit log")
+            }
+            Err(e) => tracing::warn!(stack = %self.id, error = %e, "final checkpoint task failed"),
+        }
     }
 
     pub fn db(&self) -> &SourceDb {

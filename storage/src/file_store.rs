@@ -319,6 +319,10 @@ impl ShapeLogStore for FileStore {
         Ok(())
     }
 
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        FileStore::checkpoint(self)
+    }
+
     fn prepare_commit(
         &self,
         logs: &[Arc<dyn ShapeLog>],

@@ -170,6 +170,12 @@ pub trait ShapeLogStore: Send + Sync {
     /// `flush` on each, at the cost of one flush). On error nothing of the batch became
     /// visible and the same call can be retried (disk full, I/O error).
     fn commit(&self, logs: &[Arc<dyn ShapeLog>]) -> Result<(), StoreError>;
+    /// Makes everything committed durable in the logs themselves, so that the next open has
+    /// nothing to replay (called on a clean stop). Nothing to do for stores without a commit
+    /// log.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Pipelined group commit, step 1 (cheap, no I/O): takes the changes buffered in `logs`
     /// so that the caller can go on appending while [`ShapeLogStore::run_prepared`] makes
     /// exactly these durable. `None`: this store (or one of the logs, e.g. one holding a
