@@ -2,7 +2,8 @@
 //! hand it to the [`Writer`], and acknowledge LSNs only once the writer has made them durable.
 //!
 //! Group commit: transactions are applied while events keep arriving; when the stream goes quiet
-//! (no event waiting) or 512 transactions or 8 MiB of records are pending, the writer commits every shape log touched
+//! (no event waiting) or 512 transactions or 8 MiB of records (4 KiB per touched shape if that
+//! is more) are pending, the writer commits every shape log touched
 //! since the last commit in one batch (one group commit of the store: one write, one fsync).
 //! The commit is pipelined: it runs on a blocking thread while the next events are decoded,
 //! routed and appended (they belong to the next batch), and when it lands the last
@@ -31,8 +32,13 @@ use crate::stack::status::{ReplicationStats, Status};
 const MAX_TXNS_PER_FLUSH: usize = 512;
 /// ... or this many bytes of change records: a batch of this size lands in a few milliseconds
 /// while the next one is ingested (a 150 MB batch of 512 large transactions stalled the
-/// pipeline on its own write, fsync and checkpoint).
+/// pipeline on its own write, fsync and checkpoint)...
 const MAX_BYTES_PER_FLUSH: usize = 8 << 20;
+/// ... unless the batch touches many shapes: committing a shape's changes has a cost per shape
+/// (taking its buffer, publishing, waking its readers), so a batch carries at least this much
+/// per touched shape (with 100,000 shapes each hit by one row of 1,000-row transactions, 8 MiB
+/// batches cost a third of the throughput of 512-transaction ones).
+const MIN_BYTES_PER_LOG: usize = 4 << 10;
 
 /// Make sure the logical replication slot exists and can be used; with `recreate`, or when it
 /// has lost WAL it needs (`wal_status` lost), drop it first. Returns true if it was created now
@@ -240,7 +246,8 @@ async fn stream_events(
             // Group commit: keep going while events are waiting; flush as soon as the stream
             // goes quiet (or the batch is full), before blocking on it.
             next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH
-                || writer.unflushed_bytes() >= MAX_BYTES_PER_FLUSH
+                || writer.unflushed_bytes()
+                    >= MAX_BYTES_PER_FLUSH.max(writer.unflushed_logs() * MIN_BYTES_PER_LOG)
             {
                 None
             } else {

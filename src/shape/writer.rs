@@ -663,6 +663,11 @@ impl Writer {
         self.txns_since_flush
     }
 
+    /// Shape logs with changes appended since the last flush started.
+    pub fn unflushed_logs(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Bytes of change records appended since the last flush started (a batch is cut by size
     /// too: a small commit lands sooner and overlaps the next one's ingest better).
     pub fn unflushed_bytes(&self) -> usize {

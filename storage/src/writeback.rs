@@ -21,10 +21,10 @@ use crate::log::ShapeLog;
 
 /// How long the thread lets commits accumulate before a pass: each pass costs one write per
 /// touched file (with 10,000 busy shapes, ~10,000 writes), so the fewer the better...
-const DELAY: Duration = Duration::from_millis(500);
+const DELAY: Duration = Duration::from_millis(1000);
 /// ... but no more than this many committed bytes wait in memory: past it the pass starts at
 /// once.
-const MAX_BEHIND_BYTES: u64 = 16 << 20;
+const MAX_BEHIND_BYTES: u64 = 64 << 20;
 /// Pause after a pass that failed (a full or failing disk): retried, not spun on.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
