@@ -38,7 +38,13 @@ pub struct Stack {
     pub archived_manifests: lifecycle::ArchivedManifests,
     /// The lifecycle task (uploads, archiving, bucket deletions), awaited by `stop`.
     lifecycle_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `storage_bytes` as last summed, and when.
+    storage_bytes: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// `storage_bytes` is summed over every shape at most this often (with 100,000 shapes one sum
+/// takes tens of milliseconds; a `/metrics` poller could keep a core busy with it).
+const STORAGE_BYTES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::ops::Deref for Stack {
     type Target = StackCtx;
@@ -106,6 +112,7 @@ impl Stack {
             lifecycle: cfg.lifecycle.clone(),
             lifecycle_task: std::sync::Mutex::new(None),
             archived_manifests: lifecycle::ArchivedManifests::new(4096),
+            storage_bytes: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::schema_watch::run(Arc::clone(&ctx), cfg.schema_check));
         let lifecycle_task = tokio::spawn(lifecycle::run(
@@ -159,13 +166,23 @@ impl Stack {
         &self.ctx.db
     }
 
-    /// Total bytes of the stack's shape logs.
+    /// Total bytes of the stack's shape logs (summed at most once a second; up to a second
+    /// old).
     pub fn storage_bytes(&self) -> u64 {
-        self.registry
+        let mut last = self.storage_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, bytes)) = *last {
+            if at.elapsed() < STORAGE_BYTES_EVERY {
+                return bytes;
+            }
+        }
+        let bytes = self
+            .registry
             .shapes()
             .iter()
             .map(|s| s.log.size_bytes())
-            .sum()
+            .sum();
+        *last = Some((std::time::Instant::now(), bytes));
+        bytes
     }
 
     /// Remove the stack for good: stop replication, take every shape out of service (parked
