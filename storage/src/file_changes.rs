@@ -90,6 +90,35 @@ struct Recent {
     before: Option<LogOffset>,
 }
 
+impl Behind {
+    /// A publication of `bytes` at logical position `at` (in the segment starting at `base`;
+    /// `before`: the last offset before it): kept for the readers it wakes if small, and
+    /// queued for the writeback unless `written` already.
+    fn published(
+        &mut self,
+        at: u64,
+        base: u64,
+        before: Option<LogOffset>,
+        bytes: Bytes,
+        written: bool,
+    ) {
+        self.recent = (bytes.len() <= RECENT_BYTES).then(|| {
+            Box::new(Recent {
+                at,
+                bytes: bytes.clone(),
+                before,
+            })
+        });
+        if !written && !self.dead {
+            self.tail.push(TailPart {
+                pos: at,
+                base,
+                bytes,
+            });
+        }
+    }
+}
+
 struct TailPart {
     /// Logical position of the first byte.
     pos: u64,
@@ -460,23 +489,8 @@ impl ChangeFile {
         };
         let at = w.write_pos;
         let len = p.bytes.len() as u64;
-        {
-            let mut behind = self.behind();
-            behind.recent = (p.bytes.len() <= RECENT_BYTES)
-                .then(|| Recent {
-                    at,
-                    bytes: p.bytes.clone(),
-                    before: w.durable_last,
-                })
-                .map(Box::new);
-            if !behind.dead {
-                behind.tail.push(TailPart {
-                    pos: at,
-                    base: w.active_base,
-                    bytes: p.bytes,
-                });
-            }
-        }
+        self.behind()
+            .published(at, w.active_base, w.durable_last, p.bytes, false);
         w.write_pos += len;
         w.durable_chunker = p.chunker;
         w.durable_last = p.last;
@@ -665,37 +679,22 @@ impl ChangeFile {
     fn publish_locked(&self, w: &mut ChangeWriter, len: u64, written: bool) -> LogOffset {
         debug_assert_eq!(len, w.pending_len());
         let at = w.write_pos;
-        {
+        if written {
             let mut behind = self.behind();
-            if written {
-                behind.recent = (w.spill.is_none() && w.buf.len() <= RECENT_BYTES)
-                    .then(|| Recent {
-                        at,
-                        bytes: Bytes::copy_from_slice(&w.buf),
-                        before: w.durable_last,
-                    })
-                    .map(Box::new);
-                // Capacity is kept for the next commit (a hot log); `release_if_unused` gives
-                // it back once the log goes idle.
-                w.buf.clear();
+            if w.spill.is_none() && w.buf.len() <= RECENT_BYTES {
+                let bytes = Bytes::copy_from_slice(&w.buf);
+                behind.published(at, w.active_base, w.durable_last, bytes, true);
             } else {
-                debug_assert!(w.spill.is_none());
-                let bytes = Bytes::from(std::mem::take(&mut w.buf));
-                behind.recent = (bytes.len() <= RECENT_BYTES)
-                    .then(|| Recent {
-                        at,
-                        bytes: bytes.clone(),
-                        before: w.durable_last,
-                    })
-                    .map(Box::new);
-                if !behind.dead {
-                    behind.tail.push(TailPart {
-                        pos: at,
-                        base: w.active_base,
-                        bytes,
-                    });
-                }
+                behind.recent = None;
             }
+            // Capacity is kept for the next commit (a hot log); `release_if_unused` gives it
+            // back once the log goes idle.
+            w.buf.clear();
+        } else {
+            debug_assert!(w.spill.is_none());
+            let bytes = Bytes::from(std::mem::take(&mut w.buf));
+            self.behind()
+                .published(at, w.active_base, w.durable_last, bytes, false);
         }
         w.write_pos += len;
         self.drop_spill(w);
