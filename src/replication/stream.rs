@@ -164,21 +164,142 @@ async fn stream(
     (stats, status): (&ReplicationStats, &watch::Sender<Status>),
     ack: &mut impl FnMut(&ReplicationClient, Lsn),
 ) -> anyhow::Result<End> {
-    let mut inflight = None;
-    let result = stream_events(
-        client,
-        db,
-        writer,
-        commands,
-        (shutdown, restart),
-        (stats, status),
-        ack,
-        &mut inflight,
-    )
+    let mut slot: Option<InFlight> = None;
+    // The session in a block of its own: however it ends (shutdown, restart, error), the
+    // commit in flight is completed after it.
+    let result: anyhow::Result<End> = async {
+        let inflight = &mut slot;
+        let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
+        let mut lookups = Lookups::new(db);
+        let mut next: Option<ReplicationEvent> = None;
+        // The transaction being received (its Relation messages are looked up as of its commit).
+        let mut txn_xid: u32 = 0;
+        loop {
+            if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
+                // Group commit: keep going while events are waiting; flush as soon as the stream
+                // goes quiet (or the batch is full), before blocking on it.
+                next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH
+                    || writer.unflushed_bytes()
+                        >= MAX_BYTES_PER_FLUSH.max(writer.unflushed_logs() * MIN_BYTES_PER_LOG)
+                {
+                    None
+                } else {
+                    match client.recv().now_or_never() {
+                        None => None,
+                        Some(Ok(Some(ev))) => Some(ev),
+                        Some(Ok(None)) => return Err(anyhow!("replication stream ended")),
+                        Some(Err(e)) => return Err(anyhow::Error::new(e).context("replication stream")),
+                    }
+                };
+                if next.is_none() {
+                    // Pipelined: the commit runs while the next events are decoded and routed.
+                    // One at a time: the previous one lands (and is acknowledged) first.
+                    if !settle(client, writer, inflight, (shutdown, status), ack).await {
+                        return Ok(End::Shutdown);
+                    }
+                    match writer.start_flush() {
+                        Ok(Some(flight)) => *inflight = Some(flight),
+                        // Nothing to take, a log too large for memory, or a failure to take:
+                        // the classic commit, waited for.
+                        Ok(None) | Err(_) => match flush_durably(writer, shutdown, status).await {
+                            Some(Some(lsn)) => ack(client, lsn),
+                            Some(None) => {}
+                            None => return Ok(End::Shutdown),
+                        },
+                    }
+                }
+            }
+            let event = match next.take() {
+                Some(ev) => ev,
+                None => {
+                    let in_txn = writer.in_transaction();
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => {
+                            // Landed once, not retried: `finish` makes one last attempt.
+                            if let Some(mut flight) = inflight.take() {
+                                let outcome = (&mut flight.task).await;
+                                if let Ok(Some(lsn)) = writer.finish_flush(flight, outcome) {
+                                    ack(client, lsn);
+                                }
+                            }
+                            return finish(client, writer, ack).await;
+                        }
+                        _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
+                        outcome = landed(inflight), if inflight.is_some() => {
+                            if let Some(flight) = inflight.take() {
+                                match writer.finish_flush(flight, outcome) {
+                                    Ok(Some(lsn)) => ack(client, lsn),
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "group commit failed; retrying");
+                                        match flush_durably(writer, shutdown, status).await {
+                                            Some(Some(lsn)) => ack(client, lsn),
+                                            Some(None) => {}
+                                            None => return Ok(End::Shutdown),
+                                        }
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        Some(cmd) = commands.recv(), if !in_txn => {
+                            // Commands (new shapes, snapshot starts, removals) see no commit in
+                            // flight.
+                            if !settle(client, writer, inflight, (shutdown, status), ack).await {
+                                return Ok(End::Shutdown);
+                            }
+                            writer.command(cmd);
+                            continue;
+                        }
+                        ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
+                            .ok_or_else(|| anyhow!("replication stream ended"))?,
+                    }
+                }
+            };
+            match event {
+                ReplicationEvent::Begin { final_lsn, xid, .. } => {
+                    txn_xid = xid;
+                    writer.begin(final_lsn.into(), xid)
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let msg = pgoutput::decode(&data)
+                        .map_err(|e| anyhow::Error::new(e).context("pgoutput"))?;
+                    if let Message::Relation(r) = msg {
+                        // Which partitioned tables the relation's changes also belong to: asked
+                        // of the catalog each time Postgres describes it (after any change to it,
+                        // attaching and detaching included).
+                        let ancestors = lookups.ancestors(r.oid, txn_xid).await?;
+                        tracing::debug!(oid = r.oid, name = %r.name, ?ancestors, "relation");
+                        writer.relation(&r, ancestors.as_deref());
+                        relations.insert(r.oid, Arc::new(r));
+                    } else {
+                        apply(msg, &relations, writer)?;
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    let end_lsn = Lsn::from(end_lsn);
+                    tracing::trace!(%end_lsn, "commit");
+                    stats.server_at(end_lsn);
+                    writer.commit(end_lsn);
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    let wal_end = Lsn::from(wal_end);
+                    tracing::trace!(%wal_end, "keepalive");
+                    stats.server_at(wal_end);
+                    if let Some(lsn) = writer.idle_ack(wal_end).filter(|_| inflight.is_none()) {
+                        ack(client, lsn);
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => return Ok(End::Shutdown),
+            }
+        }
+    }
     .await;
     // Never leave a commit running behind a reset (the writer then drops what is unflushed)
     // or a shutdown. Failed, its changes are simply replayed by the slot.
-    if let Some(mut flight) = inflight.take() {
+    if let Some(mut flight) = slot.take() {
         let outcome = (&mut flight.task).await;
         if let Ok(Some(lsn)) = writer.finish_flush(flight, outcome) {
             ack(client, lsn);
@@ -223,145 +344,6 @@ async fn settle(
         None => return false,
     }
     true
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stream_events(
-    client: &mut ReplicationClient,
-    db: &SourceDb,
-    writer: &mut Writer,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-    (shutdown, restart): (&mut watch::Receiver<bool>, &Notify),
-    (stats, status): (&ReplicationStats, &watch::Sender<Status>),
-    ack: &mut impl FnMut(&ReplicationClient, Lsn),
-    inflight: &mut Option<InFlight>,
-) -> anyhow::Result<End> {
-    let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
-    let mut lookups = Lookups::new(db);
-    let mut next: Option<ReplicationEvent> = None;
-    // The transaction being received (its Relation messages are looked up as of its commit).
-    let mut txn_xid: u32 = 0;
-    loop {
-        if next.is_none() && !writer.in_transaction() && writer.unflushed_transactions() > 0 {
-            // Group commit: keep going while events are waiting; flush as soon as the stream
-            // goes quiet (or the batch is full), before blocking on it.
-            next = if writer.unflushed_transactions() >= MAX_TXNS_PER_FLUSH
-                || writer.unflushed_bytes()
-                    >= MAX_BYTES_PER_FLUSH.max(writer.unflushed_logs() * MIN_BYTES_PER_LOG)
-            {
-                None
-            } else {
-                match client.recv().now_or_never() {
-                    None => None,
-                    Some(Ok(Some(ev))) => Some(ev),
-                    Some(Ok(None)) => return Err(anyhow!("replication stream ended")),
-                    Some(Err(e)) => return Err(anyhow::Error::new(e).context("replication stream")),
-                }
-            };
-            if next.is_none() {
-                // Pipelined: the commit runs while the next events are decoded and routed.
-                // One at a time: the previous one lands (and is acknowledged) first.
-                if !settle(client, writer, inflight, (shutdown, status), ack).await {
-                    return Ok(End::Shutdown);
-                }
-                match writer.start_flush() {
-                    Ok(Some(flight)) => *inflight = Some(flight),
-                    // Nothing to take, a log too large for memory, or a failure to take:
-                    // the classic commit, waited for.
-                    Ok(None) | Err(_) => match flush_durably(writer, shutdown, status).await {
-                        Some(Some(lsn)) => ack(client, lsn),
-                        Some(None) => {}
-                        None => return Ok(End::Shutdown),
-                    },
-                }
-            }
-        }
-        let event = match next.take() {
-            Some(ev) => ev,
-            None => {
-                let in_txn = writer.in_transaction();
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => {
-                        // Landed once, not retried: `finish` makes one last attempt.
-                        if let Some(mut flight) = inflight.take() {
-                            let outcome = (&mut flight.task).await;
-                            if let Ok(Some(lsn)) = writer.finish_flush(flight, outcome) {
-                                ack(client, lsn);
-                            }
-                        }
-                        return finish(client, writer, ack).await;
-                    }
-                    _ = restart.notified() => return Err(anyhow!("replication restarted to set the publication and slot up again")),
-                    outcome = landed(inflight), if inflight.is_some() => {
-                        if let Some(flight) = inflight.take() {
-                            match writer.finish_flush(flight, outcome) {
-                                Ok(Some(lsn)) => ack(client, lsn),
-                                Ok(None) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "group commit failed; retrying");
-                                    match flush_durably(writer, shutdown, status).await {
-                                        Some(Some(lsn)) => ack(client, lsn),
-                                        Some(None) => {}
-                                        None => return Ok(End::Shutdown),
-                                    }
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    Some(cmd) = commands.recv(), if !in_txn => {
-                        // Commands (new shapes, snapshot starts, removals) see no commit in
-                        // flight.
-                        if !settle(client, writer, inflight, (shutdown, status), ack).await {
-                            return Ok(End::Shutdown);
-                        }
-                        writer.command(cmd);
-                        continue;
-                    }
-                    ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?
-                        .ok_or_else(|| anyhow!("replication stream ended"))?,
-                }
-            }
-        };
-        match event {
-            ReplicationEvent::Begin { final_lsn, xid, .. } => {
-                txn_xid = xid;
-                writer.begin(final_lsn.into(), xid)
-            }
-            ReplicationEvent::XLogData { data, .. } => {
-                let msg = pgoutput::decode(&data)
-                    .map_err(|e| anyhow::Error::new(e).context("pgoutput"))?;
-                if let Message::Relation(r) = msg {
-                    // Which partitioned tables the relation's changes also belong to: asked
-                    // of the catalog each time Postgres describes it (after any change to it,
-                    // attaching and detaching included).
-                    let ancestors = lookups.ancestors(r.oid, txn_xid).await?;
-                    tracing::debug!(oid = r.oid, name = %r.name, ?ancestors, "relation");
-                    writer.relation(&r, ancestors.as_deref());
-                    relations.insert(r.oid, Arc::new(r));
-                } else {
-                    apply(msg, &relations, writer)?;
-                }
-            }
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                let end_lsn = Lsn::from(end_lsn);
-                tracing::trace!(%end_lsn, "commit");
-                stats.server_at(end_lsn);
-                writer.commit(end_lsn);
-            }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                let wal_end = Lsn::from(wal_end);
-                tracing::trace!(%wal_end, "keepalive");
-                stats.server_at(wal_end);
-                if let Some(lsn) = writer.idle_ack(wal_end).filter(|_| inflight.is_none()) {
-                    ack(client, lsn);
-                }
-            }
-            ReplicationEvent::Message { .. } => {}
-            ReplicationEvent::StoppedAt { .. } => return Ok(End::Shutdown),
-        }
-    }
 }
 
 /// Shutdown: make complete transactions durable and acknowledge them; an open transaction is

@@ -64,6 +64,14 @@ impl FileLog {
     }
 }
 
+impl FileLog {
+    /// `log` as a log of a [`crate::FileStore`], if it is one.
+    pub(crate) fn of(log: &Arc<dyn ShapeLog>) -> Option<&FileLog> {
+        let any: &dyn std::any::Any = &**log;
+        any.downcast_ref::<FileLog>()
+    }
+}
+
 impl ShapeLog for FileLog {
     fn append_snapshot_row(&self, json: &[u8]) -> Result<(), StoreError> {
         self.snapshot.append_row(json)

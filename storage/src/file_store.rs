@@ -71,10 +71,26 @@ impl WalState {
         BatchBuilder::reusing(std::mem::take(&mut self.scratch))
     }
 
-    fn keep(&mut self, batch: BatchBuilder) {
+    /// Appends `batch` (unless empty) with one fsync and keeps its buffer; its byte count.
+    fn append(&mut self, mut batch: BatchBuilder) -> Result<u64, StoreError> {
+        let bytes = batch.len() as u64;
+        if !batch.is_empty() {
+            self.log.append(batch.finish())?;
+            self.stats.batches += 1;
+            self.stats.wal_fsyncs += 1;
+        }
         let buf = batch.into_buffer();
         if buf.capacity() <= SCRATCH_KEEP {
             self.scratch = buf;
+        }
+        Ok(bytes)
+    }
+
+    /// A log committed to after its removal: its files are gone, so its bytes are written
+    /// nowhere (replay skips ids without a directory).
+    fn unless_removed(&self, log: &FileLog) {
+        if self.removed.contains(log.id()) {
+            log.changes().kill();
         }
     }
 }
@@ -116,6 +132,16 @@ impl FileStore {
             budget,
             writeback: Writeback::start(),
         })
+    }
+
+    /// After a commit: its logs' bytes go to the writeback, and the commit log is checkpointed
+    /// once full. The batch is durable in the commit log whatever happens here; a failed
+    /// checkpoint is retried at the next one (counted in the stats).
+    fn written_behind(&self, wal: &mut WalState, behind: Vec<Arc<dyn ShapeLog>>, bytes: u64) {
+        self.writeback.queue(behind, bytes);
+        if wal.log.len() >= CHECKPOINT_BYTES {
+            let _ = checkpoint(wal, &self.writeback);
+        }
     }
 
     /// Counters of the group commit path (for benches and metrics).
@@ -269,10 +295,7 @@ impl ShapeLogStore for FileStore {
         let mut batch = wal.batch();
         let mut staged = Vec::with_capacity(logs.len());
         for (i, log) in logs.iter().enumerate() {
-            let any: &dyn std::any::Any = &**log;
-            let Some(log) = any.downcast_ref::<FileLog>() else {
-                return Err(StoreError::ForeignLog);
-            };
+            let log = FileLog::of(log).ok_or(StoreError::ForeignLog)?;
             match log
                 .changes()
                 .stage(|pos, bytes| batch.entry(log.id(), pos, bytes))?
@@ -288,34 +311,18 @@ impl ShapeLogStore for FileStore {
         if staged.is_empty() {
             return Ok(());
         }
-        let batch_bytes = batch.len() as u64;
-        if !batch.is_empty() {
-            wal.log.append(batch.finish())?;
-            wal.stats.batches += 1;
-            wal.stats.wal_fsyncs += 1;
-        }
-        wal.keep(batch);
+        let batch_bytes = wal.append(batch)?;
         let mut behind = Vec::new();
         for (i, len, written) in staged {
-            let any: &dyn std::any::Any = &*logs[i];
-            let Some(log) = any.downcast_ref::<FileLog>() else {
+            let Some(log) = FileLog::of(&logs[i]) else {
                 continue;
             };
-            if wal.removed.contains(log.id()) {
-                // Committed to after its removal: its files are gone, its bytes are not
-                // written anywhere (replay skips ids without a directory).
-                log.changes().kill();
-            }
+            wal.unless_removed(log);
             if log.changes().publish(len, written)? {
                 behind.push(Arc::clone(&logs[i]));
             }
         }
-        self.writeback.queue(behind, batch_bytes);
-        if wal.log.len() >= CHECKPOINT_BYTES {
-            // The batch is durable in the commit log whatever happens here; a failed
-            // checkpoint is retried at the next one (counted in the stats).
-            let _ = checkpoint(&mut wal, &self.writeback);
-        }
+        self.written_behind(&mut wal, behind, batch_bytes);
         Ok(())
     }
 
@@ -329,10 +336,7 @@ impl ShapeLogStore for FileStore {
     ) -> Result<Option<PreparedCommit>, StoreError> {
         let mut prepared = PreparedCommit { logs: Vec::new() };
         for log in logs {
-            let any: &dyn std::any::Any = &**log;
-            let Some(file_log) = any.downcast_ref::<FileLog>() else {
-                return Err(StoreError::ForeignLog);
-            };
+            let file_log = FileLog::of(log).ok_or(StoreError::ForeignLog)?;
             match file_log.changes().prepare() {
                 Ok(true) => prepared.logs.push(Arc::clone(log)),
                 Ok(false) => {}
@@ -350,39 +354,27 @@ impl ShapeLogStore for FileStore {
         }
         let mut wal = self.wal();
         let mut batch = wal.batch();
-        let mut files = Vec::with_capacity(prepared.logs.len());
         for log in &prepared.logs {
-            let any: &dyn std::any::Any = &**log;
-            let Some(file_log) = any.downcast_ref::<FileLog>() else {
-                return Err(StoreError::ForeignLog);
-            };
+            let file_log = FileLog::of(log).ok_or(StoreError::ForeignLog)?;
             // On error `prepared` is dropped: every log gets its changes back.
             file_log
                 .changes()
                 .stage_prepared(|pos, bytes| batch.entry(file_log.id(), pos, bytes))?;
-            files.push(file_log);
         }
-        let batch_bytes = batch.len() as u64;
-        wal.log.append(batch.finish())?;
-        wal.stats.batches += 1;
-        wal.stats.wal_fsyncs += 1;
-        wal.keep(batch);
+        let batch_bytes = wal.append(batch)?;
         let mut behind = Vec::new();
-        for (log, file_log) in prepared.logs.iter().zip(&files) {
-            if wal.removed.contains(file_log.id()) {
-                file_log.changes().kill();
-            }
+        for log in &prepared.logs {
+            let Some(file_log) = FileLog::of(log) else {
+                continue;
+            };
+            wal.unless_removed(file_log);
             if file_log.changes().publish_prepared()? {
                 behind.push(Arc::clone(log));
             }
         }
-        drop(files);
         // Run: nothing to give back.
         prepared.logs.clear();
-        self.writeback.queue(behind, batch_bytes);
-        if wal.log.len() >= CHECKPOINT_BYTES {
-            let _ = checkpoint(&mut wal, &self.writeback);
-        }
+        self.written_behind(&mut wal, behind, batch_bytes);
         Ok(())
     }
 

@@ -53,11 +53,6 @@ fn key(log: &Arc<dyn ShapeLog>) -> usize {
     Arc::as_ptr(log) as *const () as usize
 }
 
-fn file_log(log: &Arc<dyn ShapeLog>) -> Option<&FileLog> {
-    let any: &dyn std::any::Any = &**log;
-    any.downcast_ref::<FileLog>()
-}
-
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -76,7 +71,7 @@ impl Shared {
         }
         let mut first_error = None;
         for log in &logs {
-            if let Some(log) = file_log(log) {
+            if let Some(log) = FileLog::of(log) {
                 if let Err(e) = log.changes().write_tail() {
                     first_error.get_or_insert(e);
                 }
@@ -86,7 +81,7 @@ impl Shared {
         // checkpoint that does not see it may sync at once).
         self.queue()
             .logs
-            .retain(|_, l| file_log(l).is_some_and(|f| f.changes().has_tail()));
+            .retain(|_, l| FileLog::of(l).is_some_and(|f| f.changes().has_tail()));
         self.passes.fetch_add(1, Ordering::Relaxed);
         match first_error {
             Some(e) => {
@@ -176,14 +171,14 @@ impl Writeback {
     pub(crate) fn forget(&self, id: &str) {
         let mut gone = Vec::new();
         self.shared.queue().logs.retain(|_, l| {
-            let ours = file_log(l).is_some_and(|f| f.id() == id);
+            let ours = FileLog::of(l).is_some_and(|f| f.id() == id);
             if ours {
                 gone.push(Arc::clone(l));
             }
             !ours
         });
         for log in gone {
-            if let Some(log) = file_log(&log) {
+            if let Some(log) = FileLog::of(&log) {
                 log.changes().kill();
             }
         }
