@@ -129,6 +129,11 @@ struct ServeArgs {
     /// clients reading old chunks get each row's net change (every offset stays valid).
     #[arg(long, env = "SHAPESYNC_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
     compaction: bool,
+    /// Memory for ready answers to repeated requests for sealed snapshot chunks, in MiB (0:
+    /// none): the second identical request for one and every later one is answered without
+    /// routing, authentication or a log read.
+    #[arg(long, env = "SHAPESYNC_RESPONSE_CACHE_MB", default_value_t = 64)]
+    response_cache_mb: usize,
     /// Rows a subset snapshot may return; a larger one answers 413.
     #[arg(long, env = "SHAPESYNC_SUBSET_MAX_ROWS", default_value_t = 1_000_000)]
     subset_max_rows: u64,
@@ -243,6 +248,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.compaction = args.compaction;
     cfg.max_connections = args.max_connections;
     cfg.max_connections_per_ip = args.max_connections_per_ip;
+    cfg.response_cache_bytes = args.response_cache_mb.saturating_mul(1 << 20);
     cfg.subset_caps = shapesync::shape::subset::SubsetCaps {
         max_rows: args.subset_max_rows,
         max_bytes: args.subset_max_bytes,

@@ -526,6 +526,33 @@ pub fn render(http: &HttpMetrics, files: FileSample, tenants: &[TenantSample]) -
     out
 }
 
+/// The ready answers to repeated requests (`serve::memo`): answers given, held, bytes held.
+pub fn render_response_cache(out: &mut String, hits: u64, entries: u64, bytes: u64) {
+    let name = "shapesync_response_cache_hits_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Shape requests answered from the ready answers (sealed snapshot chunks asked for again).",
+    );
+    sample(out, name, "", Value::Uint(hits));
+    for (name, help, v) in [
+        (
+            "shapesync_response_cache_entries",
+            "Ready answers held now.",
+            entries,
+        ),
+        (
+            "shapesync_response_cache_bytes",
+            "Bytes of ready answers held now (--response-cache-mb caps them).",
+            bytes,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        sample(out, name, "", Value::Uint(v));
+    }
+}
+
 /// Authorization counters: refused credentials by code, admin changes to roles and keys.
 pub fn render_auth(
     out: &mut String,

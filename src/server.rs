@@ -46,6 +46,8 @@ pub struct Config {
     pub compaction: bool,
     /// How large a subset answer may be.
     pub subset_caps: crate::shape::subset::SubsetCaps,
+    /// Memory for ready answers to repeated requests (`serve::memo`); 0: none.
+    pub response_cache_bytes: usize,
     /// Open connections allowed in total (parked long-polls included); by default what the
     /// open-file limit leaves after the shape logs' budget and a reserve.
     pub max_connections: Option<usize>,
@@ -97,6 +99,7 @@ impl Config {
             max_shapes: None,
             compaction: true,
             subset_caps: crate::shape::subset::SubsetCaps::default(),
+            response_cache_bytes: 64 << 20,
             max_connections: None,
             max_connections_per_ip: None,
         }
@@ -268,6 +271,7 @@ impl Server {
             spill_budget: crate::shape::spill::SpillBudget::new(cfg.subset_caps.spill_bytes),
             connections: (limits.max_connections, Arc::clone(&limits.stats)),
             auth: crate::serve::authz::AuthState::new(auth_store, jwt),
+            memo: crate::serve::memo::Memo::new(cfg.response_cache_bytes),
         });
         // Forget idle rate-limit keys now and then, for as long as the server lives.
         let housekeeping = Arc::downgrade(&state);
@@ -290,9 +294,11 @@ impl Server {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let (stop_http, stop_rx) = watch::channel(false);
-        let app = router(state);
+        let app = router(Arc::clone(&state));
+        let shortcut: Arc<dyn shapesync_http1::Shortcut> =
+            Arc::new(crate::serve::memo::Shortcut(state));
         let http = tokio::spawn(async move {
-            shapesync_http1::serve(listener, app, stop_rx, limits).await;
+            shapesync_http1::serve(listener, app, stop_rx, limits, Some(shortcut)).await;
         });
         tracing::info!(%addr, "listening");
         Ok(Server {

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -24,7 +25,8 @@ use crate::request::{
     body_length, chunk_size, client_request_id, parse_head, trailer_line_ok, wants_keep_alive,
     BodyLength, Head, Parsed, Reject, MAX_BODY, MAX_HEAD,
 };
-use crate::response::{write_reject, write_response};
+use crate::response::{write_ready, write_reject, write_response};
+use crate::shortcut::Shortcut;
 
 /// A keep-alive connection with no request for this long is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,25 +45,55 @@ const MAX_TRAILER_LINES: usize = 100;
 
 /// A byte stream a connection runs on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Resolves once bytes can be read (or the stream ended), without reading them: a
-    /// connection waiting for its next request holds no buffer.
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Wait until bytes can be read (or the stream ended), then read what is there into `buf`;
+    /// Ok(0) at the end of the stream. A connection waiting for its next request holds no
+    /// buffer meanwhile: `buf` is empty while this waits, and grows only by what is read.
+    fn read_ready(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
 }
 
 impl Transport for tokio::net::TcpStream {
-    /// A peek at one byte: `TcpStream::readable` can report a socket ready that has nothing to
-    /// read (a new socket, or one whose last read did not drain it to `WouldBlock`), and an idle
-    /// connection would then wait in a read, with a buffer and under the request timeout.
-    async fn readable(&self) -> std::io::Result<()> {
-        let mut byte = [0u8; 1];
-        self.peek(&mut byte).await.map(|_| ())
+    /// Readiness, then one read through a buffer on the stack: the next request usually arrives
+    /// whole in one read, so it costs one `recv` and an allocation of its own size. A read
+    /// shorter than asked clears the socket's readiness (tokio's `poll_read` does), so waiting
+    /// for the next request costs no extra `recv`. `TcpStream::readable` can report a socket
+    /// ready that has nothing to read (a new socket); then this waits again.
+    async fn read_ready(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if let Poll::Ready(r) = read_now(self, buf) {
+                return r;
+            }
+        }
+    }
+}
+
+/// Read what the socket holds now (up to 8 KiB) into `buf`, through the stack; `Pending` if it
+/// holds nothing (the caller then waits for readiness, with its own waker).
+fn read_now(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    let mut scratch = [0u8; 8192];
+    let mut read = tokio::io::ReadBuf::new(&mut scratch);
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(stream).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
 impl Transport for tokio::io::DuplexStream {
-    /// In-memory streams (tests): read straight away.
-    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    /// In-memory streams (tests): an ordinary read.
+    async fn read_ready(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        buf.reserve(4096);
+        self.read_buf(buf).await
     }
 }
 
@@ -84,6 +116,7 @@ pub(crate) struct Ctx<S> {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) busy: Busy,
     pub(crate) conns: Arc<ConnCounts>,
+    pub(crate) shortcut: Option<Arc<dyn Shortcut>>,
 }
 
 /// Requests in progress, for graceful shutdown.
@@ -234,6 +267,31 @@ async fn run<S: Transport>(
             && buf.is_empty()
             && !ctx.parking.is_closed();
 
+        // A ready answer of the application's, without the router.
+        if replay_info.is_none() && head.method == Method::GET && body.is_empty() {
+            if let Some(ready) = ctx
+                .shortcut
+                .as_ref()
+                .and_then(|s| s.answer(&head.uri, &head.headers))
+            {
+                drop(head_bytes);
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
+                match Box::pin(write_ready(
+                    &mut stream,
+                    ready,
+                    &request_id,
+                    version,
+                    keep_alive,
+                ))
+                .await
+                {
+                    Ok(true) => continue,
+                    _ => return,
+                }
+            }
+        }
         let Head {
             method,
             uri,
@@ -314,10 +372,15 @@ async fn read_request<S: Transport>(
         if *shutdown.borrow() {
             return Ok(None);
         }
+        // Biased: a request already there is read without arming the idle timer.
         tokio::select! {
-            r = stream.readable() => if r.is_err() { return Ok(None) },
-            _ = tokio::time::sleep(idle_limit) => return Ok(None),
+            biased;
+            r = stream.read_ready(buf) => match r {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            },
             _ = stopped(&mut shutdown) => return Ok(None),
+            _ = tokio::time::sleep(idle_limit) => return Ok(None),
         }
     }
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;

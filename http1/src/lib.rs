@@ -23,9 +23,12 @@
 //! a malformed chunk line or trailer) is answered `400` and the connection closed, so no byte of
 //! one request's body can be read as another request.
 //!
+//! An application may also hold answers ready ([`Shortcut`]): a `GET` it has one for is answered
+//! without the router (a cache of immutable responses: target P9).
+//!
 //! Files: `request` (parsing, pure), `response` (writing), `conn` (one connection, generic over
 //! its [`Transport`]), `parking` (the registry of parked requests), `limits` (connection caps),
-//! `server` (accepting).
+//! `server` (accepting), `shortcut` (ready answers).
 
 mod conn;
 mod limits;
@@ -33,6 +36,7 @@ mod parking;
 mod request;
 mod response;
 mod server;
+mod shortcut;
 
 pub use conn::{ParkedConn, Transport};
 pub use limits::{ConnStats, Exempt, Limits};
@@ -41,3 +45,4 @@ pub use parking::{
 };
 pub use request::client_request_id;
 pub use server::{serve, Http1};
+pub use shortcut::{Ready, Shortcut};

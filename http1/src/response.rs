@@ -3,6 +3,7 @@
 //! to a request that could not be read.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -179,6 +180,90 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     if !tail.is_empty() {
         send(stream, &tail).await?;
     }
+    if !keep_alive {
+        let _ = stream.shutdown().await;
+    }
+    Ok(keep_alive)
+}
+
+/// Write `parts` in order, vectored where the stream takes it, failing like [`send`] once the
+/// client has taken nothing for [`WRITE_STALL`].
+async fn send_parts<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut parts: [&[u8]; 3],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    loop {
+        while first < parts.len() && parts[first].is_empty() {
+            first += 1;
+        }
+        if first == parts.len() {
+            return Ok(());
+        }
+        let slices = [
+            IoSlice::new(parts[first]),
+            IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
+        ];
+        let mut n = {
+            let mut write = std::pin::pin!(stream.write_vectored(&slices[..parts.len() - first]));
+            let now = {
+                let mut cx = Context::from_waker(Waker::noop());
+                write.as_mut().poll(&mut cx)
+            };
+            match now {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    tokio::time::timeout(WRITE_STALL, write)
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the client stopped reading",
+                            )
+                        })??
+                }
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < parts.len() {
+            let take = n.min(parts[first].len());
+            parts[first] = &parts[first][take..];
+            n -= take;
+            if parts[first].is_empty() {
+                first += 1;
+            }
+        }
+    }
+}
+
+/// Write a ready answer ([`crate::Ready`]) with the per-request headers it lacks; Ok(true) if
+/// the connection stays open for another request.
+pub(crate) async fn write_ready<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ready: crate::Ready,
+    request_id: &HeaderValue,
+    version: Version,
+    keep_alive: bool,
+) -> std::io::Result<bool> {
+    let date = date_header();
+    let mut own = Vec::with_capacity(128 + request_id.len());
+    own.extend_from_slice(b"x-request-id: ");
+    own.extend_from_slice(request_id.as_bytes());
+    own.extend_from_slice(b"\r\ncontent-length: ");
+    own.extend_from_slice(ready.body.len().to_string().as_bytes());
+    own.extend_from_slice(b"\r\ndate: ");
+    own.extend_from_slice(date.as_bytes());
+    own.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        own.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        own.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    own.extend_from_slice(b"\r\n");
+    send_parts(stream, [&ready.head, &own, &ready.body]).await?;
     if !keep_alive {
         let _ = stream.shutdown().await;
     }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::conn::{connection, replay, stopped, Busy, Ctx, ParkedConn, Transport};
 use crate::limits::{refuse, ConnCounts, Limits};
 use crate::parking::{Parking, Woken};
+use crate::shortcut::Shortcut;
 
 /// A server for connections of type `S`.
 pub struct Http1<S> {
@@ -29,6 +30,16 @@ impl<S: Transport> Http1<S> {
 
     /// As [`Http1::new`], with connections capped by `limits`.
     pub fn with_limits(router: Router, shutdown: watch::Receiver<bool>, limits: Limits) -> Self {
+        Self::with_shortcut(router, shutdown, limits, None)
+    }
+
+    /// As [`Http1::with_limits`], with the application's ready answers asked before the router.
+    pub fn with_shortcut(
+        router: Router,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+        shortcut: Option<Arc<dyn Shortcut>>,
+    ) -> Self {
         let ctx = Arc::new_cyclic(|weak: &Weak<Ctx<S>>| {
             let weak = Weak::clone(weak);
             Ctx {
@@ -41,6 +52,7 @@ impl<S: Transport> Http1<S> {
                 shutdown,
                 busy: Busy::default(),
                 conns: ConnCounts::new(limits),
+                shortcut,
             }
         });
         Http1 { ctx }
@@ -94,14 +106,15 @@ impl<S: Transport> Http1<S> {
 /// Serve `router` on `listener` until `shutdown` turns true; then stop accepting, replay parked
 /// requests (they now wait in their own task and see the server stop), close idle connections,
 /// and return once every request in progress has answered (at most 30 s later). Connections
-/// over `limits` are answered `503` and closed.
+/// over `limits` are answered `503` and closed; `shortcut`'s ready answers go before the router.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
+    shortcut: Option<Arc<dyn Shortcut>>,
 ) {
-    let server: Http1<TcpStream> = Http1::with_limits(router, shutdown.clone(), limits);
+    let server: Http1<TcpStream> = Http1::with_shortcut(router, shutdown.clone(), limits, shortcut);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -719,28 +732,107 @@ mod tests {
         }
     }
 
-    /// An in-memory stream has no readiness to wait on: it idles under the request timeout.
+    /// Answers `GET /ready` (any query) itself; counts what it was asked.
+    struct Fixed(std::sync::atomic::AtomicUsize);
+
+    impl Shortcut for Fixed {
+        fn answer(
+            &self,
+            uri: &axum::http::Uri,
+            _headers: &axum::http::HeaderMap,
+        ) -> Option<crate::Ready> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (uri.path() == "/ready").then(|| crate::Ready {
+                head: bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\nx-kind: ready\r\n"),
+                body: bytes::Bytes::from_static(b"held"),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_answer_is_written_with_the_per_request_headers() {
+        let (_ticker, rx) = watch::channel(0u64);
+        let (_stop, stop_rx) = watch::channel(false);
+        let fixed = Arc::new(Fixed(Default::default()));
+        let server: Http1<DuplexStream> = Http1::with_shortcut(
+            router(rx),
+            stop_rx,
+            Limits::default(),
+            Some(Arc::clone(&fixed) as Arc<dyn Shortcut>),
+        );
+        let (mut c, conn) = tokio::io::duplex(1 << 16);
+        server.connection(conn, SocketAddr::new([127, 0, 0, 1].into(), 4000));
+        // Pipelined: a ready answer, one through the router, a HEAD and a POST (never asked),
+        // then a ready one on HTTP/1.0 that closes.
+        c.write_all(
+            b"GET /ready?x=1 HTTP/1.1\r\nx-request-id: mine\r\n\r\n\
+              GET /hello HTTP/1.1\r\n\r\n\
+              HEAD /ready HTTP/1.1\r\n\r\n\
+              POST /echo HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi\
+              GET /ready HTTP/1.0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
+            .await
+            .expect("closed after the HTTP/1.0 request")
+            .unwrap();
+        let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 5, "{out}");
+        let first = answers[0];
+        assert!(
+            first.starts_with(
+                "200 OK\r\nx-kind: ready\r\nx-request-id: mine\r\ncontent-length: 4\r\ndate: "
+            ),
+            "{first}"
+        );
+        assert!(first.ends_with("\r\n\r\nheld"), "{first}");
+        assert!(answers[1].ends_with("hello"), "{}", answers[1]);
+        assert!(
+            !answers[2].contains("x-kind"),
+            "HEAD goes to the router: {}",
+            answers[2]
+        );
+        assert!(answers[3].ends_with("hi"), "{}", answers[3]);
+        let last = answers[4];
+        assert!(
+            last.contains("x-kind: ready\r\n") && last.contains("connection: close\r\n"),
+            "{last}"
+        );
+        assert!(last.ends_with("held"), "{last}");
+        assert_eq!(
+            fixed.0.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "asked for the three GETs only"
+        );
+    }
+
+    /// An in-memory connection idles as a TCP one does: closed by the first-byte timeout when
+    /// nothing came, by the idle timeout after an answered request.
     #[tokio::test(start_paused = true)]
-    async fn an_idle_in_memory_connection_is_closed_by_the_request_timeout() {
+    async fn an_idle_in_memory_connection_is_closed_by_the_idle_timeouts() {
+        use crate::conn::{FIRST_BYTE_TIMEOUT, IDLE_TIMEOUT};
         let h = harness();
         let started = tokio::time::Instant::now();
         let mut c = h.connect();
-        let out = read_all(&mut c, crate::conn::REQUEST_TIMEOUT * 2).await;
+        let out = read_all(&mut c, FIRST_BYTE_TIMEOUT * 2).await;
         assert_eq!(out, "");
-        assert!(started.elapsed() >= crate::conn::REQUEST_TIMEOUT);
-        assert!(started.elapsed() < crate::conn::REQUEST_TIMEOUT * 2);
+        assert!(started.elapsed() >= FIRST_BYTE_TIMEOUT);
+        assert!(started.elapsed() < FIRST_BYTE_TIMEOUT * 2);
         h.until_open(0).await;
 
-        // After an answered request too.
+        // After an answered request.
         let mut c = h.connect();
         c.write_all(b"GET /hello HTTP/1.1\r\n\r\n").await.unwrap();
         let started = tokio::time::Instant::now();
-        let out = read_all(&mut c, crate::conn::REQUEST_TIMEOUT * 2).await;
+        let out = read_all(&mut c, IDLE_TIMEOUT * 2).await;
         assert!(
             out.starts_with("HTTP/1.1 200 OK") && out.ends_with("hello"),
             "{out}"
         );
-        assert!(started.elapsed() >= crate::conn::REQUEST_TIMEOUT);
+        assert!(started.elapsed() >= IDLE_TIMEOUT);
+        assert!(started.elapsed() < IDLE_TIMEOUT * 2);
         h.until_open(0).await;
     }
 }

@@ -11,6 +11,7 @@ pub mod admin_auth;
 pub mod admission;
 pub mod authz;
 pub mod error;
+pub mod memo;
 pub mod params;
 pub mod response;
 pub mod shape_api;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub auth: authz::AuthState,
     /// The connection cap and the HTTP server's connection counters.
     pub connections: (usize, Arc<shapesync_http1::ConnStats>),
+    /// Ready answers to repeated requests for sealed snapshot chunks.
+    pub memo: memo::Memo,
 }
 
 impl AppState {
@@ -206,6 +209,12 @@ async fn metrics(
         &mut text,
         &app.auth.denial_counts(),
         &app.auth.change_counts(),
+    );
+    crate::metrics::render_response_cache(
+        &mut text,
+        app.memo.hits(),
+        app.memo.len() as u64,
+        app.memo.bytes() as u64,
     );
     let mut res = text.into_response();
     res.headers_mut().insert(

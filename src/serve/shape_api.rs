@@ -372,16 +372,36 @@ async fn serve(
             up_to_date,
             has_data,
             compacted,
-        } => respond(
-            app,
-            &Asked::of(&req, headers),
-            (shape.handle.as_str(), &shape.schema_header),
-            entries,
-            end,
-            up_to_date,
-            has_data,
-            compacted,
-        ),
+        } => {
+            // A sealed snapshot chunk is the same bytes for as long as the shape lives: a
+            // repeated request for it may be answered from `memo`.
+            let sealed_snapshot = end.is_snapshot()
+                && end.op().is_some()
+                && up_to_date.is_none()
+                && compacted == Some(false)
+                && !req.live;
+            let (status, h, body) = answer(
+                app,
+                &Asked::of(&req, headers),
+                (shape.handle.as_str(), &shape.schema_header),
+                entries,
+                end,
+                up_to_date,
+                has_data,
+                compacted,
+            );
+            match body {
+                Some(body) => {
+                    if sealed_snapshot && !private {
+                        let target = format!("/v1/shape?{query}");
+                        app.memo
+                            .offer(&target, headers, &shape, &tenant.stack, status, &h, &body);
+                    }
+                    (status, h, Body::from(body)).into_response()
+                }
+                None => (status, h).into_response(),
+            }
+        }
     };
     if private {
         authz::private_cache(res.headers_mut());
@@ -503,13 +523,34 @@ impl FastReply {
 fn respond(
     app: &AppState,
     asked: &Asked<'_>,
-    (handle, schema_header): (&str, &str),
+    shape: (&str, &str),
     entries: Vec<bytes::Bytes>,
     end: LogOffset,
     up_to_date: Option<u64>,
     has_data: bool,
     compacted: Option<bool>,
 ) -> Response {
+    let (status, h, body) = answer(
+        app, asked, shape, entries, end, up_to_date, has_data, compacted,
+    );
+    match body {
+        Some(body) => (status, h, Body::from(body)).into_response(),
+        None => (status, h).into_response(),
+    }
+}
+
+/// A data answer's status, headers and body (none for a 304).
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    app: &AppState,
+    asked: &Asked<'_>,
+    (handle, schema_header): (&str, &str),
+    entries: Vec<bytes::Bytes>,
+    end: LogOffset,
+    up_to_date: Option<u64>,
+    has_data: bool,
+    compacted: Option<bool>,
+) -> (StatusCode, HeaderMap, Option<bytes::Bytes>) {
     let end_text = end.to_string();
     let variant = match compacted {
         Some(false) => Variant::Stored,
@@ -551,7 +592,7 @@ fn respond(
     );
     if let Some(inm) = asked.if_none_match {
         if if_none_match(inm, &tag) {
-            return (StatusCode::NOT_MODIFIED, h).into_response();
+            return (StatusCode::NOT_MODIFIED, h, None);
         }
     }
     if !asked.live {
@@ -576,7 +617,7 @@ fn respond(
         body.extend_from_slice(&message::up_to_date(lsn));
     }
     body.push(b']');
-    (StatusCode::OK, h, Body::from(body)).into_response()
+    (StatusCode::OK, h, Some(body.into()))
 }
 
 /// The answer to a request that cannot get data.

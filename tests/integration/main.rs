@@ -18,6 +18,7 @@ mod openapi;
 mod oracle;
 mod partitions;
 mod pgoutput_live;
+mod response_cache;
 mod resume;
 mod sse;
 mod structure;
