@@ -110,6 +110,21 @@ pub struct ParkedConn<S> {
     keep_alive: bool,
 }
 
+#[cfg(test)]
+impl<S> ParkedConn<S> {
+    pub(crate) fn for_test(stream: S, peer: SocketAddr, slot: ConnSlot) -> Self {
+        ParkedConn {
+            stream,
+            peer,
+            head: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
+            request_id: HeaderValue::from_static("test"),
+            slot,
+            version: Version::HTTP_11,
+            keep_alive: true,
+        }
+    }
+}
+
 pub(crate) struct Ctx<S> {
     pub(crate) router: Router,
     pub(crate) parking: Arc<Parking<ParkedConn<S>>>,
@@ -178,15 +193,23 @@ pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedCo
     } = woken.conn;
     // What it waited on changed: its own reply, when it has one, answers without the router.
     if woken.why == Wake::Changed && !*ctx.shutdown.borrow() {
-        if let Some(res) = woken.reply.and_then(|reply| reply(request_id.clone())) {
+        if let Some(ready) = woken.reply.and_then(|reply| reply()) {
             let written = {
                 let _busy = ctx.busy.enter();
                 drop(woken.carry);
-                Box::pin(write_response(&mut stream, res, version, false, keep_alive)).await
+                let write = Box::pin(write_ready(
+                    &mut stream,
+                    ready,
+                    &request_id,
+                    version,
+                    keep_alive,
+                ));
+                write.await
             };
             if let Ok(true) = written {
                 // Keep-alive: the connection goes on with its next request.
-                run(ctx, stream, peer, slot, None, true).await;
+                let next = Box::pin(run(ctx, stream, peer, slot, None, true));
+                next.await;
             }
             return;
         }
@@ -197,7 +220,8 @@ pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedCo
         since: woken.since,
         carry: woken.carry,
     };
-    run(ctx, stream, peer, slot, Some(replay), true).await;
+    let again = Box::pin(run(ctx, stream, peer, slot, Some(replay), true));
+    again.await;
 }
 
 /// Serve requests on one connection until it closes, parks, or the server shuts down; `slot`
@@ -213,176 +237,219 @@ pub(crate) async fn connection<S: Transport>(
 
 async fn run<S: Transport>(
     ctx: Arc<Ctx<S>>,
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     slot: ConnSlot,
     mut replayed: Option<Replay>,
     served: bool,
 ) {
-    let mut buf = BytesMut::new();
     // A replayed connection has served a request already, and so has one whose parked request
     // was answered directly (`served`).
-    let mut idle_limit = if replayed.is_some() || served {
+    let idle_limit = if replayed.is_some() || served {
         IDLE_TIMEOUT
     } else {
         FIRST_BYTE_TIMEOUT
     };
+    let mut conn = Conn {
+        ctx,
+        stream,
+        peer,
+        slot,
+        buf: BytesMut::new(),
+        idle_limit,
+    };
+    // What a connection holds while it idles is this loop's state and the wait for the next
+    // request's first bytes; a request's own state lives in a box while it is served. (Each
+    // future is boxed in a statement of its own, here and in `serve_one`: built inside the
+    // `await` expression, its moved-from storage would stay in the state machine.)
     loop {
-        // The head is parsed once as a request arrives; a replay parses its stored bytes.
-        let (head, head_bytes, body, request_id, replay_info) = match replayed.take() {
-            Some(r) => match parse_head(&r.head) {
-                Ok(Parsed::Complete(head, _)) => (
-                    head,
-                    r.head,
-                    Bytes::new(),
-                    Some(r.request_id),
-                    Some((r.since, r.carry)),
-                ),
-                Ok(Parsed::Partial) => return,
-                Err(reject) => {
-                    let _ = write_reject(&mut stream, reject.status, reject.why).await;
-                    return;
-                }
-            },
-            None => match Box::pin(read_request(&ctx, &mut stream, &mut buf, idle_limit)).await {
-                Ok(Some((head, head_bytes, body))) => {
-                    idle_limit = IDLE_TIMEOUT;
-                    (head, head_bytes, body, None, None)
-                }
-                Ok(None) => return,
-                Err(reject) => {
-                    let _ = write_reject(&mut stream, reject.status, reject.why).await;
-                    return;
-                }
-            },
-        };
-        let _busy = ctx.busy.enter();
-        let closing = *ctx.shutdown.borrow();
-        let keep_alive = !closing && wants_keep_alive(&head);
-        let head_only = head.method == Method::HEAD;
-        let version = head.version;
-        let request_id = request_id.unwrap_or_else(|| client_request_id(&head.headers));
-        let parkable = head.method == Method::GET
-            && body.is_empty()
-            && buf.is_empty()
-            && !ctx.parking.is_closed();
-
-        // A ready answer of the application's, without the router.
-        if replay_info.is_none() && head.method == Method::GET && body.is_empty() {
-            if let Some(ready) = ctx
-                .shortcut
-                .as_ref()
-                .and_then(|s| s.answer(&head.uri, &head.headers))
-            {
-                drop(head_bytes);
-                if buf.is_empty() {
-                    buf = BytesMut::new();
-                }
-                match Box::pin(write_ready(
-                    &mut stream,
-                    ready,
-                    &request_id,
-                    version,
-                    keep_alive,
-                ))
-                .await
-                {
-                    Ok(true) => continue,
-                    _ => return,
-                }
-            }
-        }
-        let Head {
-            method,
-            uri,
-            version: req_version,
-            headers,
-        } = head;
-        let mut req = Request::new(Body::from(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = req_version;
-        *req.headers_mut() = headers;
-        req.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), request_id.clone());
-        req.extensions_mut().insert(ConnectInfo(peer));
-        if parkable {
-            req.extensions_mut().insert(Parkable);
-        }
-        let since = match replay_info {
-            Some((since, carry)) => {
-                req.extensions_mut().insert(Replayed::new(since, carry));
-                since
-            }
-            None => Instant::now(),
-        };
-        if buf.is_empty() {
-            // Hold no buffer while the handler runs or the connection idles.
-            buf = BytesMut::new();
-        }
-        // Boxed: the connection's own future stays small while it idles between requests.
-        let res = match Box::pin(ctx.router.clone().oneshot(req)).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-        if let Some(parked) = res.extensions().get::<Parked>().cloned() {
-            if let Some(ticket) = parked.take() {
-                // A copy sized to the head: the read buffer it was cut from goes.
-                let conn = ParkedConn {
-                    stream,
-                    peer,
-                    head: Bytes::copy_from_slice(&head_bytes),
-                    request_id,
-                    slot,
-                    version,
-                    keep_alive,
-                };
-                drop(head_bytes);
-                ctx.parking.park(conn, ticket, since);
+        if replayed.is_none() && conn.buf.is_empty() {
+            let wait = Box::pin(first_bytes(&mut conn));
+            if !wait.await {
                 return;
             }
         }
-        drop(head_bytes);
-        match Box::pin(write_response(
-            &mut stream,
-            res,
-            version,
-            head_only,
-            keep_alive,
-        ))
-        .await
-        {
-            Ok(true) => {}
-            _ => return,
+        let step = Box::pin(serve_one(conn, replayed.take()));
+        match step.await {
+            Some(next) => conn = next,
+            None => return,
         }
     }
 }
 
-/// Read the next request (parsed head, its bytes, decoded body) into `buf`; `None` when the
-/// connection closed (or idled out, or the server is shutting down) between requests.
-async fn read_request<S: Transport>(
-    ctx: &Ctx<S>,
-    stream: &mut S,
-    buf: &mut BytesMut,
+/// What outlives a request on a connection.
+struct Conn<S> {
+    ctx: Arc<Ctx<S>>,
+    stream: S,
+    peer: SocketAddr,
+    slot: ConnSlot,
+    /// Bytes read past the last request (pipelining); empty (no allocation) otherwise.
+    buf: BytesMut,
+    /// How long the connection may wait for its next request.
     idle_limit: Duration,
-) -> Result<Option<(Head, Bytes, Bytes)>, Reject> {
-    let mut shutdown = ctx.shutdown.clone();
-    // Between requests: wait for the first byte without holding a buffer.
-    if buf.is_empty() {
-        if *shutdown.borrow() {
-            return Ok(None);
+}
+
+/// Between requests: wait for the next request's first bytes without holding a buffer, and
+/// read them into `conn.buf`; false when the connection closed, idled out, or the server is
+/// shutting down.
+async fn first_bytes<S: Transport>(conn: &mut Conn<S>) -> bool {
+    let mut shutdown = conn.ctx.shutdown.clone();
+    if *shutdown.borrow() {
+        return false;
+    }
+    // Biased: a request already there is read without arming the idle timer.
+    tokio::select! {
+        biased;
+        r = conn.stream.read_ready(&mut conn.buf) => matches!(r, Ok(n) if n > 0),
+        _ = stopped(&mut shutdown) => false,
+        _ = tokio::time::sleep(conn.idle_limit) => false,
+    }
+}
+
+/// Serve one request (the one replayed, or the one whose bytes are in `conn.buf`); the
+/// connection back if it stays open for another.
+async fn serve_one<S: Transport>(mut conn: Conn<S>, replayed: Option<Replay>) -> Option<Conn<S>> {
+    // The head is parsed once as a request arrives; a replay parses its stored bytes.
+    let (head, head_bytes, body, request_id, replay_info) = match replayed {
+        Some(r) => match parse_head(&r.head) {
+            Ok(Parsed::Complete(head, _)) => (
+                head,
+                r.head,
+                Bytes::new(),
+                Some(r.request_id),
+                Some((r.since, r.carry)),
+            ),
+            Ok(Parsed::Partial) => return None,
+            Err(reject) => {
+                refuse(conn.stream, reject).await;
+                return None;
+            }
+        },
+        None => {
+            let read = Box::pin(read_request(&mut conn.stream, &mut conn.buf));
+            match read.await {
+                Ok(Some((head, head_bytes, body))) => {
+                    conn.idle_limit = IDLE_TIMEOUT;
+                    (head, head_bytes, body, None, None)
+                }
+                Ok(None) => return None,
+                Err(reject) => {
+                    refuse(conn.stream, reject).await;
+                    return None;
+                }
+            }
         }
-        // Biased: a request already there is read without arming the idle timer.
-        tokio::select! {
-            biased;
-            r = stream.read_ready(buf) => match r {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
-            },
-            _ = stopped(&mut shutdown) => return Ok(None),
-            _ = tokio::time::sleep(idle_limit) => return Ok(None),
+    };
+    let ctx = Arc::clone(&conn.ctx);
+    let _busy = ctx.busy.enter();
+    let closing = *ctx.shutdown.borrow();
+    let keep_alive = !closing && wants_keep_alive(&head);
+    let head_only = head.method == Method::HEAD;
+    let version = head.version;
+    let request_id = request_id.unwrap_or_else(|| client_request_id(&head.headers));
+    let parkable = head.method == Method::GET
+        && body.is_empty()
+        && conn.buf.is_empty()
+        && !ctx.parking.is_closed();
+    if conn.buf.is_empty() {
+        // Hold no buffer while the request is answered or the connection idles.
+        conn.buf = BytesMut::new();
+    }
+
+    // A ready answer of the application's, without the router.
+    if replay_info.is_none() && head.method == Method::GET && body.is_empty() {
+        if let Some(ready) = ctx
+            .shortcut
+            .as_ref()
+            .and_then(|s| s.answer(&head.uri, &head.headers))
+        {
+            drop(head_bytes);
+            let write = Box::pin(write_ready(
+                &mut conn.stream,
+                ready,
+                &request_id,
+                version,
+                keep_alive,
+            ));
+            return match write.await {
+                Ok(true) => Some(conn),
+                _ => None,
+            };
         }
     }
+    let Head {
+        method,
+        uri,
+        version: req_version,
+        headers,
+    } = head;
+    let mut req = Request::new(Body::from(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = req_version;
+    *req.headers_mut() = headers;
+    req.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    req.extensions_mut().insert(ConnectInfo(conn.peer));
+    if parkable {
+        req.extensions_mut().insert(Parkable);
+    }
+    let since = match replay_info {
+        Some((since, carry)) => {
+            req.extensions_mut().insert(Replayed::new(since, carry));
+            since
+        }
+        None => Instant::now(),
+    };
+    let handle = Box::pin(ctx.router.clone().oneshot(req));
+    let res = match handle.await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    if let Some(parked) = res.extensions().get::<Parked>().cloned() {
+        if let Some(ticket) = parked.take() {
+            // A copy sized to the head: the read buffer it was cut from goes.
+            let parked = ParkedConn {
+                stream: conn.stream,
+                peer: conn.peer,
+                head: Bytes::copy_from_slice(&head_bytes),
+                request_id,
+                slot: conn.slot,
+                version,
+                keep_alive,
+            };
+            drop(head_bytes);
+            ctx.parking.park(parked, ticket, since);
+            return None;
+        }
+    }
+    drop(head_bytes);
+    let write = Box::pin(write_response(
+        &mut conn.stream,
+        res,
+        version,
+        head_only,
+        keep_alive,
+    ));
+    match write.await {
+        Ok(true) => Some(conn),
+        _ => None,
+    }
+}
+
+/// Answer a request that could not be read, and close (boxed: rare, and its future would
+/// otherwise take room in every connection's state).
+async fn refuse<S: Transport>(mut stream: S, reject: Reject) {
+    let write = Box::pin(write_reject(&mut stream, reject.status, reject.why));
+    let _ = write.await;
+}
+
+/// Read the rest of the request whose first bytes are in `buf` (parsed head, its bytes,
+/// decoded body); `None` when the connection closed before anything arrived.
+async fn read_request<S: Transport>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<(Head, Bytes, Bytes)>, Reject> {
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     let (head, head_len) = loop {
         if !buf.is_empty() {

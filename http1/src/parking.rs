@@ -38,11 +38,11 @@ pub trait Waitable: Send + Sync + 'static {
 }
 
 /// A parked request's own answer to the change that woke it, without a replay through the
-/// router: given the request's id, `Some(response)` is written as the answer (it must be the
-/// response the replay would give), `None` replays the request as usual. Only called when what
-/// it waits on changed (not on a timeout or at shutdown).
-pub type Reply =
-    Box<dyn FnOnce(axum::http::HeaderValue) -> Option<axum::response::Response> + Send>;
+/// router: `Some(ready)` is written as the answer (it must be what the replay would answer;
+/// the connection adds the request id, length, date and connection headers, as for any
+/// [`crate::Ready`]), `None` replays the request as usual. Only called when what it waits on
+/// changed (not on a timeout or at shutdown).
+pub type Reply = Box<dyn FnOnce() -> Option<crate::Ready> + Send>;
 
 /// What a handler hands back instead of waiting: what it waits on, when its wait times out,
 /// what the replay carries back to it, and, optionally, how to answer a change directly.

@@ -732,6 +732,35 @@ mod tests {
         }
     }
 
+    /// Every open connection's task holds its state machine: keep it small (futures awaited
+    /// inside it are boxed).
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let h = harness();
+        let peer = SocketAddr::new([127, 0, 0, 1].into(), 4000);
+        let (_client, stream) = tokio::io::duplex(1024);
+        let slot = h.server.ctx.conns.acquire(peer.ip()).unwrap();
+        let fresh = crate::conn::connection(Arc::clone(&h.server.ctx), stream, peer, slot);
+        let size = std::mem::size_of_val(&fresh);
+        assert!(size <= 768, "a connection's future takes {size} bytes");
+        drop(fresh);
+        let (_client, stream) = tokio::io::duplex(1024);
+        let woken = Woken {
+            conn: ParkedConn::for_test(
+                stream,
+                peer,
+                h.server.ctx.conns.acquire(peer.ip()).unwrap(),
+            ),
+            since: Instant::now(),
+            carry: None,
+            reply: None,
+            why: crate::parking::Wake::Changed,
+        };
+        let replayed = replay(Arc::clone(&h.server.ctx), woken);
+        let size = std::mem::size_of_val(&replayed);
+        assert!(size <= 768, "a replay's future takes {size} bytes");
+    }
+
     /// Answers `GET /ready` (any query) itself; counts what it was asked.
     struct Fixed(std::sync::atomic::AtomicUsize);
 

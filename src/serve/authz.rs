@@ -550,27 +550,31 @@ pub fn check_table(
 /// `s-maxage`), and varying with the credential headers.
 pub fn private_cache(h: &mut axum::http::HeaderMap) {
     use axum::http::{header, HeaderValue};
-    if let Some(cc) = h.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
-        if cc.contains("public") || cc.contains("s-maxage") {
-            let private: Vec<String> = cc
-                .split(',')
-                .map(str::trim)
-                .filter(|d| !d.starts_with("s-maxage") && !d.starts_with("stale-while-revalidate"))
-                .map(|d| {
-                    if d == "public" {
-                        "private".to_string()
-                    } else {
-                        d.to_string()
-                    }
-                })
-                .collect();
-            if let Ok(v) = HeaderValue::from_str(&private.join(", ")) {
-                h.insert(header::CACHE_CONTROL, v);
-            }
+    if let Some(cc) = h
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(private_directives)
+    {
+        if let Ok(v) = HeaderValue::from_str(&cc) {
+            h.insert(header::CACHE_CONTROL, v);
         }
     }
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("authorization, x-api-key"),
-    );
+    h.insert(header::VARY, HeaderValue::from_static(PRIVATE_VARY));
+}
+
+/// The `vary` of a role's answers.
+pub const PRIVATE_VARY: &str = "authorization, x-api-key";
+
+/// `cache-control` directives made private (see [`private_cache`]); `None` if they are already.
+pub fn private_directives(cc: &str) -> Option<String> {
+    if !(cc.contains("public") || cc.contains("s-maxage")) {
+        return None;
+    }
+    let private: Vec<&str> = cc
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.starts_with("s-maxage") && !d.starts_with("stale-while-revalidate"))
+        .map(|d| if d == "public" { "private" } else { d })
+        .collect();
+    Some(private.join(", "))
 }

@@ -364,8 +364,24 @@ async fn common_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// The headers every response gets (see [`common_headers`]); also used by answers that do not
-/// pass through the router (a parked request's direct reply).
+/// The headers every answer gets but the request id and `cache-control` (see
+/// [`common_response_headers`]), wherever they are written.
+pub(crate) fn common_headers_to(
+    h: &mut impl response::HeaderOut,
+    origin: Option<&[u8]>,
+    path: &str,
+) {
+    h.put("electric-server", SERVER.as_bytes());
+    h.put("access-control-allow-origin", origin.unwrap_or(b"*"));
+    h.put(
+        "access-control-allow-methods",
+        allowed_methods(path).as_bytes(),
+    );
+    h.put("access-control-expose-headers", EXPOSE.as_bytes());
+}
+
+/// The headers every response gets (see [`common_headers`]); also used by answers held ready
+/// (`memo`).
 pub(crate) fn common_response_headers(
     h: &mut HeaderMap,
     origin: Option<HeaderValue>,
@@ -373,20 +389,8 @@ pub(crate) fn common_response_headers(
     path: &str,
     is_options: bool,
 ) {
-    h.insert("electric-server", HeaderValue::from_static(SERVER));
+    common_headers_to(h, origin.as_ref().map(HeaderValue::as_bytes), path);
     h.insert("x-request-id", request_id);
-    h.insert(
-        "access-control-allow-origin",
-        origin.unwrap_or_else(|| HeaderValue::from_static("*")),
-    );
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static(allowed_methods(path)),
-    );
-    h.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static(EXPOSE),
-    );
     if is_options {
         h.remove(header::CACHE_CONTROL);
     } else if !h.contains_key(header::CACHE_CONTROL) {

@@ -161,3 +161,71 @@ mod tests {
         assert_eq!(next_cursor(CURSOR_EPOCH + 40, 20, None, 5), 40);
     }
 }
+
+/// Where an answer's headers are written: a `HeaderMap` (answers through the router) or the
+/// bytes of a head held ready (a parked request's direct reply, `shapesync_http1::Ready`), so
+/// both are written by the same code.
+pub trait HeaderOut {
+    /// Set `name` (lowercase, static) to `value`. A value that is not a valid header value
+    /// (a control character) is written empty, never as is.
+    fn put(&mut self, name: &'static str, value: &[u8]);
+}
+
+impl HeaderOut for axum::http::HeaderMap {
+    fn put(&mut self, name: &'static str, value: &[u8]) {
+        use axum::http::{HeaderName, HeaderValue};
+        let value = HeaderValue::from_bytes(value).unwrap_or_else(|_| HeaderValue::from_static(""));
+        self.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// A response head as bytes: the status line, then one line per header (each name once: the
+/// writers put a name at most once).
+pub struct HeadBytes(Vec<u8>);
+
+impl HeadBytes {
+    pub fn new(status: axum::http::StatusCode) -> Self {
+        let mut v = Vec::with_capacity(640);
+        v.extend_from_slice(b"HTTP/1.1 ");
+        v.extend_from_slice(status.as_str().as_bytes());
+        v.push(b' ');
+        v.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        v.extend_from_slice(b"\r\n");
+        HeadBytes(v)
+    }
+
+    pub fn finish(self) -> bytes::Bytes {
+        self.0.into()
+    }
+}
+
+impl HeaderOut for HeadBytes {
+    fn put(&mut self, name: &'static str, value: &[u8]) {
+        let valid = axum::http::HeaderValue::from_bytes(value).is_ok();
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        if valid {
+            self.0.extend_from_slice(value);
+        }
+        self.0.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn a_head_never_carries_a_control_character() {
+        let mut h = HeadBytes::new(axum::http::StatusCode::OK);
+        h.put("electric-handle", b"abc");
+        h.put("electric-schema", b"{\"a\r\nset-cookie: x\":1}");
+        let mut map = axum::http::HeaderMap::new();
+        map.put("electric-schema", b"{\"a\r\nset-cookie: x\":1}");
+        assert_eq!(
+            &h.finish()[..],
+            b"HTTP/1.1 200 OK\r\nelectric-handle: abc\r\nelectric-schema: \r\n"
+        );
+        assert_eq!(map.get("electric-schema").unwrap(), "");
+    }
+}

@@ -10,14 +10,16 @@ use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use shapesync_auth::Verb;
-use shapesync_http1::{Change, ParkTicket, Parkable, Parked, Replayed, Waitable};
+use shapesync_http1::{Change, ParkTicket, Parkable, Parked, Ready, Replayed, Waitable};
 use shapesync_storage::LogOffset;
 
 use super::admission::Admitted;
 use super::authz;
 use super::error::ApiError;
 use super::params::{self, RequestOffset, ShapeRequest};
-use super::response::{cache_control, etag, if_none_match, CacheKind, Variant};
+use super::response::{
+    cache_control, etag, if_none_match, CacheKind, HeadBytes, HeaderOut, Variant,
+};
 use super::subset_api::SubsetParts;
 use super::AppState;
 use crate::metrics::ActiveGuard;
@@ -329,7 +331,7 @@ async fn serve(
                 wait: Box::new(ShapeWait { shape, observed }),
                 deadline,
                 carry: None,
-                reply: reply.map(|r| Box::new(move |id| r.answer(id)) as shapesync_http1::Reply),
+                reply: reply.map(|r| Box::new(move || r.answer()) as shapesync_http1::Reply),
             }));
             res
         }
@@ -380,16 +382,16 @@ async fn serve(
                 && up_to_date.is_none()
                 && compacted == Some(false)
                 && !req.live;
-            let (status, h, body) = answer(
-                app,
-                &Asked::of(&req, headers),
-                (shape.handle.as_str(), &shape.schema_header),
+            let mut h = HeaderMap::new();
+            let data = Data {
+                shape: (shape.handle.as_str(), &shape.schema_header),
                 entries,
                 end,
                 up_to_date,
                 has_data,
                 compacted,
-            );
+            };
+            let (status, body) = answer(app, &Asked::of(&req, headers), data, private, &mut h);
             match body {
                 Some(body) => {
                     if sealed_snapshot && !private {
@@ -455,7 +457,9 @@ struct FastReply {
 }
 
 impl FastReply {
-    fn answer(self, request_id: HeaderValue) -> Option<Response> {
+    /// The answer, held ready for the connection (which adds the request id); `None` leaves
+    /// the request to its replay (as do a 304 and anything but new entries).
+    fn answer(self) -> Option<Ready> {
         let started = std::time::Instant::now();
         if let Some(g) = &self.role {
             if !g.still_valid(&self.app.auth.store) {
@@ -463,6 +467,13 @@ impl FastReply {
             }
         }
         if self.stack.is_stopped() || !self.shape.is_active() {
+            return None;
+        }
+        let (origin, if_none_match) = match self.extra {
+            Some(extra) => *extra,
+            None => (None, None),
+        };
+        if if_none_match.is_some() {
             return None;
         }
         let shapesync_storage::ReadResult::Chunk {
@@ -479,10 +490,6 @@ impl FastReply {
         self.shape.touch();
         let latest = self.shape.log.latest_offset();
         let head = end >= latest.max(self.requested) && !self.requested.is_before_all();
-        let (origin, if_none_match) = match self.extra {
-            Some(extra) => *extra,
-            None => (None, None),
-        };
         let canonical;
         let offset_text = match &self.offset_text {
             Some(t) => &**t,
@@ -496,29 +503,35 @@ impl FastReply {
             initial: false,
             live: true,
             cursor: self.cursor.as_deref(),
-            if_none_match: if_none_match.as_ref().and_then(|v| v.to_str().ok()),
+            if_none_match: None,
         };
-        let mut res = respond(
-            &self.app,
-            &asked,
-            (self.shape.handle.as_str(), &self.shape.schema_header),
+        let mut h = HeadBytes::new(StatusCode::OK);
+        let data = Data {
+            shape: (self.shape.handle.as_str(), &self.shape.schema_header),
             entries,
             end,
-            head.then_some(end.tx()),
-            true,
-            Some(compacted),
+            up_to_date: head.then_some(end.tx()),
+            has_data: true,
+            compacted: Some(compacted),
+        };
+        let (status, body) = answer(&self.app, &asked, data, self.role.is_some(), &mut h);
+        let body = body.filter(|_| status == StatusCode::OK)?;
+        super::common_headers_to(
+            &mut h,
+            origin.as_ref().map(HeaderValue::as_bytes),
+            "/v1/shape",
         );
-        if self.role.is_some() {
-            authz::private_cache(res.headers_mut());
-        }
-        super::common_response_headers(res.headers_mut(), origin, request_id, "/v1/shape", false);
         self.app
             .metrics
-            .record("shape", res.status().as_u16(), started.elapsed());
-        Some(res)
+            .record("shape", status.as_u16(), started.elapsed());
+        Some(Ready {
+            head: h.finish(),
+            body,
+        })
     }
 }
 
+/// A data answer through the router.
 #[allow(clippy::too_many_arguments)]
 fn respond(
     app: &AppState,
@@ -530,27 +543,50 @@ fn respond(
     has_data: bool,
     compacted: Option<bool>,
 ) -> Response {
-    let (status, h, body) = answer(
-        app, asked, shape, entries, end, up_to_date, has_data, compacted,
-    );
-    match body {
-        Some(body) => (status, h, Body::from(body)).into_response(),
-        None => (status, h).into_response(),
+    let mut h = HeaderMap::new();
+    let data = Data {
+        shape,
+        entries,
+        end,
+        up_to_date,
+        has_data,
+        compacted,
+    };
+    match answer(app, asked, data, false, &mut h) {
+        (status, Some(body)) => (status, h, Body::from(body)).into_response(),
+        (status, None) => (status, h).into_response(),
     }
 }
 
-/// A data answer's status, headers and body (none for a 304).
-#[allow(clippy::too_many_arguments)]
-fn answer(
-    app: &AppState,
-    asked: &Asked<'_>,
-    (handle, schema_header): (&str, &str),
+/// What a data answer holds: the shape (handle, schema header), the entries and where they
+/// end, and how they end.
+struct Data<'a> {
+    shape: (&'a str, &'a str),
     entries: Vec<bytes::Bytes>,
     end: LogOffset,
     up_to_date: Option<u64>,
     has_data: bool,
+    /// The chunk's compacted form (`None`: an empty answer, unique each time).
     compacted: Option<bool>,
-) -> (StatusCode, HeaderMap, Option<bytes::Bytes>) {
+}
+
+/// A data answer: its headers go to `h`; its status and body (none for a 304). `private`:
+/// a role's answer (cache directives as [`authz::private_cache`] makes them).
+fn answer(
+    app: &AppState,
+    asked: &Asked<'_>,
+    data: Data<'_>,
+    private: bool,
+    h: &mut impl HeaderOut,
+) -> (StatusCode, Option<bytes::Bytes>) {
+    let Data {
+        shape: (handle, schema_header),
+        entries,
+        end,
+        up_to_date,
+        has_data,
+        compacted,
+    } = data;
     let end_text = end.to_string();
     let variant = match compacted {
         Some(false) => Variant::Stored,
@@ -570,38 +606,37 @@ fn answer(
     } else {
         CacheKind::Catchup
     };
-    let mut h = HeaderMap::new();
-    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    h.insert("electric-handle", hv(handle));
-    h.insert("electric-offset", hv(&end_text));
+    h.put("electric-handle", handle.as_bytes());
+    h.put("electric-offset", end_text.as_bytes());
     if asked.live {
         let cursor = app.next_cursor(asked.cursor);
-        h.insert("electric-cursor", HeaderValue::from(cursor));
+        h.put("electric-cursor", cursor.to_string().as_bytes());
     }
     if up_to_date.is_some() {
-        h.insert("electric-up-to-date", HeaderValue::from_static(""));
+        h.put("electric-up-to-date", b"");
     }
-    h.insert(
+    h.put(
         "electric-has-data",
-        HeaderValue::from_static(if has_data { "true" } else { "false" }),
+        if has_data { b"true" } else { b"false" },
     );
-    h.insert(header::ETAG, hv(&tag));
-    h.insert(
-        header::CACHE_CONTROL,
-        hv(&cache_control(kind, app.cache_ages)),
-    );
+    h.put("etag", tag.as_bytes());
+    let mut cc = cache_control(kind, app.cache_ages);
+    if private {
+        if let Some(p) = authz::private_directives(&cc) {
+            cc = p;
+        }
+        h.put("vary", authz::PRIVATE_VARY.as_bytes());
+    }
+    h.put("cache-control", cc.as_bytes());
     if let Some(inm) = asked.if_none_match {
         if if_none_match(inm, &tag) {
-            return (StatusCode::NOT_MODIFIED, h, None);
+            return (StatusCode::NOT_MODIFIED, None);
         }
     }
     if !asked.live {
-        h.insert("electric-schema", hv(schema_header));
+        h.put("electric-schema", schema_header.as_bytes());
     }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.put("content-type", b"application/json; charset=utf-8");
     let mut body = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 96);
     body.push(b'[');
     for (i, e) in entries.iter().enumerate() {
@@ -617,7 +652,7 @@ fn answer(
         body.extend_from_slice(&message::up_to_date(lsn));
     }
     body.push(b']');
-    (StatusCode::OK, h, Some(body.into()))
+    (StatusCode::OK, Some(body.into()))
 }
 
 /// The answer to a request that cannot get data.
