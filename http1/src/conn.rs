@@ -25,7 +25,9 @@ use crate::request::{
     body_length, chunk_size, client_request_id, parse_head, trailer_line_ok, wants_keep_alive,
     BodyLength, Head, Parsed, Reject, MAX_BODY, MAX_HEAD,
 };
-use crate::response::{write_ready, write_reject, write_response};
+use crate::response::{
+    ready_headers, send_parts, skip, write_now, write_ready, write_reject, write_response,
+};
 use crate::shortcut::Shortcut;
 
 /// A keep-alive connection with no request for this long is closed.
@@ -181,39 +183,77 @@ struct Replay {
     carry: Option<Box<dyn std::any::Any + Send>>,
 }
 
-pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedConn<S>>) {
+/// Take back a woken request (the registry's `resume`). One whose wait ended because what it
+/// waits on changed, and that has its own reply, is answered here and now: the reply is
+/// built and written without waiting (a socket takes a short answer at once), so a change
+/// that wakes many requests answers them one after the other in the task that saw it, not
+/// after a task each has been scheduled; the connection then goes on in a task of its own
+/// (writing what the socket did not take, then reading its next request). Any other is
+/// replayed through the router in a task.
+pub(crate) fn resume<S: Transport>(ctx: Arc<Ctx<S>>, mut woken: Woken<ParkedConn<S>>) {
+    if woken.why == Wake::Changed && !*ctx.shutdown.borrow() {
+        if let Some(ready) = woken.reply.take().and_then(|reply| reply()) {
+            drop(woken.carry.take());
+            let mut conn = woken.conn;
+            let own = ready_headers(&ready, &conn.request_id, conn.version, conn.keep_alive);
+            let written = {
+                let _busy = ctx.busy.enter();
+                write_now(&mut conn.stream, [&ready.head, &own, &ready.body])
+            };
+            tokio::spawn(after_reply(ctx, conn, ready, own, written));
+            return;
+        }
+    }
+    tokio::spawn(replay(ctx, woken));
+}
+
+/// A directly answered connection: the rest of its answer, then its next request.
+pub(crate) async fn after_reply<S: Transport>(
+    ctx: Arc<Ctx<S>>,
+    conn: ParkedConn<S>,
+    ready: crate::Ready,
+    own: Vec<u8>,
+    written: std::io::Result<usize>,
+) {
     let ParkedConn {
         mut stream,
+        peer,
+        slot,
+        keep_alive,
+        ..
+    } = conn;
+    let Ok(written) = written else {
+        return;
+    };
+    let mut parts = [&ready.head[..], &own[..], &ready.body[..]];
+    skip(&mut parts, written);
+    if parts.iter().any(|p| !p.is_empty()) {
+        let _busy = ctx.busy.enter();
+        let rest = Box::pin(send_parts(&mut stream, parts));
+        if rest.await.is_err() {
+            return;
+        }
+    }
+    drop((ready, own));
+    if !keep_alive {
+        let _ = stream.shutdown().await;
+        return;
+    }
+    let next = Box::pin(run(ctx, stream, peer, slot, None, true));
+    next.await;
+}
+
+/// Replay a woken request through the router (its wait timed out, the server is stopping, or
+/// it has no reply of its own for what changed).
+pub(crate) async fn replay<S: Transport>(ctx: Arc<Ctx<S>>, woken: Woken<ParkedConn<S>>) {
+    let ParkedConn {
+        stream,
         peer,
         head,
         request_id,
         slot,
-        version,
-        keep_alive,
+        ..
     } = woken.conn;
-    // What it waited on changed: its own reply, when it has one, answers without the router.
-    if woken.why == Wake::Changed && !*ctx.shutdown.borrow() {
-        if let Some(ready) = woken.reply.and_then(|reply| reply()) {
-            let written = {
-                let _busy = ctx.busy.enter();
-                drop(woken.carry);
-                let write = Box::pin(write_ready(
-                    &mut stream,
-                    ready,
-                    &request_id,
-                    version,
-                    keep_alive,
-                ));
-                write.await
-            };
-            if let Ok(true) = written {
-                // Keep-alive: the connection goes on with its next request.
-                let next = Box::pin(run(ctx, stream, peer, slot, None, true));
-                next.await;
-            }
-            return;
-        }
-    }
     let replay = Replay {
         head,
         request_id,

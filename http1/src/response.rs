@@ -188,7 +188,7 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
 
 /// Write `parts` in order, vectored where the stream takes it, failing like [`send`] once the
 /// client has taken nothing for [`WRITE_STALL`].
-async fn send_parts<S: AsyncWrite + Unpin>(
+pub(crate) async fn send_parts<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut parts: [&[u8]; 3],
 ) -> std::io::Result<()> {
@@ -248,6 +248,22 @@ pub(crate) async fn write_ready<S: AsyncWrite + Unpin>(
     version: Version,
     keep_alive: bool,
 ) -> std::io::Result<bool> {
+    let own = ready_headers(&ready, request_id, version, keep_alive);
+    send_parts(stream, [&ready.head, &own, &ready.body]).await?;
+    if !keep_alive {
+        let _ = stream.shutdown().await;
+    }
+    Ok(keep_alive)
+}
+
+/// What a ready answer's head lacks, per request: `x-request-id`, `content-length`, `date`,
+/// `connection` where needed, and the blank line that ends the head.
+pub(crate) fn ready_headers(
+    ready: &crate::Ready,
+    request_id: &HeaderValue,
+    version: Version,
+    keep_alive: bool,
+) -> Vec<u8> {
     let date = date_header();
     let mut own = Vec::with_capacity(128 + request_id.len());
     own.extend_from_slice(b"x-request-id: ");
@@ -263,11 +279,47 @@ pub(crate) async fn write_ready<S: AsyncWrite + Unpin>(
         own.extend_from_slice(b"connection: keep-alive\r\n");
     }
     own.extend_from_slice(b"\r\n");
-    send_parts(stream, [&ready.head, &own, &ready.body]).await?;
-    if !keep_alive {
-        let _ = stream.shutdown().await;
+    own
+}
+
+/// Write what the stream takes of `parts` now, without waiting; the bytes written.
+pub(crate) fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut parts: [&[u8]; 3],
+) -> std::io::Result<usize> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut written = 0;
+    loop {
+        let first = parts.iter().position(|p| !p.is_empty());
+        let Some(first) = first else {
+            return Ok(written);
+        };
+        let slices = [
+            IoSlice::new(parts[first]),
+            IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
+            IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
+        ];
+        match std::pin::Pin::new(&mut *stream)
+            .poll_write_vectored(&mut cx, &slices[..parts.len() - first])
+        {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                written += n;
+                skip(&mut parts, n);
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(written),
+        }
     }
-    Ok(keep_alive)
+}
+
+/// `parts` less their first `n` bytes.
+pub(crate) fn skip(parts: &mut [&[u8]; 3], mut n: usize) {
+    for p in parts.iter_mut() {
+        let take = n.min(p.len());
+        *p = &p[take..];
+        n -= take;
+    }
 }
 
 /// Answer a request that could not be read, and close.

@@ -10,7 +10,7 @@ use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::conn::{connection, replay, stopped, Busy, Ctx, ParkedConn, Transport};
+use crate::conn::{connection, resume, stopped, Busy, Ctx, ParkedConn, Transport};
 use crate::limits::{refuse, ConnCounts, Limits};
 use crate::parking::{Parking, Woken};
 use crate::shortcut::Shortcut;
@@ -46,7 +46,7 @@ impl<S: Transport> Http1<S> {
                 router,
                 parking: Parking::new(move |woken: Woken<ParkedConn<S>>| {
                     if let Some(ctx) = weak.upgrade() {
-                        tokio::spawn(replay(ctx, woken));
+                        resume(ctx, woken);
                     }
                 }),
                 shutdown,
@@ -171,6 +171,7 @@ mod tests {
     /// `/wait`: parks (when it may) until the ticker moves on or 300 ms pass; replayed, it
     /// answers with the ticker's value and what its ticket carried.
     fn router(ticker: watch::Receiver<u64>) -> Router {
+        let reply_ticker = ticker.clone();
         let wait = move |parkable: Option<Extension<Parkable>>,
                          replayed: Option<Extension<Replayed>>| {
             let ticker = ticker.clone();
@@ -196,8 +197,33 @@ mod tests {
                 res
             }
         };
+        let wait_reply = move || {
+            let ticker = reply_ticker.clone();
+            async move {
+                let now = *ticker.borrow();
+                let mut res = axum::response::Response::new(axum::body::Body::empty());
+                res.extensions_mut().insert(Parked::new(ParkTicket {
+                    wait: Box::new(Ticker {
+                        rx: ticker.clone(),
+                        observed: now,
+                    }),
+                    deadline: Instant::now() + Duration::from_secs(30),
+                    carry: None,
+                    reply: Some(Box::new(|| {
+                        Some(crate::Ready {
+                            head: bytes::Bytes::from_static(
+                                b"HTTP/1.1 200 OK\r\nx-kind: reply\r\n",
+                            ),
+                            body: bytes::Bytes::from(vec![b'r'; 100_000]),
+                        })
+                    })),
+                }));
+                res
+            }
+        };
         Router::new()
             .route("/hello", get(|| async { "hello" }))
+            .route("/wait-reply", get(wait_reply))
             .route("/echo", post(|body: bytes::Bytes| async move { body }))
             .route("/wait", get(wait))
     }
@@ -375,6 +401,49 @@ mod tests {
         let out = read_all(&mut c, Duration::from_secs(5)).await;
         assert!(out.ends_with("woken at 1, carried the slot"), "{out}");
         assert_eq!(h.server.parked(), 0);
+    }
+
+    /// A woken request with its own reply is answered at once, even when the socket takes
+    /// only part of it (the rest follows), and its connection goes on.
+    #[tokio::test]
+    async fn a_woken_request_answers_with_its_reply_and_the_connection_goes_on() {
+        let h = harness();
+        let (mut c, conn) = tokio::io::duplex(1024);
+        h.server
+            .connection(conn, SocketAddr::new([127, 0, 0, 1].into(), 4000));
+        c.write_all(b"GET /wait-reply HTTP/1.1\r\nx-request-id: r1\r\n\r\n")
+            .await
+            .unwrap();
+        h.until_parked(1).await;
+        h.ticker.send_replace(1);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let complete = |got: &[u8]| {
+            got.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|at| got.len() >= at + 4 + 100_000)
+        };
+        while !complete(&got) {
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+                .await
+                .expect("the reply arrives")
+                .unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-kind: reply\r\nx-request-id: r1\r\ncontent-length: 100000\r\n"),
+            "{}",
+            &text[..200]
+        );
+        assert!(text.ends_with(&"r".repeat(1000)));
+        assert_eq!(h.server.parked(), 0);
+        c.write_all(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let out = read_all(&mut c, Duration::from_secs(5)).await;
+        assert!(out.ends_with("hello"), "{out}");
     }
 
     #[tokio::test]
@@ -756,9 +825,26 @@ mod tests {
             reply: None,
             why: crate::parking::Wake::Changed,
         };
-        let replayed = replay(Arc::clone(&h.server.ctx), woken);
+        let replayed = crate::conn::replay(Arc::clone(&h.server.ctx), woken);
         let size = std::mem::size_of_val(&replayed);
         assert!(size <= 768, "a replay's future takes {size} bytes");
+        drop(replayed);
+        let (_client, stream) = tokio::io::duplex(1024);
+        let answered = crate::conn::after_reply(
+            Arc::clone(&h.server.ctx),
+            ParkedConn::for_test(stream, peer, h.server.ctx.conns.acquire(peer.ip()).unwrap()),
+            crate::Ready {
+                head: bytes::Bytes::new(),
+                body: bytes::Bytes::new(),
+            },
+            Vec::new(),
+            Ok(0),
+        );
+        let size = std::mem::size_of_val(&answered);
+        assert!(
+            size <= 768,
+            "a directly answered connection's future takes {size} bytes"
+        );
     }
 
     /// Answers `GET /ready` (any query) itself; counts what it was asked.

@@ -26,19 +26,20 @@ pub enum CacheKind {
     Catchup,
 }
 
-pub fn cache_control(kind: CacheKind, ages: CacheAges) -> String {
+pub fn cache_control(kind: CacheKind, ages: CacheAges) -> std::borrow::Cow<'static, str> {
     match kind {
         CacheKind::Initial => {
-            "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746".to_string()
+            "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746".into()
         }
-        CacheKind::Live => "public, max-age=5, stale-while-revalidate=5".to_string(),
+        CacheKind::Live => "public, max-age=5, stale-while-revalidate=5".into(),
         CacheKind::LiveSse { sse_timeout_secs } => {
-            format!("public, max-age={}", sse_timeout_secs.saturating_sub(1))
+            format!("public, max-age={}", sse_timeout_secs.saturating_sub(1)).into()
         }
         CacheKind::Catchup => format!(
             "public, max-age={}, stale-while-revalidate={}",
             ages.max_age, ages.stale_age
-        ),
+        )
+        .into(),
     }
 }
 
@@ -199,9 +200,15 @@ impl HeadBytes {
     }
 }
 
+/// Is `value` a valid header value? (`HeaderValue`'s rule: visible ASCII, space, tab and
+/// obs-text; no control character.)
+fn valid_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
+}
+
 impl HeaderOut for HeadBytes {
     fn put(&mut self, name: &'static str, value: &[u8]) {
-        let valid = axum::http::HeaderValue::from_bytes(value).is_ok();
+        let valid = valid_value(value);
         self.0.extend_from_slice(name.as_bytes());
         self.0.extend_from_slice(b": ");
         if valid {
@@ -227,5 +234,13 @@ mod head_tests {
             b"HTTP/1.1 200 OK\r\nelectric-handle: abc\r\nelectric-schema: \r\n"
         );
         assert_eq!(map.get("electric-schema").unwrap(), "");
+        for b in 0..=255u8 {
+            let v = [b'a', b, b'z'];
+            assert_eq!(
+                valid_value(&v),
+                axum::http::HeaderValue::from_bytes(&v).is_ok(),
+                "byte {b}"
+            );
+        }
     }
 }

@@ -623,7 +623,7 @@ fn answer(
     let mut cc = cache_control(kind, app.cache_ages);
     if private {
         if let Some(p) = authz::private_directives(&cc) {
-            cc = p;
+            cc = p.into();
         }
         h.put("vary", authz::PRIVATE_VARY.as_bytes());
     }
