@@ -1,17 +1,19 @@
 //! Parked long-polls (target P8: ≤ 4 KB each). A live request that finds nothing new does not
 //! keep a task, a handler future and HTTP buffers alive while it waits: the handler answers
 //! with a [`ParkTicket`] instead of a response, and the connection hands its socket and the
-//! request's bytes to this registry and ends its task. One watcher task per key that has parked
-//! requests wakes them all when what they wait on changes; one timer task wakes those whose
-//! deadline is due. A woken request is replayed through the router on a new connection task,
+//! request's bytes to this registry and ends its task. One dispatcher task watches every key
+//! that has parked requests and wakes all of a key's requests when what they wait on changes,
+//! every key that changed at once in one batch (a commit reaching thousands of shapes wakes
+//! their requests one after the other in one task, not a task per key); one timer task wakes
+//! those whose deadline is due. A woken request is replayed through the router on a new connection task,
 //! with its original start time and whatever its handler put in the ticket to carry over
 //! (admission slot, metrics guard), so it answers with the new data or, once its time is up,
 //! the timeout answer.
 //!
 //! The registry knows nothing of what is waited on: a [`Waitable`] gives a key (requests on the
-//! same key share one watcher) and a future for its next change. No wake-up is lost: a request
+//! same key share one watch) and a future for its next change. No wake-up is lost: a request
 //! parks only if its waitable has not moved on since the handler looked (checked under the
-//! registry lock, with the change future taken at that moment), and a key's watcher drains its
+//! registry lock, with the change future taken at that moment), and a key's change drains its
 //! waiters under the same lock after the change it observed.
 
 use std::any::Any;
@@ -22,14 +24,24 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, Notify};
 
 /// A future that resolves when a waitable changes.
 pub type Change = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A key's change, as the dispatcher watches it: the key, or `None` once aborted (its last
+/// waiter went).
+type Watch = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
+
+/// Keys woken in one batch at most, before the dispatcher lets other tasks run.
+const MAX_BATCH: usize = 1024;
+
 /// What a parked request waits on.
 pub trait Waitable: Send + Sync + 'static {
-    /// Requests with the same key share one watcher (a collision only wakes requests early:
+    /// Requests with the same key share one watch (a collision only wakes requests early:
     /// they are replayed and park again).
     fn key(&self) -> u64;
     /// A future resolving on the next change after now, or `None` if it has already changed
@@ -145,9 +157,9 @@ pub struct Woken<C> {
 struct Inner<C> {
     next_id: u64,
     waiters: HashMap<u64, Waiter<C>>,
-    /// Waiter ids per key, and the key's watcher task (aborted when its last waiter times out,
-    /// so nothing stays subscribed to an idle key).
-    by_key: HashMap<u64, (Vec<u64>, tokio::task::JoinHandle<()>)>,
+    /// Waiter ids per key, and the abort handle of the key's watch (aborted when its last
+    /// waiter times out, so nothing stays subscribed to an idle key).
+    by_key: HashMap<u64, (Vec<u64>, AbortHandle)>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     closed: bool,
 }
@@ -158,6 +170,8 @@ pub struct Parking<C> {
     /// Wakes the timer task when an earlier deadline arrives (or on close).
     timer: Notify,
     resume: Box<dyn Fn(Woken<C>) + Send + Sync>,
+    /// New keys' watches, for the dispatcher.
+    watches: mpsc::UnboundedSender<Watch>,
 }
 
 fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
@@ -167,6 +181,7 @@ fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
 impl<C: Send + 'static> Parking<C> {
     /// A registry whose woken requests are handed to `resume` (which spawns their replay).
     pub fn new(resume: impl Fn(Woken<C>) + Send + Sync + 'static) -> Arc<Self> {
+        let (watches, new_watches) = mpsc::unbounded_channel();
         let parking = Arc::new(Parking {
             inner: Mutex::new(Inner {
                 next_id: 0,
@@ -177,8 +192,10 @@ impl<C: Send + 'static> Parking<C> {
             }),
             timer: Notify::new(),
             resume: Box::new(resume),
+            watches,
         });
         tokio::spawn(timer_task(Arc::clone(&parking)));
+        tokio::spawn(dispatch(Arc::downgrade(&parking), new_watches));
         parking
     }
 
@@ -192,7 +209,7 @@ impl<C: Send + 'static> Parking<C> {
             reply,
         } = ticket;
         let mut inner = lock(&self.inner);
-        // Taken under the lock: a change after this wakes the watcher.
+        // Taken under the lock: a change after this wakes the key's watch.
         let change = wait.next_change();
         let change = match change {
             Some(c) if !inner.closed && deadline > Instant::now() => c,
@@ -216,8 +233,11 @@ impl<C: Send + 'static> Parking<C> {
         match inner.by_key.get_mut(&key) {
             Some((ids, _)) => ids.push(id),
             None => {
-                let watcher = tokio::spawn(watch_key(Arc::downgrade(self), key, change));
-                inner.by_key.insert(key, (vec![id], watcher));
+                let (abort, registration) = AbortHandle::new_pair();
+                let watch = Abortable::new(change, registration).map(move |r| r.ok().map(|()| key));
+                // The dispatcher ends only with the registry: the send cannot fail meanwhile.
+                let _ = self.watches.send(Box::pin(watch));
+                inner.by_key.insert(key, (vec![id], abort));
             }
         }
         inner.waiters.insert(
@@ -277,16 +297,18 @@ impl<C: Send + 'static> Parking<C> {
         });
     }
 
-    /// Replay every waiter of a key (what they wait on changed).
-    fn wake_key(&self, key: u64) {
+    /// Hand back every waiter of these keys (what they wait on changed), under one lock.
+    fn wake_keys(&self, keys: &[u64]) {
         let woken: Vec<Waiter<C>> = {
             let mut inner = lock(&self.inner);
-            let Some((ids, _watcher)) = inner.by_key.remove(&key) else {
-                return;
-            };
-            ids.into_iter()
-                .filter_map(|id| inner.waiters.remove(&id))
-                .collect()
+            let mut woken = Vec::new();
+            for key in keys {
+                let Some((ids, _watch)) = inner.by_key.remove(key) else {
+                    continue;
+                };
+                woken.extend(ids.into_iter().filter_map(|id| inner.waiters.remove(&id)));
+            }
+            woken
         };
         for w in woken {
             self.wake(w, Wake::Changed);
@@ -325,16 +347,47 @@ impl<C: Send + 'static> Parking<C> {
     }
 }
 
-/// One per key with parked requests: on the next change, replay all of them (a later request
-/// parking on the key starts a new watcher).
-async fn watch_key<C: Send + 'static>(
+/// Watches every key with parked requests; when keys change, hands back all their waiters, the
+/// keys that changed at the same moment in one batch (a later request parking on a woken key
+/// starts a new watch). Ends with the registry.
+async fn dispatch<C: Send + 'static>(
     parking: std::sync::Weak<Parking<C>>,
-    key: u64,
-    change: Change,
+    mut new_watches: mpsc::UnboundedReceiver<Watch>,
 ) {
-    change.await;
-    if let Some(p) = parking.upgrade() {
-        p.wake_key(key);
+    let mut watches: FuturesUnordered<Watch> = FuturesUnordered::new();
+    let mut changed: Vec<u64> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            watch = new_watches.recv() => match watch {
+                Some(w) => {
+                    watches.push(w);
+                    continue;
+                }
+                None => return,
+            },
+            Some(key) = watches.next(), if !watches.is_empty() => {
+                changed.extend(key);
+                // The keys that changed with it, polled without waiting.
+                while changed.len() < MAX_BATCH {
+                    match watches.next().now_or_never() {
+                        Some(Some(key)) => changed.extend(key),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        if !changed.is_empty() {
+            let Some(p) = parking.upgrade() else {
+                return;
+            };
+            p.wake_keys(&changed);
+            let full = changed.len() >= MAX_BATCH;
+            changed.clear();
+            if full {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 }
 
@@ -449,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn deadlines_wake_in_their_order_and_idle_keys_keep_no_watcher() {
         let (parking, mut woken) = registry();
-        let (_tx, rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(0);
         parking.park(
             "third",
             ticket(1, &rx, 0, Duration::from_millis(120)),
@@ -469,6 +522,12 @@ mod tests {
             assert_eq!(woken.recv().await.unwrap(), want);
         }
         assert!(lock(&parking.inner).by_key.is_empty());
+        // The keys' watches are dropped with their last waiter: nothing stays subscribed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tx.receiver_count() > 1 {
+            assert!(Instant::now() < deadline, "a watch outlived its waiters");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
