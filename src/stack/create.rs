@@ -9,12 +9,19 @@ use shapesync_storage::StoreError;
 use tokio::sync::oneshot;
 
 use super::start::Stack;
+
+/// Catalog loads in flight, by (schema, table): a load's result cell, shared by the creations
+/// that run while it is loading.
+pub(crate) type TableLoads = std::sync::Mutex<
+    std::collections::HashMap<(String, String), Arc<tokio::sync::OnceCell<TableInfo>>>,
+>;
 use super::status::{ShapeError, Status};
 use crate::postgres::catalog::{self, CatalogError};
 use crate::shape::definition::{ShapeDefinition, ShapeHandle};
 use crate::shape::lifecycle;
 use crate::shape::writer::Command;
 use crate::shape::{self, Lifecycle, Shape, ShapeMeta};
+use shapesync_filter::table::TableInfo;
 
 impl Stack {
     /// The live shape for `def`, created (with its snapshot started) if there is none.
@@ -49,7 +56,7 @@ impl Stack {
             Ok(l) => l.clone(),
             Err(e) => return Err(ShapeError::database("reading the database's locale", e)),
         };
-        let table = match catalog::load_table_in(&admin, &def.schema, &def.table, locale).await {
+        let table = match self.load_table(&admin, def, locale).await {
             Ok(t) => t,
             Err(e @ CatalogError::NotFound(_)) => {
                 return Err(ShapeError::Invalid("table", e.to_string()))
@@ -126,6 +133,36 @@ impl Stack {
         self.spawn_snapshot(Arc::clone(&shape));
         tracing::info!(stack = %self.id, handle = %shape.handle, table = %shape.table.quoted_name(), "shape created");
         Ok(shape)
+    }
+
+    /// The table of `def` as the catalog describes it now. Creations of shapes of one table
+    /// that run at the same time share one load (10,000 shapes of a table created at once
+    /// made 10,000 identical loads, one after the other on the admin connection: target P10).
+    /// Only a load in flight is shared, and only its success: the first creation after it
+    /// ends loads afresh, and a failed load leaves each waiter to load (and fail) on its own.
+    async fn load_table(
+        &self,
+        admin: &tokio_postgres::Client,
+        def: &ShapeDefinition,
+        locale: shapesync_filter::table::TextLocale,
+    ) -> Result<TableInfo, CatalogError> {
+        let key = (def.schema.clone(), def.table.clone());
+        let cell = Arc::clone(
+            self.table_loads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_default(),
+        );
+        let loaded = cell
+            .get_or_try_init(|| catalog::load_table_in(admin, &def.schema, &def.table, locale))
+            .await
+            .cloned();
+        let mut loads = self.table_loads.lock().unwrap_or_else(|e| e.into_inner());
+        if loads.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            loads.remove(&key);
+        }
+        loaded
     }
 
     fn spawn_snapshot(&self, shape: Arc<Shape>) {

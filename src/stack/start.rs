@@ -32,6 +32,8 @@ pub struct Stack {
     /// The database's locale (collation and character class), loaded once: where clauses
     /// consult it for text ordering and case mapping.
     pub(super) locale: tokio::sync::OnceCell<shapesync_filter::table::TextLocale>,
+    /// Catalog loads in flight, by table (see `Stack::load_table`).
+    pub(super) table_loads: super::create::TableLoads,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub lifecycle: LifecycleConfig,
     /// Final manifests of archived shapes read from the bucket (they never change).
@@ -108,6 +110,7 @@ impl Stack {
             snapshot_pool: SnapshotPool::new(cfg.db.clone(), cfg.max_snapshots),
             spill_dir: cfg.storage_dir.clone(),
             locale: tokio::sync::OnceCell::new(),
+            table_loads: Default::default(),
             task: std::sync::Mutex::new(None),
             lifecycle: cfg.lifecycle.clone(),
             lifecycle_task: std::sync::Mutex::new(None),

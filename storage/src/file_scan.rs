@@ -20,7 +20,8 @@ use crate::record::{
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot.log";
 pub(crate) const CHANGES_FILE: &str = "changes.log";
 
-/// Creates a log file with its header, durably (the directory entry is synced by the caller).
+/// Creates a log file with its header, not yet durable: the store's creation makes the shape's
+/// files durable together (`SyncGroup`) before its `meta` exists.
 pub(crate) fn create_log_file(path: &Path, magic: [u8; 4], threshold: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -28,7 +29,6 @@ pub(crate) fn create_log_file(path: &Path, magic: [u8; 4], threshold: u64) -> io
         .create_new(true)
         .open(path)?;
     file.write_all_at(&encode_log_header(magic, threshold), 0)?;
-    file.sync_all()?;
     Ok(file)
 }
 

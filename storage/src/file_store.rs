@@ -26,7 +26,7 @@ use crate::commit_record::BatchBuilder;
 use crate::error::StoreError;
 use crate::file_changes::{parse_compacted_name, Staged};
 use crate::file_log::FileLog;
-use crate::file_scan::{sync_dir, write_atomic};
+use crate::file_scan::sync_dir;
 use crate::file_segments::parse_segment_name;
 use crate::log::{
     validate_id, CommitStats, OpenedLog, PreparedCommit, ShapeLog, ShapeLogStore, StoreConfig,
@@ -34,6 +34,7 @@ use crate::log::{
 use crate::offset::LogOffset;
 use crate::open_files::FileBudget;
 use crate::record::{decode_meta, encode_meta};
+use crate::sync_group::SyncGroup;
 use crate::writeback::Writeback;
 
 const META_FILE: &str = "meta";
@@ -51,6 +52,8 @@ pub struct FileStore {
     budget: Arc<FileBudget>,
     /// Writes committed bytes to the shape files behind the commit log.
     writeback: Writeback,
+    /// Concurrent creations share their syncs.
+    syncs: SyncGroup,
 }
 
 pub(crate) struct WalState {
@@ -125,12 +128,14 @@ impl FileStore {
             stats,
             scratch: Vec::new(),
         });
+        let syncs = SyncGroup::open(&dir)?;
         Ok(FileStore {
             dir,
             cfg,
             wal,
             budget,
             writeback: Writeback::start(),
+            syncs,
         })
     }
 
@@ -174,10 +179,17 @@ impl FileStore {
         &self.dir
     }
 
+    /// The shape's files, then its `meta` (what makes it exist): the log files, `meta.tmp` and
+    /// the directories are made durable together, then `meta.tmp` is renamed and that is made
+    /// durable, each time by one `syncfs` shared with the creations running at the same moment
+    /// (`SyncGroup`): a crash leaves either no `meta` (the directory is removed on open) or a
+    /// shape whose files are whole.
     fn create_in(&self, id: &str, path: &Path, meta: &[u8]) -> Result<FileLog, StoreError> {
         let log = FileLog::create(id, path, self.cfg.chunk_bytes_threshold, &self.budget)?;
-        write_atomic(path, META_FILE, META_TMP, &encode_meta(meta))?;
-        sync_dir(&self.dir)?;
+        fs::write(path.join(META_TMP), encode_meta(meta))?;
+        self.syncs.sync()?;
+        fs::rename(path.join(META_TMP), path.join(META_FILE))?;
+        self.syncs.sync()?;
         Ok(log)
     }
 

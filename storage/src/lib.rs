@@ -50,6 +50,7 @@ pub mod offset;
 mod open_files;
 mod record;
 mod seek;
+mod sync_group;
 mod writeback;
 
 pub use dir_lock::{DirLock, DirLockError, LOCK_FILE};
