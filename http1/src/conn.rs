@@ -211,7 +211,7 @@ pub(crate) fn resume<S: Transport>(ctx: Arc<Ctx<S>>, mut woken: Woken<ParkedConn
 pub(crate) async fn after_reply<S: Transport>(
     ctx: Arc<Ctx<S>>,
     conn: ParkedConn<S>,
-    ready: crate::Ready,
+    ready: crate::shortcut::Ready,
     own: Vec<u8>,
     written: std::io::Result<usize>,
 ) {

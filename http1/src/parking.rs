@@ -56,9 +56,9 @@ pub trait Waitable: Send + Sync + 'static {
 /// A parked request's own answer to the change that woke it, without a replay through the
 /// router: `Some(ready)` is written as the answer (it must be what the replay would answer;
 /// the connection adds the request id, length, date and connection headers, as for any
-/// [`crate::Ready`]), `None` replays the request as usual. Only called when what it waits on
+/// ready answer), `None` replays the request as usual. Only called when what it waits on
 /// changed (not on a timeout or at shutdown).
-pub type Reply = Box<dyn FnOnce() -> Option<crate::Ready> + Send>;
+pub type Reply = Box<dyn FnOnce() -> Option<crate::shortcut::Ready> + Send>;
 
 /// What a handler hands back instead of waiting: what it waits on, when its wait times out,
 /// what the replay carries back to it, and, optionally, how to answer a change directly.

@@ -239,11 +239,11 @@ pub(crate) async fn send_parts<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Write a ready answer ([`crate::Ready`]) with the per-request headers it lacks; Ok(true) if
+/// Write a ready answer (`Ready`) with the per-request headers it lacks; Ok(true) if
 /// the connection stays open for another request.
 pub(crate) async fn write_ready<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    ready: crate::Ready,
+    ready: crate::shortcut::Ready,
     request_id: &HeaderValue,
     version: Version,
     keep_alive: bool,
@@ -259,7 +259,7 @@ pub(crate) async fn write_ready<S: AsyncWrite + Unpin>(
 /// What a ready answer's head lacks, per request: `x-request-id`, `content-length`, `date`,
 /// `connection` where needed, and the blank line that ends the head.
 pub(crate) fn ready_headers(
-    ready: &crate::Ready,
+    ready: &crate::shortcut::Ready,
     request_id: &HeaderValue,
     version: Version,
     keep_alive: bool,

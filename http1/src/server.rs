@@ -210,7 +210,7 @@ mod tests {
                     deadline: Instant::now() + Duration::from_secs(30),
                     carry: None,
                     reply: Some(Box::new(|| {
-                        Some(crate::Ready {
+                        Some(crate::shortcut::Ready {
                             head: bytes::Bytes::from_static(
                                 b"HTTP/1.1 200 OK\r\nx-kind: reply\r\n",
                             ),
@@ -833,7 +833,7 @@ mod tests {
         let answered = crate::conn::after_reply(
             Arc::clone(&h.server.ctx),
             ParkedConn::for_test(stream, peer, h.server.ctx.conns.acquire(peer.ip()).unwrap()),
-            crate::Ready {
+            crate::shortcut::Ready {
                 head: bytes::Bytes::new(),
                 body: bytes::Bytes::new(),
             },
@@ -855,9 +855,9 @@ mod tests {
             &self,
             uri: &axum::http::Uri,
             _headers: &axum::http::HeaderMap,
-        ) -> Option<crate::Ready> {
+        ) -> Option<crate::shortcut::Ready> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (uri.path() == "/ready").then(|| crate::Ready {
+            (uri.path() == "/ready").then(|| crate::shortcut::Ready {
                 head: bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\nx-kind: ready\r\n"),
                 body: bytes::Bytes::from_static(b"held"),
             })

@@ -10,11 +10,6 @@ use tokio::sync::oneshot;
 
 use super::start::Stack;
 
-/// Catalog loads in flight, by (schema, table): a load's result cell, shared by the creations
-/// that run while it is loading.
-pub(crate) type TableLoads = std::sync::Mutex<
-    std::collections::HashMap<(String, String), Arc<tokio::sync::OnceCell<TableInfo>>>,
->;
 use super::status::{ShapeError, Status};
 use crate::postgres::catalog::{self, CatalogError};
 use crate::shape::definition::{ShapeDefinition, ShapeHandle};

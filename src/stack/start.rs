@@ -23,6 +23,15 @@ use crate::shape::registry::Registry;
 use crate::shape::writer::Writer;
 use crate::shape::Lifecycle;
 
+/// Catalog loads in flight, by (schema, table): a load's result cell, shared by the creations
+/// that run while it is loading (`Stack::load_table`).
+pub(crate) type TableLoads = std::sync::Mutex<
+    std::collections::HashMap<
+        (String, String),
+        Arc<tokio::sync::OnceCell<shapesync_filter::table::TableInfo>>,
+    >,
+>;
+
 pub struct Stack {
     ctx: Arc<StackCtx>,
     /// Connections for initial snapshots and subsets (at most `max_snapshots` at once, reused).
@@ -33,7 +42,7 @@ pub struct Stack {
     /// consult it for text ordering and case mapping.
     pub(super) locale: tokio::sync::OnceCell<shapesync_filter::table::TextLocale>,
     /// Catalog loads in flight, by table (see `Stack::load_table`).
-    pub(super) table_loads: super::create::TableLoads,
+    pub(super) table_loads: TableLoads,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub lifecycle: LifecycleConfig,
     /// Final manifests of archived shapes read from the bucket (they never change).
