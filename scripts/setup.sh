@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shapesync needs on a fresh Debian machine with Rust and PostgreSQL 15 binaries.
-#   bash scripts/setup.sh run    building and running: libclang (pg_query's bindgen) only
+#   bash scripts/setup.sh run    building and running: libclang (pg_query's bindgen) and make
+#                                (jemalloc's build) only
 #   bash scripts/setup.sh [test] also what the tests need: nginx (the CDN stand-in), the Node
 #                                packages of the client tests, and schemathesis and moto (the
 #                                OpenAPI contract check, the S3 stand-in) in Python venvs under target/
@@ -14,6 +15,8 @@ need_apt=()
 [ -e /usr/lib/llvm-14/lib/libclang-14.so.1 ] || [ -e /usr/lib/x86_64-linux-gnu/libclang-14.so.1 ] || need_apt+=(libclang1-14)
 [ -d /usr/lib/llvm-14/lib/clang ] || need_apt+=(libclang-common-14-dev)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
+# make: the jemalloc allocator is built from its C sources (configure, make).
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 # nginx: the CDN stand-in of the caching tests and the deploy config check. Installed here, once,
 # so tests running in parallel never race for the dpkg lock.
 if [ "$mode" = test ]; then
