@@ -26,7 +26,8 @@ use crate::request::{
     BodyLength, Head, Parsed, Reject, MAX_BODY, MAX_HEAD,
 };
 use crate::response::{
-    ready_headers, send_parts, skip, write_now, write_ready, write_reject, write_response,
+    one_piece, ready_headers, send_parts, skip, write_now, write_ready, write_reject,
+    write_response,
 };
 use crate::shortcut::Shortcut;
 
@@ -196,6 +197,7 @@ pub(crate) fn resume<S: Transport>(ctx: Arc<Ctx<S>>, mut woken: Woken<ParkedConn
             drop(woken.carry.take());
             let mut conn = woken.conn;
             let own = ready_headers(&ready, &conn.request_id, conn.version, conn.keep_alive);
+            let (ready, own) = one_piece(ready, own);
             let written = {
                 let _busy = ctx.busy.enter();
                 write_now(&mut conn.stream, [&ready.head, &own, &ready.body])

@@ -282,6 +282,28 @@ pub(crate) fn ready_headers(
     own
 }
 
+/// A short answer (up to 16 KiB) as one buffer: its head, the per-request headers and its body
+/// copied together, so the kernel gets one piece instead of three (P6: a direct reply to 1,500
+/// woken requests ~1 ms sooner than with `writev`); a longer one as it is.
+pub(crate) fn one_piece(
+    ready: crate::shortcut::Ready,
+    own: Vec<u8>,
+) -> (crate::shortcut::Ready, Vec<u8>) {
+    let len = ready.head.len() + own.len() + ready.body.len();
+    if len > COALESCE {
+        return (ready, own);
+    }
+    let mut whole = Vec::with_capacity(len);
+    whole.extend_from_slice(&ready.head);
+    whole.extend_from_slice(&own);
+    whole.extend_from_slice(&ready.body);
+    let ready = crate::shortcut::Ready {
+        head: whole.into(),
+        body: bytes::Bytes::new(),
+    };
+    (ready, Vec::new())
+}
+
 /// Write what the stream takes of `parts` now, without waiting; the bytes written.
 pub(crate) fn write_now<S: AsyncWrite + Unpin>(
     stream: &mut S,
