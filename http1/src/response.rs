@@ -45,34 +45,8 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Write all of `buf`, failing once the client has taken nothing for [`WRITE_STALL`]. A write
 /// the socket takes at once costs no timer.
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = {
-            let mut write = std::pin::pin!(stream.write(buf));
-            let now = {
-                let mut cx = Context::from_waker(Waker::noop());
-                write.as_mut().poll(&mut cx)
-            };
-            match now {
-                Poll::Ready(r) => r?,
-                Poll::Pending => {
-                    tokio::time::timeout(WRITE_STALL, write)
-                        .await
-                        .map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "the client stopped reading",
-                            )
-                        })??
-                }
-            }
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-    }
-    Ok(())
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    send_parts(stream, [buf, &[], &[]]).await
 }
 
 /// Write `res`; Ok(true) if the connection stays open for another request.
@@ -186,27 +160,15 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     Ok(keep_alive)
 }
 
-/// Write `parts` in order, vectored where the stream takes it, failing like [`send`] once the
-/// client has taken nothing for [`WRITE_STALL`].
+/// Write `parts` in order, vectored where the stream takes it, failing once the client has
+/// taken nothing for [`WRITE_STALL`]. A write the socket takes at once costs no timer.
 pub(crate) async fn send_parts<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut parts: [&[u8]; 3],
 ) -> std::io::Result<()> {
-    let mut first = 0;
-    loop {
-        while first < parts.len() && parts[first].is_empty() {
-            first += 1;
-        }
-        if first == parts.len() {
-            return Ok(());
-        }
-        let slices = [
-            IoSlice::new(parts[first]),
-            IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
-            IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
-        ];
-        let mut n = {
-            let mut write = std::pin::pin!(stream.write_vectored(&slices[..parts.len() - first]));
+    while let Some((slices, count)) = io_slices(&parts) {
+        let n = {
+            let mut write = std::pin::pin!(stream.write_vectored(&slices[..count]));
             let now = {
                 let mut cx = Context::from_waker(Waker::noop());
                 write.as_mut().poll(&mut cx)
@@ -228,15 +190,18 @@ pub(crate) async fn send_parts<S: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 && first < parts.len() {
-            let take = n.min(parts[first].len());
-            parts[first] = &parts[first][take..];
-            n -= take;
-            if parts[first].is_empty() {
-                first += 1;
-            }
-        }
+        skip(&mut parts, n);
     }
+    Ok(())
+}
+
+/// The pieces of `parts` left to write, from the first non-empty one, as I/O slices (and how
+/// many); `None` once all are written.
+fn io_slices<'a>(parts: &[&'a [u8]; 3]) -> Option<([IoSlice<'a>; 3], usize)> {
+    let first = parts.iter().position(|p| !p.is_empty())?;
+    let last = parts.iter().rposition(|p| !p.is_empty())?;
+    let at = |i: usize| IoSlice::new(parts.get(i).copied().unwrap_or_default());
+    Some(([at(first), at(first + 1), at(first + 2)], last - first + 1))
 }
 
 /// Write a ready answer (`Ready`) with the per-request headers it lacks; Ok(true) if
@@ -311,19 +276,8 @@ pub(crate) fn write_now<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<usize> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut written = 0;
-    loop {
-        let first = parts.iter().position(|p| !p.is_empty());
-        let Some(first) = first else {
-            return Ok(written);
-        };
-        let slices = [
-            IoSlice::new(parts[first]),
-            IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
-            IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
-        ];
-        match std::pin::Pin::new(&mut *stream)
-            .poll_write_vectored(&mut cx, &slices[..parts.len() - first])
-        {
+    while let Some((slices, count)) = io_slices(&parts) {
+        match std::pin::Pin::new(&mut *stream).poll_write_vectored(&mut cx, &slices[..count]) {
             Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(n)) => {
                 written += n;
@@ -333,6 +287,7 @@ pub(crate) fn write_now<S: AsyncWrite + Unpin>(
             Poll::Pending => return Ok(written),
         }
     }
+    Ok(written)
 }
 
 /// `parts` less their first `n` bytes.
