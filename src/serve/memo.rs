@@ -23,11 +23,12 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use bytes::Bytes;
 use dashmap::DashMap;
 use shapesync_http1::Ready;
 
+use super::response::HeadBytes;
 use crate::shape::Shape;
 use crate::stack::Stack;
 
@@ -194,33 +195,20 @@ impl Memo {
                 return;
             }
         }
-        let mut h = headers_out.clone();
-        super::common_response_headers(
-            &mut h,
-            origin.cloned(),
-            HeaderValue::from_static(""),
-            "/v1/shape",
-            false,
-        );
-        h.remove("x-request-id");
-        h.remove(header::CONTENT_LENGTH);
-        h.remove(header::DATE);
-        h.remove(header::CONNECTION);
-        let mut head = Vec::with_capacity(768);
-        head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        for (name, value) in &h {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+        // The handler's headers (a data answer never sets the per-request ones), then those
+        // every answer gets, as the router's middleware adds them.
+        let mut head = HeadBytes::new(StatusCode::OK);
+        for (name, value) in headers_out {
+            head.line(name.as_str(), value.as_bytes());
         }
+        super::common_headers_to(&mut head, origin.map(HeaderValue::as_bytes), "/v1/shape");
         let entry = Arc::new(Entry {
             target: target.into(),
             origin: origin.cloned(),
             shape: Arc::downgrade(shape),
             stack: Arc::downgrade(stack),
             ready: Ready {
-                head: Bytes::from(head),
+                head: head.finish(),
                 body: body.clone(),
             },
             hit: AtomicBool::new(false),

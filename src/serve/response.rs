@@ -206,15 +206,21 @@ fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
-impl HeaderOut for HeadBytes {
-    fn put(&mut self, name: &'static str, value: &[u8]) {
-        let valid = valid_value(value);
+impl HeadBytes {
+    /// One header line (a name of any lifetime: copying a `HeaderMap` in).
+    pub fn line(&mut self, name: &str, value: &[u8]) {
         self.0.extend_from_slice(name.as_bytes());
         self.0.extend_from_slice(b": ");
-        if valid {
+        if valid_value(value) {
             self.0.extend_from_slice(value);
         }
         self.0.extend_from_slice(b"\r\n");
+    }
+}
+
+impl HeaderOut for HeadBytes {
+    fn put(&mut self, name: &'static str, value: &[u8]) {
+        self.line(name, value);
     }
 }
 
