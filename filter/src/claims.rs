@@ -22,11 +22,8 @@ pub fn parse_where_with(
     claims: &dyn ClaimSource,
 ) -> Result<WhereClause, WhereError> {
     let tree = crate::parse::parse_tree(clause)?;
-    let cx = Typer {
-        table,
-        params: &[],
-        claims: Some(claims),
-    };
+    let mut cx = Typer::new(table, &[]);
+    cx.claims = Some(claims);
     cx.boolean_root(tree.where_node()?)
 }
 

@@ -1,9 +1,12 @@
 //! A compiled where clause: what the rest of the server holds per shape.
 
+use std::sync::Arc;
+
 use crate::eval::eval;
 use crate::expr::Expr;
 use crate::render::render;
 use crate::row::Row;
+use crate::subquery::Subquery;
 use crate::terms::{route, Filed, Filing};
 use crate::value::Family;
 
@@ -56,6 +59,37 @@ impl WhereClause {
 
     pub fn expr(&self) -> &Expr {
         &self.expr
+    }
+
+    /// The clause's distinct `IN (SELECT …)` subqueries, numbered as its memberships' `dep`
+    /// (in the order first written); nested ones belong to their subquery's own clause.
+    pub fn subqueries(&self) -> Vec<Arc<Subquery>> {
+        fn walk(e: &Expr, out: &mut Vec<Option<Arc<Subquery>>>) {
+            match e {
+                Expr::InSubquery { dep, sub, .. } => {
+                    if out.len() <= *dep {
+                        out.resize(*dep + 1, None);
+                    }
+                    out[*dep].get_or_insert_with(|| Arc::clone(sub));
+                }
+                Expr::And(items) | Expr::Or(items) => items.iter().for_each(|i| walk(i, out)),
+                Expr::Not(inner) | Expr::BoolTest { expr: inner, .. } => walk(inner, out),
+                Expr::IsNull { expr, .. } => {
+                    if let crate::expr::Operand::Expr(inner) = expr.as_ref() {
+                        walk(inner, out)
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.expr, &mut out);
+        out.into_iter().flatten().collect()
+    }
+
+    /// Does the clause test membership in a subquery?
+    pub fn has_subqueries(&self) -> bool {
+        !self.subqueries().is_empty()
     }
 
     /// The equality every matching row satisfies (the [`Self::route_term`] when it is one):

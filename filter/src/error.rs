@@ -11,6 +11,8 @@ pub enum WhereErrorKind {
     Syntax,
     /// A column the table does not have.
     UnknownColumn,
+    /// A table (named by a subquery) the database does not have.
+    UnknownTable,
     /// A function shapesync does not know.
     UnknownFunction,
     /// Valid SQL that shapesync does not evaluate (yet): refused rather than guessed.

@@ -133,6 +133,10 @@ pub fn eval(expr: &Expr, row: &dyn Row) -> Result<Option<bool>, Fail> {
             (V::Array(a), V::Array(b)) => Some(op.holds(&a, &b, *elem)),
             _ => None,
         },
+        Expr::InSubquery { columns, dep, .. } => {
+            let values: Vec<Option<&[u8]>> = columns.iter().map(|c| row.value(*c)).collect();
+            return row.membership(*dep, &values);
+        }
         Expr::Distinct { l, r, ty, not } => {
             let a = l.eval(row)?;
             let b = r.eval(row)?;

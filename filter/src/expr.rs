@@ -1,10 +1,13 @@
 //! The typed, validated form of a where clause: a boolean [`Expr`] over a table's columns (by
 //! position), its operators, and the [`Row`] it is evaluated on.
 
+use std::sync::Arc;
+
 use crate::cmp::CmpOp;
 use crate::like::LikeTok;
 use crate::ops;
 use crate::scalar::Scalar;
+use crate::subquery::Subquery;
 use crate::ty::Ty;
 use crate::value::{Family, Literal};
 
@@ -80,6 +83,15 @@ pub enum Expr {
         doc: Box<Scalar>,
         keys: Box<Scalar>,
         mode: JsonHasMode,
+    },
+    /// `(columns) IN (SELECT …)`: are the row's `columns` (one, or a row of several) among
+    /// the rows of `sub`? `dep` numbers the clause's distinct subqueries in the order they
+    /// are written ([`crate::WhereClause::subqueries`]); the answer comes from the row's
+    /// [`crate::Row::membership`], with SQL's three-valued logic.
+    InSubquery {
+        columns: Vec<usize>,
+        dep: usize,
+        sub: Arc<Subquery>,
     },
     /// `l IS [NOT] DISTINCT FROM r` (`not`: IS NOT DISTINCT FROM), both of type `ty`.
     Distinct {

@@ -18,6 +18,9 @@
 //! (IANA zones from `chrono-tz`).
 //! Text ordering needs a byte-order collation (C, POSIX, C.UTF-8) and case mapping (lower,
 //! upper, ILIKE) a C/POSIX character classification: elsewhere they are refused with a 400.
+//! `[NOT] IN (SELECT …)` subqueries (`subquery.rs`; [`parse_where_in`]) test membership in a
+//! [`View`] the caller keeps for each ([`Row::membership`]); [`Dnf`] numbers the clause's
+//! literals as subquery shapes' tags do.
 //! `column op constant` comparisons take a fast path ([`Expr::Compare`]); everything else is
 //! typed into [`Scalar`] expressions (see `typing.rs`) and evaluated per row.
 
@@ -26,6 +29,7 @@ mod claims;
 mod clause;
 mod cmp;
 mod datetime;
+mod dnf;
 mod error;
 mod eval;
 mod expr;
@@ -43,27 +47,34 @@ mod pgtext;
 mod render;
 mod row;
 mod scalar;
+mod subquery;
+#[cfg(test)]
+mod subquery_tests;
 pub mod table;
 pub mod terms;
 mod ty;
 mod typer;
 mod typing;
 mod value;
+mod view;
 
 pub use claims::{
     order_by_columns, parse_where_with, referenced_columns, row_filter_claims, ClaimSource,
 };
 pub use clause::WhereClause;
 pub use cmp::CmpOp;
+pub use dnf::{Dnf, Position, MAX_DISJUNCTS};
 pub use error::{Loc, WhereError, WhereErrorKind};
 pub use eval::{array_elements, eval};
 pub use expr::{Expr, JsonHasMode, Operand};
 pub use like::{compile_like, like_matches, LikeTok};
 pub use num::{Fail, Num};
 pub use order_by::parse_order_by;
-pub use parse::parse_where;
+pub use parse::{parse_where, parse_where_in};
 pub use pgtext::V;
 pub use row::Row;
 pub use scalar::Scalar;
+pub use subquery::{subquery_tables, Subquery, TableName, TableSource};
 pub use ty::Ty;
 pub use value::{index_key, Family, Literal, OrdKey};
+pub use view::{Flip, KeyKind, View};

@@ -15,6 +15,7 @@ use crate::error::{Loc, WhereError, WhereErrorKind};
 use crate::expr::{Expr, JsonHasMode, Operand};
 use crate::ops::ArrayOp;
 use crate::scalar::Scalar;
+use crate::subquery::TableSource;
 use crate::table::TableInfo;
 use crate::ty::Ty;
 use crate::typer::{loc, Typer, PREFIX};
@@ -28,12 +29,25 @@ pub fn parse_where(
     params: &[String],
 ) -> Result<WhereClause, WhereError> {
     let tree = parse_tree(clause)?;
-    let cx = Typer {
-        table,
-        params,
-        claims: None,
-    };
-    cx.boolean_root(tree.where_node()?)
+    Typer::new(table, params).boolean_root(tree.where_node()?)
+}
+
+/// [`parse_where`] for a clause that may hold `IN (SELECT …)` subqueries, over the tables in
+/// `tables` (those [`crate::subquery_tables`] names).
+pub fn parse_where_in(
+    clause: &str,
+    table: &TableInfo,
+    params: &[String],
+    tables: &dyn TableSource,
+) -> Result<WhereClause, WhereError> {
+    let tree = parse_tree(clause)?;
+    let mut cx = Typer::new(table, params);
+    cx.tables = Some(tables);
+    let clause = cx.boolean_root(tree.where_node()?)?;
+    if clause.has_subqueries() {
+        crate::dnf::Dnf::of(clause.expr())?;
+    }
+    Ok(clause)
 }
 
 /// A clause parsed with Postgres' grammar (wrapped as `SELECT 1 WHERE …`), not yet typed.
@@ -212,11 +226,7 @@ impl Typer<'_> {
                     "WHERE clause must return a boolean",
                 )),
             },
-            Some(N::SubLink(s)) => Err(WhereError::new(
-                WhereErrorKind::Unsupported,
-                loc(s.location),
-                "subqueries are not supported",
-            )),
+            Some(N::SubLink(s)) => self.sublink(s),
             Some(N::FuncCall(f)) => match self.claim(f) {
                 Some(value) => match value? {
                     None => Ok(Expr::Const(None)),

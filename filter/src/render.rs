@@ -108,6 +108,24 @@ pub(crate) fn render(expr: &Expr, names: &[String], out: &mut String) {
                 ") IS NULL"
             });
         }
+        Expr::InSubquery { columns, sub, .. } => {
+            out.push('(');
+            if columns.len() > 1 {
+                out.push('(');
+            }
+            for (i, c) in columns.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&quote_ident(&names[*c]));
+            }
+            if columns.len() > 1 {
+                out.push(')');
+            }
+            out.push_str(" IN (");
+            sub.render(out);
+            out.push_str("))");
+        }
         Expr::Distinct { l, r, not, .. } => {
             out.push('(');
             l.render(names, out);

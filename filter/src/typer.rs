@@ -4,7 +4,11 @@
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::FuncCall;
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use crate::error::{Loc, WhereError, WhereErrorKind};
+use crate::subquery::{Subquery, TableSource};
 use crate::table::TableInfo;
 
 /// What every clause is wrapped in to be parsed as a statement.
@@ -15,6 +19,25 @@ pub(crate) struct Typer<'a> {
     pub(crate) params: &'a [String],
     /// Where `claim(...)` values come from: only a role's row filter has them.
     pub(crate) claims: Option<&'a dyn ClaimSource>,
+    /// The tables subqueries may read (`None`: subqueries are refused).
+    pub(crate) tables: Option<&'a dyn TableSource>,
+    /// How many subqueries this clause is nested in.
+    pub(crate) depth: usize,
+    /// The clause's distinct subqueries so far, in the order written.
+    pub(crate) deps: RefCell<Vec<Arc<Subquery>>>,
+}
+
+impl<'a> Typer<'a> {
+    pub(crate) fn new(table: &'a TableInfo, params: &'a [String]) -> Self {
+        Typer {
+            table,
+            params,
+            claims: None,
+            tables: None,
+            depth: 0,
+            deps: RefCell::new(Vec::new()),
+        }
+    }
 }
 
 /// A `pg_query` location in the wrapped statement, as a place in the clause.

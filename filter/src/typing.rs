@@ -309,7 +309,7 @@ impl Typer<'_> {
             Some(N::SubLink(s)) => Err(WhereError::new(
                 WhereErrorKind::Unsupported,
                 loc(s.location),
-                "subqueries are not supported",
+                "only `value IN (SELECT ...)` sublinks are supported right now",
             )),
             _ => Err(WhereError::new(
                 WhereErrorKind::Unsupported,

@@ -19,6 +19,7 @@
 mod clause;
 mod data;
 pub mod grammar;
+mod subquery;
 
 use std::time::{Duration, Instant};
 
