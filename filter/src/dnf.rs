@@ -13,6 +13,7 @@ use crate::error::{Loc, WhereError, WhereErrorKind};
 use crate::eval::eval;
 use crate::expr::Expr;
 use crate::row::Row;
+use crate::view::KeyKind;
 
 /// The most disjuncts a clause with subqueries may have.
 pub const MAX_DISJUNCTS: u128 = 100;
@@ -36,11 +37,31 @@ impl Position {
         }
     }
 
+    /// The outer column names a membership position compares (for the row form's hash).
+    fn link_names(&self) -> Vec<String> {
+        match &self.leaf {
+            Expr::InSubquery { names, .. } => names.to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The outer columns a membership position compares.
     pub fn link_columns(&self) -> Option<&[usize]> {
         match &self.leaf {
             Expr::InSubquery { columns, .. } => Some(columns),
             _ => None,
+        }
+    }
+
+    /// The key kinds of the link columns' values (a membership position).
+    fn kinds(&self) -> Vec<KeyKind> {
+        match &self.leaf {
+            Expr::InSubquery { sub, .. } => sub
+                .columns
+                .iter()
+                .map(|c| KeyKind::of(&sub.table, *c))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -185,6 +206,64 @@ impl Dnf {
     pub fn positions_of(&self, dep: usize) -> Vec<usize> {
         (0..self.positions.len())
             .filter(|&p| self.positions[p].dep() == Some(dep))
+            .collect()
+    }
+
+    /// The value hash of a membership position's link values (text form, one per link
+    /// column): 32 hex digits of MD5 over the salt and the canonical values (`v:<key>` or
+    /// `NULL`; the row form names each outer column), so values equal in SQL hash alike
+    /// whichever path (snapshot, stream, pattern) their text came from.
+    pub fn value_hash(&self, salt: &str, position: usize, values: &[Option<&[u8]>]) -> String {
+        let p = &self.positions[position];
+        let mut input = salt.as_bytes().to_vec();
+        let kinds = p.kinds();
+        let names = p.link_names();
+        for (i, v) in values.iter().enumerate() {
+            if names.len() > 1 {
+                input.extend_from_slice(names[i].as_bytes());
+                input.push(b':');
+            }
+            match (v, kinds.get(i)) {
+                (Some(v), Some(k)) => {
+                    input.extend_from_slice(b"v:");
+                    input.extend_from_slice(&k.key(v));
+                }
+                (Some(v), None) => {
+                    input.extend_from_slice(b"v:");
+                    input.extend_from_slice(v);
+                }
+                (None, _) => input.extend_from_slice(b"NULL"),
+            }
+        }
+        format!("{:x}", md5::compute(&input))
+    }
+
+    /// A row's tags: one string per disjunct of [`Self::positions`]`.len()` slots joined by
+    /// `/`: the value hash for a membership of this disjunct, `1` for another literal of it,
+    /// empty for the other disjuncts' positions. `links[p]` holds a membership position's
+    /// link values.
+    pub fn tags(&self, salt: &str, links: &[Option<Vec<Option<&[u8]>>>]) -> Vec<String> {
+        self.disjuncts
+            .iter()
+            .enumerate()
+            .map(|(d, _)| {
+                let mut tag = String::new();
+                for (p, pos) in self.positions.iter().enumerate() {
+                    if p > 0 {
+                        tag.push('/');
+                    }
+                    if pos.disjunct != d {
+                        continue;
+                    }
+                    match links.get(p).and_then(Option::as_ref) {
+                        Some(values) if pos.dep().is_some() => {
+                            tag.push_str(&self.value_hash(salt, p, values))
+                        }
+                        _ => tag.push('1'),
+                    }
+                }
+                tag
+            })
             .collect()
     }
 

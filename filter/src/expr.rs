@@ -90,6 +90,8 @@ pub enum Expr {
     /// [`crate::Row::membership`], with SQL's three-valued logic.
     InSubquery {
         columns: Vec<usize>,
+        /// The names of `columns` (the row form's value hash names them).
+        names: Vec<String>,
         dep: usize,
         sub: Arc<Subquery>,
     },

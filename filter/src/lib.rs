@@ -74,7 +74,7 @@ pub use parse::{parse_where, parse_where_in};
 pub use pgtext::V;
 pub use row::Row;
 pub use scalar::Scalar;
-pub use subquery::{subquery_tables, Subquery, TableName, TableSource};
+pub use subquery::{subquery_tables, values_sql, Subquery, TableName, TableSource};
 pub use ty::Ty;
 pub use value::{index_key, Family, Literal, OrdKey};
 pub use view::{Flip, KeyKind, View};

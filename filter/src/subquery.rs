@@ -192,6 +192,56 @@ pub(crate) fn keyable(table: &TableInfo, column: usize) -> bool {
     )
 }
 
+/// `(cols) IN ((v, …), …)` over `table`'s `columns` for the given values (text form; a row with
+/// a NULL is left out: it equals nothing), each constant cast to its column's type (an enum
+/// column is compared as its label text). `false` when no row is left.
+pub fn values_sql(table: &TableInfo, columns: &[usize], rows: &[Vec<Option<String>>]) -> String {
+    use crate::ident::quote_literal;
+    let enumish = |c: usize| !table.enum_labels(c).is_empty();
+    let left: Vec<String> = columns
+        .iter()
+        .map(|&c| {
+            let q = quote_ident(&table.columns[c].name);
+            if enumish(c) {
+                format!("{q}::text")
+            } else {
+                q
+            }
+        })
+        .collect();
+    let mut items = Vec::new();
+    for row in rows {
+        if row.iter().any(Option::is_none) || row.len() != columns.len() {
+            continue;
+        }
+        let vals: Vec<String> = columns
+            .iter()
+            .zip(row)
+            .map(|(&c, v)| {
+                let lit = quote_literal(v.as_deref().unwrap_or_default());
+                match Ty::of_type(table.eval_type_name(c), 0) {
+                    Some(ty) if !enumish(c) => format!("CAST({lit} AS {})", ty.sql()),
+                    _ => format!("CAST({lit} AS text)"),
+                }
+            })
+            .collect();
+        items.push(if vals.len() > 1 {
+            format!("({})", vals.join(", "))
+        } else {
+            vals.join("")
+        });
+    }
+    if items.is_empty() {
+        return "false".into();
+    }
+    let l = if left.len() > 1 {
+        format!("({})", left.join(", "))
+    } else {
+        left.join("")
+    };
+    format!("({l} IN ({}))", items.join(", "))
+}
+
 impl Typer<'_> {
     /// `left IN (SELECT …)`, checked and typed; the subquery is numbered among the clause's
     /// distinct ones.
@@ -388,6 +438,10 @@ impl Typer<'_> {
             }
         };
         Ok(Expr::InSubquery {
+            names: left
+                .iter()
+                .map(|c| self.table.columns[*c].name.clone())
+                .collect(),
             columns: left,
             dep,
             sub: Arc::clone(&deps[dep]),

@@ -136,7 +136,9 @@ pub async fn read_archived(
         let Some(meta) = meta.filter(|m| m.def == *def && m.handle == *handle) else {
             return Ok(None);
         };
-        let Ok(compiled) = super::compile(&meta.def, &meta.table) else {
+        let tables: Vec<Arc<shapesync_filter::table::TableInfo>> =
+            meta.tables.iter().cloned().map(Arc::new).collect();
+        let Ok(compiled) = super::compile(&meta.def, &meta.table, &tables) else {
             return Ok(None);
         };
         let chunk = tier.read(&manifest, after).await?;
@@ -231,7 +233,8 @@ async fn compact_some(stack: &StackCtx, worker: &CompactionWorker, shapes: Vec<A
     let stats = Arc::clone(&stack.stats);
     let done = worker.run(move |scratch| {
         let mut budget = COMPACTION_BYTES_PER_TICK;
-        for shape in shapes {
+        // A subquery shape's updates carry tags and removed tags that merging would lose.
+        for shape in shapes.into_iter().filter(|s| s.subq.is_none()) {
             while budget > 0 && shape.is_active() && shape.log.has_compaction_candidate() {
                 match compact_next(&shape, &stats, scratch) {
                     Ok(Some(bytes)) => budget = budget.saturating_sub(bytes.max(1)),

@@ -172,6 +172,42 @@ impl Encoder {
         self.snapshot_row_marked(out, row, None);
     }
 
+    /// A snapshot row with more headers (written by `extra` after the relation).
+    pub fn snapshot_row_with(
+        &self,
+        out: &mut Vec<u8>,
+        row: &Cells<'_>,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
+        self.insert_open(out, row);
+        extra(out);
+        out.extend_from_slice(b"}}");
+    }
+
+    /// An insert of the whole selected row without log position, left open after the
+    /// relation header (a snapshot or move-in row).
+    pub fn insert_open(&self, out: &mut Vec<u8>, row: &Cells<'_>) {
+        out.extend_from_slice(b"{\"key\":");
+        write_str(out, &self.key(row));
+        out.extend_from_slice(b",\"value\":");
+        self.value(out, row, self.columns.iter().map(|c| c.0));
+        out.extend_from_slice(b",\"headers\":{\"operation\":\"insert\",");
+        out.extend_from_slice(&self.relation);
+    }
+
+    /// A delete by key (value: the selected key columns), left open after `txids` (a row a
+    /// move-out takes away; `row` needs only its key columns).
+    pub fn delete_open(&self, out: &mut Vec<u8>, row: &Cells<'_>, xids: &[u32]) {
+        out.extend_from_slice(b"{\"key\":");
+        write_str(out, &self.key(row));
+        out.extend_from_slice(b",\"value\":");
+        self.value(out, row, self.selected_key.iter().copied());
+        out.extend_from_slice(b",\"headers\":{\"operation\":\"delete\",");
+        out.extend_from_slice(&self.relation);
+        let xids: Vec<String> = xids.iter().map(u32::to_string).collect();
+        out.extend_from_slice(format!(",\"txids\":[{}]", xids.join(",")).as_bytes());
+    }
+
     /// A snapshot row; subset snapshot rows carry their snapshot's `snapshot_mark`.
     pub fn snapshot_row_marked(&self, out: &mut Vec<u8>, row: &Cells<'_>, mark: Option<u32>) {
         out.extend_from_slice(b"{\"key\":");

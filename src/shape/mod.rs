@@ -5,6 +5,7 @@
 
 pub mod compaction;
 pub mod definition;
+pub mod deps;
 pub mod lifecycle;
 pub mod message;
 pub mod progress;
@@ -12,6 +13,7 @@ pub mod registry;
 pub mod route;
 pub mod snapshot;
 pub mod spill;
+pub mod subq;
 pub mod subset;
 pub mod visibility;
 pub mod writer;
@@ -62,6 +64,8 @@ pub struct Shape {
     /// Selected columns (indexes into `table.columns`), in table order.
     pub selected: Vec<usize>,
     pub filter: Option<WhereClause>,
+    /// What a shape whose clause holds subqueries keeps (`subq`).
+    pub subq: Option<Arc<subq::Subq>>,
     /// Shared by the shapes selecting the same columns of the same table description.
     pub encoder: Arc<Encoder>,
     pub schema_header: Arc<str>,
@@ -88,6 +92,9 @@ pub struct ShapeMeta {
     pub handle: ShapeHandle,
     pub def: ShapeDefinition,
     pub table: TableInfo,
+    /// The tables the where clause's subqueries read, as they were described.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableInfo>,
 }
 
 /// A definition checked against its table: what to select and how to filter.
@@ -95,6 +102,8 @@ pub struct ShapeMeta {
 pub struct Compiled {
     pub selected: Vec<usize>,
     pub filter: Option<WhereClause>,
+    /// The normal form of a clause with subqueries (what its tags number).
+    pub dnf: Option<shapesync_filter::Dnf>,
 }
 
 /// A definition that does not fit its table: (field, message) for the 400 answer.
@@ -123,8 +132,12 @@ pub fn columns_exist(
     ))
 }
 
-/// Check `def` against `table`.
-pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, FieldError> {
+/// Check `def` against `table`; its subqueries read `tables`.
+pub fn compile(
+    def: &ShapeDefinition,
+    table: &TableInfo,
+    tables: &[Arc<TableInfo>],
+) -> Result<Compiled, FieldError> {
     let selected = match &def.columns {
         None => (0..table.columns.len()).collect(),
         Some(cols) => {
@@ -155,8 +168,12 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
     let client = match &def.where_clause {
         None => None,
         Some(w) => Some(
-            shapesync_filter::parse_where(w, table, &def.params)
-                .map_err(|e| ("where", e.to_string()))?,
+            shapesync_filter::parse_where_in(w, table, &def.params, &tables.to_vec()).map_err(
+                |e| match e.kind {
+                    shapesync_filter::WhereErrorKind::UnknownTable => ("table", e.to_string()),
+                    _ => ("where", e.to_string()),
+                },
+            )?,
         ),
     };
     // The role's row filter is typed on its own (its claims bound as constants) and joined to
@@ -180,7 +197,17 @@ pub fn compile(def: &ShapeDefinition, table: &TableInfo) -> Result<Compiled, Fie
         (Some(c), Some(r)) => Some(shapesync_filter::WhereClause::guarded(r, c)),
         (c, r) => c.or(r),
     };
-    Ok(Compiled { selected, filter })
+    let dnf = match &filter {
+        Some(f) if f.has_subqueries() => {
+            Some(shapesync_filter::Dnf::of(f.expr()).map_err(|e| ("where", e.to_string()))?)
+        }
+        _ => None,
+    };
+    Ok(Compiled {
+        selected,
+        filter,
+        dnf,
+    })
 }
 
 impl Shape {
@@ -188,6 +215,15 @@ impl Shape {
         let (table, encoder, schema_header) =
             shared_parts(meta.table, &compiled.selected, meta.def.replica);
         let snap = log.snapshot_state();
+        let subq = match (compiled.dnf, &compiled.filter) {
+            (Some(dnf), Some(f)) => Some(Arc::new(subq::Subq::new(
+                dnf,
+                f.subqueries(),
+                meta.handle.to_string(),
+                meta.def.log == definition::LogMode::ChangesOnly,
+            ))),
+            _ => None,
+        };
         let progress = progress::ProgressCell::new(Progress {
             latest: log.latest_offset(),
             sealed_chunks: snap.sealed_chunks,
@@ -200,6 +236,7 @@ impl Shape {
             table,
             selected: compiled.selected,
             filter: compiled.filter,
+            subq,
             encoder,
             schema_header,
             log,
@@ -214,6 +251,11 @@ impl Shape {
             handle: self.handle.clone(),
             def: self.def.clone(),
             table: TableInfo::clone(&self.table),
+            tables: self
+                .subq
+                .iter()
+                .flat_map(|s| s.deps.iter().map(|d| TableInfo::clone(&d.table)))
+                .collect(),
         }
     }
 
@@ -227,6 +269,10 @@ impl Shape {
 
     /// Publish what the log now holds (after a flush or a sealed snapshot chunk).
     pub fn publish_log_state(&self) {
+        // A move-in waiting for its rows: readers are shown nothing past it until they land.
+        if self.subq.as_ref().is_some_and(|s| s.is_holding()) {
+            return;
+        }
         let latest = self.log.latest_offset();
         let snap = self.log.snapshot_state();
         self.progress.update(|p| {

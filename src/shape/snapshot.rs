@@ -28,8 +28,9 @@ pub fn copy_sql(shape: &Shape) -> String {
         .map(|i| quote_ident(&shape.table.columns[i].name))
         .collect();
     let mut sql = format!(
-        "COPY (SELECT {} FROM {}",
+        "COPY (SELECT {}{} FROM {}",
         cols.join(", "),
+        position_columns(shape),
         shape.table.quoted_name()
     );
     if let Some(f) = &shape.filter {
@@ -38,6 +39,44 @@ pub fn copy_sql(shape: &Shape) -> String {
     }
     sql.push_str(") TO STDOUT");
     sql
+}
+
+/// For a subquery shape, `, (<position>) IS TRUE|FALSE` per position of its normal form:
+/// each position's truth, computed by Postgres in the query's snapshot (its rows'
+/// `active_conditions`). Empty for other shapes.
+pub fn position_columns(shape: &Shape) -> String {
+    let Some(subq) = &shape.subq else {
+        return String::new();
+    };
+    subq.dnf
+        .positions
+        .iter()
+        .map(|p| {
+            let leaf = shapesync_filter::WhereClause::new(p.leaf.clone()).sql(&shape.table);
+            format!(", ({leaf}) IS {}", if p.negated { "FALSE" } else { "TRUE" })
+        })
+        .collect()
+}
+
+/// A snapshot row of a subquery shape (the table's columns, then each position's truth): its
+/// message with tags and active conditions, reported to the row index.
+fn subquery_row(shape: &Shape, subq: &super::subq::Subq, cells: &[Cell<'_>], out: &mut Vec<u8>) {
+    let ncols = shape.table.columns.len();
+    let (row, truths) = cells.split_at(ncols.min(cells.len()));
+    let ac: Vec<bool> = truths.iter().map(|c| *c == Cell::Text(b"t")).collect();
+    let links = subq.links_of(row);
+    let tags = subq.tags(&links);
+    shape.encoder.snapshot_row_with(out, row, |out| {
+        super::subq::write_tag_headers(out, &tags, &ac, None)
+    });
+    let key = shape.encoder.key(row);
+    let pk = shape
+        .table
+        .key
+        .iter()
+        .map(|&k| row.get(k).and_then(|c| c.bytes()).map(<[u8]>::to_vec))
+        .collect();
+    subq.index().report(subq, &key, 1, (0, 0), (pk, links, ac));
 }
 
 /// Run the snapshot. `started` receives the snapshot's visibility before any row is read.
@@ -63,12 +102,16 @@ pub async fn run(
         let mut parser = CopyParser::default();
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut batch_bytes = 0;
-        let ncols = shape.table.columns.len();
+        let ncols =
+            shape.table.columns.len() + shape.subq.as_ref().map_or(0, |s| s.dnf.positions.len());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.context("reading the snapshot")?;
             parser.feed(&chunk, ncols, |cells| {
                 let mut out = Vec::with_capacity(128);
-                shape.encoder.snapshot_row(&mut out, cells);
+                match &shape.subq {
+                    Some(subq) => subquery_row(shape, subq, cells, &mut out),
+                    None => shape.encoder.snapshot_row(&mut out, cells),
+                }
                 batch_bytes += out.len();
                 batch.push(out);
             })?;
@@ -83,6 +126,9 @@ pub async fn run(
         append(shape, batch).await?;
     }
     client.batch_execute("COMMIT").await?;
+    if let Some(subq) = &shape.subq {
+        subq.index().finish_loading();
+    }
     let end = message::snapshot_end(info.xmin, info.xmax, &info.xip);
     let s = Arc::clone(shape);
     tokio::task::spawn_blocking(move || s.log.finish_snapshot(&end))
@@ -90,6 +136,112 @@ pub async fn run(
         .context("finishing the snapshot")?;
     shape.publish_log_state();
     Ok(rows)
+}
+
+/// Rows of `sql` (a `SELECT`) as owned text values, read with COPY in a REPEATABLE READ
+/// transaction, with that transaction's snapshot.
+async fn rows_at_snapshot(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    ncols: usize,
+    after: Option<u32>,
+) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+    let mut wait = std::time::Duration::from_millis(1);
+    let info = loop {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let row = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?;
+        let snap: String = row.get(0);
+        let info: SnapshotInfo = snap.parse().map_err(anyhow::Error::msg)?;
+        // The walsender may send a commit a moment before the committing backend makes it
+        // visible: the rows must be read in a snapshot that contains it.
+        match after {
+            Some(xid) if info.verdict(xid) != super::visibility::Verdict::Skip => {
+                client.batch_execute("ROLLBACK").await?;
+                anyhow::ensure!(
+                    wait < std::time::Duration::from_secs(5),
+                    "transaction {xid} did not become visible"
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            _ => break info,
+        }
+    };
+    let stream = client
+        .copy_out(format!("COPY ({sql}) TO STDOUT").as_str())
+        .await?;
+    futures::pin_mut!(stream);
+    let mut parser = CopyParser::default();
+    let mut rows = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("reading rows")?;
+        parser.feed(&chunk, ncols, |cells| {
+            rows.push(
+                cells
+                    .iter()
+                    .map(|c| c.bytes().map(<[u8]>::to_vec))
+                    .collect(),
+            );
+        })?;
+    }
+    parser.finish()?;
+    client.batch_execute("COMMIT").await?;
+    Ok((info, rows))
+}
+
+/// A subquery's rows (its selected values), to seed its result.
+pub async fn seed_rows(
+    client: &tokio_postgres::Client,
+    sub: &shapesync_filter::Subquery,
+) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+    rows_at_snapshot(client, &sub.sql(), sub.columns.len(), None).await
+}
+
+/// The rows of a move-in: the shape's rows (all columns) whose link values at the
+/// dependency's positions are among the values that entered (all of them when `broad`).
+pub async fn move_in_rows(
+    client: &tokio_postgres::Client,
+    req: &super::writer::MoveRequest,
+) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+    let shape = &req.shape;
+    let Some(subq) = &shape.subq else {
+        anyhow::bail!("not a subquery shape");
+    };
+    let table = &shape.table;
+    let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut sql = format!("SELECT {} FROM {}", cols.join(", "), table.quoted_name());
+    let mut conds = Vec::new();
+    if let Some(f) = &shape.filter {
+        conds.push(f.sql(table));
+    }
+    if !req.broad {
+        let values: Vec<Vec<Option<String>>> = req
+            .values
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .map(|c| c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect()
+            })
+            .collect();
+        let alts: Vec<String> = subq
+            .dnf
+            .positions_of(req.dep)
+            .into_iter()
+            .filter_map(|p| subq.dnf.positions[p].link_columns().map(<[usize]>::to_vec))
+            .map(|cols| shapesync_filter::values_sql(table, &cols, &values))
+            .collect();
+        conds.push(format!("({})", alts.join(" OR ")));
+    }
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    rows_at_snapshot(client, &sql, table.columns.len(), Some(req.xid)).await
 }
 
 async fn append(shape: &Arc<Shape>, batch: Vec<Vec<u8>>) -> anyhow::Result<()> {

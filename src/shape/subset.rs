@@ -83,8 +83,9 @@ impl Subset {
             .map(|c| quote_ident(&c.name))
             .collect();
         let mut sql = format!(
-            "COPY (SELECT {} FROM {}",
+            "COPY (SELECT {}{} FROM {}",
             cols.join(", "),
+            super::snapshot::position_columns(shape),
             shape.table.quoted_name()
         );
         // The subset's clause is evaluated only on the shape's rows (CASE keeps the order an
@@ -158,7 +159,8 @@ impl Subset {
         let stream = client.copy_out(sql.as_str()).await?;
         futures::pin_mut!(stream);
         let mut parser = CopyParser::default();
-        let ncols = shape.table.columns.len();
+        let ncols =
+            shape.table.columns.len() + shape.subq.as_ref().map_or(0, |s| s.dnf.positions.len());
         let mut rows = 0u64;
         while let Some(chunk) = stream.next().await {
             parser.feed(&chunk?, ncols, |cells| {
@@ -166,9 +168,23 @@ impl Subset {
                     data.buf.push(b',');
                 }
                 rows += 1;
-                shape
-                    .encoder
-                    .snapshot_row_marked(&mut data.buf, cells, Some(mark));
+                match &shape.subq {
+                    Some(subq) => {
+                        let (row, truths) = cells.split_at(shape.table.columns.len());
+                        let ac: Vec<bool> = truths
+                            .iter()
+                            .map(|c| *c == super::message::Cell::Text(b"t"))
+                            .collect();
+                        let tags = subq.tags(&subq.links_of(row));
+                        shape.encoder.snapshot_row_with(&mut data.buf, row, |out| {
+                            out.extend_from_slice(format!(",\"snapshot_mark\":{mark}").as_bytes());
+                            super::subq::write_tag_headers(out, &tags, &ac, None);
+                        });
+                    }
+                    None => shape
+                        .encoder
+                        .snapshot_row_marked(&mut data.buf, cells, Some(mark)),
+                }
             })?;
             if rows > caps.max_rows {
                 return Err(SubsetError::TooLarge {

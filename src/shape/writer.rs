@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::definition::Replica;
 use super::definition::ShapeHandle;
+use super::deps::{Dep, DepOp, DepPhase, DepStatus, Moves, Values};
 use super::message::{close, Cell, ChangeHeaders, Op};
 use super::registry::Registry;
 use super::route::TableRoutes;
@@ -33,6 +34,13 @@ use crate::metrics::{IntegrityCounters, IntegrityEvent};
 use crate::replication::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleData, Value};
 use shapesync_filter::table::TableInfo;
 use shapesync_filter::terms::Term;
+use shapesync_filter::{Subquery, View};
+use tokio::sync::{mpsc, watch};
+
+/// A buffered record standing for a move of one of the shape's subqueries in a transaction
+/// seen before its snapshot started: unless the snapshot contains that transaction, the shape
+/// is rotated.
+const MOVED: &[u8] = b"\0moved";
 
 /// Requests to the writer from the rest of the stack. They are handled between transactions.
 pub enum Command {
@@ -51,6 +59,48 @@ pub enum Command {
     Remove {
         handle: ShapeHandle,
     },
+    /// Keep a subquery's result from now on (a shape about to be created uses it). `done`
+    /// gets its id, its status, and whether the caller must seed it (`DepSeeded`).
+    AddDep {
+        sub: Arc<Subquery>,
+        done: oneshot::Sender<(usize, watch::Receiver<DepStatus>, bool)>,
+    },
+    /// A subquery's rows as of a snapshot.
+    DepSeeded {
+        id: usize,
+        info: SnapshotInfo,
+        rows: Vec<Values>,
+    },
+    /// Seeding a subquery's result failed.
+    DepFailed {
+        id: usize,
+        error: String,
+    },
+    /// A move-in query's rows (all columns), or why it failed.
+    MoveIn {
+        handle: ShapeHandle,
+        seq: u64,
+        result: Result<(SnapshotInfo, Vec<Values>), String>,
+    },
+}
+
+/// Rows of a shape's table to query because values entered one of its subqueries' results
+/// (or, `broad`, because a `NOT IN` may hold for any row now).
+pub struct MoveRequest {
+    pub shape: Arc<Shape>,
+    pub seq: u64,
+    /// The clause's dependency number.
+    pub dep: usize,
+    pub values: Vec<Values>,
+    pub broad: bool,
+    /// The transaction that moved the values: the rows are read in a snapshot containing it.
+    pub xid: u32,
+}
+
+/// A move-in whose rows have not arrived: the keys changed since, with their transactions.
+struct Pending {
+    seq: u64,
+    touched: Vec<(u32, Vec<u8>)>,
 }
 
 /// The kind of a row change.
@@ -89,7 +139,24 @@ struct Sink {
     /// kept: it is derived again from the where clause when the shape leaves (an idle shape
     /// then holds one copy of its keys, in the index: target P7).
     seen: u64,
+    /// A subquery shape: the dependency ids of its clause's subqueries (clause numbering).
+    deps: Vec<usize>,
+    /// Its move-ins waiting for their rows.
+    pending: Vec<Pending>,
+    /// Row index reports of buffered changes, applied with them when the snapshot starts.
+    reports: Vec<(u32, Report)>,
 }
+
+/// A shape's messages for one change, with their offsets.
+type Records = Vec<(LogOffset, Vec<u8>)>;
+
+/// A change to a subquery shape's row index: key, count delta, version, (pk, links, ac).
+type Report = (
+    Vec<u8>,
+    i32,
+    (u64, u64),
+    (Vec<Option<Vec<u8>>>, super::subq::Links, Vec<bool>),
+);
 
 struct Txn {
     lsn: Lsn,
@@ -132,6 +199,15 @@ pub struct Writer {
     global_lsn: Arc<AtomicLsn>,
     /// Flush batch latency.
     fsync: Arc<crate::metrics::Histogram>,
+    /// Subqueries' results (ids are never reused), by SQL and by table.
+    deps: Vec<Option<Dep>>,
+    dep_by_key: HashMap<String, usize>,
+    deps_by_table: HashMap<u32, Vec<usize>>,
+    /// Dependencies changed in the open transaction.
+    deps_in_txn: Vec<usize>,
+    /// Where move-in queries are sent (the stack runs them).
+    move_requests: Option<mpsc::UnboundedSender<MoveRequest>>,
+    move_seq: u64,
 }
 
 impl Writer {
@@ -161,7 +237,19 @@ impl Writer {
             bytes_since_flush: 0,
             global_lsn,
             fsync,
+            deps: Vec::new(),
+            dep_by_key: HashMap::new(),
+            deps_by_table: HashMap::new(),
+            deps_in_txn: Vec::new(),
+            move_requests: None,
+            move_seq: 0,
         }
+    }
+
+    /// Where move-in queries go (without it, a shape whose subquery gains values is rotated).
+    pub fn with_move_requests(mut self, tx: mpsc::UnboundedSender<MoveRequest>) -> Self {
+        self.move_requests = Some(tx);
+        self
     }
 
     /// Where shapes rotated for a missing value are counted, and what to wake when a relation
@@ -231,6 +319,25 @@ impl Writer {
         for h in stale {
             self.invalidate(&h, "table schema changed");
         }
+        // A subquery shape uses the results kept for its subqueries (ready before it is added).
+        let mut deps = Vec::new();
+        if let Some(subq) = &shape.subq {
+            for sub in &subq.deps {
+                match self.dep_by_key.get(&sub.sql()) {
+                    Some(&id)
+                        if self.deps[id]
+                            .as_ref()
+                            .is_some_and(|d| !matches!(d.phase, DepPhase::Seeding(_))) =>
+                    {
+                        deps.push(id)
+                    }
+                    _ => {
+                        self.registry.remove(&shape.handle, Lifecycle::Gone);
+                        return false;
+                    }
+                }
+            }
+        }
         let sink = Sink {
             shape,
             phase,
@@ -242,6 +349,9 @@ impl Writer {
             in_touched: false,
             in_dirty: false,
             seen: 0,
+            deps: deps.clone(),
+            pending: Vec::new(),
+            reports: Vec::new(),
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -254,6 +364,11 @@ impl Writer {
             }
         };
         self.by_handle.insert(handle, idx);
+        for id in deps {
+            if let Some(d) = self.deps[id].as_mut() {
+                d.users.push(idx);
+            }
+        }
         self.by_table.entry(oid).or_default().insert(idx);
         // A partitioned table's column maps are rebuilt from this shape's description.
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
@@ -285,7 +400,49 @@ impl Writer {
         }
         self.free.push(idx);
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
+        for &id in &sink.deps {
+            let unused = self.deps[id].as_mut().is_some_and(|d| {
+                d.users.retain(|&u| u != idx);
+                d.users.is_empty()
+            });
+            if unused {
+                self.drop_dep(id);
+            }
+        }
         Some(sink.shape)
+    }
+
+    /// Stop keeping a subquery's result.
+    fn drop_dep(&mut self, id: usize) {
+        let Some(dep) = self.deps[id].take() else {
+            return;
+        };
+        self.dep_by_key.remove(&dep.key);
+        if let Some(v) = self.deps_by_table.get_mut(&dep.sub.table.oid) {
+            v.retain(|&d| d != id);
+            if v.is_empty() {
+                self.deps_by_table.remove(&dep.sub.table.oid);
+            }
+        }
+    }
+
+    /// A subquery's result can no longer be trusted: its shapes are rotated.
+    fn invalidate_dep(&mut self, id: usize, why: &str) {
+        let Some(dep) = self.deps[id].as_ref() else {
+            return;
+        };
+        tracing::info!(subquery = %dep.key, reason = why, "subquery result invalidated");
+        let _ = dep.status.send(DepStatus::Failed(why.to_string()));
+        let handles: Vec<ShapeHandle> = dep
+            .users
+            .iter()
+            .filter_map(|&i| self.sinks[i].as_ref())
+            .map(|s| s.shape.handle.clone())
+            .collect();
+        for h in handles {
+            self.invalidate(&h, why);
+        }
+        self.drop_dep(id);
     }
 
     /// Take a shape out of service (its log can no longer be trusted or its table changed).
@@ -310,7 +467,77 @@ impl Writer {
             Command::Remove { handle } => {
                 self.drop_sink(&handle);
             }
+            Command::AddDep { sub, done } => {
+                let key = sub.sql();
+                if let Some(&id) = self.dep_by_key.get(&key) {
+                    if let Some(d) = self.deps[id].as_ref() {
+                        let _ = done.send((id, d.status.subscribe(), false));
+                        return;
+                    }
+                }
+                let id = self.deps.len();
+                let oid = sub.table.oid;
+                let dep = Dep::new(key.clone(), sub);
+                let rx = dep.status.subscribe();
+                self.deps.push(Some(dep));
+                self.dep_by_key.insert(key, id);
+                self.deps_by_table.entry(oid).or_default().push(id);
+                let _ = done.send((id, rx, true));
+            }
+            Command::DepSeeded { id, info, rows } => self.dep_seeded(id, info, rows),
+            Command::DepFailed { id, error } => {
+                if let Some(d) = self.deps[id].as_ref() {
+                    let _ = d.status.send(DepStatus::Failed(error));
+                }
+                if self.deps[id].as_ref().is_some_and(|d| d.users.is_empty()) {
+                    self.drop_dep(id);
+                }
+            }
+            Command::MoveIn {
+                handle,
+                seq,
+                result,
+            } => self.splice(&handle, seq, result),
         }
+    }
+
+    /// A subquery's seed rows arrived: its result is built, the changes kept meanwhile that the
+    /// seed does not contain are applied, and shapes may use it.
+    fn dep_seeded(&mut self, id: usize, info: SnapshotInfo, rows: Vec<Values>) {
+        let Some(dep) = self.deps[id].as_mut() else {
+            return;
+        };
+        let DepPhase::Seeding(kept) = std::mem::replace(&mut dep.phase, DepPhase::Live) else {
+            return;
+        };
+        dep.view = View::of(&dep.sub);
+        for r in &rows {
+            let v: Vec<Option<&[u8]>> = r.iter().map(|c| c.as_deref()).collect();
+            dep.view.add(&v);
+        }
+        let mut phase = DepPhase::Filtering(info.clone());
+        for (xid, op) in kept {
+            let take = match &phase {
+                DepPhase::Filtering(info) => match info.verdict(xid) {
+                    Verdict::Skip => false,
+                    Verdict::Apply => true,
+                    Verdict::ApplyAndStopFiltering => {
+                        phase = DepPhase::Live;
+                        true
+                    }
+                },
+                _ => true,
+            };
+            if take {
+                dep.apply(op);
+            }
+        }
+        dep.before.clear();
+        dep.was_empty = dep.view.is_empty();
+        // The open transaction (if any) is seen afresh by the next change.
+        dep.txn_lsn = Lsn::ZERO;
+        dep.phase = phase;
+        let _ = dep.status.send(DepStatus::Ready);
     }
 
     fn snapshot_started(&mut self, handle: &ShapeHandle, info: SnapshotInfo) {
@@ -326,6 +553,17 @@ impl Writer {
         let mut phase = Phase::Filtering(info.clone());
         let mut result = Ok(());
         let mut unknowable = false;
+        let mut moved = false;
+        // Row index reports of the transactions taken (the snapshot holds the others).
+        let reports = std::mem::take(&mut sink.reports);
+        if let Some(subq) = &sink.shape.subq {
+            let mut index = subq.index();
+            for (xid, (key, delta, version, entry)) in reports {
+                if info.verdict(xid) != Verdict::Skip {
+                    index.report(subq, &key, delta, version, entry);
+                }
+            }
+        }
         for (xid, offset, json) in buffer {
             let take = match &phase {
                 Phase::Filtering(info) => match info.verdict(xid) {
@@ -338,7 +576,9 @@ impl Writer {
                 },
                 _ => true,
             };
-            if take && json.is_empty() {
+            if take && json == MOVED {
+                moved = true;
+            } else if take && json.is_empty() {
                 unknowable = true;
             } else if take && result.is_ok() {
                 result = sink.shape.log.append_change(offset, &json);
@@ -352,6 +592,11 @@ impl Writer {
         }
         if let Err(e) = result {
             self.invalidate(handle, &format!("append failed: {e}"));
+        } else if moved {
+            self.invalidate(
+                handle,
+                "a subquery's result changed while the shape was created",
+            );
         } else if unknowable {
             self.integrity.note(IntegrityEvent::ValueMissing);
             self.invalidate(handle, "change lacks values (replica identity not FULL)");
@@ -480,6 +725,12 @@ impl Writer {
         txn.next_op += 2;
         let (lsn, xid) = (txn.lsn.as_u64(), txn.xid);
         let at = (lsn, op, xid);
+        if let Some(ids) = self.deps_by_table.get(&rel.oid).cloned() {
+            let row = ChangeRow::decode(rel, kind, old, new, None);
+            for id in ids {
+                self.dep_change(id, kind, &row, lsn, xid);
+            }
+        }
         if self.routes.contains_key(&rel.oid) {
             let row = ChangeRow::decode(rel, kind, old, new, None);
             self.route(rel.oid, kind, &row, at);
@@ -497,6 +748,400 @@ impl Writer {
             let row = ChangeRow::decode(rel, kind, old, new, Some(&map));
             self.route(anc, kind, &row, at);
         }
+    }
+
+    /// A change of a table a subquery reads: its result gains the new row's selected values
+    /// if the row matches, and loses the old row's if it matched.
+    fn dep_change(&mut self, id: usize, kind: ChangeKind, row: &ChangeRow<'_>, lsn: u64, xid: u32) {
+        let Some(dep) = self.deps[id].as_mut() else {
+            return;
+        };
+        if dep.txn_lsn.as_u64() != lsn {
+            dep.txn_lsn = Lsn(lsn);
+            dep.txn_skip = match &dep.phase {
+                DepPhase::Filtering(info) => match info.verdict(xid) {
+                    Verdict::Skip => true,
+                    Verdict::Apply => false,
+                    Verdict::ApplyAndStopFiltering => {
+                        dep.phase = DepPhase::Live;
+                        false
+                    }
+                },
+                _ => false,
+            };
+            if !dep.txn_skip {
+                dep.begin();
+                if !matches!(dep.phase, DepPhase::Seeding(_)) {
+                    self.deps_in_txn.push(id);
+                }
+            }
+        }
+        if dep.txn_skip {
+            return;
+        }
+        // The row's selected values if it matches; Err if that depends on a value the stream
+        // did not carry.
+        let selected = |cells: &[Cell<'_>]| -> Result<Option<Values>, ()> {
+            let r = CellRow {
+                cells,
+                read_unknown: std::cell::Cell::new(false),
+                views: &[],
+            };
+            let matched = dep.sub.filter.as_ref().is_none_or(|f| f.matches(&r));
+            if r.read_unknown.get() {
+                return Err(());
+            }
+            if !matched {
+                return Ok(None);
+            }
+            dep.sub
+                .columns
+                .iter()
+                .map(|&c| match cells.get(c) {
+                    Some(Cell::Text(b)) => Ok(Some(b.to_vec())),
+                    Some(Cell::Null) => Ok(None),
+                    _ => Err(()),
+                })
+                .collect::<Result<Values, ()>>()
+                .map(Some)
+        };
+        let old = match (kind, row.old.as_deref()) {
+            (ChangeKind::Insert, _) => Ok(None),
+            (_, Some(o)) => selected(o),
+            (_, None) => Err(()),
+        };
+        let new = match (kind, row.new.as_deref()) {
+            (ChangeKind::Delete, _) => Ok(None),
+            (_, Some(n)) => selected(n),
+            (_, None) => Err(()),
+        };
+        let (Ok(old), Ok(new)) = (old, new) else {
+            self.invalidate_dep(id, "a change of a subquery's table lacks values");
+            return;
+        };
+        let ops = old
+            .map(DepOp::Remove)
+            .into_iter()
+            .chain(new.map(DepOp::Add));
+        match &mut dep.phase {
+            DepPhase::Seeding(kept) => kept.extend(ops.map(|op| (xid, op))),
+            _ => ops.for_each(|op| dep.apply(op)),
+        }
+    }
+
+    /// The results of a sink's subqueries, in its clause's numbering.
+    fn views_of<'d>(deps: &'d [Option<Dep>], ids: &[usize]) -> Vec<&'d View> {
+        ids.iter()
+            .filter_map(|&id| deps.get(id).and_then(Option::as_ref).map(|d| &d.view))
+            .collect()
+    }
+
+    /// The end of a transaction that changed dependency `id`'s result: each of its shapes
+    /// that sees the transaction writes the move (rows that leave, the events; a move-in's
+    /// rows are queried and spliced in when they arrive).
+    fn apply_moves(&mut self, id: usize, m: &Moves, lsn: Lsn, xid: u32, op: &mut u64) {
+        let users = match self.deps[id].as_ref() {
+            Some(d) => d.users.clone(),
+            None => return,
+        };
+        let mut rotate: Vec<(ShapeHandle, &str)> = Vec::new();
+        let mut requests = Vec::new();
+        for sidx in users {
+            let Some(sink) = self.sinks[sidx].as_mut() else {
+                continue;
+            };
+            let skip = if sink.txn_lsn == lsn {
+                sink.txn_skip
+            } else {
+                match &sink.phase {
+                    Phase::Filtering(info) => info.verdict(xid) == Verdict::Skip,
+                    _ => false,
+                }
+            };
+            if skip {
+                continue;
+            }
+            let Some(subq) = sink.shape.subq.clone() else {
+                continue;
+            };
+            if let Phase::Buffering(buf) = &mut sink.phase {
+                buf.push((xid, LogOffset::new(lsn.as_u64(), *op), MOVED.to_vec()));
+                continue;
+            }
+            if !subq.index().loaded {
+                rotate.push((
+                    sink.shape.handle.clone(),
+                    "a subquery's result changed before the shape's snapshot was loaded",
+                ));
+                continue;
+            }
+            let Some(k) = sink.deps.iter().position(|&d| d == id) else {
+                continue;
+            };
+            let negated = subq.dnf.negated(k);
+            let positions = subq.dnf.positions_of(k);
+            let has_null = |v: &Values| v.iter().any(Option::is_none);
+            // `x IN (…)` never holds through a NULL (a NULL entering or leaving changes nothing
+            // for it); for `NOT IN`, a NULL entering or leaving, or the result becoming empty
+            // or not, may change the verdict of any row.
+            let broad =
+                negated && (m.entered.iter().chain(&m.left).any(has_null) || m.emptiness_changed);
+            let (gain, lose) = if negated {
+                (&m.left, &m.entered)
+            } else {
+                (&m.entered, &m.left)
+            };
+            let gain: Vec<&Values> = gain.iter().filter(|v| !has_null(v)).collect();
+            let lose: Vec<&Values> = lose.iter().filter(|v| !has_null(v)).collect();
+            let views = Self::views_of(&self.deps, &sink.deps);
+            let mut deletes: Vec<(super::subq::Entry, Vec<bool>)> = Vec::new();
+            {
+                let mut index = subq.index();
+                let mut keys: Vec<Vec<u8>> = if broad {
+                    index.all()
+                } else {
+                    let mut keys = Vec::new();
+                    for v in lose.iter().chain(gain.iter()) {
+                        for &p in &positions {
+                            if let Some(lk) = subq.key_at(p, v) {
+                                keys.extend(index.with_link(p, &lk));
+                            }
+                        }
+                    }
+                    keys
+                };
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    let Some(entry) = index.present(&key).cloned() else {
+                        continue;
+                    };
+                    let mut ac = entry.ac.clone();
+                    for &p in &positions {
+                        let Some(Some(link)) = entry.links.get(p) else {
+                            continue;
+                        };
+                        let values: Vec<Option<&[u8]>> =
+                            link.iter().map(|c| c.as_deref()).collect();
+                        let member = views.get(k).map(|v| v.membership(&values));
+                        let pos = &subq.dnf.positions[p];
+                        if let Some(slot) = ac.get_mut(p) {
+                            *slot = if pos.negated {
+                                member == Some(Some(false))
+                            } else {
+                                member == Some(Some(true))
+                            };
+                        }
+                    }
+                    if subq.dnf.includes(&ac) {
+                        index.set_ac(&key, ac);
+                    } else {
+                        index.take(&subq, &key);
+                        deletes.push((entry, ac));
+                    }
+                }
+            }
+            let xids = [xid];
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            let e = &sink.shape.encoder;
+            for (entry, ac) in deletes {
+                let mut cells = vec![Cell::Null; sink.shape.table.columns.len()];
+                for (i, &k) in sink.shape.table.key.iter().enumerate() {
+                    if let Some(Some(v)) = entry.pk.get(i) {
+                        cells[k] = Cell::Text(v);
+                    }
+                }
+                let mut json = Vec::with_capacity(192);
+                e.delete_open(&mut json, &cells, &xids);
+                super::subq::write_tag_headers(&mut json, &subq.tags(&entry.links), &ac, None);
+                close(&mut json, false);
+                out.push(json);
+            }
+            let patterns = |values: &[&Values]| -> Vec<(usize, String)> {
+                let mut out = Vec::new();
+                for &p in &positions {
+                    for v in values {
+                        out.push((p, subq.hash(p, v)));
+                    }
+                }
+                out
+            };
+            if !lose.is_empty() {
+                out.push(super::subq::event("move-out", &patterns(&lose), &xids));
+            }
+            if !gain.is_empty() {
+                out.push(super::subq::event("move-in", &patterns(&gain), &xids));
+            }
+            if !gain.is_empty() || broad {
+                match &self.move_requests {
+                    Some(tx) => {
+                        self.move_seq += 1;
+                        let seq = self.move_seq;
+                        sink.pending.push(Pending {
+                            seq,
+                            touched: Vec::new(),
+                        });
+                        subq.holding
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        requests.push((
+                            tx.clone(),
+                            MoveRequest {
+                                shape: Arc::clone(&sink.shape),
+                                seq,
+                                dep: k,
+                                values: gain.iter().map(|v| (*v).clone()).collect(),
+                                broad,
+                                xid,
+                            },
+                        ));
+                    }
+                    None => {
+                        rotate.push((sink.shape.handle.clone(), "a subquery gained values"));
+                        continue;
+                    }
+                }
+            }
+            let mut failed = None;
+            for json in out {
+                let offset = LogOffset::new(lsn.as_u64(), *op);
+                *op += 1;
+                self.bytes_since_flush += json.len();
+                if let Err(err) = emit(sink, offset, json, xid) {
+                    failed = Some(err);
+                    break;
+                }
+            }
+            if let Some(err) = failed {
+                rotate.push((sink.shape.handle.clone(), "append failed"));
+                tracing::warn!(error = %err, "appending a move failed");
+                continue;
+            }
+            if sink.dirty && !sink.in_dirty {
+                sink.in_dirty = true;
+                self.dirty.push(sidx);
+            }
+        }
+        for (tx, req) in requests {
+            let handle = req.shape.handle.clone();
+            let seq = req.seq;
+            if tx.send(req).is_err() {
+                // The query runner is gone (shutting down): nothing will splice it.
+                self.splice(&handle, seq, Err("move-in queries stopped".into()));
+            }
+        }
+        for (h, why) in rotate {
+            self.invalidate(&h, why);
+        }
+    }
+
+    /// A move-in's rows arrived: those not held already, not changed since by a transaction
+    /// the query did not see, and in the shape under the current results, are written as
+    /// `is_move_in` inserts, closed by a `snapshot-end` of the query's snapshot.
+    fn splice(
+        &mut self,
+        handle: &ShapeHandle,
+        seq: u64,
+        result: Result<(SnapshotInfo, Vec<Values>), String>,
+    ) {
+        let Some(&idx) = self.by_handle.get(handle) else {
+            return;
+        };
+        let Some(sink) = self.sinks[idx].as_mut() else {
+            return;
+        };
+        let Some(at) = sink.pending.iter().position(|p| p.seq == seq) else {
+            return;
+        };
+        let pending = sink.pending.remove(at);
+        let Some(subq) = sink.shape.subq.clone() else {
+            return;
+        };
+        let (info, rows) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(handle = %handle, error = %e, "a move-in query failed");
+                self.invalidate(handle, "a move-in query failed");
+                return;
+            }
+        };
+        let views = Self::views_of(&self.deps, &sink.deps);
+        let e = Arc::clone(&sink.shape.encoder);
+        let mut out: Vec<(Vec<u8>, Report)> = Vec::new();
+        {
+            let index = subq.index();
+            for values in &rows {
+                let cells: Vec<Cell<'_>> = values
+                    .iter()
+                    .map(|v| match v {
+                        Some(b) => Cell::Text(b),
+                        None => Cell::Null,
+                    })
+                    .collect();
+                let key = e.key(&cells);
+                if index.present(&key).is_some()
+                    || pending
+                        .touched
+                        .iter()
+                        .any(|(x, k)| *k == key && info.verdict(*x) != Verdict::Skip)
+                {
+                    continue;
+                }
+                let r = CellRow {
+                    cells: &cells,
+                    read_unknown: std::cell::Cell::new(false),
+                    views: &views,
+                };
+                let ac = subq.dnf.active_conditions(&r);
+                if !subq.dnf.includes(&ac) {
+                    continue;
+                }
+                let links = subq.links_of(&cells);
+                let mut json = Vec::with_capacity(256);
+                e.insert_open(&mut json, &cells);
+                json.extend_from_slice(b",\"is_move_in\":true");
+                super::subq::write_tag_headers(&mut json, &subq.tags(&links), &ac, None);
+                close(&mut json, false);
+                let pk = pk_of(&sink.shape.table, &cells);
+                out.push((json, (key, 1, (0, 0), (pk, links, ac))));
+            }
+        }
+        let last = sink.last;
+        let (tx, mut op) = match last.op() {
+            Some(o) if !last.is_snapshot() => (last.tx(), o + 1),
+            _ => (self.last_commit.map_or(0, |c| c.0.as_u64()), 0),
+        };
+        let any = !out.is_empty();
+        let mut failed = false;
+        for (json, (key, delta, _, entry)) in out {
+            let offset = LogOffset::new(tx, op);
+            op += 1;
+            self.bytes_since_flush += json.len();
+            if emit(sink, offset, json, 0).is_err() {
+                failed = true;
+                break;
+            }
+            subq.index()
+                .report(&subq, &key, delta, (offset.tx(), op), entry);
+        }
+        if any && !failed {
+            let end = super::message::snapshot_end(info.xmin, info.xmax, &info.xip);
+            failed = emit(sink, LogOffset::new(tx, op), end, 0).is_err();
+        }
+        if failed {
+            self.invalidate(handle, "append failed");
+            return;
+        }
+        if sink.pending.is_empty() {
+            subq.holding
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        // Made durable and shown by the next flush.
+        sink.dirty = true;
+        if !sink.in_dirty {
+            sink.in_dirty = true;
+            self.dirty.push(idx);
+        }
+        self.txns_since_flush += 1;
     }
 
     /// For each column of `anc` (as its shapes describe it), the column of partition `rel`
@@ -587,7 +1232,39 @@ impl Writer {
                 continue;
             }
             let shape = Arc::clone(&sink.shape);
-            let Some(records) = convert(&shape, kind, row, lsn, op, xid) else {
+            let converted = match &shape.subq {
+                None => convert(&shape, kind, row, lsn, op, xid),
+                Some(subq) => {
+                    // Keys changed while a move-in waits for its rows (see `splice`).
+                    if !sink.pending.is_empty() {
+                        let e = &shape.encoder;
+                        for r in row.new.iter().chain(row.old.iter()) {
+                            if e.key_known(r) {
+                                let k = e.key(r);
+                                for p in &mut sink.pending {
+                                    p.touched.push((xid, k.clone()));
+                                }
+                            }
+                        }
+                    }
+                    let views = Self::views_of(&self.deps, &sink.deps);
+                    let buffering = matches!(sink.phase, Phase::Buffering(_));
+                    convert_subq(&shape, subq, &views, kind, row, (lsn, op, xid)).map(
+                        |(records, reports)| {
+                            if buffering {
+                                sink.reports.extend(reports.into_iter().map(|r| (xid, r)));
+                            } else {
+                                let mut index = subq.index();
+                                for (key, delta, version, entry) in reports {
+                                    index.report(subq, &key, delta, version, entry);
+                                }
+                            }
+                            records
+                        },
+                    )
+                }
+            };
+            let Some(records) = converted else {
                 match &mut sink.phase {
                     // The snapshot may already contain this transaction: decided when its
                     // visibility is known.
@@ -653,6 +1330,17 @@ impl Writer {
         }
         for (h, e) in failed {
             self.invalidate(&h, &format!("append failed: {e}"));
+        }
+        // Subqueries whose results the transaction changed: their shapes move.
+        let mut op = txn.next_op;
+        for id in std::mem::take(&mut self.deps_in_txn) {
+            let Some(dep) = self.deps[id].as_mut() else {
+                continue;
+            };
+            let moves = dep.moves();
+            if !moves.is_empty() {
+                self.apply_moves(id, &moves, txn.lsn, txn.xid, &mut op);
+            }
         }
         self.last_commit = Some((txn.lsn, end_lsn));
         self.txns_since_flush += 1;
@@ -811,6 +1499,12 @@ impl Writer {
     /// drop every appended but unflushed change (the slot re-sends them).
     pub fn reset_after_disconnect(&mut self) {
         self.txn = None;
+        // A dependency's changes of the dropped transaction are already in its result, and
+        // the slot sends the transaction again: its result can no longer be trusted.
+        let changed: Vec<usize> = std::mem::take(&mut self.deps_in_txn);
+        for id in changed {
+            self.invalidate_dep(id, "the replication connection broke inside a transaction");
+        }
         self.touched.clear();
         self.txns_since_flush = 0;
         self.bytes_since_flush = 0;
@@ -969,6 +1663,8 @@ fn cells<'a>(t: &'a TupleData, old: Option<&[Cell<'a>]>) -> Vec<Cell<'a>> {
 struct CellRow<'a, 'b> {
     cells: &'b [Cell<'a>],
     read_unknown: std::cell::Cell<bool>,
+    /// The results of the clause's subqueries (clause numbering).
+    views: &'b [&'b View],
 }
 
 impl shapesync_filter::Row for CellRow<'_, '_> {
@@ -978,6 +1674,17 @@ impl shapesync_filter::Row for CellRow<'_, '_> {
             self.read_unknown.set(true);
         }
         cell.and_then(|c| c.bytes())
+    }
+
+    fn membership(
+        &self,
+        dep: usize,
+        values: &[Option<&[u8]>],
+    ) -> Result<Option<bool>, shapesync_filter::Fail> {
+        self.views
+            .get(dep)
+            .map(|v| v.membership(values))
+            .ok_or(shapesync_filter::Fail)
     }
 }
 
@@ -990,6 +1697,7 @@ fn verdict(shape: &Shape, row: &[Cell<'_>]) -> Option<bool> {
     let r = CellRow {
         cells: row,
         read_unknown: std::cell::Cell::new(false),
+        views: &[],
     };
     let matched = f.matches(&r);
     (!r.read_unknown.get()).then_some(matched)
@@ -1082,6 +1790,194 @@ fn convert(
             }
         }
     })
+}
+
+/// The values of a row's key columns (table key order).
+fn pk_of(table: &TableInfo, row: &[Cell<'_>]) -> Vec<Option<Vec<u8>>> {
+    table
+        .key
+        .iter()
+        .map(|&k| row.get(k).and_then(|c| c.bytes()).map(<[u8]>::to_vec))
+        .collect()
+}
+
+/// [`convert`] for a subquery shape: rows are judged with the current results of its
+/// subqueries, messages carry `tags`, `active_conditions` and (updates) `removed_tags`, and
+/// each message is reported to the row index. Once the snapshot is loaded, whether the old row
+/// is held comes from the index (a row can be in the shape's result without being held yet:
+/// a move-in's rows not spliced); before, from the old row's verdict, as for any shape.
+fn convert_subq(
+    shape: &Shape,
+    subq: &super::subq::Subq,
+    views: &[&View],
+    kind: ChangeKind,
+    row: &ChangeRow<'_>,
+    (lsn, op, xid): (u64, u64, u32),
+) -> Option<(Records, Vec<Report>)> {
+    use super::subq::{removed, write_tag_headers};
+    let e = &shape.encoder;
+    let full_replica = shape.def.replica == Replica::Full;
+    // (in the shape, active conditions); None when that depends on an unknown value.
+    let judge = |cells: &[Cell<'_>]| -> Option<(bool, Vec<bool>)> {
+        let r = CellRow {
+            cells,
+            read_unknown: std::cell::Cell::new(false),
+            views,
+        };
+        let ac = subq.dnf.active_conditions(&r);
+        (!r.read_unknown.get()).then(|| (subq.dnf.includes(&ac), ac))
+    };
+    // Whether the old row is held, and its tags and conditions as sent.
+    let held = |cells: &[Cell<'_>]| -> Option<Option<(Vec<String>, Vec<bool>)>> {
+        let index = subq.index();
+        if index.loaded {
+            if !e.key_known(cells) {
+                return None;
+            }
+            return Some(
+                index
+                    .present(&e.key(cells))
+                    .map(|en| (subq.tags(&en.links), en.ac.clone())),
+            );
+        }
+        drop(index);
+        let (was_in, ac) = judge(cells)?;
+        Some(was_in.then(|| (subq.tags(&subq.links_of(cells)), ac)))
+    };
+    let h = |op_position: u64| ChangeHeaders {
+        lsn,
+        op_position,
+        xid,
+        key_change: None,
+    };
+    let insertable = |n: &[Cell<'_>]| e.selected_known(n);
+    let deletable = |o: &[Cell<'_>]| e.key_known(o) && (!full_replica || row.old_full);
+    let entry =
+        |cells: &[Cell<'_>], ac: Vec<bool>| (pk_of(&shape.table, cells), subq.links_of(cells), ac);
+    let mut records = Vec::new();
+    let mut reports: Vec<Report> = Vec::new();
+    let insert = |records: &mut Vec<(LogOffset, Vec<u8>)>,
+                  reports: &mut Vec<Report>,
+                  n: &[Cell<'_>],
+                  ac: Vec<bool>,
+                  at: u64,
+                  key_change: Option<(&'static str, &[u8])>| {
+        let links = subq.links_of(n);
+        let mut out = Vec::with_capacity(320);
+        let mut hd = h(at);
+        hd.key_change = key_change;
+        e.change(&mut out, Op::Insert, None, Some(n), &hd);
+        write_tag_headers(&mut out, &subq.tags(&links), &ac, None);
+        records.push((LogOffset::new(lsn, at), out));
+        reports.push((e.key(n), 1, (lsn, at), entry(n, ac)));
+    };
+    let delete = |records: &mut Vec<(LogOffset, Vec<u8>)>,
+                  reports: &mut Vec<Report>,
+                  o: &[Cell<'_>],
+                  sent: (Vec<String>, Vec<bool>),
+                  at: u64,
+                  key_change: Option<(&'static str, &[u8])>| {
+        let mut out = Vec::with_capacity(256);
+        let mut hd = h(at);
+        hd.key_change = key_change;
+        e.change(&mut out, Op::Delete, Some(o), None, &hd);
+        write_tag_headers(&mut out, &sent.0, &sent.1, None);
+        records.push((LogOffset::new(lsn, at), out));
+        reports.push((
+            e.key(o),
+            -1,
+            (lsn, at),
+            (Vec::new(), Vec::new(), Vec::new()),
+        ));
+    };
+    match kind {
+        ChangeKind::Insert => {
+            let n = row.new.as_deref()?;
+            let (is_in, ac) = judge(n)?;
+            if is_in {
+                if !insertable(n) || !e.key_known(n) {
+                    return None;
+                }
+                insert(&mut records, &mut reports, n, ac, op, None);
+            }
+        }
+        ChangeKind::Delete => {
+            let o = row.old.as_deref()?;
+            if let Some(sent) = held(o)? {
+                if !deletable(o) {
+                    return None;
+                }
+                delete(&mut records, &mut reports, o, sent, op, None);
+            }
+        }
+        ChangeKind::Update => {
+            let (n, o) = (row.new.as_deref()?, row.old.as_deref()?);
+            let (new_in, ac) = judge(n)?;
+            match (held(o)?, new_in) {
+                (Some(sent), true) => {
+                    if !e.key_known(o) || !e.key_known(n) {
+                        return None;
+                    }
+                    if !e.same_key(o, n) {
+                        if !deletable(o) || !insertable(n) {
+                            return None;
+                        }
+                        let (old_key, new_key) = (e.key(o), e.key(n));
+                        delete(
+                            &mut records,
+                            &mut reports,
+                            o,
+                            sent,
+                            op,
+                            Some(("key_change_to", &new_key)),
+                        );
+                        insert(
+                            &mut records,
+                            &mut reports,
+                            n,
+                            ac,
+                            op + 1,
+                            Some(("key_change_from", &old_key)),
+                        );
+                    } else {
+                        if full_replica && (!row.old_full || !insertable(n)) {
+                            return None;
+                        }
+                        let links = subq.links_of(n);
+                        let tags = subq.tags(&links);
+                        let gone = removed(&sent.0, &tags);
+                        // Nothing the client holds changed: no message.
+                        if row.old_full
+                            && !e.selected_changed(o, n)
+                            && gone.is_empty()
+                            && sent.1 == ac
+                        {
+                            return Some((records, reports));
+                        }
+                        let mut out = Vec::with_capacity(320);
+                        e.change(&mut out, Op::Update, Some(o), Some(n), &h(op));
+                        write_tag_headers(&mut out, &tags, &ac, Some(&gone));
+                        records.push((LogOffset::new(lsn, op), out));
+                        reports.push((e.key(n), 0, (lsn, op), entry(n, ac)));
+                    }
+                }
+                (Some(sent), false) => {
+                    if !deletable(o) {
+                        return None;
+                    }
+                    delete(&mut records, &mut reports, o, sent, op, None);
+                }
+                (None, true) => {
+                    if !insertable(n) || !e.key_known(n) {
+                        return None;
+                    }
+                    insert(&mut records, &mut reports, n, ac, op, None);
+                }
+                (None, false) => {}
+            }
+        }
+    }
+    Some((records, reports))
 }
 
 /// Hold `json` as the shape's latest change, emitting the previously held one (not last).
@@ -1184,7 +2080,7 @@ mod tests {
             params: Vec::new(),
             row_filter: None,
         };
-        let compiled = crate::shape::compile(&def, &table()).expect("compiles");
+        let compiled = crate::shape::compile(&def, &table(), &[]).expect("compiles");
         let store = MemoryStore::new(Default::default());
         let log = store.create("s", b"m").expect("log");
         let meta = ShapeMeta {
@@ -1192,6 +2088,7 @@ mod tests {
             handle: ShapeHandle::mint(&def),
             def,
             table: table(),
+            tables: Vec::new(),
         };
         Shape::new(meta, compiled, log)
     }
@@ -1384,7 +2281,7 @@ mod tests {
                 params: Vec::new(),
                 row_filter: None,
             };
-            let compiled = crate::shape::compile(&def, &table()).expect("compiles");
+            let compiled = crate::shape::compile(&def, &table(), &[]).expect("compiles");
             let handle = ShapeHandle::mint(&def);
             let log = self
                 .registry
@@ -1398,6 +2295,7 @@ mod tests {
                 handle,
                 def,
                 table: table(),
+                tables: Vec::new(),
             };
             let shape = Shape::new(meta, compiled, log);
             self.registry.insert(&shape);

@@ -13,6 +13,7 @@ use super::start::Stack;
 use super::status::{ShapeError, Status};
 use crate::postgres::catalog::{self, CatalogError};
 use crate::shape::definition::{ShapeDefinition, ShapeHandle};
+use crate::shape::deps::DepStatus;
 use crate::shape::lifecycle;
 use crate::shape::writer::Command;
 use crate::shape::{self, Lifecycle, Shape, ShapeMeta};
@@ -51,7 +52,10 @@ impl Stack {
             Ok(l) => l.clone(),
             Err(e) => return Err(ShapeError::database("reading the database's locale", e)),
         };
-        let table = match self.load_table(&admin, def, locale).await {
+        let table = match self
+            .load_table(&admin, (&def.schema, &def.table), locale.clone())
+            .await
+        {
             Ok(t) => t,
             Err(e @ CatalogError::NotFound(_)) => {
                 return Err(ShapeError::Invalid("table", e.to_string()))
@@ -79,17 +83,72 @@ impl Stack {
                 ));
             }
         }
-        let compiled = shape::compile(def, &table).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
+        // The tables the clause's subqueries read (one the catalog does not have is reported
+        // when the clause is typed).
+        let mut tables = Vec::new();
+        if let Some(w) = &def.where_clause {
+            let names = shapesync_filter::subquery_tables(w)
+                .map_err(|e| ShapeError::Invalid("where", e.to_string()))?;
+            for n in names {
+                match self
+                    .load_table(&admin, (&n.schema, &n.name), locale.clone())
+                    .await
+                {
+                    Ok(t) => tables.push(Arc::new(t)),
+                    Err(CatalogError::NotFound(_)) => {}
+                    Err(CatalogError::Db(e)) => {
+                        return Err(ShapeError::database("reading a subquery's table", e))
+                    }
+                }
+            }
+        }
+        let compiled =
+            shape::compile(def, &table, &tables).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
+        let subqueries = compiled
+            .filter
+            .as_ref()
+            .map(|f| f.subqueries())
+            .unwrap_or_default();
+        for sub in &subqueries {
+            if sub.filter.as_ref().is_some_and(|f| f.has_subqueries()) {
+                return Err(ShapeError::Invalid(
+                    "where",
+                    "a subquery inside a subquery is not supported yet".into(),
+                ));
+            }
+            if sub.table.partitioned {
+                return Err(ShapeError::Invalid(
+                    "where",
+                    format!(
+                        "subqueries over partitioned tables ({}) are not supported yet",
+                        sub.table.quoted_name()
+                    ),
+                ));
+            }
+        }
         self.publication
             .ensure_table(&admin, &table)
             .await
             .map_err(|e| ShapeError::database("publishing the table", e))?;
+        for sub in &subqueries {
+            self.publication
+                .ensure_table(&admin, &sub.table)
+                .await
+                .map_err(|e| ShapeError::database("publishing a subquery's table", e))?;
+        }
+        for sub in &subqueries {
+            self.ensure_dep(sub).await?;
+        }
         let handle = ShapeHandle::mint(def);
         let meta = ShapeMeta {
             version: 1,
             handle: handle.clone(),
             def: def.clone(),
             table,
+            tables: subqueries
+                .iter()
+                .map(|s| TableInfo::clone(&s.table))
+                .collect(),
         };
         let bytes =
             serde_json::to_vec(&meta).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
@@ -138,10 +197,10 @@ impl Stack {
     async fn load_table(
         &self,
         admin: &tokio_postgres::Client,
-        def: &ShapeDefinition,
+        (schema, name): (&str, &str),
         locale: shapesync_filter::table::TextLocale,
     ) -> Result<TableInfo, CatalogError> {
-        let key = (def.schema.clone(), def.table.clone());
+        let key = (schema.to_string(), name.to_string());
         let cell = Arc::clone(
             self.table_loads
                 .lock()
@@ -150,7 +209,7 @@ impl Stack {
                 .or_default(),
         );
         let loaded = cell
-            .get_or_try_init(|| catalog::load_table_in(admin, &def.schema, &def.table, locale))
+            .get_or_try_init(|| catalog::load_table_in(admin, schema, name, locale))
             .await
             .cloned();
         let mut loads = self.table_loads.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,6 +217,65 @@ impl Stack {
             loads.remove(&key);
         }
         loaded
+    }
+
+    /// Make sure the writer keeps `sub`'s result, seeded and up to date, before a shape
+    /// using it is added (the first creation that needs it seeds it; the others wait).
+    async fn ensure_dep(&self, sub: &Arc<shapesync_filter::Subquery>) -> Result<(), ShapeError> {
+        let stopped = || ShapeError::NotReady("replication stopped".into());
+        let (done, added) = oneshot::channel();
+        if !self.command(Command::AddDep {
+            sub: Arc::clone(sub),
+            done,
+        }) {
+            return Err(stopped());
+        }
+        let (id, mut status, seed) = added.await.map_err(|_| stopped())?;
+        if seed {
+            let rows = async {
+                let conn = self.snapshot_pool.get().await?;
+                match shape::snapshot::seed_rows(conn.client(), sub).await {
+                    Ok(r) => {
+                        conn.release();
+                        Ok(r)
+                    }
+                    Err(e) => {
+                        conn.discard().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match rows {
+                Ok((info, rows)) => {
+                    self.command(Command::DepSeeded { id, info, rows });
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    self.command(Command::DepFailed {
+                        id,
+                        error: error.clone(),
+                    });
+                    return Err(ShapeError::NotReady(format!(
+                        "reading a subquery's rows failed: {error}"
+                    )));
+                }
+            }
+        }
+        loop {
+            let now = status.borrow_and_update().clone();
+            match now {
+                DepStatus::Ready => return Ok(()),
+                DepStatus::Failed(e) => {
+                    return Err(ShapeError::NotReady(format!("a subquery's result: {e}")))
+                }
+                DepStatus::Seeding => {
+                    if status.changed().await.is_err() {
+                        return Err(stopped());
+                    }
+                }
+            }
+        }
     }
 
     fn spawn_snapshot(&self, shape: Arc<Shape>) {

@@ -12,6 +12,7 @@
 mod config;
 mod create;
 pub mod ctx;
+mod moves;
 mod naming;
 pub mod pool;
 mod restore;

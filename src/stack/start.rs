@@ -98,6 +98,8 @@ impl Stack {
             Arc::clone(&stats.fsync),
         )
         .with_checks(Arc::clone(&stats.integrity), Arc::clone(&check_now));
+        let (move_requests, move_rx) = mpsc::unbounded_channel();
+        writer = writer.with_move_requests(move_requests);
         let restored = restore_shapes(&store, &registry, &mut writer).await?;
         tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
 
@@ -127,6 +129,11 @@ impl Stack {
             storage_bytes: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::schema_watch::run(Arc::clone(&ctx), cfg.schema_check));
+        tokio::spawn(super::moves::run(
+            Arc::clone(&stack.snapshot_pool),
+            Arc::clone(&ctx),
+            move_rx,
+        ));
         let lifecycle_task = tokio::spawn(lifecycle::run(
             Arc::clone(&ctx),
             cfg.lifecycle.clone(),

@@ -22,6 +22,7 @@ mod response_cache;
 mod resume;
 mod sse;
 mod structure;
+mod subqueries;
 mod support;
 mod tenants;
 mod where_e2e;

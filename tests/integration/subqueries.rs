@@ -1,0 +1,495 @@
+//! Shapes with `IN (SELECT …)` subqueries over HTTP against a real Postgres: the wire elements
+//! (tags, `active_conditions`, `removed_tags`, `is_move_in`, `move-in`/`move-out` events,
+//! deletes placed before a move-out), and two materialisations of the log, the plain one the
+//! official client's `Shape` makes (events ignored) and a tag-aware one, each checked to equal
+//! Postgres' answer after every up-to-date. The log's invariants are checked on every message:
+//! an insert only for an absent key, an update or delete only for a present one, constant tag
+//! width, `removed_tags` byte-identical to tags sent before.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{connect, fresh_db, ShapeClient, TestServer};
+
+/// A row as a tag-aware client holds it: value, tags, active conditions.
+type Held = (serde_json::Map<String, Value>, Vec<String>, Vec<bool>);
+
+/// A shape followed as the official client's `Shape` (plain) and as a tag-aware client.
+struct Sub {
+    client: ShapeClient,
+    query: String,
+    handle: Option<String>,
+    offset: String,
+    cursor: Option<String>,
+    up_to_date: bool,
+    /// key → value (plain: inserts, updates, deletes).
+    plain: BTreeMap<String, serde_json::Map<String, Value>>,
+    /// key → (value, tags, active conditions) (tag-aware).
+    aware: BTreeMap<String, Held>,
+    /// Every tag string sent.
+    sent_tags: Vec<String>,
+    width: Option<usize>,
+    log: Vec<Value>,
+}
+
+fn slots(tag: &str) -> Vec<&str> {
+    tag.split('/').collect()
+}
+
+impl Sub {
+    fn new(client: ShapeClient, query: String) -> Sub {
+        Sub {
+            client,
+            query,
+            handle: None,
+            offset: "-1".into(),
+            cursor: None,
+            up_to_date: false,
+            plain: BTreeMap::new(),
+            aware: BTreeMap::new(),
+            sent_tags: Vec::new(),
+            width: None,
+            log: Vec::new(),
+        }
+    }
+
+    async fn poll(&mut self) {
+        let mut q = format!("{}&offset={}", self.query, self.offset);
+        if let Some(h) = &self.handle {
+            q.push_str(&format!("&handle={h}"));
+        }
+        if self.up_to_date {
+            q.push_str(&format!(
+                "&live=true&cursor={}",
+                self.cursor.clone().unwrap_or_default()
+            ));
+        }
+        let r = self.client.get(&q).await;
+        assert_eq!(r.status, 200, "GET {q} -> {} {}", r.status, r.body);
+        self.handle = r.header("electric-handle").map(str::to_string);
+        self.cursor = r.header("electric-cursor").map(str::to_string);
+        for m in r.messages() {
+            self.apply(&m);
+        }
+        self.offset = r.header("electric-offset").expect("offset").to_string();
+        self.up_to_date = r.up_to_date();
+    }
+
+    fn note_tags(&mut self, h: &Value, m: &Value) -> (Vec<String>, Vec<bool>) {
+        let tags: Vec<String> = h["tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("tags missing: {m}"))
+            .iter()
+            .map(|t| t.as_str().expect("tag").to_string())
+            .collect();
+        let ac: Vec<bool> = h["active_conditions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("active_conditions missing: {m}"))
+            .iter()
+            .map(|b| b.as_bool().expect("bool"))
+            .collect();
+        assert!(!tags.is_empty(), "empty tags: {m}");
+        for t in &tags {
+            let w = slots(t).len();
+            assert_eq!(*self.width.get_or_insert(w), w, "tag width changed: {m}");
+            assert_eq!(w, ac.len(), "one condition per position: {m}");
+        }
+        for t in &tags {
+            if !self.sent_tags.contains(t) {
+                self.sent_tags.push(t.clone());
+            }
+        }
+        (tags, ac)
+    }
+
+    fn visible(tags: &[String], ac: &[bool]) -> bool {
+        tags.iter().any(|t| {
+            slots(t)
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .all(|(p, _)| ac.get(p).copied().unwrap_or(false))
+        })
+    }
+
+    fn apply(&mut self, m: &Value) {
+        self.log.push(m.clone());
+        let h = &m["headers"];
+        if h.get("control").is_some() {
+            return;
+        }
+        if let Some(event) = h.get("event").and_then(Value::as_str) {
+            // Plain: ignored (the official client's Shape). Tag-aware: flip conditions.
+            let patterns = h["patterns"].as_array().expect("patterns");
+            assert!(h["txids"].is_array(), "txids: {m}");
+            for p in patterns {
+                let pos = p["pos"].as_u64().expect("pos") as usize;
+                let value = p["value"].as_str().expect("value");
+                let mut gone = Vec::new();
+                for (k, (_, tags, ac)) in self.aware.iter_mut() {
+                    if tags.iter().any(|t| slots(t).get(pos) == Some(&value)) {
+                        ac[pos] = event == "move-in";
+                        if !Self::visible(tags, ac) {
+                            gone.push(k.clone());
+                        }
+                    }
+                }
+                for k in gone {
+                    self.aware.remove(&k);
+                }
+            }
+            return;
+        }
+        let key = m["key"].as_str().expect("key").to_string();
+        let value = m["value"].as_object().cloned().unwrap_or_default();
+        let op = h["operation"].as_str().expect("operation");
+        let (tags, ac) = self.note_tags(h, m);
+        match op {
+            "insert" => {
+                assert!(
+                    !self.plain.contains_key(&key),
+                    "insert of present {key}: {m}"
+                );
+                self.plain.insert(key.clone(), value.clone());
+                self.aware.insert(key, (value, tags, ac));
+            }
+            "update" => {
+                let removed: Vec<String> = h["removed_tags"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("removed_tags missing: {m}"))
+                    .iter()
+                    .map(|t| t.as_str().expect("tag").to_string())
+                    .collect();
+                for t in &removed {
+                    assert!(self.sent_tags.contains(t), "removed tag never sent: {m}");
+                }
+                let row = self
+                    .plain
+                    .get_mut(&key)
+                    .unwrap_or_else(|| panic!("update of absent {key}: {m}"));
+                row.extend(value.clone());
+                if let Some((v, t, a)) = self.aware.get_mut(&key) {
+                    v.extend(value);
+                    t.retain(|x| !removed.contains(x));
+                    for x in tags {
+                        if !t.contains(&x) {
+                            t.push(x);
+                        }
+                    }
+                    *a = ac;
+                }
+            }
+            "delete" => {
+                assert!(
+                    self.plain.remove(&key).is_some(),
+                    "delete of absent {key}: {m}"
+                );
+                self.aware.remove(&key);
+            }
+            other => panic!("unknown operation {other}"),
+        }
+    }
+
+    /// Poll until both materialisations equal `expected` (by `id`) at an up-to-date.
+    async fn until_equal(&mut self, db: &tokio_postgres::Client, sql: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut first = true;
+        loop {
+            // A live poll waits for news: look first (the caller's change may move nothing).
+            if !(first && self.up_to_date) {
+                self.poll().await;
+            }
+            first = false;
+            if !self.up_to_date {
+                continue;
+            }
+            let want = ids(db, sql).await;
+            let plain: Vec<i64> = self.plain.values().map(id_of).collect();
+            let aware: Vec<i64> = self.aware.values().map(|(v, _, _)| id_of(v)).collect();
+            let (mut plain, mut aware) = (plain, aware);
+            plain.sort_unstable();
+            aware.sort_unstable();
+            if plain == want && aware == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rows differ: Postgres {want:?}, plain {plain:?}, tag-aware {aware:?}\nlog: {}",
+                self.log
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+impl Sub {
+    /// Poll until a message after `from` satisfies `f`.
+    async fn until_message(&mut self, from: usize, f: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log[from.min(self.log.len())..].iter().any(&f) {
+            assert!(
+                Instant::now() < deadline,
+                "no such message: {:?}",
+                &self.log[from..]
+            );
+            self.poll().await;
+        }
+    }
+}
+
+fn id_of(v: &serde_json::Map<String, Value>) -> i64 {
+    v["id"].as_str().and_then(|s| s.parse().ok()).expect("id")
+}
+
+async fn ids(db: &tokio_postgres::Client, sql: &str) -> Vec<i64> {
+    let rows = db
+        .query(&format!("SELECT id::int8 FROM ({sql}) q ORDER BY 1"), &[])
+        .await
+        .expect("expected rows");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+fn q(table: &str, clause: &str, params: &[&str]) -> String {
+    let mut q = format!("table={table}&where=");
+    q.extend(form_urlencoded::byte_serialize(clause.as_bytes()));
+    for (i, p) in params.iter().enumerate() {
+        q.push_str(&format!("&params[{}]={p}", i + 1));
+    }
+    q
+}
+
+const SCHEMA: &str = "
+CREATE TABLE projects (id int PRIMARY KEY, team_id int);
+CREATE TABLE tasks (id int PRIMARY KEY, project_id int, title text NOT NULL);
+INSERT INTO projects VALUES (1, 7), (2, 8);
+INSERT INTO tasks VALUES (10, 1, 'a'), (11, 2, 'b');";
+
+fn last_with(log: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {
+    log.iter().filter(|m| f(m)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_in_and_out_follow_postgres_with_the_reference_wire_elements() {
+    let url = fresh_db("subq").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let server = TestServer::start(&url).await;
+    let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1)";
+    let expected =
+        "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 7)";
+    let mut s = Sub::new(server.client(), q("tasks", clause, &["7"]));
+    s.until_equal(&db, expected).await;
+    // (a) The snapshot row carries one tag (a 32-hex hash) and its condition.
+    let row = s
+        .log
+        .iter()
+        .find(|m| m["key"].is_string())
+        .expect("snapshot row")
+        .clone();
+    let h1 = row["headers"]["tags"][0].as_str().expect("tag").to_string();
+    assert_eq!(h1.len(), 32, "{row}");
+    assert!(h1.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        row["headers"]["active_conditions"],
+        serde_json::json!([true])
+    );
+
+    // (b) An inner update moves a row in: the event, the row marked is_move_in, snapshot-end.
+    let before = s.log.len();
+    db.batch_execute("UPDATE projects SET team_id = 7 WHERE id = 2")
+        .await
+        .expect("move in");
+    s.until_equal(&db, expected).await;
+    let new = &s.log[before..];
+    let ev = last_with(new, |m| m["headers"]["event"] == "move-in");
+    assert_eq!(ev.len(), 1, "{new:?}");
+    let h2 = ev[0]["headers"]["patterns"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ev[0]["headers"]["patterns"][0]["pos"], 0);
+    let moved = last_with(new, |m| m["headers"]["is_move_in"] == true);
+    assert_eq!(moved.len(), 1, "{new:?}");
+    assert_eq!(moved[0]["value"]["id"], "11");
+    assert_eq!(moved[0]["headers"]["tags"][0], h2.as_str());
+    assert!(moved[0]["headers"].get("lsn").is_none());
+    assert!(new
+        .iter()
+        .any(|m| m["headers"]["control"] == "snapshot-end"));
+
+    // (c) An outer row changes its link: update with the new tag and the old one removed.
+    let before = s.log.len();
+    db.batch_execute("UPDATE tasks SET project_id = 2 WHERE id = 10")
+        .await
+        .expect("relink");
+    s.until_message(before, |m| m["headers"]["operation"] == "update")
+        .await;
+    s.until_equal(&db, expected).await;
+    let up = last_with(&s.log[before..], |m| m["headers"]["operation"] == "update");
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0]["headers"]["tags"], serde_json::json!([h2]));
+    assert_eq!(up[0]["headers"]["removed_tags"], serde_json::json!([h1]));
+
+    // (d) Moves out: the first removes nothing; the second deletes both rows, then the event.
+    let before = s.log.len();
+    db.batch_execute("UPDATE projects SET team_id = 8 WHERE id = 1")
+        .await
+        .expect("out 1");
+    s.until_message(before, |m| m["headers"]["event"] == "move-out")
+        .await;
+    s.until_equal(&db, expected).await;
+    assert!(s.log[before..]
+        .iter()
+        .any(|m| m["headers"]["event"] == "move-out"));
+    let before = s.log.len();
+    db.batch_execute("UPDATE projects SET team_id = 8 WHERE id = 2")
+        .await
+        .expect("out 2");
+    s.until_equal(&db, expected).await;
+    let new: Vec<&Value> = s.log[before..].iter().collect();
+    let del = new
+        .iter()
+        .position(|m| m["headers"]["operation"] == "delete");
+    let out = new.iter().position(|m| m["headers"]["event"] == "move-out");
+    assert!(
+        del.is_some() && out.is_some() && del < out,
+        "deletes before the event: {new:?}"
+    );
+
+    // §5.5.1: inner and outer change in one transaction: the new row exactly once.
+    db.batch_execute(
+        "BEGIN; UPDATE projects SET team_id = 7 WHERE id = 2; \
+         INSERT INTO tasks VALUES (20, 2, 'x'); COMMIT",
+    )
+    .await
+    .expect("same transaction in");
+    s.until_equal(&db, expected).await;
+    // §5.5.2: out and an outer update in one transaction.
+    db.batch_execute(
+        "BEGIN; UPDATE projects SET team_id = 9 WHERE id = 2; \
+         UPDATE tasks SET title = 'y' WHERE project_id = 2; COMMIT",
+    )
+    .await
+    .expect("same transaction out");
+    s.until_equal(&db, expected).await;
+    // A value in then out within one transaction: no event at all.
+    let before = s.log.len();
+    db.batch_execute(
+        "BEGIN; UPDATE projects SET team_id = 7 WHERE id = 1; \
+         UPDATE projects SET team_id = 8 WHERE id = 1; COMMIT",
+    )
+    .await
+    .expect("oscillation");
+    db.batch_execute("INSERT INTO tasks VALUES (30, 3, 'z'); INSERT INTO projects VALUES (3, 7)")
+        .await
+        .expect("marker");
+    s.until_message(before, |m| m["value"]["id"] == "30").await;
+    s.until_equal(&db, expected).await;
+    let events: Vec<&Value> = s.log[before..]
+        .iter()
+        .filter(|m| m["headers"].get("event").is_some())
+        .collect();
+    assert_eq!(events.len(), 1, "only the marker's move-in: {events:?}");
+    assert_eq!(events[0]["headers"]["event"], "move-in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_in_or_and_row_forms_follow_postgres() {
+    let url = fresh_db("subq_forms").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    db.batch_execute(
+        "CREATE TABLE members (user_id int, team_id int, PRIMARY KEY (user_id, team_id));
+         INSERT INTO members VALUES (10, 1), (11, 2);
+         ALTER TABLE tasks ADD COLUMN owner int; UPDATE tasks SET owner = id;",
+    )
+    .await
+    .expect("members");
+    let server = TestServer::start(&url).await;
+    let cases = [
+        (
+            "project_id NOT IN (SELECT id FROM projects WHERE team_id = 7)",
+            "project_id NOT IN (SELECT id FROM projects WHERE team_id = 7)",
+        ),
+        (
+            "project_id IN (SELECT id FROM projects WHERE team_id = 7) OR title = 'pinned'",
+            "project_id IN (SELECT id FROM projects WHERE team_id = 7) OR title = 'pinned'",
+        ),
+        (
+            "(owner, project_id) IN (SELECT user_id, team_id FROM members) AND title <> 'skip'",
+            "(owner, project_id) IN (SELECT user_id, team_id FROM members) AND title <> 'skip'",
+        ),
+    ];
+    let mut subs = Vec::new();
+    for (clause, _) in &cases {
+        let mut s = Sub::new(server.client(), q("tasks", clause, &[]));
+        s.poll().await;
+        subs.push(s);
+    }
+    let steps = [
+        "UPDATE projects SET team_id = 7 WHERE id = 2",
+        "INSERT INTO tasks VALUES (12, 2, 'pinned', 12), (13, 5, 'pinned', 13)",
+        "UPDATE projects SET team_id = 8 WHERE id = 1",
+        "INSERT INTO members VALUES (12, 2), (13, 5)",
+        "DELETE FROM members WHERE user_id = 10",
+        "BEGIN; INSERT INTO projects VALUES (5, 7); UPDATE tasks SET title = 'skip' WHERE id = 13; COMMIT",
+        "UPDATE projects SET team_id = NULL WHERE id = 2",
+        "INSERT INTO projects VALUES (6, 7), (7, 7); UPDATE tasks SET project_id = 6 WHERE id = 11",
+        "DELETE FROM projects WHERE team_id = 7",
+    ];
+    for (s, (_, sql)) in subs.iter_mut().zip(&cases) {
+        s.until_equal(&db, &format!("SELECT id FROM tasks WHERE {sql}"))
+            .await;
+    }
+    for step in steps {
+        db.batch_execute(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        for (s, (_, sql)) in subs.iter_mut().zip(&cases) {
+            s.until_equal(&db, &format!("SELECT id FROM tasks WHERE {sql}"))
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_subqueries_get_the_reference_errors() {
+    let url = fresh_db("subq_err").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let server = TestServer::start(&url).await;
+    let client = server.client();
+    for (clause, field, text) in [
+        (
+            "project_id IN (SELECT id FROM nowhere)",
+            "table",
+            "Table \"public\".\"nowhere\" does not exist. If the table name contains capitals or special characters you must quote it.",
+        ),
+        (
+            "EXISTS (SELECT id FROM projects)",
+            "where",
+            "At location 0: only `value IN (SELECT ...)` sublinks are supported right now",
+        ),
+        (
+            "project_id IN (SELECT id FROM projects) OR NOT project_id IN (SELECT id FROM projects)",
+            "where",
+            "a subquery dependency cannot be used with both positive and negative polarity in the same filter",
+        ),
+        (
+            "project_id IN (SELECT DISTINCT id FROM projects)",
+            "where",
+            "SELECT statement must not contain any clauses",
+        ),
+    ] {
+        let r = client
+            .get(&format!("{}&offset=-1", q("tasks", clause, &[])))
+            .await;
+        assert_eq!(r.status, 400, "{clause}: {}", r.body);
+        assert_eq!(r.json()["errors"][field][0], text, "{clause}: {}", r.body);
+    }
+}
