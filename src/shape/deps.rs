@@ -55,6 +55,10 @@ pub struct Dep {
     pub before: HashMap<Vec<u8>, (Values, bool)>,
     /// The view was empty when the open transaction began.
     pub was_empty: bool,
+    /// The open transaction's changes, applied at its commit: every change of a transaction
+    /// is judged with the results as they were before it (a value in and out again inside
+    /// one transaction then moves nothing, and judged nothing either).
+    pub txn_ops: Vec<DepOp>,
 }
 
 /// The net change of a dependency in one transaction.
@@ -96,6 +100,7 @@ impl Dep {
             txn_skip: false,
             before: HashMap::new(),
             was_empty: true,
+            txn_ops: Vec::new(),
         }
     }
 
@@ -137,11 +142,16 @@ impl Dep {
     /// Start of a transaction (the first change of it this dependency sees).
     pub fn begin(&mut self) {
         self.before.clear();
+        self.txn_ops.clear();
         self.was_empty = self.view.is_empty();
     }
 
-    /// What the transaction changed, net (a value in and out again did not move).
+    /// The commit of the open transaction: its changes are applied; what they changed, net
+    /// (a value in and out again did not move).
     pub fn moves(&mut self) -> Moves {
+        for op in std::mem::take(&mut self.txn_ops) {
+            self.apply(op);
+        }
         let mut m = Moves {
             emptiness_changed: self.was_empty != self.view.is_empty(),
             ..Moves::default()

@@ -233,7 +233,18 @@ pub async fn move_in_rows(
             .positions_of(req.dep)
             .into_iter()
             .filter_map(|p| subq.dnf.positions[p].link_columns().map(<[usize]>::to_vec))
-            .map(|cols| shapesync_filter::values_sql(table, &cols, &values))
+            .flat_map(|cols| {
+                let mut alts = vec![shapesync_filter::values_sql(table, &cols, &values)];
+                // `NOT IN` of a row form may now hold for rows with a NULL in their link.
+                if req.null_links && cols.len() > 1 {
+                    let nulls: Vec<String> = cols
+                        .iter()
+                        .map(|&c| format!("{} IS NULL", quote_ident(&table.columns[c].name)))
+                        .collect();
+                    alts.push(format!("({})", nulls.join(" OR ")));
+                }
+                alts
+            })
             .collect();
         conds.push(format!("({})", alts.join(" OR ")));
     }

@@ -52,6 +52,8 @@ pub struct RowIndex {
     rows: HashMap<Vec<u8>, Entry>,
     /// (position, link key) → keys of present rows with those link values.
     by_link: HashMap<(usize, Vec<u8>), HashSet<Vec<u8>>>,
+    /// position → keys of present rows with a NULL in their link values there.
+    null_links: HashMap<usize, HashSet<Vec<u8>>>,
     /// The snapshot is entirely reported: absence now means absence.
     pub loaded: bool,
 }
@@ -145,11 +147,18 @@ impl RowIndex {
     fn unlink(&mut self, kinds: &[Vec<KeyKind>], key: &[u8], links: &Links) {
         for (p, l) in links.iter().enumerate() {
             let Some(l) = l else { continue };
-            if let Some(k) = link_key(&kinds[p], &borrowed(l)) {
-                if let Some(set) = self.by_link.get_mut(&(p, k.clone())) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.by_link.remove(&(p, k));
+            match link_key(&kinds[p], &borrowed(l)) {
+                Some(k) => {
+                    if let Some(set) = self.by_link.get_mut(&(p, k.clone())) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.by_link.remove(&(p, k));
+                        }
+                    }
+                }
+                None => {
+                    if let Some(set) = self.null_links.get_mut(&p) {
+                        set.remove(key);
                     }
                 }
             }
@@ -159,8 +168,13 @@ impl RowIndex {
     fn link(&mut self, kinds: &[Vec<KeyKind>], key: &[u8], links: &Links) {
         for (p, l) in links.iter().enumerate() {
             let Some(l) = l else { continue };
-            if let Some(k) = link_key(&kinds[p], &borrowed(l)) {
-                self.by_link.entry((p, k)).or_default().insert(key.to_vec());
+            match link_key(&kinds[p], &borrowed(l)) {
+                Some(k) => {
+                    self.by_link.entry((p, k)).or_default().insert(key.to_vec());
+                }
+                None => {
+                    self.null_links.entry(p).or_default().insert(key.to_vec());
+                }
             }
         }
     }
@@ -223,6 +237,14 @@ impl RowIndex {
     pub fn with_link(&self, position: usize, link: &[u8]) -> Vec<Vec<u8>> {
         self.by_link
             .get(&(position, link.to_vec()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Keys of present rows with a NULL in their link values at `position`.
+    pub fn with_null_link(&self, position: usize) -> Vec<Vec<u8>> {
+        self.null_links
+            .get(&position)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }

@@ -93,6 +93,8 @@ pub struct MoveRequest {
     pub dep: usize,
     pub values: Vec<Values>,
     pub broad: bool,
+    /// Rows with a NULL in a row form's link are asked for too (`NOT IN`).
+    pub null_links: bool,
     /// The transaction that moved the values: the rows are read in a snapshot containing it.
     pub xid: u32,
 }
@@ -825,7 +827,7 @@ impl Writer {
             .chain(new.map(DepOp::Add));
         match &mut dep.phase {
             DepPhase::Seeding(kept) => kept.extend(ops.map(|op| (xid, op))),
-            _ => ops.for_each(|op| dep.apply(op)),
+            _ => dep.txn_ops.extend(ops),
         }
     }
 
@@ -901,6 +903,13 @@ impl Writer {
                     index.all()
                 } else {
                     let mut keys = Vec::new();
+                    // A row form with a NULL in its link: `NOT IN` may change for it with any
+                    // value that moves (it compares equal as far as known to some row).
+                    if negated {
+                        for &p in &positions {
+                            keys.extend(index.with_null_link(p));
+                        }
+                    }
                     for v in lose.iter().chain(gain.iter()) {
                         for &p in &positions {
                             if let Some(lk) = subq.key_at(p, v) {
@@ -991,6 +1000,7 @@ impl Writer {
                                 dep: k,
                                 values: gain.iter().map(|v| (*v).clone()).collect(),
                                 broad,
+                                null_links: negated,
                                 xid,
                             },
                         ));
@@ -1499,11 +1509,14 @@ impl Writer {
     /// drop every appended but unflushed change (the slot re-sends them).
     pub fn reset_after_disconnect(&mut self) {
         self.txn = None;
-        // A dependency's changes of the dropped transaction are already in its result, and
-        // the slot sends the transaction again: its result can no longer be trusted.
-        let changed: Vec<usize> = std::mem::take(&mut self.deps_in_txn);
-        for id in changed {
-            self.invalidate_dep(id, "the replication connection broke inside a transaction");
+        // A dependency's changes of the dropped transaction were not applied yet (they are at
+        // its commit); the slot sends the transaction again.
+        for id in std::mem::take(&mut self.deps_in_txn) {
+            if let Some(d) = self.deps[id].as_mut() {
+                d.txn_ops.clear();
+                d.before.clear();
+                d.txn_lsn = Lsn::ZERO;
+            }
         }
         self.touched.clear();
         self.txns_since_flush = 0;
