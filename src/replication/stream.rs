@@ -287,6 +287,7 @@ async fn stream(
                     let wal_end = Lsn::from(wal_end);
                     tracing::trace!(%wal_end, "keepalive");
                     stats.server_at(wal_end);
+                    writer.wal_seen(wal_end);
                     if let Some(lsn) = writer.idle_ack(wal_end).filter(|_| inflight.is_none()) {
                         ack(client, lsn);
                     }

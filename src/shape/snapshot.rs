@@ -145,17 +145,21 @@ async fn rows_at_snapshot(
     sql: &str,
     ncols: usize,
     after: Option<u32>,
-) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+) -> anyhow::Result<(SnapshotInfo, u64, Vec<super::deps::Values>)> {
     let mut wait = std::time::Duration::from_millis(1);
-    let info = loop {
+    let (info, lsn) = loop {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
         let row = client
-            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .query_one(
+                "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::text",
+                &[],
+            )
             .await?;
         let snap: String = row.get(0);
         let info: SnapshotInfo = snap.parse().map_err(anyhow::Error::msg)?;
+        let lsn: u64 = row.get::<_, String>(1).parse()?;
         // The walsender may send a commit a moment before the committing backend makes it
         // visible: the rows must be read in a snapshot that contains it.
         match after {
@@ -168,7 +172,7 @@ async fn rows_at_snapshot(
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
-            _ => break info,
+            _ => break (info, lsn),
         }
     };
     let stream = client
@@ -190,7 +194,7 @@ async fn rows_at_snapshot(
     }
     parser.finish()?;
     client.batch_execute("COMMIT").await?;
-    Ok((info, rows))
+    Ok((info, lsn, rows))
 }
 
 /// A subquery's rows (its selected values), to seed its result.
@@ -198,15 +202,17 @@ pub async fn seed_rows(
     client: &tokio_postgres::Client,
     sub: &shapesync_filter::Subquery,
 ) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
-    rows_at_snapshot(client, &sub.sql(), sub.columns.len(), None).await
+    let (info, _, rows) = rows_at_snapshot(client, &sub.sql(), sub.columns.len(), None).await?;
+    Ok((info, rows))
 }
 
 /// The rows of a move-in: the shape's rows (all columns) whose link values at the
-/// dependency's positions are among the values that entered (all of them when `broad`).
+/// dependency's positions are among the values that entered (all of them when `broad`), in
+/// a snapshot containing the moving transaction, with the WAL position when it was taken.
 pub async fn move_in_rows(
     client: &tokio_postgres::Client,
     req: &super::writer::MoveRequest,
-) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+) -> anyhow::Result<(SnapshotInfo, u64, Vec<super::deps::Values>)> {
     let shape = &req.shape;
     let Some(subq) = &shape.subq else {
         anyhow::bail!("not a subquery shape");

@@ -76,11 +76,12 @@ pub enum Command {
         id: usize,
         error: String,
     },
-    /// A move-in query's rows (all columns), or why it failed.
+    /// A move-in query's rows (all columns) with its snapshot and the WAL position then, or
+    /// why it failed.
     MoveIn {
         handle: ShapeHandle,
         seq: u64,
-        result: Result<(SnapshotInfo, Vec<Values>), String>,
+        result: Result<(SnapshotInfo, u64, Vec<Values>), String>,
     },
 }
 
@@ -99,10 +100,12 @@ pub struct MoveRequest {
     pub xid: u32,
 }
 
-/// A move-in whose rows have not arrived: the keys changed since, with their transactions.
+/// A move-in not spliced yet: the keys changed since it was asked for, with their
+/// transactions, and its rows once they arrive.
 struct Pending {
     seq: u64,
     touched: Vec<(u32, Vec<u8>)>,
+    rows: Option<(SnapshotInfo, u64, Vec<Values>)>,
 }
 
 /// The kind of a row change.
@@ -210,6 +213,10 @@ pub struct Writer {
     /// Where move-in queries are sent (the stack runs them).
     move_requests: Option<mpsc::UnboundedSender<MoveRequest>>,
     move_seq: u64,
+    /// Move-ins whose rows arrived, waiting for the stream to pass their snapshot.
+    arrived: Vec<(ShapeHandle, u64)>,
+    /// How far the stream is known to have gone (commits handled, idle keepalives).
+    wal_pos: u64,
 }
 
 impl Writer {
@@ -245,6 +252,8 @@ impl Writer {
             deps_in_txn: Vec::new(),
             move_requests: None,
             move_seq: 0,
+            arrived: Vec::new(),
+            wal_pos: 0,
         }
     }
 
@@ -499,7 +508,21 @@ impl Writer {
                 handle,
                 seq,
                 result,
-            } => self.splice(&handle, seq, result),
+            } => match result {
+                Err(e) => self.splice(&handle, seq, Err(e)),
+                Ok(rows) => {
+                    let found = self
+                        .by_handle
+                        .get(&handle)
+                        .and_then(|&i| self.sinks[i].as_mut())
+                        .and_then(|s| s.pending.iter_mut().find(|p| p.seq == seq));
+                    if let Some(p) = found {
+                        p.rows = Some(rows);
+                        self.arrived.push((handle, seq));
+                        self.try_splices(None);
+                    }
+                }
+            },
         }
     }
 
@@ -606,6 +629,7 @@ impl Writer {
     }
 
     pub fn begin(&mut self, lsn: Lsn, xid: u32) {
+        self.try_splices(Some(xid));
         self.txn = Some(Txn {
             lsn,
             xid,
@@ -989,6 +1013,7 @@ impl Writer {
                         sink.pending.push(Pending {
                             seq,
                             touched: Vec::new(),
+                            rows: None,
                         });
                         subq.holding
                             .store(true, std::sync::atomic::Ordering::Release);
@@ -1047,12 +1072,46 @@ impl Writer {
     /// A move-in's rows arrived: those not held already, not changed since by a transaction
     /// the query did not see, and in the shape under the current results, are written as
     /// `is_move_in` inserts, closed by a `snapshot-end` of the query's snapshot.
-    fn splice(
-        &mut self,
-        handle: &ShapeHandle,
-        seq: u64,
-        result: Result<(SnapshotInfo, Vec<Values>), String>,
-    ) {
+    /// Splice the move-ins whose rows arrived once the stream has passed their snapshot: at
+    /// the first transaction their snapshot does not contain (`next`), or once the stream's
+    /// position is past the WAL position taken with it. Until then the transactions the
+    /// snapshot contains are applied to the shape as they stream.
+    fn try_splices(&mut self, next: Option<u32>) {
+        if self.arrived.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        self.arrived.retain(|(handle, seq)| {
+            let rows = self
+                .by_handle
+                .get(handle)
+                .and_then(|&i| self.sinks[i].as_ref())
+                .and_then(|s| s.pending.iter().find(|p| p.seq == *seq))
+                .and_then(|p| p.rows.as_ref());
+            let Some((info, lsn, _)) = rows else {
+                return false;
+            };
+            let passed =
+                self.wal_pos >= *lsn || next.is_some_and(|x| info.verdict(x) != Verdict::Skip);
+            if passed {
+                due.push((handle.clone(), *seq));
+            }
+            !passed
+        });
+        for (handle, seq) in due {
+            self.splice(&handle, seq, Ok(()));
+        }
+    }
+
+    /// A keepalive outside a transaction: the stream has passed `wal_end`.
+    pub fn wal_seen(&mut self, wal_end: Lsn) {
+        if self.txn.is_none() {
+            self.wal_pos = self.wal_pos.max(wal_end.as_u64());
+            self.try_splices(None);
+        }
+    }
+
+    fn splice(&mut self, handle: &ShapeHandle, seq: u64, result: Result<(), String>) {
         let Some(&idx) = self.by_handle.get(handle) else {
             return;
         };
@@ -1066,7 +1125,12 @@ impl Writer {
         let Some(subq) = sink.shape.subq.clone() else {
             return;
         };
-        let (info, rows) = match result {
+        let (info, rows) = match result.and_then(|()| {
+            pending
+                .rows
+                .map(|(info, _, rows)| (info, rows))
+                .ok_or_else(|| "no rows".to_string())
+        }) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(handle = %handle, error = %e, "a move-in query failed");
@@ -1353,7 +1417,9 @@ impl Writer {
             }
         }
         self.last_commit = Some((txn.lsn, end_lsn));
+        self.wal_pos = self.wal_pos.max(end_lsn.as_u64());
         self.txns_since_flush += 1;
+        self.try_splices(None);
     }
 
     /// Transactions handled since the last flush.
@@ -1805,6 +1871,18 @@ fn convert(
     })
 }
 
+/// The tags sent for a present row (none if absent).
+fn present_tags(
+    index: &super::subq::RowIndex,
+    subq: &super::subq::Subq,
+    key: &[u8],
+) -> Vec<String> {
+    index
+        .present(key)
+        .map(|en| subq.tags(&en.links))
+        .unwrap_or_default()
+}
+
 /// The values of a row's key columns (table key order).
 fn pk_of(table: &TableInfo, row: &[Cell<'_>]) -> Vec<Option<Vec<u8>>> {
     table
@@ -1907,11 +1985,39 @@ fn convert_subq(
         ChangeKind::Insert => {
             let n = row.new.as_deref()?;
             let (is_in, ac) = judge(n)?;
-            if is_in {
-                if !insertable(n) || !e.key_known(n) {
-                    return None;
+            if !insertable(n) || !e.key_known(n) {
+                return if is_in {
+                    None
+                } else {
+                    Some((records, reports))
+                };
+            }
+            // Held already: a move-in read the row in a snapshot that contained this insert
+            // (the stream brings it after the splice); the client is given this version.
+            let present = {
+                let index = subq.index();
+                if index.loaded {
+                    index
+                        .present(&e.key(n))
+                        .map(|en| (subq.tags(&en.links), en.ac.clone()))
+                } else {
+                    None
                 }
-                insert(&mut records, &mut reports, n, ac, op, None);
+            };
+            match (present, is_in) {
+                (None, true) => insert(&mut records, &mut reports, n, ac, op, None),
+                (None, false) => {}
+                (Some(_), true) => {
+                    let links = subq.links_of(n);
+                    let mut out = Vec::with_capacity(320);
+                    e.change(&mut out, Op::Update, None, Some(n), &h(op));
+                    let tags = subq.tags(&links);
+                    let sent = present_tags(&subq.index(), subq, &e.key(n));
+                    write_tag_headers(&mut out, &tags, &ac, Some(&removed(&sent, &tags)));
+                    records.push((LogOffset::new(lsn, op), out));
+                    reports.push((e.key(n), 0, (lsn, op), entry(n, ac)));
+                }
+                (Some(sent), false) => delete(&mut records, &mut reports, n, sent, op, None),
             }
         }
         ChangeKind::Delete => {

@@ -150,7 +150,9 @@ impl Sub {
             "insert" => {
                 assert!(
                     !self.plain.contains_key(&key),
-                    "insert of present {key}: {m}"
+                    "insert of present {key}: {m}\nin {}\nits messages and the events:\n{}",
+                    self.query,
+                    self.history(&key)
                 );
                 self.plain.insert(key.clone(), value.clone());
                 self.aware.insert(key, (value, tags, ac));
@@ -276,6 +278,18 @@ impl Sub {
             );
             self.poll().await;
         }
+    }
+}
+
+impl Sub {
+    /// The messages of `key` and every event, in log order.
+    fn history(&self, key: &str) -> String {
+        self.log
+            .iter()
+            .filter(|m| m["key"] == key || m["headers"].get("event").is_some())
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
