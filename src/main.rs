@@ -134,6 +134,11 @@ struct ServeArgs {
     /// clients reading old chunks get each row's net change (every offset stays valid).
     #[arg(long, env = "SHAPESYNC_COMPACTION", default_value_t = true, action = clap::ArgAction::Set)]
     compaction: bool,
+    /// Subquery shapes write a delete for every row a move-out takes away, just before the
+    /// `move-out` event, so clients that ignore move events (the official client's `Shape`)
+    /// converge; off, move-outs are the event alone, as the reference server writes them.
+    #[arg(long, env = "SHAPESYNC_SUBQUERY_MOVE_OUT_DELETES", default_value_t = true, action = clap::ArgAction::Set)]
+    subquery_move_out_deletes: bool,
     /// Memory for ready answers to repeated requests for sealed snapshot chunks, in MiB (0:
     /// none): the second identical request for one and every later one is answered without
     /// routing, authentication or a log read.
@@ -251,6 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.local_retention = args.local_retention.map(Duration::from_secs);
     cfg.max_shapes = args.max_shapes;
     cfg.compaction = args.compaction;
+    cfg.subquery_move_out_deletes = args.subquery_move_out_deletes;
     cfg.max_connections = args.max_connections;
     cfg.max_connections_per_ip = args.max_connections_per_ip;
     cfg.response_cache_bytes = args.response_cache_mb.saturating_mul(1 << 20);

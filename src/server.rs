@@ -44,6 +44,9 @@ pub struct Config {
     pub max_shapes: Option<usize>,
     /// Compact sealed change chunks (on by default).
     pub compaction: bool,
+    /// Subquery shapes write a delete for each row a move-out takes away, before the event
+    /// (on by default: the official client ignores move-out events).
+    pub subquery_move_out_deletes: bool,
     /// How large a subset answer may be.
     pub subset_caps: crate::shape::subset::SubsetCaps,
     /// Memory for ready answers to repeated requests (`serve::memo`); 0: none.
@@ -98,6 +101,7 @@ impl Config {
             local_retention: None,
             max_shapes: None,
             compaction: true,
+            subquery_move_out_deletes: true,
             subset_caps: crate::shape::subset::SubsetCaps::default(),
             response_cache_bytes: 64 << 20,
             max_connections: None,
@@ -235,6 +239,7 @@ impl Server {
                 schema_check: cfg.schema_check,
                 file_budget: Arc::clone(&file_budget),
                 compaction: crate::shape::lifecycle::CompactionWorker::start(),
+                subquery_move_out_deletes: cfg.subquery_move_out_deletes,
                 lifecycle: crate::shape::lifecycle::LifecycleConfig {
                     tier: match &cfg.object_store_url {
                         Some(url) => {

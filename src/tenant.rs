@@ -130,6 +130,8 @@ pub struct TenantBase {
     pub file_budget: Arc<shapesync_storage::FileBudget>,
     /// The process's compaction thread.
     pub compaction: crate::shape::lifecycle::CompactionWorker,
+    /// Deletes before move-out events (see `server::Config`).
+    pub subquery_move_out_deletes: bool,
 }
 
 pub struct Tenant {
@@ -238,6 +240,7 @@ impl Tenants {
             schema_check: self.base.schema_check,
             file_budget: Arc::clone(&self.base.file_budget),
             compaction: self.base.compaction.clone(),
+            subquery_move_out_deletes: self.base.subquery_move_out_deletes,
             lifecycle: crate::shape::lifecycle::LifecycleConfig {
                 tier: self
                     .base

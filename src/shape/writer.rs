@@ -217,6 +217,8 @@ pub struct Writer {
     arrived: Vec<(ShapeHandle, u64)>,
     /// How far the stream is known to have gone (commits handled, idle keepalives).
     wal_pos: u64,
+    /// Write a delete for each row a move-out takes away, before the event.
+    move_out_deletes: bool,
 }
 
 impl Writer {
@@ -254,7 +256,15 @@ impl Writer {
             move_seq: 0,
             arrived: Vec::new(),
             wal_pos: 0,
+            move_out_deletes: true,
         }
+    }
+
+    /// Whether subquery shapes write deletes before move-out events (the official client
+    /// ignores the events; off, the log is the reference's byte for byte in kind).
+    pub fn with_move_out_deletes(mut self, on: bool) -> Self {
+        self.move_out_deletes = on;
+        self
     }
 
     /// Where move-in queries go (without it, a shape whose subquery gains values is rotated).
@@ -977,7 +987,7 @@ impl Writer {
             let xids = [xid];
             let mut out: Vec<Vec<u8>> = Vec::new();
             let e = &sink.shape.encoder;
-            for (entry, ac) in deletes {
+            for (entry, ac) in deletes.into_iter().filter(|_| self.move_out_deletes) {
                 let mut cells = vec![Cell::Null; sink.shape.table.columns.len()];
                 for (i, &k) in sink.shape.table.key.iter().enumerate() {
                     if let Some(Some(v)) = entry.pk.get(i) {

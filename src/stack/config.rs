@@ -12,6 +12,8 @@ use crate::shape::lifecycle::{CompactionWorker, LifecycleConfig};
 /// How a stack is set up.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// Subquery shapes write deletes before move-out events.
+    pub subquery_move_out_deletes: bool,
     /// The tenant's database id.
     pub id: String,
     pub db: SourceDb,

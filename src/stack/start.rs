@@ -99,7 +99,9 @@ impl Stack {
         )
         .with_checks(Arc::clone(&stats.integrity), Arc::clone(&check_now));
         let (move_requests, move_rx) = mpsc::unbounded_channel();
-        writer = writer.with_move_requests(move_requests);
+        writer = writer
+            .with_move_requests(move_requests)
+            .with_move_out_deletes(cfg.subquery_move_out_deletes);
         let restored = restore_shapes(&store, &registry, &mut writer).await?;
         tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
 

@@ -738,3 +738,32 @@ async fn random_moves_end_equal_to_postgres() {
     );
     assert!(moved > 0, "the random transactions moved something");
 }
+
+/// With `--subquery-move-out-deletes=false` a move-out is the event alone, as the reference
+/// writes it: a tag-aware client still follows Postgres, the official client's `Shape` keeps
+/// rows that left (which is why the deletes are on by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_deletes_a_move_out_is_the_event_alone() {
+    let url = fresh_db("subq_ref").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let server = TestServer::start_with(&url, |c| c.subquery_move_out_deletes = false).await;
+    let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1)";
+    let mut s = Sub::new(server.client(), q("tasks", clause, &["7"]));
+    s.until_equal(&db, "SELECT 10 AS id").await;
+    let before = s.log.len();
+    db.batch_execute("UPDATE projects SET team_id = 8 WHERE id = 1")
+        .await
+        .expect("move out");
+    s.until_message(before, |m| m["headers"]["event"] == "move-out")
+        .await;
+    assert!(
+        !s.log[before..]
+            .iter()
+            .any(|m| m["headers"]["operation"] == "delete"),
+        "{:?}",
+        &s.log[before..]
+    );
+    assert!(s.aware.is_empty(), "the tag-aware client dropped the row");
+    assert_eq!(s.plain.len(), 1, "the plain client keeps it");
+}
