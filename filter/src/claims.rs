@@ -8,8 +8,8 @@
 
 use pg_query::protobuf::node::Node as N;
 
-use crate::clause::WhereClause;
 use crate::error::{WhereError, WhereErrorKind};
+use crate::expr::WhereClause;
 use crate::table::TableInfo;
 pub use crate::typer::ClaimSource;
 use crate::typer::{claim_call, loc, Typer};

@@ -3,21 +3,11 @@
 use std::sync::Arc;
 
 use crate::eval::eval;
-use crate::expr::Expr;
+use crate::expr::{Expr, Subquery, WhereClause};
 use crate::render::render;
 use crate::row::Row;
-use crate::subquery::Subquery;
 use crate::terms::{route, Filed, Filing};
 use crate::value::Family;
-
-/// A compiled where clause.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WhereClause {
-    expr: Expr,
-    /// `expr` is `guard AND clause`, to be rendered so that Postgres evaluates `clause` only
-    /// on rows `guard` keeps (see [`WhereClause::guarded`]).
-    guarded: bool,
-}
 
 impl WhereClause {
     pub fn new(expr: Expr) -> Self {

@@ -7,7 +7,7 @@ use crate::cmp::CmpOp;
 use crate::like::LikeTok;
 use crate::ops;
 use crate::scalar::Scalar;
-use crate::subquery::Subquery;
+use crate::table::TableInfo;
 use crate::ty::Ty;
 use crate::value::{Family, Literal};
 
@@ -127,4 +127,22 @@ impl JsonHasMode {
 pub enum Operand {
     Column(usize),
     Expr(Expr),
+}
+
+/// A compiled where clause (its methods are in `clause.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhereClause {
+    pub(crate) expr: Expr,
+    /// `expr` is `guard AND clause`, to be rendered so that Postgres evaluates `clause` only
+    /// on rows `guard` keeps (see [`WhereClause::guarded`]).
+    pub(crate) guarded: bool,
+}
+
+/// The inner select of an `IN (SELECT …)`: a table, the columns it selects (in select order)
+/// and its own where clause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subquery {
+    pub table: Arc<TableInfo>,
+    pub columns: Vec<usize>,
+    pub filter: Option<WhereClause>,
 }

@@ -47,6 +47,7 @@ mod pgtext;
 mod render;
 mod row;
 mod scalar;
+mod source;
 mod subquery;
 #[cfg(test)]
 mod subquery_tests;
@@ -61,12 +62,12 @@ mod view;
 pub use claims::{
     order_by_columns, parse_where_with, referenced_columns, row_filter_claims, ClaimSource,
 };
-pub use clause::WhereClause;
 pub use cmp::CmpOp;
 pub use dnf::{Dnf, Position, MAX_DISJUNCTS};
 pub use error::{Loc, WhereError, WhereErrorKind};
 pub use eval::{array_elements, eval};
 pub use expr::{Expr, JsonHasMode, Operand};
+pub use expr::{Subquery, WhereClause};
 pub use like::{compile_like, like_matches, LikeTok};
 pub use num::{Fail, Num};
 pub use order_by::parse_order_by;
@@ -74,7 +75,8 @@ pub use parse::{parse_where, parse_where_in};
 pub use pgtext::V;
 pub use row::Row;
 pub use scalar::Scalar;
-pub use subquery::{subquery_tables, values_sql, Subquery, TableName, TableSource};
+pub use source::{TableName, TableSource};
+pub use subquery::{subquery_tables, values_sql};
 pub use ty::Ty;
 pub use value::{index_key, Family, Literal, OrdKey};
 pub use view::{Flip, KeyKind, View};

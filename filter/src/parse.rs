@@ -9,13 +9,13 @@ use pg_query::protobuf::{a_const, node::Node as N, AExprKind, BoolExprType, Bool
 use pg_query::protobuf::{NullTestType, TypeName};
 use pg_query::Node;
 
-use crate::clause::WhereClause;
 use crate::cmp::CmpOp;
 use crate::error::{Loc, WhereError, WhereErrorKind};
+use crate::expr::WhereClause;
 use crate::expr::{Expr, JsonHasMode, Operand};
 use crate::ops::ArrayOp;
 use crate::scalar::Scalar;
-use crate::subquery::TableSource;
+use crate::source::TableSource;
 use crate::table::TableInfo;
 use crate::ty::Ty;
 use crate::typer::{loc, Typer, PREFIX};

@@ -13,25 +13,16 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::{SetOperation, SubLink, SubLinkType};
 
-use crate::clause::WhereClause;
 use crate::error::{Loc, WhereError, WhereErrorKind};
-use crate::expr::Expr;
+use crate::expr::{Expr, Subquery};
 use crate::ident::quote_ident;
+use crate::source::TableName;
 use crate::table::TableInfo;
 use crate::ty::Ty;
 use crate::typer::{loc, Typer};
 
 /// How deep subqueries may nest (each level is a set the server keeps up to date).
 pub const MAX_DEPTH: usize = 16;
-
-/// The inner select of an `IN (SELECT …)`: a table, the columns it selects (in select order)
-/// and its own where clause.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Subquery {
-    pub table: Arc<TableInfo>,
-    pub columns: Vec<usize>,
-    pub filter: Option<WhereClause>,
-}
 
 impl Subquery {
     /// `SELECT "c", … FROM "schema"."table" [WHERE …]`, rendered from the typed form.
@@ -56,40 +47,6 @@ impl Subquery {
         let mut out = String::new();
         self.render(&mut out);
         out
-    }
-}
-
-/// A table named in a subquery's `FROM`: its schema (`public` when none is written) and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    /// `"schema"."name"`, as error messages name a table.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-/// Where the tables named by subqueries are described (loaded by the caller beforehand, see
-/// [`subquery_tables`]).
-pub trait TableSource {
-    fn table(&self, name: &TableName) -> Option<Arc<TableInfo>>;
-}
-
-impl TableSource for [Arc<TableInfo>] {
-    fn table(&self, name: &TableName) -> Option<Arc<TableInfo>> {
-        self.iter()
-            .find(|t| t.schema == name.schema && t.name == name.name)
-            .cloned()
-    }
-}
-
-impl TableSource for Vec<Arc<TableInfo>> {
-    fn table(&self, name: &TableName) -> Option<Arc<TableInfo>> {
-        self.as_slice().table(name)
     }
 }
 

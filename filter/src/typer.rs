@@ -8,7 +8,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::error::{Loc, WhereError, WhereErrorKind};
-use crate::subquery::{Subquery, TableSource};
+use crate::expr::Subquery;
+use crate::source::TableSource;
 use crate::table::TableInfo;
 
 /// What every clause is wrapped in to be parsed as a statement.

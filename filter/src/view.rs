@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::datetime;
-use crate::subquery::Subquery;
+use crate::expr::Subquery;
 use crate::table::TableInfo;
 use crate::ty::Ty;
 use crate::value::{index_key, Family};

@@ -326,6 +326,15 @@ pub fn apply_def(
             verb_name(verb)
         )));
     }
+    // A subquery reads another table (or other rows of this one): refused under a role until
+    // the grants of the tables it reads are checked too.
+    if let Some(w) = &def.where_clause {
+        if shapesync_filter::subquery_tables(w).is_ok_and(|t| !t.is_empty()) {
+            return Err(forbidden(format!(
+                "Subqueries are not allowed in where clauses for this credential (table {table})."
+            )));
+        }
+    }
     if let Some(allowed) = &rule.columns {
         let outside = |names: &[String]| -> Vec<String> {
             names

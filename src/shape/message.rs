@@ -208,6 +208,31 @@ impl Encoder {
         out.extend_from_slice(format!(",\"txids\":[{}]", xids.join(",")).as_bytes());
     }
 
+    /// An update without log position from `old` to `new` (value: the selected key and the
+    /// changed columns; the whole row for `replica=full`), left open after the relation.
+    pub fn update_open(&self, out: &mut Vec<u8>, old: &Cells<'_>, new: &Cells<'_>) {
+        out.extend_from_slice(b"{\"key\":");
+        write_str(out, &self.key(new));
+        out.extend_from_slice(b",\"value\":");
+        if self.replica == Replica::Full {
+            self.value(out, new, self.columns.iter().map(|c| c.0));
+        } else {
+            let cols: Vec<usize> =
+                self.selected_key
+                    .iter()
+                    .copied()
+                    .chain(
+                        self.columns.iter().map(|c| c.0).filter(|&i| {
+                            changed(old[i], new[i]) && !self.selected_key.contains(&i)
+                        }),
+                    )
+                    .collect();
+            self.value(out, new, cols.into_iter());
+        }
+        out.extend_from_slice(b",\"headers\":{\"operation\":\"update\",");
+        out.extend_from_slice(&self.relation);
+    }
+
     /// A snapshot row; subset snapshot rows carry their snapshot's `snapshot_mark`.
     pub fn snapshot_row_marked(&self, out: &mut Vec<u8>, row: &Cells<'_>, mark: Option<u32>) {
         out.extend_from_slice(b"{\"key\":");

@@ -197,6 +197,33 @@ async fn rows_at_snapshot(
     Ok((info, lsn, rows))
 }
 
+/// A subquery shape's rows now (all columns, then each position's truth), with the snapshot.
+pub async fn shape_rows(
+    client: &tokio_postgres::Client,
+    shape: &Shape,
+) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+    let cols: Vec<String> = shape
+        .table
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let mut sql = format!(
+        "SELECT {}{} FROM {}",
+        cols.join(", "),
+        position_columns(shape),
+        shape.table.quoted_name()
+    );
+    if let Some(f) = &shape.filter {
+        sql.push_str(" WHERE ");
+        sql.push_str(&f.sql(&shape.table));
+    }
+    let ncols =
+        shape.table.columns.len() + shape.subq.as_ref().map_or(0, |s| s.dnf.positions.len());
+    let (info, _, rows) = rows_at_snapshot(client, &sql, ncols, None).await?;
+    Ok((info, rows))
+}
+
 /// A subquery's rows (its selected values), to seed its result.
 pub async fn seed_rows(
     client: &tokio_postgres::Client,

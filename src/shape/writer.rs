@@ -296,6 +296,13 @@ impl Writer {
         self.add_sink(shape, phase, last);
     }
 
+    /// Route to a subquery shape restored from disk and brought to `info`'s snapshot (its
+    /// dependencies kept already): transactions that snapshot contains are skipped.
+    pub fn restore_reconciled(&mut self, shape: Arc<Shape>, info: SnapshotInfo) -> bool {
+        let last = shape.log.latest_offset();
+        self.add_sink(shape, Phase::Filtering(info), last)
+    }
+
     /// Routes changes to `shape` from now on; false (and the shape taken out of the registry)
     /// if a newer shape describes the table otherwise.
     fn add_sink(&mut self, shape: Arc<Shape>, phase: Phase, last: LogOffset) -> bool {

@@ -15,6 +15,7 @@ pub mod ctx;
 mod moves;
 mod naming;
 pub mod pool;
+mod reconcile;
 mod restore;
 mod start;
 pub mod status;

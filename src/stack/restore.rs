@@ -12,11 +12,13 @@ use crate::shape::writer::Writer;
 use crate::shape::{self, Shape, ShapeMeta};
 
 /// Restore the shapes found on disk; shapes whose snapshot never finished are deleted.
+/// Subquery shapes are returned apart: they are brought up to date before the writer routes
+/// to them (`reconcile`).
 pub(super) async fn restore_shapes(
     store: &Arc<dyn ShapeLogStore>,
     registry: &Registry,
     writer: &mut Writer,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, Vec<Arc<Shape>>)> {
     let s = Arc::clone(store);
     // Open every log, then rebuild the shapes (metadata, compiled where clause, snapshot
     // visibility) spread over the cores: restart time grows with the number of shapes (P11).
@@ -40,8 +42,15 @@ pub(super) async fn restore_shapes(
     })
     .await??;
     let mut restored = 0;
+    let mut subquery = Vec::new();
     for r in rebuilt.into_iter().flatten() {
         match r {
+            Restored::Shape(shape, _) if shape.subq.is_some() => {
+                shape.handle.observe();
+                registry.insert(&shape);
+                subquery.push(shape);
+                restored += 1;
+            }
             Restored::Shape(shape, snapshot) => {
                 shape.handle.observe();
                 registry.insert(&shape);
@@ -49,13 +58,13 @@ pub(super) async fn restore_shapes(
                 restored += 1;
             }
             Restored::Unusable(id) => {
-                tracing::info!(handle = %id, "dropping a shape that cannot be restored (its snapshot did not finish, or its where clause has subqueries)");
+                tracing::info!(handle = %id, "dropping a shape whose snapshot did not finish");
                 let s = Arc::clone(store);
                 tokio::task::spawn_blocking(move || s.remove(&id)).await??;
             }
         }
     }
-    Ok(restored)
+    Ok((restored, subquery))
 }
 
 enum Restored {
@@ -68,9 +77,9 @@ fn rebuild((id, meta, log): &shapesync_storage::OpenedLog) -> Restored {
     let usable = meta
         .filter(|_| log.snapshot_state().finished)
         .and_then(|m| {
-            // A shape with subqueries is not restored (its subqueries' results are not kept
-            // across restarts yet): its clients get 409 and a new shape.
-            let compiled = shape::compile(&m.def, &m.table, &[]).ok()?;
+            let tables: Vec<Arc<shapesync_filter::table::TableInfo>> =
+                m.tables.iter().cloned().map(Arc::new).collect();
+            let compiled = shape::compile(&m.def, &m.table, &tables).ok()?;
             Some(Shape::new(m, compiled, Arc::clone(log)))
         });
     match usable {

@@ -102,7 +102,10 @@ impl Stack {
         writer = writer
             .with_move_requests(move_requests)
             .with_move_out_deletes(cfg.subquery_move_out_deletes);
-        let restored = restore_shapes(&store, &registry, &mut writer).await?;
+        let (restored, subquery_shapes) = restore_shapes(&store, &registry, &mut writer).await?;
+        let snapshot_pool = SnapshotPool::new(cfg.db.clone(), cfg.max_snapshots);
+        super::reconcile::reconcile_all(&snapshot_pool, &mut writer, &registry, subquery_shapes)
+            .await;
         tracing::info!(stack = %cfg.id, shapes = restored, "shape logs opened");
 
         let (commands, rx) = mpsc::unbounded_channel();
@@ -120,7 +123,7 @@ impl Stack {
         }));
         let stack = Arc::new(Stack {
             ctx: Arc::clone(&ctx),
-            snapshot_pool: SnapshotPool::new(cfg.db.clone(), cfg.max_snapshots),
+            snapshot_pool,
             spill_dir: cfg.storage_dir.clone(),
             locale: tokio::sync::OnceCell::new(),
             table_loads: Default::default(),

@@ -767,3 +767,48 @@ async fn without_deletes_a_move_out_is_the_event_alone() {
     assert!(s.aware.is_empty(), "the tag-aware client dropped the row");
     assert_eq!(s.plain.len(), 1, "the plain client keeps it");
 }
+
+/// A restart keeps subquery shapes: their clients carry on with their handle and offset (no
+/// 409), and what moved while the server was down reaches them (the shape is brought up to
+/// date in place on start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_subquery_shapes_without_409() {
+    let url = fresh_db("subq_restart").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    db.batch_execute(
+        "INSERT INTO projects VALUES (3, 7); INSERT INTO tasks VALUES (12, 3, 'c'), (13, 2, 'd')",
+    )
+    .await
+    .expect("more");
+    let mut server = TestServer::start(&url).await;
+    let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1) OR title = 'pinned'";
+    let expected = "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 7) OR title = 'pinned'";
+    let mut s = Sub::new(server.client(), q("tasks", clause, &["7"]));
+    s.until_equal(&db, expected).await;
+    let handle = s.handle.clone();
+    for round in 0..2 {
+        server.stop().await;
+        // While it is down: values move in and out, rows change with them.
+        db.batch_execute(&format!(
+            "UPDATE projects SET team_id = {} WHERE id = 1; \
+             UPDATE projects SET team_id = 7 WHERE id = 2; \
+             UPDATE tasks SET title = 'pinned' WHERE id = 12; \
+             INSERT INTO tasks VALUES ({}, 2, 'new'); \
+             UPDATE tasks SET project_id = 3 WHERE id = 13",
+            8 + round,
+            20 + round
+        ))
+        .await
+        .expect("changes while down");
+        server.restart().await;
+        s.client = server.client();
+        s.until_equal(&db, expected).await;
+        assert_eq!(s.handle, handle, "same handle after the restart");
+        // And it keeps following.
+        db.batch_execute("UPDATE projects SET team_id = 9 WHERE id = 2; UPDATE projects SET team_id = 7 WHERE id = 1")
+            .await
+            .expect("after");
+        s.until_equal(&db, expected).await;
+    }
+}
