@@ -208,6 +208,11 @@ pub struct Writer {
     deps: Vec<Option<Dep>>,
     dep_by_key: HashMap<String, usize>,
     deps_by_table: HashMap<u32, Vec<usize>>,
+    /// The routing index of each table's dependencies (by their clauses' terms, as shapes
+    /// are filed): a change reaches only the subqueries whose result it can change.
+    dep_routes: HashMap<u32, TableRoutes>,
+    /// Candidates of the change being routed to dependencies (reused).
+    dep_candidates: Vec<usize>,
     /// Dependencies changed in the open transaction.
     deps_in_txn: Vec<usize>,
     /// Where move-in queries are sent (the stack runs them).
@@ -251,6 +256,8 @@ impl Writer {
             deps: Vec::new(),
             dep_by_key: HashMap::new(),
             deps_by_table: HashMap::new(),
+            dep_routes: HashMap::new(),
+            dep_candidates: Vec::new(),
             deps_in_txn: Vec::new(),
             move_requests: None,
             move_seq: 0,
@@ -446,10 +453,18 @@ impl Writer {
             return;
         };
         self.dep_by_key.remove(&dep.key);
-        if let Some(v) = self.deps_by_table.get_mut(&dep.sub.table.oid) {
+        let oid = dep.sub.table.oid;
+        if let Some(v) = self.deps_by_table.get_mut(&oid) {
             v.retain(|&d| d != id);
             if v.is_empty() {
-                self.deps_by_table.remove(&dep.sub.table.oid);
+                self.deps_by_table.remove(&oid);
+            }
+        }
+        if let Some(r) = self.dep_routes.get_mut(&oid) {
+            let term: Term = dep.sub.filter.as_ref().and_then(|f| f.route_term());
+            r.remove(id, &term);
+            if r.is_empty() {
+                self.dep_routes.remove(&oid);
             }
         }
     }
@@ -510,6 +525,11 @@ impl Writer {
                 self.deps.push(Some(dep));
                 self.dep_by_key.insert(key, id);
                 self.deps_by_table.entry(oid).or_default().push(id);
+                let term = self.deps[id]
+                    .as_ref()
+                    .and_then(|d| d.sub.filter.as_ref())
+                    .and_then(|f| f.route_term());
+                self.dep_routes.entry(oid).or_default().add(id, term);
                 let _ = done.send((id, rx, true));
             }
             Command::DepSeeded { id, info, rows } => self.dep_seeded(id, info, rows),
@@ -727,6 +747,27 @@ impl Writer {
         for h in stale {
             self.invalidate(&h, "table schema changed");
         }
+        // A subquery whose table no longer has the columns it was built on.
+        let stale_deps: Vec<usize> = self
+            .deps_by_table
+            .get(&rel.oid)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&id| {
+                self.deps[id].as_ref().is_some_and(|d| {
+                    let t = &d.sub.table;
+                    t.columns.len() != rel.columns.len()
+                        || t.columns
+                            .iter()
+                            .zip(&rel.columns)
+                            .any(|(c, r)| c.name != r.name || c.type_oid != r.type_oid)
+                })
+            })
+            .collect();
+        for id in stale_deps {
+            self.invalidate_dep(id, "a subquery's table changed");
+        }
     }
 
     /// TRUNCATE: the shapes on those tables are invalidated (clients refetch).
@@ -752,6 +793,16 @@ impl Writer {
         for h in handles {
             self.invalidate(&h, "table truncated");
         }
+        // A subquery over a truncated table: its shapes are rotated.
+        let deps: Vec<usize> = tables
+            .iter()
+            .filter_map(|oid| self.deps_by_table.get(oid))
+            .flatten()
+            .copied()
+            .collect();
+        for id in deps {
+            self.invalidate_dep(id, "a subquery's table was truncated");
+        }
     }
 
     /// A row change inside the open transaction: routed to the shapes of its relation, and
@@ -768,11 +819,28 @@ impl Writer {
         txn.next_op += 2;
         let (lsn, xid) = (txn.lsn.as_u64(), txn.xid);
         let at = (lsn, op, xid);
-        if let Some(ids) = self.deps_by_table.get(&rel.oid).cloned() {
+        if let Some(routes) = self.dep_routes.get_mut(&rel.oid) {
             let row = ChangeRow::decode(rel, kind, old, new, None);
-            for id in ids {
+            routes.prepare();
+            let mut ids = std::mem::take(&mut self.dep_candidates);
+            ids.clear();
+            if kind != ChangeKind::Insert && !row.old_full {
+                routes.all(&mut ids);
+            } else {
+                let rows: Vec<&[Cell<'_>]> = row
+                    .new
+                    .iter()
+                    .chain(row.old.iter())
+                    .map(|r| &r[..])
+                    .collect();
+                routes.candidates(&rows, &mut ids);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            for &id in &ids {
                 self.dep_change(id, kind, &row, lsn, xid);
             }
+            self.dep_candidates = ids;
         }
         if self.routes.contains_key(&rel.oid) {
             let row = ChangeRow::decode(rel, kind, old, new, None);

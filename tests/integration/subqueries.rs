@@ -812,3 +812,86 @@ async fn a_restart_keeps_subquery_shapes_without_409() {
         s.until_equal(&db, expected).await;
     }
 }
+
+/// `columns` without the link column, `log=changes_only`, a subset, and a truncated inner
+/// table (409 for its shapes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_changes_only_subsets_and_truncate() {
+    let url = fresh_db("subq_modes").await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let server = TestServer::start(&url).await;
+    let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1)";
+    let expected =
+        "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 7)";
+    // The link column is not selected: tags are computed from the whole row.
+    let mut narrow = Sub::new(
+        server.client(),
+        format!("{}&columns=id,title", q("tasks", clause, &["7"])),
+    );
+    narrow.until_equal(&db, expected).await;
+    let row = narrow
+        .log
+        .iter()
+        .find(|m| m["key"].is_string())
+        .expect("row")
+        .clone();
+    assert!(row["value"].get("project_id").is_none(), "{row}");
+    assert_eq!(row["headers"]["tags"][0].as_str().map(str::len), Some(32));
+    // changes_only: nothing at first, then the rows that move in.
+    let mut changes = Sub::new(
+        server.client(),
+        format!("{}&log=changes_only", q("tasks", clause, &["7"])),
+    );
+    changes.poll().await;
+    changes.poll().await;
+    assert!(changes.plain.is_empty());
+    db.batch_execute("UPDATE projects SET team_id = 7 WHERE id = 2")
+        .await
+        .expect("move in");
+    narrow.until_equal(&db, expected).await;
+    changes
+        .until_message(0, |m| m["headers"]["is_move_in"] == true)
+        .await;
+    assert_eq!(changes.plain.len(), 1, "task 11 moved in");
+    // A subset of a subquery shape carries tags too.
+    let r = server
+        .client()
+        .get(&format!(
+            "{}&offset=-1&subset__where={}",
+            q("tasks", clause, &["7"]),
+            form_urlencoded::byte_serialize(b"id > 0").collect::<String>()
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let data = r.json()["data"].as_array().cloned().expect("data");
+    assert_eq!(data.len(), 2, "{}", r.body);
+    assert!(data
+        .iter()
+        .all(|m| m["headers"]["tags"][0].as_str().map(str::len) == Some(32)));
+    // The inner table truncated: the shape's clients get 409.
+    db.batch_execute("TRUNCATE projects")
+        .await
+        .expect("truncate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut q2 = format!("{}&offset={}", narrow.query, narrow.offset);
+        if let Some(h) = &narrow.handle {
+            q2.push_str(&format!("&handle={h}"));
+        }
+        let r = server.client().get(&q2).await;
+        if r.status == 409 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 409 after the truncate: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        narrow.offset = r
+            .header("electric-offset")
+            .unwrap_or(&narrow.offset)
+            .to_string();
+    }
+}
