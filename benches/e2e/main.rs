@@ -1,4 +1,5 @@
-//! The end-to-end harness: every target of docs/targets.md (P1–P12) measured side by side
+//! The end-to-end harness: every target of docs/targets.md (P1–P12), and the subquery targets
+//! of benches/README.md (Q1–Q3), measured side by side
 //! with its anchor in the same run, on its own Postgres (fsync on) and shapesync started as a
 //! child process from the release binary.
 //!
@@ -16,6 +17,7 @@
 mod infra;
 mod ingest;
 mod serving;
+mod subquery;
 
 use std::collections::BTreeSet;
 
@@ -241,6 +243,7 @@ fn main() {
         let url = pg.url("postgres");
         ingest::run(&url, dir.path(), &sizes, &only, &mut report).await;
         serving::run(&url, dir.path(), &sizes, &only, &mut report).await;
+        subquery::run(&url, dir.path(), &sizes, &only, &mut report).await;
         let _ = pg.stop();
     });
     print_and_save(&sizes, &report, started.elapsed().as_secs_f64());

@@ -118,12 +118,23 @@ impl View {
         self.counts.is_empty() && self.with_null.is_empty()
     }
 
+    /// The keys of the values held without NULL (each column's key, length-prefixed, as
+    /// [`View::key_of`] makes them).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.counts.keys().map(Vec::as_slice)
+    }
+
+    /// The key of values (none if one is NULL).
+    pub fn key_of(&self, values: &[Option<&[u8]>]) -> Option<Vec<u8>> {
+        Self::joined(&self.keys_for(values))
+    }
+
     /// Distinct values held.
     pub fn len(&self) -> usize {
         self.counts.len() + self.with_null.len()
     }
 
-    fn keys(&self, values: &[Option<&[u8]>]) -> Vec<Option<Vec<u8>>> {
+    fn keys_for(&self, values: &[Option<&[u8]>]) -> Vec<Option<Vec<u8>>> {
         values
             .iter()
             .zip(&self.kinds)
@@ -155,7 +166,7 @@ impl View {
 
     /// One more row holding `values` (text form, one per selected column).
     pub fn add(&mut self, values: &[Option<&[u8]>]) -> Flip {
-        let keys = self.keys(values);
+        let keys = self.keys_for(values);
         let count = match Self::joined(&keys) {
             Some(k) => self.counts.entry(k).or_insert(0),
             None => self.with_null.entry(keys).or_insert(0),
@@ -170,7 +181,7 @@ impl View {
 
     /// One row holding `values` fewer (a row that was added).
     pub fn remove(&mut self, values: &[Option<&[u8]>]) -> Flip {
-        let keys = self.keys(values);
+        let keys = self.keys_for(values);
         let gone = match Self::joined(&keys) {
             Some(k) => match self.counts.get_mut(&k) {
                 Some(n) if *n > 1 => {
@@ -204,7 +215,7 @@ impl View {
 
     /// Does the view hold `values` (a value without NULL)?
     pub fn contains(&self, values: &[Option<&[u8]>]) -> bool {
-        let keys = self.keys(values);
+        let keys = self.keys_for(values);
         match Self::joined(&keys) {
             Some(k) => self.counts.contains_key(&k),
             None => self.with_null.contains_key(&keys),
@@ -215,7 +226,7 @@ impl View {
     /// row is equal as far as known (a NULL on either side where the others are equal); else
     /// FALSE (always FALSE for an empty view).
     pub fn membership(&self, values: &[Option<&[u8]>]) -> Option<bool> {
-        let keys = self.keys(values);
+        let keys = self.keys_for(values);
         if let Some(k) = Self::joined(&keys) {
             if self.counts.contains_key(&k) {
                 return Some(true);

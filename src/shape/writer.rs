@@ -108,6 +108,98 @@ struct Pending {
     rows: Option<(SnapshotInfo, u64, Vec<Values>)>,
 }
 
+/// Subquery shapes of one table filed by link value: per link column, its key kind and
+/// value key → sinks.
+#[derive(Default)]
+struct MemberRoutes {
+    by_column: Vec<(
+        usize,
+        shapesync_filter::KeyKind,
+        HashMap<Vec<u8>, Vec<usize>>,
+    )>,
+}
+
+impl MemberRoutes {
+    fn column(
+        &mut self,
+        column: usize,
+        kind: shapesync_filter::KeyKind,
+    ) -> &mut HashMap<Vec<u8>, Vec<usize>> {
+        let at = match self.by_column.iter().position(|(c, _, _)| *c == column) {
+            Some(i) => i,
+            None => {
+                self.by_column.push((column, kind, HashMap::new()));
+                self.by_column.len() - 1
+            }
+        };
+        &mut self.by_column[at].2
+    }
+
+    fn file(&mut self, column: usize, kind: shapesync_filter::KeyKind, key: Vec<u8>, idx: usize) {
+        let v = self.column(column, kind).entry(key).or_default();
+        if !v.contains(&idx) {
+            v.push(idx);
+        }
+    }
+
+    fn unfile(&mut self, column: usize, key: &[u8], idx: usize) {
+        if let Some((_, _, map)) = self.by_column.iter_mut().find(|(c, _, _)| *c == column) {
+            if let Some(v) = map.get_mut(key) {
+                v.retain(|&i| i != idx);
+                if v.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_column.iter().all(|(_, _, m)| m.is_empty())
+    }
+
+    /// Sinks filed under the link values of `rows`.
+    fn candidates(&self, rows: &[&[Cell<'_>]], out: &mut Vec<usize>) {
+        for (column, kind, map) in &self.by_column {
+            for r in rows {
+                if let Some(Cell::Text(b)) = r.get(*column) {
+                    let key = kind.key(b);
+                    let mut joined = Vec::with_capacity(key.len() + 4);
+                    joined.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                    joined.extend_from_slice(&key);
+                    if let Some(v) = map.get(&joined) {
+                        out.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn all(&self, out: &mut Vec<usize>) {
+        for (_, _, map) in &self.by_column {
+            for v in map.values() {
+                out.extend_from_slice(v);
+            }
+        }
+    }
+}
+
+/// A subquery shape whose rows all hold a value of one subquery's result in one column (its
+/// clause is one conjunction with a positive one-column membership): (clause dependency,
+/// column). Such a shape needs only the changes of rows with those values.
+fn member_route(shape: &Shape) -> Option<(usize, usize)> {
+    let subq = shape.subq.as_ref()?;
+    let [only] = subq.dnf.disjuncts.as_slice() else {
+        return None;
+    };
+    only.iter().find_map(|&p| {
+        let pos = &subq.dnf.positions[p];
+        match (pos.dep(), pos.link_columns()) {
+            (Some(k), Some([c])) if !pos.negated => Some((k, *c)),
+            _ => None,
+        }
+    })
+}
+
 /// The kind of a row change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -146,6 +238,9 @@ struct Sink {
     seen: u64,
     /// A subquery shape: the dependency ids of its clause's subqueries (clause numbering).
     deps: Vec<usize>,
+    /// Filed by the values of one of its subqueries' results (see `member_route`): (clause
+    /// dependency, link column).
+    member: Option<(usize, usize)>,
     /// Its move-ins waiting for their rows.
     pending: Vec<Pending>,
     /// Row index reports of buffered changes, applied with them when the snapshot starts.
@@ -215,6 +310,9 @@ pub struct Writer {
     dep_candidates: Vec<usize>,
     /// Dependencies changed in the open transaction.
     deps_in_txn: Vec<usize>,
+    /// Subquery shapes filed by the values of a subquery's result, per table: a change is
+    /// routed to those whose result holds its row's link value (old or new).
+    member_routes: HashMap<u32, MemberRoutes>,
     /// Where move-in queries are sent (the stack runs them).
     move_requests: Option<mpsc::UnboundedSender<MoveRequest>>,
     move_seq: u64,
@@ -259,6 +357,7 @@ impl Writer {
             dep_routes: HashMap::new(),
             dep_candidates: Vec::new(),
             deps_in_txn: Vec::new(),
+            member_routes: HashMap::new(),
             move_requests: None,
             move_seq: 0,
             arrived: Vec::new(),
@@ -373,6 +472,7 @@ impl Writer {
                 }
             }
         }
+        let member = member_route(&shape).filter(|&(k, _)| k < deps.len());
         let sink = Sink {
             shape,
             phase,
@@ -385,6 +485,7 @@ impl Writer {
             in_dirty: false,
             seen: 0,
             deps: deps.clone(),
+            member,
             pending: Vec::new(),
             reports: Vec::new(),
         };
@@ -399,7 +500,7 @@ impl Writer {
             }
         };
         self.by_handle.insert(handle, idx);
-        for id in deps {
+        for &id in &deps {
             if let Some(d) = self.deps[id].as_mut() {
                 d.users.push(idx);
             }
@@ -407,7 +508,26 @@ impl Writer {
         self.by_table.entry(oid).or_default().insert(idx);
         // A partitioned table's column maps are rebuilt from this shape's description.
         self.ancestor_maps.retain(|&(_, anc), _| anc != oid);
-        self.routes.entry(oid).or_default().add(idx, term);
+        match member {
+            Some((k, column)) => {
+                let kind = self.sinks[idx]
+                    .as_ref()
+                    .map(|s| shapesync_filter::KeyKind::of(&s.shape.table, column));
+                let keys: Vec<Vec<u8>> = self.deps[deps[k]]
+                    .as_ref()
+                    .map(|d| d.view.keys().map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default();
+                if let Some(kind) = kind {
+                    let routes = self.member_routes.entry(oid).or_default();
+                    // An empty result files nothing yet: the column is known all the same.
+                    routes.column(column, kind);
+                    for key in keys {
+                        routes.file(column, kind, key, idx);
+                    }
+                }
+            }
+            None => self.routes.entry(oid).or_default().add(idx, term),
+        }
         true
     }
 
@@ -419,11 +539,31 @@ impl Writer {
         if let Some(v) = self.by_table.get_mut(&oid) {
             v.remove(&idx);
         }
-        if let Some(r) = self.routes.get_mut(&oid) {
-            let term: Term = sink.shape.filter.as_ref().and_then(|f| f.route_term());
-            r.remove(idx, &term);
-            if r.is_empty() {
-                self.routes.remove(&oid);
+        match sink.member {
+            Some((k, column)) => {
+                let keys: Vec<Vec<u8>> = sink
+                    .deps
+                    .get(k)
+                    .and_then(|&id| self.deps[id].as_ref())
+                    .map(|d| d.view.keys().map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default();
+                if let Some(r) = self.member_routes.get_mut(&oid) {
+                    for key in keys {
+                        r.unfile(column, &key, idx);
+                    }
+                    if r.is_empty() && !self.by_table.get(&oid).is_some_and(|v| !v.is_empty()) {
+                        self.member_routes.remove(&oid);
+                    }
+                }
+            }
+            None => {
+                if let Some(r) = self.routes.get_mut(&oid) {
+                    let term: Term = sink.shape.filter.as_ref().and_then(|f| f.route_term());
+                    r.remove(idx, &term);
+                    if r.is_empty() {
+                        self.routes.remove(&oid);
+                    }
+                }
             }
         }
         // Only a sink listed there is looked for (its flags say so).
@@ -842,7 +982,7 @@ impl Writer {
             }
             self.dep_candidates = ids;
         }
-        if self.routes.contains_key(&rel.oid) {
+        if self.routes.contains_key(&rel.oid) || self.member_routes.contains_key(&rel.oid) {
             let row = ChangeRow::decode(rel, kind, old, new, None);
             self.route(rel.oid, kind, &row, at);
         }
@@ -850,7 +990,7 @@ impl Writer {
             return;
         };
         for &anc in ancestors.iter() {
-            if !self.routes.contains_key(&anc) {
+            if !self.routes.contains_key(&anc) && !self.member_routes.contains_key(&anc) {
                 continue;
             }
             let Some(map) = self.ancestor_map(rel, anc) else {
@@ -937,6 +1077,39 @@ impl Writer {
         match &mut dep.phase {
             DepPhase::Seeding(kept) => kept.extend(ops.map(|op| (xid, op))),
             _ => dep.txn_ops.extend(ops),
+        }
+    }
+
+    /// Shapes filed by dependency `id`'s values follow its moves.
+    fn refile(&mut self, id: usize, m: &Moves) {
+        let Some(dep) = self.deps[id].as_ref() else {
+            return;
+        };
+        let key = |v: &Values| {
+            let b: Vec<Option<&[u8]>> = v.iter().map(|c| c.as_deref()).collect();
+            dep.view.key_of(&b)
+        };
+        let entered: Vec<Vec<u8>> = m.entered.iter().filter_map(key).collect();
+        let left: Vec<Vec<u8>> = m.left.iter().filter_map(key).collect();
+        for &sidx in &dep.users {
+            let Some(sink) = self.sinks[sidx].as_ref() else {
+                continue;
+            };
+            let Some((k, column)) = sink.member else {
+                continue;
+            };
+            if sink.deps.get(k) != Some(&id) {
+                continue;
+            }
+            let oid = sink.shape.table.oid;
+            let kind = shapesync_filter::KeyKind::of(&sink.shape.table, column);
+            let routes = self.member_routes.entry(oid).or_default();
+            for key in &entered {
+                routes.file(column, kind, key.clone(), sidx);
+            }
+            for key in &left {
+                routes.unfile(column, key, sidx);
+            }
         }
     }
 
@@ -1341,17 +1514,22 @@ impl Writer {
         row: &ChangeRow<'_>,
         (lsn, op, xid): (u64, u64, u32),
     ) {
-        let Some(routes) = self.routes.get_mut(&oid) else {
-            return;
-        };
-        routes.prepare();
-        let routes = &*routes;
+        if let Some(routes) = self.routes.get_mut(&oid) {
+            routes.prepare();
+        }
+        let routes = self.routes.get(&oid);
+        let members = self.member_routes.get(&oid);
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         if kind != ChangeKind::Insert && !row.old_full {
             // The old row is not known whole (replica identity not FULL): a shape it left
             // cannot be found through the index; every shape of the table is a candidate.
-            routes.all(&mut candidates);
+            if let Some(r) = routes {
+                r.all(&mut candidates);
+            }
+            if let Some(m) = members {
+                m.all(&mut candidates);
+            }
         } else {
             let rows: Vec<&[Cell<'_>]> = row
                 .new
@@ -1359,7 +1537,12 @@ impl Writer {
                 .chain(row.old.iter())
                 .map(|r| &r[..])
                 .collect();
-            routes.candidates(&rows, &mut candidates);
+            if let Some(r) = routes {
+                r.candidates(&rows, &mut candidates);
+            }
+            if let Some(m) = members {
+                m.candidates(&rows, &mut candidates);
+            }
         }
         self.change_no += 1;
         let change_no = self.change_no;
@@ -1498,6 +1681,7 @@ impl Writer {
             };
             let moves = dep.moves();
             if !moves.is_empty() {
+                self.refile(id, &moves);
                 self.apply_moves(id, &moves, txn.lsn, txn.xid, &mut op);
             }
         }
