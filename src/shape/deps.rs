@@ -152,11 +152,13 @@ impl Dep {
         for op in std::mem::take(&mut self.txn_ops) {
             self.apply(op);
         }
+        // Taken, not drained: an idle dependency keeps no capacity.
+        let before = std::mem::take(&mut self.before);
         let mut m = Moves {
             emptiness_changed: self.was_empty != self.view.is_empty(),
             ..Moves::default()
         };
-        for (_, (values, before)) in self.before.drain() {
+        for (_, (values, before)) in before {
             let now = self.view.contains(&borrowed(&values));
             match (before, now) {
                 (false, true) => m.entered.push(values),

@@ -356,6 +356,22 @@ fn shared_parts(
     parts
 }
 
+/// A table description shared by every holder of an equal one (the tables subqueries read:
+/// thousands of shapes over one inner table then hold one copy).
+pub fn shared_table(table: TableInfo) -> Arc<TableInfo> {
+    static TABLES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u32, Vec<Weak<TableInfo>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut map = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let held = map.entry(table.oid).or_default();
+    held.retain(|t| t.strong_count() > 0);
+    if let Some(t) = held.iter().filter_map(Weak::upgrade).find(|t| **t == table) {
+        return t;
+    }
+    let t = Arc::new(table);
+    held.push(Arc::downgrade(&t));
+    t
+}
+
 /// Unix time in µs (0 if the clock is before 1970).
 pub fn now_micros() -> u64 {
     std::time::SystemTime::now()

@@ -94,7 +94,7 @@ impl Stack {
                     .load_table(&admin, (&n.schema, &n.name), locale.clone())
                     .await
                 {
-                    Ok(t) => tables.push(Arc::new(t)),
+                    Ok(t) => tables.push(shape::shared_table(t)),
                     Err(CatalogError::NotFound(_)) => {}
                     Err(CatalogError::Db(e)) => {
                         return Err(ShapeError::database("reading a subquery's table", e))

@@ -78,7 +78,7 @@ fn rebuild((id, meta, log): &shapesync_storage::OpenedLog) -> Restored {
         .filter(|_| log.snapshot_state().finished)
         .and_then(|m| {
             let tables: Vec<Arc<shapesync_filter::table::TableInfo>> =
-                m.tables.iter().cloned().map(Arc::new).collect();
+                m.tables.iter().cloned().map(shape::shared_table).collect();
             let compiled = shape::compile(&m.def, &m.table, &tables).ok()?;
             Some(Shape::new(m, compiled, Arc::clone(log)))
         });
