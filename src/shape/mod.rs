@@ -359,8 +359,9 @@ fn shared_parts(
 /// A table description shared by every holder of an equal one (the tables subqueries read:
 /// thousands of shapes over one inner table then hold one copy).
 pub fn shared_table(table: TableInfo) -> Arc<TableInfo> {
-    static TABLES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u32, Vec<Weak<TableInfo>>>>> =
-        std::sync::LazyLock::new(Default::default);
+    static TABLES: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<u32, Vec<Weak<TableInfo>>>>,
+    > = std::sync::LazyLock::new(Default::default);
     let mut map = TABLES.lock().unwrap_or_else(|e| e.into_inner());
     let held = map.entry(table.oid).or_default();
     held.retain(|t| t.strong_count() > 0);

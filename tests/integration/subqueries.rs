@@ -895,3 +895,80 @@ async fn columns_changes_only_subsets_and_truncate() {
             .to_string();
     }
 }
+
+/// `kill -9` of the real binary while random transactions move values in and out (move-ins
+/// in flight included), restarted on the same storage three times: the clients of a subquery
+/// shape never get a 409 and end equal to Postgres (plain and tag-aware).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_moves_costs_no_409() {
+    use crate::support::{free_port, ServerProcess};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let url = fresh_db("subq_kill").await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE projects (id int PRIMARY KEY, team_id int, name text);
+         CREATE TABLE tasks (id int PRIMARY KEY, project_id int, owner int, title text);
+         CREATE TABLE members (user_id int, team_id int, PRIMARY KEY (user_id, team_id));
+         INSERT INTO projects SELECT g, 1 + g % 4, 'alpha' FROM generate_series(1, 6) g;
+         INSERT INTO tasks SELECT g, 1 + g % 6, 1 + g % 4, 't' || (g % 3) FROM generate_series(1, 30) g;",
+    )
+    .await
+    .expect("schema");
+    let storage = tempfile::tempdir().expect("storage");
+    let spawn = |url: String, dir: std::path::PathBuf| async move {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shapesync"));
+        cmd.args([
+            "serve",
+            "--insecure",
+            "--database-url",
+            &url,
+            "--stream-id",
+            "subqkill",
+        ])
+        .arg("--storage-dir")
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--long-poll-timeout-ms", "1000"])
+        .env("RUST_LOG", "warn");
+        ServerProcess::spawn(cmd, port, Duration::from_secs(30)).await
+    };
+    let mut server = spawn(url.clone(), storage.path().to_path_buf()).await;
+    let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1) OR title = 't1'";
+    let expected = "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 2) OR title = 't1'";
+    let mut s = Sub::new(server.client.clone(), q("tasks", clause, &["2"]));
+    s.until_equal(&db, expected).await;
+    let handle = s.handle.clone();
+    // A continuous load of random transactions from another connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (url.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            let mut rng = Rng(7);
+            let mut next_id = 1000;
+            while !stop.load(Ordering::Acquire) {
+                let txn = random_txn(&mut rng, &mut next_id);
+                db.batch_execute(&txn).await.expect("load");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for round in 0..3u64 {
+        // Follow for a while, then kill at that moment.
+        let until = Instant::now() + Duration::from_millis(400 + 300 * round);
+        while Instant::now() < until {
+            s.poll().await;
+        }
+        server.child.kill().expect("SIGKILL");
+        let _ = server.child.wait();
+        server = spawn(url.clone(), storage.path().to_path_buf()).await;
+        s.client = server.client.clone();
+    }
+    stop.store(true, Ordering::Release);
+    load.await.expect("load task");
+    s.until_equal(&db, expected).await;
+    assert_eq!(s.handle, handle, "the same shape throughout");
+}
