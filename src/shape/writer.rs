@@ -108,15 +108,14 @@ struct Pending {
     rows: Option<(SnapshotInfo, u64, Vec<Values>)>,
 }
 
+/// Sinks by value key.
+type Filed = HashMap<Vec<u8>, Vec<usize>>;
+
 /// Subquery shapes of one table filed by link value: per link column, its key kind and
 /// value key → sinks.
 #[derive(Default)]
 struct MemberRoutes {
-    by_column: Vec<(
-        usize,
-        shapesync_filter::KeyKind,
-        HashMap<Vec<u8>, Vec<usize>>,
-    )>,
+    by_column: Vec<(usize, shapesync_filter::KeyKind, Filed)>,
 }
 
 impl MemberRoutes {
@@ -551,7 +550,7 @@ impl Writer {
                     for key in keys {
                         r.unfile(column, &key, idx);
                     }
-                    if r.is_empty() && !self.by_table.get(&oid).is_some_and(|v| !v.is_empty()) {
+                    if r.is_empty() && self.by_table.get(&oid).is_none_or(|v| v.is_empty()) {
                         self.member_routes.remove(&oid);
                     }
                 }
