@@ -23,10 +23,34 @@ pub enum DepStatus {
     Failed(String),
 }
 
-/// One change to a dependency's rows, kept until its seed's visibility is known.
+/// One change to a dependency's rows, kept until its seed's visibility is known (and, in
+/// a transaction, until its commit).
 pub enum DepOp {
     Add(Values),
     Remove(Values),
+    /// A nested dependency's row changed (all columns; `None`: absent): judged at commit,
+    /// with its own subqueries' results as they are then.
+    Row {
+        old: Option<Values>,
+        new: Option<Values>,
+    },
+}
+
+/// A dependency whose clause holds subqueries of its own: it keeps every row of its table
+/// (all columns), so that when a value of an inner result moves, the rows it decides are
+/// judged again.
+#[derive(Default)]
+pub struct Nested {
+    /// The dependency ids of its clause's subqueries (clause numbering).
+    pub children: Vec<usize>,
+    /// Row key → (all column values, whether it is in the result).
+    pub rows: HashMap<Vec<u8>, (Values, bool)>,
+    /// (clause dependency, link key) → keys of rows with that link value.
+    pub by_link: HashMap<(usize, Vec<u8>), std::collections::HashSet<Vec<u8>>>,
+    /// Each membership of its clause: (clause dependency, link columns, their key kinds).
+    pub links: Vec<(usize, Vec<usize>, Vec<KeyKind>)>,
+    /// Values that moved in its subqueries' results in the open transaction.
+    pub child_moves: Vec<(usize, Vec<Values>)>,
 }
 
 pub enum DepPhase {
@@ -59,6 +83,15 @@ pub struct Dep {
     /// is judged with the results as they were before it (a value in and out again inside
     /// one transaction then moves nothing, and judged nothing either).
     pub txn_ops: Vec<DepOp>,
+    /// A dependency with subqueries of its own.
+    pub nested: Option<Nested>,
+    /// 0 for a dependency without subqueries, else one more than its deepest subquery's:
+    /// a transaction's changes are settled deepest first.
+    pub depth: usize,
+    /// Dependencies whose clauses use this one.
+    pub parents: Vec<usize>,
+    /// Settled in the open transaction already (its moves computed).
+    pub settled: bool,
 }
 
 /// The net change of a dependency in one transaction.
@@ -101,6 +134,10 @@ impl Dep {
             before: HashMap::new(),
             was_empty: true,
             txn_ops: Vec::new(),
+            nested: None,
+            depth: 0,
+            parents: Vec::new(),
+            settled: false,
         }
     }
 
@@ -126,6 +163,8 @@ impl Dep {
         let (values, add) = match op {
             DepOp::Add(v) => (v, true),
             DepOp::Remove(v) => (v, false),
+            // Judged by the writer (it needs the inner results).
+            DepOp::Row { .. } => return,
         };
         let key = self.values_key(&values);
         if !self.before.contains_key(&key) {
@@ -149,8 +188,10 @@ impl Dep {
     /// The commit of the open transaction: its changes are applied; what they changed, net
     /// (a value in and out again did not move).
     pub fn moves(&mut self) -> Moves {
-        for op in std::mem::take(&mut self.txn_ops) {
-            self.apply(op);
+        if self.nested.is_none() {
+            for op in std::mem::take(&mut self.txn_ops) {
+                self.apply(op);
+            }
         }
         // Taken, not drained: an idle dependency keeps no capacity.
         let before = std::mem::take(&mut self.before);

@@ -254,7 +254,8 @@ impl Shape {
             tables: self
                 .subq
                 .iter()
-                .flat_map(|s| s.deps.iter().map(|d| TableInfo::clone(&d.table)))
+                .flat_map(|s| snapshot::all_subqueries(&s.deps))
+                .map(|d| TableInfo::clone(&d.table))
                 .collect(),
         }
     }

@@ -224,13 +224,56 @@ pub async fn shape_rows(
     Ok((info, rows))
 }
 
-/// A subquery's rows (its selected values), to seed its result.
+/// A subquery's rows (its selected values), to seed its result; for a subquery with
+/// subqueries of its own, every row of its table (all columns), judged by the writer.
 pub async fn seed_rows(
     client: &tokio_postgres::Client,
     sub: &shapesync_filter::Subquery,
 ) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
+    if sub.filter.as_ref().is_some_and(|f| f.has_subqueries()) {
+        let cols: Vec<String> = sub
+            .table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}",
+            cols.join(", "),
+            sub.table.quoted_name()
+        );
+        let (info, _, rows) = rows_at_snapshot(client, &sql, sub.table.columns.len(), None).await?;
+        return Ok((info, rows));
+    }
     let (info, _, rows) = rows_at_snapshot(client, &sub.sql(), sub.columns.len(), None).await?;
     Ok((info, rows))
+}
+
+/// Every subquery of `subs` at any depth, each after its own subqueries, without repeats.
+pub fn all_subqueries(
+    subs: &[std::sync::Arc<shapesync_filter::Subquery>],
+) -> Vec<std::sync::Arc<shapesync_filter::Subquery>> {
+    fn walk(
+        s: &std::sync::Arc<shapesync_filter::Subquery>,
+        out: &mut Vec<std::sync::Arc<shapesync_filter::Subquery>>,
+    ) {
+        for c in s
+            .filter
+            .as_ref()
+            .map(|f| f.subqueries())
+            .unwrap_or_default()
+        {
+            walk(&c, out);
+        }
+        if !out.iter().any(|o| o == s) {
+            out.push(std::sync::Arc::clone(s));
+        }
+    }
+    let mut out = Vec::new();
+    for s in subs {
+        walk(s, &mut out);
+    }
+    out
 }
 
 /// The rows of a move-in: the shape's rows (all columns) whose link values at the

@@ -577,7 +577,7 @@ impl Writer {
         for &id in &sink.deps {
             let unused = self.deps[id].as_mut().is_some_and(|d| {
                 d.users.retain(|&u| u != idx);
-                d.users.is_empty()
+                d.users.is_empty() && d.parents.is_empty()
             });
             if unused {
                 self.drop_dep(id);
@@ -591,6 +591,16 @@ impl Writer {
         let Some(dep) = self.deps[id].take() else {
             return;
         };
+        // Its subqueries are kept while a shape or another subquery uses them.
+        for c in dep.nested.iter().flat_map(|n| n.children.iter().copied()) {
+            let orphan = self.deps[c].as_mut().is_some_and(|d| {
+                d.parents.retain(|&p| p != id);
+                d.parents.is_empty() && d.users.is_empty()
+            });
+            if orphan {
+                self.drop_dep(c);
+            }
+        }
         self.dep_by_key.remove(&dep.key);
         let oid = dep.sub.table.oid;
         if let Some(v) = self.deps_by_table.get_mut(&oid) {
@@ -610,6 +620,13 @@ impl Writer {
 
     /// A subquery's result can no longer be trusted: its shapes are rotated.
     fn invalidate_dep(&mut self, id: usize, why: &str) {
+        let Some(dep) = self.deps[id].as_ref() else {
+            return;
+        };
+        // The subqueries that use this one are wrong as well.
+        for p in dep.parents.clone() {
+            self.invalidate_dep(p, why);
+        }
         let Some(dep) = self.deps[id].as_ref() else {
             return;
         };
@@ -659,15 +676,52 @@ impl Writer {
                 }
                 let id = self.deps.len();
                 let oid = sub.table.oid;
-                let dep = Dep::new(key.clone(), sub);
+                // A clause with subqueries of its own: those are kept already (made ready
+                // first); this one keeps every row of its table.
+                let inner = sub
+                    .filter
+                    .as_ref()
+                    .map(|f| f.subqueries())
+                    .unwrap_or_default();
+                let children: Option<Vec<usize>> = inner
+                    .iter()
+                    .map(|c| self.dep_by_key.get(&c.sql()).copied())
+                    .collect();
+                let mut dep = Dep::new(key.clone(), Arc::clone(&sub));
                 let rx = dep.status.subscribe();
+                let term = if inner.is_empty() {
+                    sub.filter.as_ref().and_then(|f| f.route_term())
+                } else {
+                    None
+                };
+                match children {
+                    Some(children) if !inner.is_empty() => {
+                        dep.depth = 1 + children
+                            .iter()
+                            .filter_map(|&c| self.deps[c].as_ref().map(|d| d.depth))
+                            .max()
+                            .unwrap_or(0);
+                        for &c in &children {
+                            if let Some(d) = self.deps[c].as_mut() {
+                                d.parents.push(id);
+                            }
+                        }
+                        dep.nested = Some(super::deps::Nested {
+                            links: sub.filter.as_ref().map(memberships).unwrap_or_default(),
+                            children,
+                            ..Default::default()
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        let _ = dep
+                            .status
+                            .send(DepStatus::Failed("an inner subquery is not kept".into()));
+                    }
+                }
                 self.deps.push(Some(dep));
                 self.dep_by_key.insert(key, id);
                 self.deps_by_table.entry(oid).or_default().push(id);
-                let term = self.deps[id]
-                    .as_ref()
-                    .and_then(|d| d.sub.filter.as_ref())
-                    .and_then(|f| f.route_term());
                 self.dep_routes.entry(oid).or_default().add(id, term);
                 let _ = done.send((id, rx, true));
             }
@@ -712,11 +766,55 @@ impl Writer {
             return;
         };
         dep.view = View::of(&dep.sub);
-        for r in &rows {
-            let v: Vec<Option<&[u8]>> = r.iter().map(|c| c.as_deref()).collect();
-            dep.view.add(&v);
+        let nested = dep.nested.is_some();
+        if !nested {
+            for r in &rows {
+                let v: Vec<Option<&[u8]>> = r.iter().map(|c| c.as_deref()).collect();
+                dep.view.add(&v);
+            }
         }
         let mut phase = DepPhase::Filtering(info.clone());
+        if nested {
+            // Whole rows: each judged with the inner results.
+            let Some(mut d) = self.deps[id].take() else {
+                return;
+            };
+            for r in rows {
+                self.nested_row(
+                    &mut d,
+                    DepOp::Row {
+                        old: None,
+                        new: Some(r),
+                    },
+                );
+            }
+            for (xid, op) in kept {
+                let take = match &phase {
+                    DepPhase::Filtering(info) => match info.verdict(xid) {
+                        Verdict::Skip => false,
+                        Verdict::Apply => true,
+                        Verdict::ApplyAndStopFiltering => {
+                            phase = DepPhase::Live;
+                            true
+                        }
+                    },
+                    _ => true,
+                };
+                if take {
+                    self.nested_row(&mut d, op);
+                }
+            }
+            d.before.clear();
+            d.was_empty = d.view.is_empty();
+            d.txn_lsn = Lsn::ZERO;
+            d.phase = phase;
+            let _ = d.status.send(DepStatus::Ready);
+            self.deps[id] = Some(d);
+            return;
+        }
+        let Some(dep) = self.deps[id].as_mut() else {
+            return;
+        };
         for (xid, op) in kept {
             let take = match &phase {
                 DepPhase::Filtering(info) => match info.verdict(xid) {
@@ -1029,6 +1127,41 @@ impl Writer {
         if dep.txn_skip {
             return;
         }
+        // A nested dependency keeps whole rows, judged at commit.
+        if dep.nested.is_some() {
+            let whole = |cells: Option<&[Cell<'_>]>| -> Result<Option<Values>, ()> {
+                let Some(cells) = cells else { return Ok(None) };
+                cells
+                    .iter()
+                    .map(|c| match c {
+                        Cell::Text(b) => Ok(Some(b.to_vec())),
+                        Cell::Null => Ok(None),
+                        Cell::Unknown => Err(()),
+                    })
+                    .collect::<Result<Values, ()>>()
+                    .map(Some)
+            };
+            let old = match kind {
+                ChangeKind::Insert => Ok(None),
+                _ => whole(row.old.as_deref())
+                    .and_then(|o| o.ok_or(()))
+                    .map(Some),
+            };
+            let new = match kind {
+                ChangeKind::Delete => Ok(None),
+                _ => whole(row.new.as_deref()),
+            };
+            let (Ok(old), Ok(new)) = (old, new) else {
+                self.invalidate_dep(id, "a change of a subquery's table lacks values");
+                return;
+            };
+            let op = DepOp::Row { old, new };
+            match &mut dep.phase {
+                DepPhase::Seeding(kept) => kept.push((xid, op)),
+                _ => dep.txn_ops.push(op),
+            }
+            return;
+        }
         // The row's selected values if it matches; Err if that depends on a value the stream
         // did not carry.
         let selected = |cells: &[Cell<'_>]| -> Result<Option<Values>, ()> {
@@ -1109,6 +1242,154 @@ impl Writer {
             for key in &left {
                 routes.unfile(column, key, sidx);
             }
+        }
+    }
+
+    /// A nested dependency at its transaction's commit: its table's changed rows are judged
+    /// with its subqueries' results as they are now, and so are its rows whose link values
+    /// moved in those results.
+    fn settle_nested(&mut self, id: usize) {
+        let Some(mut dep) = self.deps[id].take() else {
+            return;
+        };
+        for op in std::mem::take(&mut dep.txn_ops) {
+            self.nested_row(&mut dep, op);
+        }
+        let moved = dep
+            .nested
+            .as_mut()
+            .map(|n| std::mem::take(&mut n.child_moves))
+            .unwrap_or_default();
+        for (k, values) in moved {
+            let keys: Vec<Vec<u8>> = {
+                let Some(n) = dep.nested.as_ref() else { break };
+                let mut keys = Vec::new();
+                for (lk, _, kinds) in n.links.iter().filter(|(c, _, _)| *c == k) {
+                    for v in &values {
+                        let b: Vec<Option<&[u8]>> = v.iter().map(|c| c.as_deref()).collect();
+                        if let Some(key) = super::subq::link_key(kinds, &b) {
+                            if let Some(rows) = n.by_link.get(&(*lk, key)) {
+                                keys.extend(rows.iter().cloned());
+                            }
+                        }
+                    }
+                }
+                keys
+            };
+            for key in keys {
+                let row = dep
+                    .nested
+                    .as_ref()
+                    .and_then(|n| n.rows.get(&key))
+                    .map(|(v, _)| v.clone());
+                if let Some(row) = row {
+                    // Judged again: out with its old verdict, in with the new one.
+                    self.nested_row(
+                        &mut dep,
+                        DepOp::Row {
+                            old: Some(row.clone()),
+                            new: Some(row),
+                        },
+                    );
+                }
+            }
+        }
+        self.deps[id] = Some(dep);
+    }
+
+    /// One row of a nested dependency's table changed (or is judged again).
+    fn nested_row(&self, dep: &mut Dep, op: DepOp) {
+        let DepOp::Row { old, new } = op else {
+            dep.apply(op);
+            return;
+        };
+        let table = Arc::clone(&dep.sub.table);
+        let key_of = |v: &Values| -> Vec<u8> {
+            let mut k = Vec::new();
+            for &i in &table.key {
+                match v.get(i).and_then(Option::as_ref) {
+                    Some(b) => {
+                        k.push(1);
+                        k.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                        k.extend_from_slice(b);
+                    }
+                    None => k.push(0),
+                }
+            }
+            k
+        };
+        let projection = |v: &Values| -> Values {
+            dep.sub
+                .columns
+                .iter()
+                .map(|&c| v.get(c).cloned().flatten())
+                .collect()
+        };
+        let Some(children) = dep.nested.as_ref().map(|n| n.children.clone()) else {
+            return;
+        };
+        let views = Self::views_of(&self.deps, &children);
+        let judge = |v: &Values| -> bool {
+            let cells: Vec<Cell<'_>> = v
+                .iter()
+                .map(|c| match c {
+                    Some(b) => Cell::Text(b),
+                    None => Cell::Null,
+                })
+                .collect();
+            let r = CellRow {
+                cells: &cells,
+                read_unknown: std::cell::Cell::new(false),
+                views: &views,
+            };
+            dep.sub.filter.as_ref().is_none_or(|f| f.matches(&r))
+        };
+        let mut ops = Vec::new();
+        if let Some(old) = &old {
+            let key = key_of(old);
+            if let Some(n) = dep.nested.as_mut() {
+                if let Some((row, was_in)) = n.rows.remove(&key) {
+                    for (lk, cols, kinds) in &n.links {
+                        let b: Vec<Option<&[u8]>> = cols
+                            .iter()
+                            .map(|&c| row.get(c).and_then(|x| x.as_deref()))
+                            .collect();
+                        if let Some(l) = super::subq::link_key(kinds, &b) {
+                            if let Some(set) = n.by_link.get_mut(&(*lk, l.clone())) {
+                                set.remove(&key);
+                                if set.is_empty() {
+                                    n.by_link.remove(&(*lk, l));
+                                }
+                            }
+                        }
+                    }
+                    if was_in {
+                        ops.push(DepOp::Remove(projection(&row)));
+                    }
+                }
+            }
+        }
+        if let Some(new) = new {
+            let key = key_of(&new);
+            let is_in = judge(&new);
+            if is_in {
+                ops.push(DepOp::Add(projection(&new)));
+            }
+            if let Some(n) = dep.nested.as_mut() {
+                for (lk, cols, kinds) in &n.links {
+                    let b: Vec<Option<&[u8]>> = cols
+                        .iter()
+                        .map(|&c| new.get(c).and_then(|x| x.as_deref()))
+                        .collect();
+                    if let Some(l) = super::subq::link_key(kinds, &b) {
+                        n.by_link.entry((*lk, l)).or_default().insert(key.clone());
+                    }
+                }
+                n.rows.insert(key, (new, is_in));
+            }
+        }
+        for op in ops {
+            dep.apply(op);
         }
     }
 
@@ -1672,16 +1953,56 @@ impl Writer {
         for (h, e) in failed {
             self.invalidate(&h, &format!("append failed: {e}"));
         }
-        // Subqueries whose results the transaction changed: their shapes move.
+        // Subqueries whose results the transaction changed, deepest first: their shapes
+        // move, and so do the results of the subqueries that use them.
         let mut op = txn.next_op;
-        for id in std::mem::take(&mut self.deps_in_txn) {
+        let mut todo = std::mem::take(&mut self.deps_in_txn);
+        let mut settled = Vec::new();
+        loop {
+            todo.retain(|&id| self.deps[id].as_ref().is_some_and(|d| !d.settled));
+            todo.sort_unstable_by_key(|&id| self.deps[id].as_ref().map_or(0, |d| d.depth));
+            todo.dedup();
+            if todo.is_empty() {
+                break;
+            }
+            let id = todo.remove(0);
+            if self.deps[id].as_ref().is_some_and(|d| d.nested.is_some()) {
+                self.settle_nested(id);
+            }
             let Some(dep) = self.deps[id].as_mut() else {
                 continue;
             };
+            dep.settled = true;
+            settled.push(id);
             let moves = dep.moves();
-            if !moves.is_empty() {
-                self.refile(id, &moves);
-                self.apply_moves(id, &moves, txn.lsn, txn.xid, &mut op);
+            if moves.is_empty() {
+                continue;
+            }
+            let parents = dep.parents.clone();
+            for p in parents {
+                let lsn = txn.lsn;
+                if let Some(pd) = self.deps[p].as_mut() {
+                    if pd.txn_lsn != lsn {
+                        pd.txn_lsn = lsn;
+                        pd.txn_skip = false;
+                        pd.begin();
+                    }
+                    if let Some(n) = pd.nested.as_mut() {
+                        let values: Vec<Values> =
+                            moves.entered.iter().chain(&moves.left).cloned().collect();
+                        if let Some(k) = n.children.iter().position(|&c| c == id) {
+                            n.child_moves.push((k, values));
+                        }
+                    }
+                    todo.push(p);
+                }
+            }
+            self.refile(id, &moves);
+            self.apply_moves(id, &moves, txn.lsn, txn.xid, &mut op);
+        }
+        for id in settled {
+            if let Some(d) = self.deps[id].as_mut() {
+                d.settled = false;
             }
         }
         self.last_commit = Some((txn.lsn, end_lsn));
@@ -2149,6 +2470,43 @@ fn present_tags(
         .present(key)
         .map(|en| subq.tags(&en.links))
         .unwrap_or_default()
+}
+
+/// Each membership of a clause: (its dependency, the link columns, their key kinds).
+fn memberships(
+    clause: &shapesync_filter::WhereClause,
+) -> Vec<(usize, Vec<usize>, Vec<shapesync_filter::KeyKind>)> {
+    fn walk(
+        e: &shapesync_filter::Expr,
+        out: &mut Vec<(usize, Vec<usize>, Vec<shapesync_filter::KeyKind>)>,
+    ) {
+        use shapesync_filter::Expr;
+        match e {
+            Expr::InSubquery {
+                columns, dep, sub, ..
+            } => {
+                let kinds = sub
+                    .columns
+                    .iter()
+                    .map(|&c| shapesync_filter::KeyKind::of(&sub.table, c))
+                    .collect();
+                if !out.iter().any(|(d, c, _)| d == dep && c == columns) {
+                    out.push((*dep, columns.clone(), kinds));
+                }
+            }
+            Expr::And(items) | Expr::Or(items) => items.iter().for_each(|i| walk(i, out)),
+            Expr::Not(inner) | Expr::BoolTest { expr: inner, .. } => walk(inner, out),
+            Expr::IsNull { expr, .. } => {
+                if let shapesync_filter::Operand::Expr(inner) = expr.as_ref() {
+                    walk(inner, out)
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(clause.expr(), &mut out);
+    out
 }
 
 /// The values of a row's key columns (table key order).

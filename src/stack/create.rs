@@ -104,18 +104,15 @@ impl Stack {
         }
         let compiled =
             shape::compile(def, &table, &tables).map_err(|(f, m)| ShapeError::Invalid(f, m))?;
-        let subqueries = compiled
-            .filter
-            .as_ref()
-            .map(|f| f.subqueries())
-            .unwrap_or_default();
+        // Every subquery at any depth, inner ones first.
+        let subqueries = shape::snapshot::all_subqueries(
+            &compiled
+                .filter
+                .as_ref()
+                .map(|f| f.subqueries())
+                .unwrap_or_default(),
+        );
         for sub in &subqueries {
-            if sub.filter.as_ref().is_some_and(|f| f.has_subqueries()) {
-                return Err(ShapeError::Invalid(
-                    "where",
-                    "a subquery inside a subquery is not supported yet".into(),
-                ));
-            }
             if sub.table.partitioned {
                 return Err(ShapeError::Invalid(
                     "where",

@@ -169,7 +169,7 @@ async fn reconcile(
     let conn = pool.get().await?;
     let client = conn.client();
     // The subqueries' tables must still be what the shape was built on.
-    for sub in &subq.deps {
+    for sub in &crate::shape::snapshot::all_subqueries(&subq.deps) {
         let now = crate::postgres::catalog::load_table(client, &sub.table.schema, &sub.table.name)
             .await?;
         let same = now.oid == sub.table.oid
@@ -181,8 +181,9 @@ async fn reconcile(
                 .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
         anyhow::ensure!(same, "the table {} changed", sub.table.quoted_name());
     }
-    // Their results, seeded before the shape's rows are read (so no move is missed between).
-    for sub in &subq.deps {
+    // Their results (inner ones first), seeded before the shape's rows are read (so no move
+    // is missed between).
+    for sub in &crate::shape::snapshot::all_subqueries(&subq.deps) {
         let (done, added) = tokio::sync::oneshot::channel();
         writer.command(Command::AddDep {
             sub: Arc::clone(sub),

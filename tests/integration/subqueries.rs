@@ -578,6 +578,10 @@ fn random_clause(rng: &mut Rng) -> (String, String, Vec<String>) {
         "(owner, project_id) IN (SELECT user_id, team_id FROM members)",
         "project_id IN (SELECT id FROM projects WHERE name LIKE 'a%' OR team_id IS NULL)",
         "owner NOT IN (SELECT user_id FROM members WHERE team_id <> 2)",
+        // Nested: a project's team among a member's teams; and three levels.
+        "project_id IN (SELECT id FROM projects WHERE team_id IN (SELECT team_id FROM members WHERE user_id = $1))",
+        "project_id IN (SELECT id FROM projects WHERE team_id IN (SELECT team_id FROM members WHERE user_id IN (SELECT owner FROM tasks WHERE title = 't2')))",
+        "owner IN (SELECT user_id FROM members WHERE team_id NOT IN (SELECT team_id FROM projects WHERE name LIKE 'a%' AND team_id IS NOT NULL))",
     ];
     let plains = [
         "title = 't1'",
@@ -941,6 +945,11 @@ async fn kill_9_during_moves_costs_no_409() {
     let mut s = Sub::new(server.client.clone(), q("tasks", clause, &["2"]));
     s.until_equal(&db, expected).await;
     let handle = s.handle.clone();
+    // And a nested one (a project's team among a member's teams).
+    let nested = "project_id IN (SELECT id FROM projects WHERE team_id IN (SELECT team_id FROM members WHERE user_id = $1))";
+    let nested_expected = "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id IN (SELECT team_id FROM members WHERE user_id = 1))";
+    let mut n = Sub::new(server.client.clone(), q("tasks", nested, &["1"]));
+    n.until_equal(&db, nested_expected).await;
     // A continuous load of random transactions from another connection.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
@@ -961,14 +970,17 @@ async fn kill_9_during_moves_costs_no_409() {
         let until = Instant::now() + Duration::from_millis(400 + 300 * round);
         while Instant::now() < until {
             s.poll().await;
+            n.poll().await;
         }
         server.child.kill().expect("SIGKILL");
         let _ = server.child.wait();
         server = spawn(url.clone(), storage.path().to_path_buf()).await;
         s.client = server.client.clone();
+        n.client = server.client.clone();
     }
     stop.store(true, Ordering::Release);
     load.await.expect("load task");
     s.until_equal(&db, expected).await;
+    n.until_equal(&db, nested_expected).await;
     assert_eq!(s.handle, handle, "the same shape throughout");
 }
