@@ -511,7 +511,7 @@ async fn await_commit(repl: &mut ReplicationClient) {
 }
 
 /// Wait until one request is parked (true) or `waiting` was answered without parking (false).
-async fn parked_or_answered(
+pub async fn parked_or_answered(
     ss: &Shapesync,
     http: &reqwest::Client,
     waiting: &tokio::task::JoinHandle<Pos>,

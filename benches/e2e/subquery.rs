@@ -25,28 +25,6 @@ fn clause(team: u64) -> String {
     format!("project_id IN (SELECT id FROM projects WHERE team_id = {team})")
 }
 
-/// Wait until a request is parked, or `waiting` answered at once (false).
-async fn parked(
-    ss: &Shapesync,
-    http: &reqwest::Client,
-    waiting: &tokio::task::JoinHandle<Pos>,
-) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if ss.metric(http, "shapesync_http_requests_parked").await >= 1.0 {
-            return true;
-        }
-        if waiting.is_finished() {
-            return false;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the live request neither parked nor answered"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// Rows received from `pos` on (long-polling) until `want` have arrived.
 async fn receive(http: &reqwest::Client, url: &str, pos: &Pos, want: u64) -> Pos {
     let mut pos = pos.clone();
@@ -169,7 +147,7 @@ pub async fn run(
                     let (http, u, p) = (http.clone(), url42.clone(), pos.clone());
                     async move { live(&http, &u, &p).await }
                 });
-                if parked(&ss, &http, &waiting).await {
+                if crate::ingest::parked_or_answered(&ss, &http, &waiting).await {
                     break waiting;
                 }
                 pos = waiting.await.expect("live");

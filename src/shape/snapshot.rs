@@ -24,21 +24,29 @@ const BATCH_BYTES: usize = 1 << 20;
 
 /// The COPY statement for a shape's rows.
 pub fn copy_sql(shape: &Shape) -> String {
-    let cols: Vec<String> = (0..shape.table.columns.len())
-        .map(|i| quote_ident(&shape.table.columns[i].name))
-        .collect();
-    let mut sql = format!(
-        "COPY (SELECT {}{} FROM {}",
-        cols.join(", "),
-        position_columns(shape),
-        shape.table.quoted_name()
-    );
+    let mut sql = format!("COPY ({}", select_from(shape));
     if let Some(f) = &shape.filter {
         sql.push_str(" WHERE ");
         sql.push_str(&f.sql(&shape.table));
     }
     sql.push_str(") TO STDOUT");
     sql
+}
+
+/// `SELECT <every column>[, <each position's truth>] FROM <table>` of a shape.
+pub fn select_from(shape: &Shape) -> String {
+    let cols: Vec<String> = shape
+        .table
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    format!(
+        "SELECT {}{} FROM {}",
+        cols.join(", "),
+        position_columns(shape),
+        shape.table.quoted_name()
+    )
 }
 
 /// For a subquery shape, `, (<position>) IS TRUE|FALSE` per position of its normal form:
@@ -202,18 +210,7 @@ pub async fn shape_rows(
     client: &tokio_postgres::Client,
     shape: &Shape,
 ) -> anyhow::Result<(SnapshotInfo, Vec<super::deps::Values>)> {
-    let cols: Vec<String> = shape
-        .table
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let mut sql = format!(
-        "SELECT {}{} FROM {}",
-        cols.join(", "),
-        position_columns(shape),
-        shape.table.quoted_name()
-    );
+    let mut sql = select_from(shape);
     if let Some(f) = &shape.filter {
         sql.push_str(" WHERE ");
         sql.push_str(&f.sql(&shape.table));

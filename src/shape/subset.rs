@@ -17,7 +17,6 @@ use super::message::write_str;
 use super::snapshot::CopyParser;
 use super::spill::{Spill, SpillBudget, SpillFull};
 use super::Shape;
-use shapesync_filter::ident::quote_ident;
 use shapesync_filter::table::TableInfo;
 use shapesync_filter::{parse_order_by, parse_where, WhereClause};
 
@@ -76,18 +75,7 @@ impl Subset {
     /// The COPY statement of this subset of `shape`, with at most `cap` rows (on top of the
     /// request's own limit).
     pub fn copy_sql(&self, shape: &Shape, cap: Option<u64>) -> String {
-        let cols: Vec<String> = shape
-            .table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
-        let mut sql = format!(
-            "COPY (SELECT {}{} FROM {}",
-            cols.join(", "),
-            super::snapshot::position_columns(shape),
-            shape.table.quoted_name()
-        );
+        let mut sql = format!("COPY ({}", super::snapshot::select_from(shape));
         // The subset's clause is evaluated only on the shape's rows (CASE keeps the order an
         // AND would not): an error it raises can tell nothing about rows outside the shape.
         match (shape.filter.as_ref(), self.filter.as_ref()) {

@@ -789,18 +789,7 @@ impl Writer {
                 );
             }
             for (xid, op) in kept {
-                let take = match &phase {
-                    DepPhase::Filtering(info) => match info.verdict(xid) {
-                        Verdict::Skip => false,
-                        Verdict::Apply => true,
-                        Verdict::ApplyAndStopFiltering => {
-                            phase = DepPhase::Live;
-                            true
-                        }
-                    },
-                    _ => true,
-                };
-                if take {
+                if seed_lacks(&mut phase, xid) {
                     self.nested_row(&mut d, op);
                 }
             }
@@ -816,18 +805,7 @@ impl Writer {
             return;
         };
         for (xid, op) in kept {
-            let take = match &phase {
-                DepPhase::Filtering(info) => match info.verdict(xid) {
-                    Verdict::Skip => false,
-                    Verdict::Apply => true,
-                    Verdict::ApplyAndStopFiltering => {
-                        phase = DepPhase::Live;
-                        true
-                    }
-                },
-                _ => true,
-            };
-            if take {
+            if seed_lacks(&mut phase, xid) {
                 dep.apply(op);
             }
         }
@@ -1106,17 +1084,7 @@ impl Writer {
         };
         if dep.txn_lsn.as_u64() != lsn {
             dep.txn_lsn = Lsn(lsn);
-            dep.txn_skip = match &dep.phase {
-                DepPhase::Filtering(info) => match info.verdict(xid) {
-                    Verdict::Skip => true,
-                    Verdict::Apply => false,
-                    Verdict::ApplyAndStopFiltering => {
-                        dep.phase = DepPhase::Live;
-                        false
-                    }
-                },
-                _ => false,
-            };
+            dep.txn_skip = !seed_lacks(&mut dep.phase, xid);
             if !dep.txn_skip {
                 dep.begin();
                 if !matches!(dep.phase, DepPhase::Seeding(_)) {
@@ -2470,6 +2438,23 @@ fn present_tags(
         .present(key)
         .map(|en| subq.tags(&en.links))
         .unwrap_or_default()
+}
+
+/// Does a change kept while a dependency was seeded apply (the seed's snapshot does not
+/// contain its transaction)? The first transaction past the snapshot ends the filtering.
+fn seed_lacks(phase: &mut DepPhase, xid: u32) -> bool {
+    let verdict = match phase {
+        DepPhase::Filtering(info) => info.verdict(xid),
+        _ => return true,
+    };
+    match verdict {
+        Verdict::Skip => false,
+        Verdict::Apply => true,
+        Verdict::ApplyAndStopFiltering => {
+            *phase = DepPhase::Live;
+            true
+        }
+    }
 }
 
 /// Each membership of a clause: (its dependency, the link columns, their key kinds).

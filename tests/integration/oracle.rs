@@ -64,8 +64,29 @@ pub const ENABLED: &[Group] = &[
 const ROWS: usize = 60;
 const MAX_DEPTH: u32 = 3;
 
+/// A replayable seed: `var` if set, else the clock.
+pub fn env_seed(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        })
+}
+
+/// A number from `var`, else `default`.
+pub fn env_number(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// splitmix64: small, seedable, good enough to drive a generator.
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next(&mut self) -> u64 {
@@ -116,19 +137,8 @@ struct Oracle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn where_clauses_agree_with_postgres() {
-    let seed = std::env::var("SHAPESYNC_ORACLE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    let secs: u64 = std::env::var("SHAPESYNC_ORACLE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seed = env_seed("SHAPESYNC_ORACLE_SEED");
+    let secs = env_number("SHAPESYNC_ORACLE_SECS", 20);
     let oracle = Oracle::setup(seed).await;
     let mut rng = Rng(seed);
     let mut stats = Stats::default();

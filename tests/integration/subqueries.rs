@@ -320,16 +320,22 @@ CREATE TABLE tasks (id int PRIMARY KEY, project_id int, title text NOT NULL);
 INSERT INTO projects VALUES (1, 7), (2, 8);
 INSERT INTO tasks VALUES (10, 1, 'a'), (11, 2, 'b');";
 
+/// A fresh database with `SCHEMA` and a server on it.
+async fn start(tag: &str) -> (tokio_postgres::Client, TestServer) {
+    let url = fresh_db(tag).await;
+    let db = connect(&url).await;
+    db.batch_execute(SCHEMA).await.expect("schema");
+    let server = TestServer::start(&url).await;
+    (db, server)
+}
+
 fn last_with(log: &[Value], f: impl Fn(&Value) -> bool) -> Vec<&Value> {
     log.iter().filter(|m| f(m)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_in_and_out_follow_postgres_with_the_reference_wire_elements() {
-    let url = fresh_db("subq").await;
-    let db = connect(&url).await;
-    db.batch_execute(SCHEMA).await.expect("schema");
-    let server = TestServer::start(&url).await;
+    let (db, server) = start("subq").await;
     let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1)";
     let expected =
         "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 7)";
@@ -510,10 +516,7 @@ async fn not_in_or_and_row_forms_follow_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_subqueries_get_the_reference_errors() {
-    let url = fresh_db("subq_err").await;
-    let db = connect(&url).await;
-    db.batch_execute(SCHEMA).await.expect("schema");
-    let server = TestServer::start(&url).await;
+    let (_db, server) = start("subq_err").await;
     let client = server.client();
     for (clause, field, text) in [
         (
@@ -545,25 +548,23 @@ async fn refused_subqueries_get_the_reference_errors() {
     }
 }
 
-/// splitmix64, seeded (the seed is printed; `SHAPESYNC_SUBQ_SEED` replays it).
-struct Rng(u64);
+// The oracle's seeded generator, with a value that is sometimes NULL.
+use crate::oracle::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
+trait Draw {
+    fn under(&mut self, n: u64) -> u64;
+    fn maybe_null(&mut self, n: u64) -> String;
+}
+
+impl Draw for Rng {
+    fn under(&mut self, n: u64) -> u64 {
         self.next() % n
     }
     fn maybe_null(&mut self, n: u64) -> String {
-        if self.below(8) == 0 {
+        if self.under(8) == 0 {
             "NULL".into()
         } else {
-            (1 + self.below(n)).to_string()
+            (1 + self.under(n)).to_string()
         }
     }
 }
@@ -571,7 +572,7 @@ impl Rng {
 /// A random clause over `tasks` with at least one subquery (as the server gets it, and with
 /// its parameters inlined for Postgres).
 fn random_clause(rng: &mut Rng) -> (String, String, Vec<String>) {
-    let team = (1 + rng.below(4)).to_string();
+    let team = (1 + rng.under(4)).to_string();
     let subs = [
         "project_id IN (SELECT id FROM projects WHERE team_id = $1)",
         "project_id NOT IN (SELECT id FROM projects WHERE team_id = $1)",
@@ -589,19 +590,19 @@ fn random_clause(rng: &mut Rng) -> (String, String, Vec<String>) {
         "project_id IS NULL",
         "title <> 't0'",
     ];
-    let first = subs[rng.below(subs.len() as u64) as usize].to_string();
+    let first = subs[rng.under(subs.len() as u64) as usize].to_string();
     let mut clause = first.clone();
-    for _ in 0..rng.below(3) {
-        let atom = if rng.below(3) == 0 {
+    for _ in 0..rng.under(3) {
+        let atom = if rng.under(3) == 0 {
             // The same subquery again keeps one polarity; another may be anything.
-            subs[rng.below(subs.len() as u64) as usize].to_string()
+            subs[rng.under(subs.len() as u64) as usize].to_string()
         } else {
-            plains[rng.below(plains.len() as u64) as usize].to_string()
+            plains[rng.under(plains.len() as u64) as usize].to_string()
         };
-        let op = if rng.below(2) == 0 { "AND" } else { "OR" };
+        let op = if rng.under(2) == 0 { "AND" } else { "OR" };
         clause = format!("({clause}) {op} ({atom})");
     }
-    if rng.below(5) == 0 {
+    if rng.under(5) == 0 {
         clause = format!("NOT ({clause})");
     }
     let pg = clause.replace("$1", &team);
@@ -615,49 +616,49 @@ fn random_clause(rng: &mut Rng) -> (String, String, Vec<String>) {
 
 fn random_txn(rng: &mut Rng, next_id: &mut u64) -> String {
     let mut stmts = Vec::new();
-    for _ in 0..1 + rng.below(4) {
-        let s = match rng.below(10) {
+    for _ in 0..1 + rng.under(4) {
+        let s = match rng.under(10) {
             0 | 1 => {
                 *next_id += 1;
                 format!(
                     "INSERT INTO tasks VALUES ({}, {}, {}, 't{}')",
                     *next_id,
                     rng.maybe_null(6),
-                    1 + rng.below(4),
-                    rng.below(3)
+                    1 + rng.under(4),
+                    rng.under(3)
                 )
             }
             2 => format!(
                 "UPDATE tasks SET project_id = {} WHERE id % 7 = {}",
                 rng.maybe_null(6),
-                rng.below(7)
+                rng.under(7)
             ),
             3 => format!(
                 "UPDATE tasks SET title = 't{}', owner = {} WHERE id % 5 = {}",
-                rng.below(3),
-                1 + rng.below(4),
-                rng.below(5)
+                rng.under(3),
+                1 + rng.under(4),
+                rng.under(5)
             ),
-            4 => format!("DELETE FROM tasks WHERE id % 11 = {}", rng.below(11)),
+            4 => format!("DELETE FROM tasks WHERE id % 11 = {}", rng.under(11)),
             5 | 6 => format!(
                 "UPDATE projects SET team_id = {} WHERE id = {}",
                 rng.maybe_null(4),
-                1 + rng.below(6)
+                1 + rng.under(6)
             ),
             7 => format!(
                 "UPDATE projects SET name = '{}' WHERE id = {}",
-                if rng.below(2) == 0 { "alpha" } else { "beta" },
-                1 + rng.below(6)
+                if rng.under(2) == 0 { "alpha" } else { "beta" },
+                1 + rng.under(6)
             ),
             8 => format!(
                 "INSERT INTO members VALUES ({}, {}) ON CONFLICT DO NOTHING",
-                1 + rng.below(4),
-                1 + rng.below(6)
+                1 + rng.under(4),
+                1 + rng.under(6)
             ),
             _ => format!(
                 "DELETE FROM members WHERE user_id = {} AND team_id = {}",
-                1 + rng.below(4),
-                1 + rng.below(6)
+                1 + rng.under(4),
+                1 + rng.under(6)
             ),
         };
         stmts.push(s);
@@ -670,19 +671,8 @@ fn random_txn(rng: &mut Rng, next_id: &mut u64) -> String {
 /// materialisations equal Postgres. Time-budgeted (`SHAPESYNC_SUBQ_SECS`, default 15), seeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_moves_end_equal_to_postgres() {
-    let seed: u64 = std::env::var("SHAPESYNC_SUBQ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    let secs: u64 = std::env::var("SHAPESYNC_SUBQ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
+    let seed = crate::oracle::env_seed("SHAPESYNC_SUBQ_SEED");
+    let secs = crate::oracle::env_number("SHAPESYNC_SUBQ_SECS", 15);
     println!("subquery moves: seed {seed} (replay: SHAPESYNC_SUBQ_SEED={seed})");
     let mut rng = Rng(seed);
     let url = fresh_db("subq_random").await;
@@ -718,7 +708,7 @@ async fn random_moves_end_equal_to_postgres() {
     let mut next_id = 1000;
     let (mut batches, mut txns) = (0, 0);
     while Instant::now() < deadline {
-        for _ in 0..1 + rng.below(5) {
+        for _ in 0..1 + rng.under(5) {
             let txn = random_txn(&mut rng, &mut next_id);
             db.batch_execute(&txn)
                 .await
@@ -821,10 +811,7 @@ async fn a_restart_keeps_subquery_shapes_without_409() {
 /// table (409 for its shapes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_changes_only_subsets_and_truncate() {
-    let url = fresh_db("subq_modes").await;
-    let db = connect(&url).await;
-    db.batch_execute(SCHEMA).await.expect("schema");
-    let server = TestServer::start(&url).await;
+    let (db, server) = start("subq_modes").await;
     let clause = "project_id IN (SELECT id FROM projects WHERE team_id = $1)";
     let expected =
         "SELECT id FROM tasks WHERE project_id IN (SELECT id FROM projects WHERE team_id = 7)";

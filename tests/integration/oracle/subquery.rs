@@ -233,20 +233,8 @@ async fn verdicts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subquery_clauses_agree_with_postgres() {
-    let seed = std::env::var("SHAPESYNC_ORACLE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    let secs: u64 = std::env::var("SHAPESYNC_ORACLE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20u64)
-        .div_ceil(2);
+    let seed = super::env_seed("SHAPESYNC_ORACLE_SEED");
+    let secs = super::env_number("SHAPESYNC_ORACLE_SECS", 20).div_ceil(2);
     let url = fresh_db("oracle_sub").await;
     let db = connect(&url).await;
     db.batch_execute(&session_settings())
