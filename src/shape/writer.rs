@@ -1042,13 +1042,7 @@ impl Writer {
             if kind != ChangeKind::Insert && !row.old_full {
                 routes.all(&mut ids);
             } else {
-                let rows: Vec<&[Cell<'_>]> = row
-                    .new
-                    .iter()
-                    .chain(row.old.iter())
-                    .map(|r| &r[..])
-                    .collect();
-                routes.candidates(&rows, &mut ids);
+                routes.candidates(&row.rows(), &mut ids);
             }
             ids.sort_unstable();
             ids.dedup();
@@ -1779,12 +1773,7 @@ impl Writer {
                 m.all(&mut candidates);
             }
         } else {
-            let rows: Vec<&[Cell<'_>]> = row
-                .new
-                .iter()
-                .chain(row.old.iter())
-                .map(|r| &r[..])
-                .collect();
+            let rows = row.rows();
             if let Some(r) = routes {
                 r.candidates(&rows, &mut candidates);
             }
@@ -2190,6 +2179,15 @@ struct ChangeRow<'a> {
 }
 
 impl<'a> ChangeRow<'a> {
+    /// Its rows (new, then old) that the routing indexes look up.
+    fn rows(&self) -> Vec<&[Cell<'a>]> {
+        self.new
+            .iter()
+            .chain(self.old.iter())
+            .map(|r| &r[..])
+            .collect()
+    }
+
     /// `map`: for a partition's change seen by an ancestor, the partition column of each
     /// ancestor column.
     fn decode(

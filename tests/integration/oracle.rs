@@ -114,6 +114,29 @@ impl Row for TextRow {
     }
 }
 
+/// The rows of `table` in `id` order. The simple query protocol returns each value's text
+/// output, exactly what pgoutput and the snapshot deliver (`col::text` would differ: it
+/// strips bpchar padding).
+async fn read_rows(db: &Client, table: &str) -> Vec<TextRow> {
+    let mut rows = Vec::new();
+    for m in db
+        .simple_query(&format!("SELECT * FROM {table} ORDER BY id"))
+        .await
+        .expect("read rows")
+    {
+        if let SimpleQueryMessage::Row(r) = m {
+            let values: Vec<Option<String>> =
+                (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect();
+            let id = values[0]
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .expect("id");
+            rows.push(TextRow { id, values });
+        }
+    }
+    rows
+}
+
 /// Postgres' verdict per row (in `id` order); `None` where evaluating raised an error.
 type Verdicts = Vec<Option<bool>>;
 
@@ -179,24 +202,7 @@ impl Oracle {
                 .unwrap_or_else(|e| panic!("{insert}: {e}"));
         }
         let table = load_table(&db, "public", "t").await.expect("catalog");
-        // The simple query protocol returns each value's text output, exactly what pgoutput
-        // and the snapshot deliver (`col::text` would differ: it strips bpchar padding).
-        let mut rows = Vec::new();
-        for m in db
-            .simple_query("SELECT * FROM t ORDER BY id")
-            .await
-            .expect("read rows")
-        {
-            if let SimpleQueryMessage::Row(r) = m {
-                let values: Vec<Option<String>> =
-                    (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect();
-                let id = values[0]
-                    .as_deref()
-                    .and_then(|v| v.parse().ok())
-                    .expect("id");
-                rows.push(TextRow { id, values });
-            }
-        }
+        let rows = read_rows(&db, "t").await;
         assert_eq!(rows.len(), ROWS);
         Oracle {
             db,

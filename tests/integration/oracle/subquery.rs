@@ -16,11 +16,11 @@ use shapesync::postgres::catalog::load_table;
 use shapesync_filter::table::TableInfo;
 use shapesync_filter::{parse_where_in, Dnf, Fail, Row, Subquery, View, WhereClause};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use super::clause::S;
 use super::grammar::{Clause, Gen, Group};
-use super::{data, session_settings, Rng, TextRow, ENABLED, ROWS};
+use super::{data, read_rows, session_settings, Rng, TextRow, ENABLED, ROWS};
 use crate::support::{connect, fresh_db};
 
 /// Columns a membership may compare (the link types the engine keys exactly).
@@ -92,26 +92,6 @@ impl Tables {
         }
         view
     }
-}
-
-async fn read_rows(db: &Client, table: &str) -> Vec<TextRow> {
-    let mut rows = Vec::new();
-    for m in db
-        .simple_query(&format!("SELECT * FROM {table} ORDER BY id"))
-        .await
-        .expect("read rows")
-    {
-        if let SimpleQueryMessage::Row(r) = m {
-            let values: Vec<Option<String>> =
-                (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect();
-            let id = values[0]
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .expect("id");
-            rows.push(TextRow { id, values });
-        }
-    }
-    rows
 }
 
 /// Plain predicates from the main oracle's grammar (no `$n`: the parts are generated apart).
