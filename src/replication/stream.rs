@@ -250,6 +250,11 @@ async fn stream(
                                 return Ok(End::Shutdown);
                             }
                             writer.command(cmd);
+                            // Every command queued meanwhile too: one commit waited for, not
+                            // one per command (move-in results can come by the hundred).
+                            while let Ok(cmd) = commands.try_recv() {
+                                writer.command(cmd);
+                            }
                             continue;
                         }
                         ev = client.recv() => ev.map_err(|e| anyhow::Error::new(e).context("replication stream"))?

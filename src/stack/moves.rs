@@ -20,7 +20,7 @@ pub async fn run(
         let (pool, ctx) = (Arc::clone(&pool), Arc::clone(&ctx));
         tokio::spawn(async move {
             let result = async {
-                let conn = pool.get().await?;
+                let conn = pool.get_for_moves().await?;
                 match crate::shape::snapshot::move_in_rows(conn.client(), &req).await {
                     Ok(rows) => {
                         conn.release();

@@ -14,6 +14,9 @@ pub struct SnapshotPool {
     /// Subsets may hold at most half of the permits: a burst of heavy subsets cannot starve
     /// the initial snapshots of new shapes.
     subset_permits: Arc<Semaphore>,
+    /// Move-in queries of subquery shapes likewise hold at most half: a storm of moves cannot
+    /// starve new shapes either.
+    move_permits: Arc<Semaphore>,
     idle: Mutex<Vec<tokio_postgres::Client>>,
     max: usize,
 }
@@ -40,6 +43,7 @@ impl SnapshotPool {
             db,
             permits: Arc::new(Semaphore::new(max)),
             subset_permits: Arc::new(Semaphore::new((max / 2).max(1))),
+            move_permits: Arc::new(Semaphore::new((max / 2).max(1))),
             idle: Mutex::new(Vec::new()),
             max,
         })
@@ -69,6 +73,20 @@ impl SnapshotPool {
             .await
             .map_err(|_| PoolBusy)?
             .map_err(|_| anyhow::anyhow!("the snapshot pool is closed"))?;
+        self.connection(permit, Some(share)).await
+    }
+
+    /// A connection for a move-in query: within the move-ins' share of the permits.
+    pub async fn get_for_moves(self: &Arc<Self>) -> anyhow::Result<PooledConn> {
+        let closed = |_| anyhow::anyhow!("the snapshot pool is closed");
+        let share = Arc::clone(&self.move_permits)
+            .acquire_owned()
+            .await
+            .map_err(closed)?;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(closed)?;
         self.connection(permit, Some(share)).await
     }
 
