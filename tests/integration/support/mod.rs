@@ -38,7 +38,8 @@ pub fn pg() -> &'static EmbeddedPostgres {
             port: None,
             fast_unsafe: true,
             remove_on_exit: true,
-            settings: Vec::new(),
+            // Every test's server leaves its slot behind (inactive) when it stops.
+            settings: vec![("max_replication_slots".into(), "400".into())],
         })
         .expect("starting the test Postgres")
     })
