@@ -904,6 +904,42 @@ async fn columns_changes_only_subsets_and_truncate() {
     }
 }
 
+/// A fresh database with `projects`, `tasks` and `members` filled (and `extra` run).
+async fn three_tables(tag: &str, extra: &str) -> (String, tokio_postgres::Client) {
+    let url = fresh_db(tag).await;
+    let db = connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE projects (id int PRIMARY KEY, team_id int, name text);
+         CREATE TABLE tasks (id int PRIMARY KEY, project_id int, owner int, title text);
+         CREATE TABLE members (user_id int, team_id int, PRIMARY KEY (user_id, team_id));
+         INSERT INTO projects SELECT g, 1 + g % 4, 'alpha' FROM generate_series(1, 6) g;
+         INSERT INTO tasks SELECT g, 1 + g % 6, 1 + g % 4, 't' || (g % 3) FROM generate_series(1, 30) g;
+         {extra}"
+    ))
+    .await
+    .expect("schema");
+    (url, db)
+}
+
+/// Random transactions (`random_txn`), one every ~2 ms, until `stop`.
+fn random_load(
+    url: &str,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let url = url.to_string();
+    tokio::spawn(async move {
+        let db = connect(&url).await;
+        let mut rng = Rng(seed);
+        let mut next_id = 1000;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let txn = random_txn(&mut rng, &mut next_id);
+            db.batch_execute(&txn).await.expect("load");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
 /// `kill -9` of the real binary while random transactions move values in and out (move-ins
 /// in flight included), restarted on the same storage three times: the clients of a subquery
 /// shape never get a 409 and end equal to Postgres (plain and tag-aware).
@@ -913,17 +949,7 @@ async fn kill_9_during_moves_costs_no_409() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let url = fresh_db("subq_kill").await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE TABLE projects (id int PRIMARY KEY, team_id int, name text);
-         CREATE TABLE tasks (id int PRIMARY KEY, project_id int, owner int, title text);
-         CREATE TABLE members (user_id int, team_id int, PRIMARY KEY (user_id, team_id));
-         INSERT INTO projects SELECT g, 1 + g % 4, 'alpha' FROM generate_series(1, 6) g;
-         INSERT INTO tasks SELECT g, 1 + g % 6, 1 + g % 4, 't' || (g % 3) FROM generate_series(1, 30) g;",
-    )
-    .await
-    .expect("schema");
+    let (url, db) = three_tables("subq_kill", "").await;
     let storage = tempfile::tempdir().expect("storage");
     let spawn = |url: String, dir: std::path::PathBuf| async move {
         let port = free_port();
@@ -956,19 +982,7 @@ async fn kill_9_during_moves_costs_no_409() {
     n.until_equal(&db, nested_expected).await;
     // A continuous load of random transactions from another connection.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (url, stop) = (url.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let db = connect(&url).await;
-            let mut rng = Rng(7);
-            let mut next_id = 1000;
-            while !stop.load(Ordering::Acquire) {
-                let txn = random_txn(&mut rng, &mut next_id);
-                db.batch_execute(&txn).await.expect("load");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+    let load = random_load(&url, 7, Arc::clone(&stop));
     for round in 0..3u64 {
         // Follow for a while, then kill at that moment.
         let until = Instant::now() + Duration::from_millis(400 + 300 * round);
@@ -989,42 +1003,23 @@ async fn kill_9_during_moves_costs_no_409() {
     assert_eq!(s.handle, handle, "the same shape throughout");
 }
 
-/// Shapes created while random transactions keep moving their subqueries' values: a move seen while a shape's snapshot is being taken rotates
-/// it (409), and each shape, refetched as a client does, ends equal to Postgres. (Creations
-/// were starved here once: the writer took one command per group commit, and move-in results
-/// queued by the hundred.)
+/// Shapes created while random transactions keep moving their subqueries' values: a move
+/// seen while a shape's snapshot is being taken rotates it (409), and each shape, refetched as
+/// a client does, ends equal to Postgres. (Creations were starved here once: the writer took
+/// one command per group commit, and move-in results queued by the hundred.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shapes_created_while_values_move_follow_postgres() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    let url = fresh_db("subq_racing").await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE TABLE projects (id int PRIMARY KEY, team_id int, name text);
-         CREATE TABLE tasks (id int PRIMARY KEY, project_id int, owner int, title text);
-         CREATE TABLE members (user_id int, team_id int, PRIMARY KEY (user_id, team_id));
-         INSERT INTO projects SELECT g, 1 + g % 4, 'alpha' FROM generate_series(1, 6) g;
-         INSERT INTO tasks SELECT g, 1 + g % 6, 1 + g % 4, 't' || (g % 3) FROM generate_series(1, 30) g;
-         INSERT INTO members VALUES (1, 1), (2, 2), (1, 3);",
+    let (url, db) = three_tables(
+        "subq_racing",
+        "INSERT INTO members VALUES (1, 1), (2, 2), (1, 3);",
     )
-    .await
-    .expect("schema");
+    .await;
     let server = TestServer::start(&url).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (url, stop) = (url.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let db = connect(&url).await;
-            let mut rng = Rng(11);
-            let mut next_id = 1000;
-            while !stop.load(Ordering::Acquire) {
-                let txn = random_txn(&mut rng, &mut next_id);
-                db.batch_execute(&txn).await.expect("load");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+    let load = random_load(&url, 11, Arc::clone(&stop));
     let mut shapes = Vec::new();
     for team in 1..=4 {
         for clause in [
