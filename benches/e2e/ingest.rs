@@ -265,29 +265,17 @@ pub async fn run(
     // P5: commit → a waiting long-poll client, with the N shapes on the table.
     if selected(only, "P5") {
         eprintln!("P5: {} samples with {s} shapes", sizes.latency_samples);
-        let mut anchor = Vec::new();
-        infra::create_slot(&db, "bench_lat").await;
-        {
-            let cfg = SourceDb::parse(url)
-                .expect("url")
-                .replication_config("bench_lat", PUBLICATION);
-            let mut repl = ReplicationClient::connect(cfg).await.expect("repl");
-            repl.wait_started().await.expect("started");
-            for _ in 0..sizes.latency_samples {
+        let mut anchor = walsender_latencies(
+            &db,
+            url,
+            ("bench_lat", PUBLICATION),
+            sizes.latency_samples,
+            || {
                 next_id += 1;
-                let t = Instant::now();
-                db.execute(
-                    &insert_sql("ingest2", next_id as u64, next_id as u64, s),
-                    &[],
-                )
-                .await
-                .expect("insert");
-                await_commit(&mut repl).await;
-                anchor.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            let _ = repl.shutdown().await;
-        }
-        infra::drop_slot(&db, "bench_lat").await;
+                insert_sql("ingest2", next_id as u64, next_id as u64, s)
+            },
+        )
+        .await;
         let k = 42.min(s - 1);
         let shape = shape_url(&ss.base, "ingest2", Some(&format!("value = {k}")));
         let (mut pos, _) = sync(&http, &shape).await;
@@ -498,6 +486,36 @@ async fn catch_up(http: &reqwest::Client, url: &str, pos: &Pos) -> Pos {
             return pos;
         }
     }
+}
+
+/// Anchor of a latency target: ms from committing each statement of `next` until the
+/// walsender delivers its commit to a replication client of its own slot.
+pub async fn walsender_latencies(
+    db: &tokio_postgres::Client,
+    url: &str,
+    (slot, publication): (&str, &str),
+    samples: usize,
+    mut next: impl FnMut() -> String,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(samples);
+    infra::create_slot(db, slot).await;
+    {
+        let cfg = SourceDb::parse(url)
+            .expect("url")
+            .replication_config(slot, publication);
+        let mut repl = ReplicationClient::connect(cfg).await.expect("repl");
+        repl.wait_started().await.expect("started");
+        for _ in 0..samples {
+            let sql = next();
+            let t = Instant::now();
+            db.execute(&sql, &[]).await.expect("statement");
+            await_commit(&mut repl).await;
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let _ = repl.shutdown().await;
+    }
+    infra::drop_slot(db, slot).await;
+    out
 }
 
 async fn await_commit(repl: &mut ReplicationClient) {

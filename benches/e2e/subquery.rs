@@ -12,8 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use shapesync::postgres::connect::SourceDb;
 
 use crate::infra::{self, connect, create_shapes, header, live, shape_url, sync, Pos, Shapesync};
 use crate::{selected, Line, Report, Sizes};
@@ -111,35 +109,12 @@ pub async fn run(
     if selected(only, "Q2") {
         let samples = sizes.latency_samples;
         eprintln!("Q2: {samples} samples with {s} subquery shapes");
-        let mut anchor = Vec::new();
-        infra::create_slot(&db, "bench_q").await;
-        {
-            let cfg = SourceDb::parse(url)
-                .expect("url")
-                .replication_config("bench_q", PUBLICATION);
-            let mut repl = ReplicationClient::connect(cfg).await.expect("repl");
-            repl.wait_started().await.expect("started");
-            for _ in 0..samples {
+        let mut anchor =
+            crate::ingest::walsender_latencies(&db, url, ("bench_q", PUBLICATION), samples, || {
                 next_project += 1;
-                let t = Instant::now();
-                db.execute(
-                    &format!("INSERT INTO projects VALUES ({next_project}, 0)"),
-                    &[],
-                )
-                .await
-                .expect("insert");
-                loop {
-                    match repl.recv().await.expect("recv") {
-                        Some(ReplicationEvent::Commit { .. }) => break,
-                        Some(_) => continue,
-                        None => panic!("replication ended"),
-                    }
-                }
-                anchor.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            let _ = repl.shutdown().await;
-        }
-        infra::drop_slot(&db, "bench_q").await;
+                format!("INSERT INTO projects VALUES ({next_project}, 0)")
+            })
+            .await;
         let mut ours = Vec::new();
         for _ in 0..samples {
             let waiting = loop {

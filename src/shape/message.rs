@@ -235,12 +235,7 @@ impl Encoder {
 
     /// A snapshot row; subset snapshot rows carry their snapshot's `snapshot_mark`.
     pub fn snapshot_row_marked(&self, out: &mut Vec<u8>, row: &Cells<'_>, mark: Option<u32>) {
-        out.extend_from_slice(b"{\"key\":");
-        write_str(out, &self.key(row));
-        out.extend_from_slice(b",\"value\":");
-        self.value(out, row, self.columns.iter().map(|c| c.0));
-        out.extend_from_slice(b",\"headers\":{\"operation\":\"insert\",");
-        out.extend_from_slice(&self.relation);
+        self.insert_open(out, row);
         if let Some(m) = mark {
             out.extend_from_slice(format!(",\"snapshot_mark\":{m}").as_bytes());
         }
