@@ -253,6 +253,10 @@ impl Stack {
                         id,
                         error: error.clone(),
                     });
+                    // The subquery's clause fails on some row: the request's mistake.
+                    if let Some(msg) = data_error(&e) {
+                        return Err(ShapeError::Invalid("where", msg));
+                    }
                     return Err(ShapeError::NotReady(format!(
                         "reading a subquery's rows failed: {error}"
                     )));
@@ -315,19 +319,7 @@ impl Stack {
                     ctx.command(Command::Remove {
                         handle: handle.clone(),
                     });
-                    // A data exception (SQLSTATE class 22, or 0A000 for a NaN or infinity
-                    // cast to an integer) comes from evaluating the where clause on some
-                    // row: the request was bad, not the service.
-                    let data_error = e
-                        .chain()
-                        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
-                        .filter_map(|pg| pg.as_db_error())
-                        .find(|db| {
-                            let code = db.code().code();
-                            code.starts_with("22") || code == "0A000"
-                        })
-                        .map(|db| db.message().to_string());
-                    let state = match data_error {
+                    let state = match data_error(&e) {
                         Some(msg) => Lifecycle::Rejected(msg.into()),
                         None => Lifecycle::Failed(format!("{e:#}").into()),
                     };
@@ -351,4 +343,18 @@ impl Stack {
             lifecycle::archive(self.ctx(), self.lifecycle.tier.as_ref(), &victim, None).await;
         }
     }
+}
+
+/// Postgres' message when `e` is a data exception (SQLSTATE class 22, or 0A000 for a NaN or
+/// infinity cast to an integer): it comes from evaluating a where clause on some row, so the
+/// request was bad, not the service.
+fn data_error(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|pg| pg.as_db_error())
+        .find(|db| {
+            let code = db.code().code();
+            code.starts_with("22") || code == "0A000"
+        })
+        .map(|db| db.message().to_string())
 }

@@ -563,6 +563,19 @@ async fn refused_subqueries_get_the_reference_errors() {
         assert_eq!(r.status, 400, "{clause}: {}", r.body);
         assert_eq!(r.json()["errors"][field][0], text, "{clause}: {}", r.body);
     }
+    // A subquery whose clause fails on some row is the request's mistake: 400, not 503.
+    let r = client
+        .get(&format!(
+            "{}&offset=-1",
+            q(
+                "tasks",
+                "project_id IN (SELECT id FROM projects WHERE 1 / (team_id - 7) > 0)",
+                &[]
+            )
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("division by zero"), "{}", r.body);
 }
 
 // The oracle's seeded generator, with a value that is sometimes NULL.
